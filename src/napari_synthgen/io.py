@@ -1,0 +1,256 @@
+"""Images, masks and paired folders on disk (TIFF and PNG), with atomic writes.
+
+Every write goes to a temporary file in the destination folder, is flushed to disk, then
+renamed over the destination: a crash or a full disk never leaves a half-written file under
+the final name, and an existing file is never clobbered unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .masks import MaskError, MaskSource, coerce_mask, validate_mask
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png")
+
+
+class PairingError(ValueError):
+    """Images and masks in a paired folder that do not match one-to-one."""
+
+
+class DiskFullError(OSError):
+    """The disk filled up while writing; nothing under the final name was touched."""
+
+
+def _check_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(
+            f"{path.name}: unsupported file type {suffix or '(none)'}; use .tif, .tiff or .png."
+        )
+    return suffix
+
+
+def read_array(path: str | os.PathLike) -> np.ndarray:
+    """Read a TIFF or PNG file into an array, with errors that name the file."""
+    p = Path(path)
+    suffix = _check_suffix(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file.")
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(p))
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(p))
+    except (OSError, ValueError, SyntaxError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{p}: cannot be read as an image ({exc}); is the file corrupt?") from exc
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a grey-level image; RGB(A) images that are grey in all channels become 2-D."""
+    arr = read_array(path)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
+        rgb = arr[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            return np.ascontiguousarray(rgb[..., 0])
+        # luminance (ITU-R 601), kept in the input's dtype range
+        grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.round(grey).astype(arr.dtype)
+    return arr
+
+
+def read_mask(
+    path: str | os.PathLike,
+    source: MaskSource = "auto",
+    *,
+    boundary_width: int = 1,
+    allow_float: bool = False,
+) -> np.ndarray:
+    """Read a mask file and coerce it to classes (see :func:`masks.coerce_mask`)."""
+    arr = read_array(path)
+    try:
+        return coerce_mask(
+            arr, source, boundary_width=boundary_width, allow_float=allow_float
+        )
+    except MaskError as exc:
+        raise MaskError(f"{Path(path).name}: {exc}") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is synced and renamed to ``path``.
+
+    On any error the temporary file is removed and ``path`` is left as it was. With
+    ``overwrite=False`` an existing ``path`` is an error (checked before and at the rename).
+    A full disk raises :class:`DiskFullError` with a message that says what to do.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and dest.exists():
+        raise FileExistsError(f"{dest} already exists; refusing to overwrite it.")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        if overwrite:
+            os.replace(tmp, dest)
+        else:
+            # link() fails if dest appeared meanwhile: no race can clobber a file
+            os.link(tmp, dest)
+            tmp.unlink()
+        fsync_dir(dest.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                exc.errno,
+                f"the disk is full while writing {dest}; nothing was overwritten. "
+                "Free some space or choose another folder, then try again.",
+            ) from exc
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_array(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = True) -> Path:
+    """Write an array as TIFF (deflate-compressed) or PNG, atomically. Returns the path."""
+    dest = Path(path)
+    suffix = _check_suffix(dest)
+    arr = np.ascontiguousarray(array)
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(tmp, arr, compression="zlib" if arr.dtype == np.uint8 else None)
+        else:
+            if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
+                raise ValueError(
+                    f"{dest.name}: PNG holds 2-D 8- or 16-bit images; got {arr.dtype} {arr.shape}."
+                    " Save as .tif instead."
+                )
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, arr, extension=".png")
+    return dest
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = True) -> Path:
+    """Write an image atomically (TIFF or PNG by suffix)."""
+    return write_array(path, image, overwrite=overwrite)
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray, *, overwrite: bool = True) -> Path:
+    """Validate and write a class mask as ``uint8`` atomically (TIFF or PNG by suffix)."""
+    return write_array(path, validate_mask(mask), overwrite=overwrite)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_array(array: np.ndarray) -> str:
+    """A SHA-256 of an array's dtype, shape and bytes: a stable id for in-memory masks."""
+    arr = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its mask, matched by file stem."""
+
+    stem: str
+    image: Path
+    mask: Path
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (TIFF/PNG) directly in ``folder``, sorted by name; hidden files skipped."""
+    p = Path(folder)
+    return sorted(
+        f for f in p.iterdir()
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+    )
+
+
+def find_pairs(folder: str | os.PathLike) -> list[Pair]:
+    """The image/mask pairs of a paired folder (``images/`` and ``masks/`` matched by stem).
+
+    Raises :class:`PairingError` listing every file that has no partner, so that a user can
+    fix all of them at once.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise PairingError(f"{root}: not a folder.")
+    img_dir, mask_dir = root / "images", root / "masks"
+    missing = [d.name + "/" for d in (img_dir, mask_dir) if not d.is_dir()]
+    if missing:
+        raise PairingError(
+            f"{root}: a paired folder holds images/ and masks/ with matching file names; "
+            f"missing {', '.join(missing)}."
+        )
+    images = {f.stem: f for f in list_images(img_dir)}
+    masks = {f.stem: f for f in list_images(mask_dir)}
+    if not images and not masks:
+        raise PairingError(f"{root}: images/ and masks/ hold no .tif/.tiff/.png files.")
+    lonely_img = sorted(set(images) - set(masks))
+    lonely_mask = sorted(set(masks) - set(images))
+    if lonely_img or lonely_mask:
+        lines = [f"{root}: images and masks do not pair by file name:"]
+        lines += [f"  images/{images[s].name} has no mask" for s in lonely_img[:20]]
+        lines += [f"  masks/{masks[s].name} has no image" for s in lonely_mask[:20]]
+        extra = len(lonely_img) + len(lonely_mask) - 40
+        if extra > 0:
+            lines.append(f"  ... and {extra} more")
+        raise PairingError("\n".join(lines))
+    return [Pair(s, images[s], masks[s]) for s in sorted(images)]
+
+
+def is_paired_folder(folder: str | os.PathLike) -> bool:
+    """True if ``folder`` has ``images/`` and ``masks/`` subfolders."""
+    p = Path(folder)
+    return (p / "images").is_dir() and (p / "masks").is_dir()
