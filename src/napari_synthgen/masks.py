@@ -189,7 +189,7 @@ def coerce_mask(
         if fractional.any():
             value = arr[np.unravel_index(int(np.argmax(fractional)), arr.shape)]
             raise MaskError(
-                f"the mask has the non-integer value {value!r} at {_where(arr, fractional)}; "
+                f"the mask has the non-integer value {float(value)!r} at {_where(arr, fractional)}; "
                 "a float mask can only be used when every value is a whole number."
             )
         if arr.size and (arr.min() < np.iinfo(np.int64).min or arr.max() > 2**62):
@@ -344,3 +344,15 @@ def empty_mask(shape: tuple[int, ...], fill: int = BACKGROUND) -> np.ndarray:
     if len(shape) not in (2, 3) or any(int(s) <= 0 for s in shape):
         raise MaskError(f"a mask shape is (H, W) or (Z, H, W) with positive sizes; got {shape}.")
     return np.full(tuple(int(s) for s in shape), fill, dtype=np.uint8)
+
+
+def label_colours() -> dict[int | None, tuple[float, float, float, float]]:
+    """RGBA colours per class for a label viewer (napari's ``DirectLabelColormap``).
+
+    Values outside 0..2 (``None`` key) show magenta, so a wrong value stands out at once.
+    """
+    colours: dict[int | None, tuple[float, float, float, float]] = {
+        cls: (*(PALETTE[cls] / 255.0).tolist(), 1.0) for cls in range(N_CLASSES)
+    }
+    colours[None] = (1.0, 0.0, 1.0, 1.0)
+    return colours

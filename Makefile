@@ -1,0 +1,47 @@
+# Two commands do all the set-up:  `make demo`  and  `make test`.
+# Each creates .venv when it is missing and installs the package with what it needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.synthgen-installed
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test env sysdeps lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing napari-synthgen and its dependencies into $(VENV) (first time: a few minutes)"
+	@$(PY) -m pip install -q -e ".[testing]" 2>&1 | { grep -v '^WARNING: Location' || true; }
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+# Xvfb and the X/GL libraries Qt needs to draw napari's canvas headless (apt-get when missing).
+sysdeps:
+	@bash scripts/ensure-sysdeps.sh
+
+test: env sysdeps
+	@$(VENV)/bin/ruff check src tests benchmarks examples
+	@mkdir -p .xdg-runtime && chmod 700 .xdg-runtime
+	XDG_RUNTIME_DIR=$(CURDIR)/.xdg-runtime QT_QPA_PLATFORM=xcb \
+	  $(PY) -m pytest -q --junitxml=.pytest-results.xml $(PYTEST_ARGS)
+
+demo: env
+	@if [ -z "$${DISPLAY:-}$${WAYLAND_DISPLAY:-}" ] && [ "$$(uname)" = Linux ]; then \
+	  echo "No display found. On a headless machine run:"; \
+	  echo "  bash scripts/ensure-sysdeps.sh && xvfb-run -a $(VENV)/bin/napari-synthgen demo --screenshot demo.png"; \
+	  exit 1; fi
+	$(VENV)/bin/napari-synthgen demo
+
+lint: env
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+bench: env
+	$(PY) benchmarks/synthesis.py
+	$(PY) benchmarks/training.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .xdg-runtime .pytest-results.xml

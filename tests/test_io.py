@@ -1,0 +1,150 @@
+"""Images, masks and paired folders on disk; the napari reader/writer functions; sample data."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_synthgen import io
+from napari_synthgen.masks import MaskError, to_palette
+from napari_synthgen.napari_io import get_reader, write_labels
+from napari_synthgen.sample_data import CITATION, load_sample, make_sample_data
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".tiff", ".png"])
+def test_mask_and_image_round_trip(tmp_path: Path, suffix: str, isbi_mask: np.ndarray,
+                                   isbi_image: np.ndarray) -> None:
+    io.write_mask(tmp_path / f"m{suffix}", isbi_mask)
+    io.write_image(tmp_path / f"i{suffix}", isbi_image)
+    np.testing.assert_array_equal(io.read_mask(tmp_path / f"m{suffix}"), isbi_mask)
+    np.testing.assert_array_equal(io.read_image(tmp_path / f"i{suffix}"), isbi_image)
+
+
+def test_palette_png_reads_as_classes(tmp_path: Path, isbi_mask: np.ndarray) -> None:
+    io.write_array(tmp_path / "palette.png", to_palette(isbi_mask))
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "palette.png"), isbi_mask)
+
+
+def test_binary_png_needs_a_source(tmp_path: Path) -> None:
+    b = np.zeros((16, 16), np.uint8)
+    b[4:12, 4:12] = 255
+    io.write_array(tmp_path / "b.png", b)
+    with pytest.raises(MaskError, match=r"b.png: .*0 and 255"):
+        io.read_mask(tmp_path / "b.png")
+    assert set(np.unique(io.read_mask(tmp_path / "b.png", "binary"))) == {0, 1, 2}
+
+
+def test_write_mask_refuses_bad_values_and_keeps_old_file(tmp_path: Path) -> None:
+    dest = tmp_path / "m.tif"
+    io.write_mask(dest, np.ones((4, 4), np.uint8))
+    before = dest.read_bytes()
+    with pytest.raises(MaskError, match="value 5"):
+        io.write_mask(dest, np.full((4, 4), 5, np.uint8))
+    assert dest.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]  # no temp file left
+
+
+def test_atomic_write_full_disk_loses_nothing(tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "m.tif"
+    io.write_mask(dest, np.ones((4, 4), np.uint8))
+    before = dest.read_bytes()
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io, "_fsync_file", full)
+    with pytest.raises(io.DiskFullError, match="disk is full.*nothing was overwritten"):
+        io.write_mask(dest, np.zeros((4, 4), np.uint8))
+    assert dest.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]
+
+
+def test_no_overwrite_refuses(tmp_path: Path) -> None:
+    io.write_mask(tmp_path / "m.tif", np.ones((4, 4), np.uint8))
+    with pytest.raises(FileExistsError):
+        io.write_mask(tmp_path / "m.tif", np.ones((4, 4), np.uint8), overwrite=False)
+
+
+def test_corrupt_and_wrong_files(tmp_path: Path) -> None:
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(ValueError, match="bad.tif: cannot be read"):
+        io.read_array(tmp_path / "bad.tif")
+    with pytest.raises(ValueError, match="unsupported file type .jpg"):
+        io.read_array(tmp_path / "x.jpg")
+    with pytest.raises(FileNotFoundError):
+        io.read_array(tmp_path / "missing.tif")
+
+
+def test_find_pairs_lists_everything_unpaired(tmp_path: Path) -> None:
+    for sub, names in (("images", ["a", "b", "c"]), ("masks", ["a", "c", "d", "e"])):
+        (tmp_path / sub).mkdir()
+        for n in names:
+            io.write_mask(tmp_path / sub / f"{n}.tif", np.ones((4, 4), np.uint8))
+    with pytest.raises(io.PairingError) as err:
+        io.find_pairs(tmp_path)
+    msg = str(err.value)
+    assert "images/b.tif has no mask" in msg
+    assert "masks/d.tif has no image" in msg and "masks/e.tif has no image" in msg
+    (tmp_path / "images" / "d.png").write_bytes(b"")
+    (tmp_path / "images" / "e.tif").write_bytes(b"")
+    (tmp_path / "masks" / "b.tif").write_bytes(b"")
+    assert [p.stem for p in io.find_pairs(tmp_path)] == ["a", "b", "c", "d", "e"]
+
+
+def test_find_pairs_missing_subfolder(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    with pytest.raises(io.PairingError, match="missing masks/"):
+        io.find_pairs(tmp_path)
+
+
+def test_isbi_folder_pairs(isbi_dir: Path) -> None:
+    pairs = io.find_pairs(isbi_dir)
+    assert len(pairs) == 30 and pairs[0].stem == "isbi2012_train_00"
+
+
+def test_reader_claims_masks_and_paired_folders(tmp_path: Path, isbi_dir: Path,
+                                                isbi_mask: np.ndarray) -> None:
+    io.write_mask(tmp_path / "m.tif", isbi_mask)
+    reader = get_reader(str(tmp_path / "m.tif"))
+    assert reader is not None
+    [(data, kwargs, kind)] = reader(str(tmp_path / "m.tif"))
+    assert kind == "labels" and data.dtype == np.uint8 and kwargs["opacity"] == 1.0
+    assert kwargs["colormap"][1] == (0.0, 1.0, 0.0, 1.0)
+    assert kwargs["colormap"][2] == (1.0, 0.0, 0.0, 1.0)
+    # an EM image is not claimed (napari's own reader opens it)
+    assert get_reader(str(isbi_dir / "images" / "isbi2012_train_00.tif")) is None
+    layers = get_reader(str(isbi_dir))(str(isbi_dir))
+    assert [k for _, _, k in layers] == ["image", "labels"]
+    assert layers[0][0].shape == (30, 512, 512) and layers[1][0].shape == (30, 512, 512)
+    assert get_reader(str(tmp_path)) is None  # a plain folder is not a paired folder
+
+
+def test_writer_refuses_values_above_two(tmp_path: Path) -> None:
+    bad = np.zeros((8, 8), np.int32)
+    bad[2, 3] = 4
+    with pytest.raises(MaskError, match=r"not saved: .*value 4 at row 2, column 3"):
+        write_labels(str(tmp_path / "x.tif"), bad, {})
+    assert not any(tmp_path.iterdir())
+    good = np.ones((8, 8), np.int32)
+    [path] = write_labels(str(tmp_path / "x.tif"), good, {})
+    assert io.read_array(path).dtype == np.uint8
+
+
+def test_sample_data_is_real_em_with_mask() -> None:
+    image, mask = load_sample()
+    assert image.shape == mask.shape == (512, 512) and image.dtype == np.uint8
+    assert set(np.unique(mask)) == {1, 2} and image.std() > 20
+    layers = make_sample_data()
+    assert [k for _, _, k in layers] == ["image", "labels"]
+    assert CITATION in layers[0][1]["metadata"]["citation"]
+
+
+def test_atomic_path_cleans_up_on_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), io.atomic_path(tmp_path / "x.bin") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
