@@ -1,0 +1,421 @@
+"""pix2pix generators and discriminators whose state dicts match the reference implementation.
+
+Every key name and shape equals those of junyanz/pytorch-CycleGAN-and-pix2pix
+(``models/networks.py``), so a reference ``latest_net_G.pth`` loads with ``strict=True``.
+The order of layers inside each ``nn.Sequential`` is part of that contract: it fixes the
+numeric indices in the keys, so it must not be changed, even for parameterless layers.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import init
+
+GENERATORS: tuple[str, ...] = ("unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks")
+NORMS: tuple[str, ...] = ("batch", "instance", "none")
+DISCRIMINATORS: tuple[str, ...] = ("basic", "n_layers", "pixel")
+INIT_TYPES: tuple[str, ...] = ("normal", "xavier", "kaiming", "orthogonal")
+PADDINGS: tuple[str, ...] = ("reflect", "replicate", "zero")
+
+#: Number of downsamplings of each U-Net (the bottleneck is 1x1 for the nominal size).
+UNET_DOWNS: dict[str, int] = {"unet_128": 7, "unet_256": 8}
+#: Number of residual blocks of each ResNet generator.
+RESNET_BLOCKS: dict[str, int] = {"resnet_6blocks": 6, "resnet_9blocks": 9}
+
+NormLayer = Callable[[int], nn.Module]
+
+_CONV_TYPES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Linear,
+)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}.")
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Everything needed to rebuild a pix2pix generator; stored with saved models."""
+
+    netG: str
+    input_nc: int = 3
+    output_nc: int = 3
+    ngf: int = 64
+    norm: str = "batch"
+    dropout: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("generator (netG)", self.netG, GENERATORS)
+        _check_choice("norm", self.norm, NORMS)
+        for name in ("input_nc", "output_nc", "ngf"):
+            _check_positive_int(name, getattr(self, name))
+        if not isinstance(self.dropout, bool):
+            raise ValueError(f"dropout must be True or False, got {self.dropout!r}.")
+
+
+class Identity(nn.Module):
+    """A parameterless pass-through that fills the norm positions when norm is 'none'."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _identity_norm(channels: int) -> nn.Module:
+    return Identity()
+
+
+def norm_layer_factory(norm: str) -> NormLayer:
+    """A callable ``channels -> norm module`` for ``norm`` ('batch', 'instance' or 'none').
+
+    Matches the newest reference: InstanceNorm has no affine parameters and no running stats.
+    """
+    _check_choice("norm", norm, NORMS)
+    if norm == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+    if norm == "instance":
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    return _identity_norm
+
+
+def convs_take_bias(norm_layer: NormLayer) -> bool:
+    """Whether convs before ``norm_layer`` get a bias: only for InstanceNorm, as in the reference.
+
+    The reference compares the layer class with ``nn.InstanceNorm2d``, so 'none' gets no bias.
+    """
+    target = norm_layer.func if isinstance(norm_layer, functools.partial) else norm_layer
+    return target is nn.InstanceNorm2d
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    """One U-Net level: down, the inner levels, up; inner levels concatenate input and output."""
+
+    def __init__(
+        self,
+        outer_nc: int,
+        inner_nc: int,
+        input_nc: int | None = None,
+        submodule: nn.Module | None = None,
+        outermost: bool = False,
+        innermost: bool = False,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        use_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        if submodule is None and not innermost:
+            raise ValueError("only the innermost U-Net level has no submodule.")
+        self.outermost = outermost
+        bias = convs_take_bias(norm_layer)
+        down_in = outer_nc if input_nc is None else input_nc
+        downconv = nn.Conv2d(down_in, inner_nc, kernel_size=4, stride=2, padding=1, bias=bias)
+        if outermost:
+            layers = self._outermost(downconv, submodule, inner_nc, outer_nc)
+        elif innermost:
+            layers = self._innermost(downconv, inner_nc, outer_nc, norm_layer, bias)
+        else:
+            layers = self._middle(downconv, submodule, inner_nc, outer_nc, norm_layer, bias)
+            if use_dropout:
+                layers.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*layers)
+
+    @staticmethod
+    def _outermost(down: nn.Module, sub: nn.Module, inner_nc: int, outer_nc: int) -> list:
+        up = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
+        return [down, sub, nn.ReLU(True), up, nn.Tanh()]
+
+    @staticmethod
+    def _innermost(
+        down: nn.Module, inner_nc: int, outer_nc: int, norm_layer: NormLayer, bias: bool
+    ) -> list:
+        up = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=bias)
+        return [nn.LeakyReLU(0.2, True), down, nn.ReLU(True), up, norm_layer(outer_nc)]
+
+    @staticmethod
+    def _middle(
+        down: nn.Module,
+        sub: nn.Module,
+        inner_nc: int,
+        outer_nc: int,
+        norm_layer: NormLayer,
+        bias: bool,
+    ) -> list:
+        up = nn.ConvTranspose2d(
+            inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=bias
+        )
+        return [
+            nn.LeakyReLU(0.2, True), down, norm_layer(inner_nc), sub,
+            nn.ReLU(True), up, norm_layer(outer_nc),
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)
+
+
+class UnetGenerator(nn.Module):
+    """The pix2pix U-Net: ``num_downs`` halvings, so sides must be multiples of 2**num_downs."""
+
+    def __init__(
+        self,
+        input_nc: int,
+        output_nc: int,
+        num_downs: int,
+        ngf: int = 64,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        use_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_downs < 5:
+            raise ValueError(f"a pix2pix U-Net needs at least 5 downsamplings, got {num_downs}.")
+        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True, norm_layer=norm_layer)
+        for _ in range(num_downs - 5):
+            block = UnetSkipConnectionBlock(
+                ngf * 8, ngf * 8, submodule=block, norm_layer=norm_layer, use_dropout=use_dropout
+            )
+        for mult in (4, 2, 1):
+            block = UnetSkipConnectionBlock(
+                ngf * mult, ngf * mult * 2, submodule=block, norm_layer=norm_layer
+            )
+        self.model = UnetSkipConnectionBlock(
+            output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True,
+            norm_layer=norm_layer,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _padded_conv3(dim: int, padding_type: str, bias: bool) -> list[nn.Module]:
+    """A 3x3 same-size conv, with explicit padding layers as the reference uses them."""
+    _check_choice("padding type", padding_type, PADDINGS)
+    if padding_type == "zero":
+        return [nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=bias)]
+    pad = nn.ReflectionPad2d(1) if padding_type == "reflect" else nn.ReplicationPad2d(1)
+    return [pad, nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=bias)]
+
+
+class ResnetBlock(nn.Module):
+    """A residual block: x + (conv, norm, relu, [dropout], conv, norm)(x)."""
+
+    def __init__(
+        self,
+        dim: int,
+        padding_type: str,
+        norm_layer: NormLayer,
+        use_dropout: bool,
+        use_bias: bool,
+    ) -> None:
+        super().__init__()
+        layers = [*_padded_conv3(dim, padding_type, use_bias), norm_layer(dim), nn.ReLU(True)]
+        if use_dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [*_padded_conv3(dim, padding_type, use_bias), norm_layer(dim)]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """The ResNet generator: 2 stride-2 downsamplings, ``n_blocks`` residual blocks, 2 up."""
+
+    def __init__(
+        self,
+        input_nc: int,
+        output_nc: int,
+        ngf: int = 64,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        use_dropout: bool = False,
+        n_blocks: int = 6,
+        padding_type: str = "reflect",
+    ) -> None:
+        super().__init__()
+        if n_blocks < 0:
+            raise ValueError(f"n_blocks must be >= 0, got {n_blocks}.")
+        bias = convs_take_bias(norm_layer)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=bias),
+            norm_layer(ngf),
+            nn.ReLU(True),
+        ]
+        channels = ngf
+        for _ in range(2):
+            layers += [
+                nn.Conv2d(channels, channels * 2, kernel_size=3, stride=2, padding=1, bias=bias),
+                norm_layer(channels * 2),
+                nn.ReLU(True),
+            ]
+            channels *= 2
+        layers += [
+            ResnetBlock(channels, padding_type, norm_layer, use_dropout, bias)
+            for _ in range(n_blocks)
+        ]
+        for _ in range(2):
+            layers += [
+                nn.ConvTranspose2d(
+                    channels, channels // 2, kernel_size=3, stride=2, padding=1,
+                    output_padding=1, bias=bias,
+                ),
+                norm_layer(channels // 2),
+                nn.ReLU(True),
+            ]
+            channels //= 2
+        layers += [
+            nn.ReflectionPad2d(3), nn.Conv2d(channels, output_nc, kernel_size=7), nn.Tanh()
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class NLayerDiscriminator(nn.Module):
+    """The PatchGAN discriminator: ``n_layers`` stride-2 convs, then two stride-1 convs."""
+
+    def __init__(
+        self,
+        input_nc: int,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        bias = convs_take_bias(norm_layer)
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, True),
+        ]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=bias),
+                norm_layer(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PixelDiscriminator(nn.Module):
+    """The 1x1 PixelGAN discriminator: a real/fake score per pixel."""
+
+    def __init__(self, input_nc: int, ndf: int = 64, norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        bias = convs_take_bias(norm_layer)
+        self.net = nn.Sequential(
+            nn.Conv2d(input_nc, ndf, kernel_size=1),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf, ndf * 2, kernel_size=1, bias=bias),
+            norm_layer(ndf * 2),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 2, 1, kernel_size=1, bias=bias),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _init_weight(weight: torch.Tensor, init_type: str, gain: float) -> None:
+    if init_type == "normal":
+        init.normal_(weight, 0.0, gain)
+    elif init_type == "xavier":
+        init.xavier_normal_(weight, gain=gain)
+    elif init_type == "kaiming":
+        init.kaiming_normal_(weight, a=0, mode="fan_in")
+    else:
+        init.orthogonal_(weight, gain=gain)
+
+
+def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
+    """Initialise like the reference: conv/linear weights by ``init_type``, biases 0,
+    BatchNorm scales N(1, gain) and offsets 0. Modules are visited in the same order."""
+    _check_choice("init type", init_type, INIT_TYPES)
+
+    def visit(module: nn.Module) -> None:
+        if isinstance(module, _CONV_TYPES) and module.weight is not None:
+            _init_weight(module.weight, init_type, gain)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d) and module.weight is not None:
+            init.normal_(module.weight, 1.0, gain)
+            init.zeros_(module.bias)
+
+    with torch.no_grad():
+        net.apply(visit)
+    return net
+
+
+def build_generator(
+    spec: GeneratorSpec, *, init_type: str | None = "normal", init_gain: float = 0.02
+) -> nn.Module:
+    """Build the generator described by ``spec`` (attached as ``net.spec``).
+
+    ``init_type=None`` skips the reference initialisation, e.g. before loading weights.
+    """
+    norm_layer = norm_layer_factory(spec.norm)
+    if spec.netG in UNET_DOWNS:
+        net: nn.Module = UnetGenerator(
+            spec.input_nc, spec.output_nc, UNET_DOWNS[spec.netG], spec.ngf,
+            norm_layer=norm_layer, use_dropout=spec.dropout,
+        )
+    else:
+        net = ResnetGenerator(
+            spec.input_nc, spec.output_nc, spec.ngf, norm_layer=norm_layer,
+            use_dropout=spec.dropout, n_blocks=RESNET_BLOCKS[spec.netG],
+        )
+    if init_type is not None:
+        init_weights(net, init_type, init_gain)
+    net.spec = spec
+    return net
+
+
+def build_discriminator(
+    input_nc: int,
+    ndf: int = 64,
+    netD: str = "basic",
+    n_layers: int = 3,
+    norm: str = "batch",
+    *,
+    init_type: str | None = "normal",
+    init_gain: float = 0.02,
+) -> nn.Module:
+    """Build a reference discriminator ('basic' = 3-layer PatchGAN, 'n_layers', 'pixel')."""
+    _check_choice("discriminator (netD)", netD, DISCRIMINATORS)
+    _check_positive_int("input_nc", input_nc)
+    _check_positive_int("ndf", ndf)
+    _check_positive_int("n_layers", n_layers)
+    norm_layer = norm_layer_factory(norm)
+    if netD == "pixel":
+        net: nn.Module = PixelDiscriminator(input_nc, ndf, norm_layer=norm_layer)
+    else:
+        layers = 3 if netD == "basic" else n_layers
+        net = NLayerDiscriminator(input_nc, ndf, layers, norm_layer=norm_layer)
+    if init_type is not None:
+        init_weights(net, init_type, init_gain)
+    return net
+
+
+def size_divisor(netG: str) -> int:
+    """The multiple that input height and width must be for ``netG`` to run."""
+    _check_choice("generator (netG)", netG, GENERATORS)
+    if netG in UNET_DOWNS:
+        return 2 ** UNET_DOWNS[netG]
+    return 4
