@@ -1,0 +1,197 @@
+"""``napari-synthgen train``: the training engine on the command line (and under torchrun).
+
+Settings come from the defaults, then ``--config FILE`` (YAML/JSON), then the options given on
+the command line. With ``--events jsonl`` every event is one JSON line on stdout for a
+supervising program (the napari train widget); otherwise a progress bar shows on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+
+# option -> (config key, type, help); all default to None so that only given options override
+_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("--family", "family", str, "model family (pix2pix)"),
+    ("--out", "out", str, "output folder for checkpoints, samples and the config"),
+    ("--steps", "steps", int, "optimisation steps"),
+    ("--epochs", "epochs", int, "passes over the training tiles (instead of --steps)"),
+    ("--tile", "tile", int, "tile size (pixels)"),
+    ("--stride", "stride", int, "tile stride for a grid of tiles (default: random crops)"),
+    ("--batch-size", "batch_size", int, "tiles per step and process"),
+    ("--val-fraction", "val_fraction", float, "fraction of source images held out"),
+    ("--encoding", "encoding", str, "mask encoding: rgb, onehot, label"),
+    ("--netG", "netG", str, "generator: unet_256, unet_128, resnet_9blocks, resnet_6blocks"),
+    ("--ngf", "ngf", int, "generator width"),
+    ("--norm", "norm", str, "batch, instance or none"),
+    ("--output-nc", "output_nc", int, "generator output channels (1, or 3 like the reference)"),
+    ("--netD", "netD", str, "discriminator: basic, n_layers, pixel"),
+    ("--ndf", "ndf", int, "discriminator width"),
+    ("--n-layers-D", "n_layers_D", int, "layers of an n_layers discriminator"),
+    ("--gan-mode", "gan_mode", str, "lsgan, vanilla or hinge"),
+    ("--lambda-l1", "lambda_l1", float, "weight of the L1 loss"),
+    ("--lr", "lr", float, "Adam learning rate"),
+    ("--beta1", "beta1", float, "Adam beta1"),
+    ("--decay-start", "decay_start", float, "fraction of the run before the rate decays"),
+    ("--seed", "seed", int, "random seed"),
+    ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
+    ("--precision", "precision", str, "auto, fp32, bf16, fp16"),
+    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
+    ("--sample-every", "sample_every", int, "steps between preview samples"),
+    ("--log-every", "log_every", int, "steps between progress events"),
+    ("--keep-checkpoints", "keep_checkpoints", int, "checkpoints kept on disk"),
+]
+_FLAGS: list[tuple[str, str, bool, str]] = [
+    ("--flips", "flips", True, "random horizontal/vertical flips"),
+    ("--rot90", "rot90", True, "random 90-degree turns"),
+    ("--no-dropout", "dropout", False, "generator without dropout"),
+    ("--channels-last", "channels_last", True, "channels_last memory format"),
+]
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``train`` sub-command."""
+    p = sub.add_parser("train", help="train a model on paired images and masks")
+    p.add_argument("--data", nargs="+", default=None,
+                   help="paired folders (images/ + masks/) or reference aligned folders")
+    p.add_argument("--val", nargs="+", default=None, help="validation folders (else a split)")
+    for flag, _key, typ, help_ in _OPTIONS:
+        p.add_argument(flag, type=typ, default=None, help=help_)
+    for flag, key, _value, help_ in _FLAGS:
+        p.add_argument(flag, dest=key, action="store_const", const=_value, default=None,
+                       help=help_)
+    p.add_argument("--config", type=Path, default=None, help="YAML or JSON configuration file")
+    p.add_argument("--resume", nargs="?", const="", default=None,
+                   help="resume from --out (or from the given folder / state file)")
+    p.add_argument("--events", choices=["jsonl"], default=None,
+                   help="write one JSON event per line to stdout")
+    p.add_argument("--stop-file", type=Path, default=None,
+                   help="stop (saving a checkpoint) when this file appears")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < --config file < options given on the command line."""
+    values: dict[str, Any] = TrainConfig.load(args.config).to_dict() if args.config else {}
+    for key in ("data", "val"):
+        if getattr(args, key) is not None:
+            values[key] = list(getattr(args, key))
+    for _flag, key, _typ, _help in _OPTIONS:
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    for _flag, key, _value, _help in _FLAGS:
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if values.get("steps") is not None and args.epochs is None and args.steps is not None:
+        values["epochs"] = None
+    if values.get("epochs") is not None and args.steps is None and args.epochs is not None:
+        values["steps"] = None
+    return TrainConfig.from_dict(values)
+
+
+class _StopFlag:
+    """Stop requests from a stop file, SIGTERM/SIGINT, or a supervisor that went away."""
+
+    def __init__(self, stop_file: Path | None) -> None:
+        self.stop_file = stop_file
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.requested:  # a second signal: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __call__(self) -> bool:
+        if self.stop_file is not None and self.stop_file.exists():
+            self.requested = True
+        return self.requested
+
+
+def _print_human(event: dict[str, Any], bar: Any) -> None:
+    kind = event["event"]
+    if kind == "started":
+        cfg = event["config"]
+        bar.reset(total=event["total"])
+        bar.update(event["step"])
+        bar.write(
+            f"training {cfg['family']} {cfg['netG']} (ngf {cfg['ngf']}) on "
+            f"{event['n_train_images']} images ({event['n_val_images']} validation), "
+            f"{event['total']} steps, {event['device']} {event['precision']}, "
+            f"{event['world_size']} process(es)"
+            + (f"; resumed at step {event['resumed_from']}" if event["resumed_from"] else "")
+        )
+    elif kind == "progress":
+        bar.n = event["step"]
+        losses = event["losses"]
+        bar.set_postfix(G_L1=f"{losses['G_L1']:.3f}", G_GAN=f"{losses['G_GAN']:.3f}",
+                        D=f"{0.5 * (losses['D_real'] + losses['D_fake']):.3f}",
+                        tiles_s=f"{event['tiles_per_s']:.1f}", refresh=False)
+        bar.refresh()
+    elif kind == "validation":
+        bar.write(f"step {event['step']}: {event['split']} L1 {event['l1']:.2f} grey levels, "
+                  f"SSIM {event['ssim']:.3f}")
+    elif kind == "checkpoint":
+        bar.write(f"step {event['step']}: checkpoint {event['path']}")
+    elif kind == "finished":
+        bar.write(f"finished ({event['reason']}) at step {event['step']}: {event['checkpoint']}")
+    elif kind == "failed":
+        bar.write(f"error: {event['message']}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run training from the command line; exit code 1 if it failed."""
+    from .config import ConfigError
+    from .engine import train
+
+    try:
+        cfg = config_from_args(args)
+        cfg.validate()
+    except ConfigError as exc:
+        if args.events:
+            _emit({"event": "failed", "step": 0, "reason": "ConfigError", "message": str(exc)})
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    stop = _StopFlag(args.stop_file)
+    resume = None
+    if args.resume is not None:
+        resume = args.resume or cfg.out
+    status = 0
+    bar = None
+    if not args.events:
+        from tqdm import tqdm
+
+        bar = tqdm(total=1, unit="step", desc="train", file=sys.stderr, dynamic_ncols=True)
+    try:
+        for event in train(cfg, resume=resume, stop=stop):
+            if event["event"] == "failed":
+                status = 1
+            if args.events:
+                if not _emit(event):
+                    stop.requested = True  # the supervisor is gone: save and stop
+            else:
+                _print_human(event, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return status
+
+
+def _emit(event: dict[str, Any]) -> bool:
+    """Write one JSON line to stdout; False if the reader has gone away."""
+    try:
+        sys.stdout.write(json.dumps(event, default=str) + "\n")
+        sys.stdout.flush()
+        return True
+    except (BrokenPipeError, OSError):
+        return False

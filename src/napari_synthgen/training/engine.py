@@ -1,0 +1,415 @@
+"""The training loop, once for every model family: events, checkpoints, resume, stop, multi-GPU.
+
+``train(config)`` is a generator of events (plain dicts with an ``"event"`` key): ``started``,
+``progress``, ``sample``, ``validation``, ``checkpoint``, ``finished`` and ``failed``. The CLI
+prints them (or writes them as JSON lines for a supervising program such as the napari train
+widget); a notebook can iterate over them. Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop
+trains data-parallel with torch DDP; only rank 0 writes files and yields events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..devices import DeviceError, Precision, check_precision, resolve_device
+from ..encoding import unit_to_uint8
+from ..io import DiskFullError, atomic_path, write_array
+from ..masks import to_palette
+from .config import ConfigError, TrainConfig
+from .data import (
+    DataError,
+    TileSampler,
+    fixed_tiles,
+    intensity_stats,
+    load_samples,
+    split_validation,
+)
+
+Event = dict[str, Any]
+STATE_SUFFIX = ".state.pt"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue, with what to do."""
+
+
+def _event(kind: str, step: int, **fields: Any) -> Event:
+    return {"event": kind, "step": step, "time": time.time(), **fields}
+
+
+# --------------------------------------------------------------------------- distributed
+class _Dist:
+    """Rank, world size and collective helpers; a no-op when not under torchrun."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.active = self.world > 1
+        self._own_group = False
+
+    def init(self, device_type: str) -> None:
+        if not self.active:
+            return
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+            self._own_group = True
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on any rank."""
+        if not self.active:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def close(self) -> None:
+        if self._own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_paths(out: Path, step: int) -> tuple[Path, Path]:
+    """The generator file (for synthesis) and the training-state file of a step."""
+    state = out / "checkpoints" / f"step_{step:07d}{STATE_SUFFIX}"
+    return out / f"G_step_{step:07d}.safetensors", state
+
+
+def latest_checkpoint(out: Path) -> tuple[int, Path, Path] | None:
+    """The newest step with both files present: (step, generator path, state path)."""
+    pointer = out / "latest.json"
+    if pointer.is_file():
+        with contextlib.suppress(ValueError, OSError, KeyError):
+            info = json.loads(pointer.read_text(encoding="utf-8"))
+            g, s = out / info["generator"], out / info["state"]
+            if g.is_file() and s.is_file():
+                return int(info["step"]), g, s
+    states = sorted((out / "checkpoints").glob(f"step_*{STATE_SUFFIX}"))
+    for state in reversed(states):
+        step = int(state.name[5:12])
+        g, _ = checkpoint_paths(out, step)
+        if g.is_file():
+            return step, g, state
+    return None
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+_ARCH_KEYS = ("family", "netG", "ngf", "norm", "dropout", "output_nc", "encoding", "netD", "ndf",
+              "n_layers_D", "tile")
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in _ARCH_KEYS
+            if saved.get(k) != getattr(cfg, k)]
+    if diff:
+        raise TrainingError("cannot resume: the checkpoint was trained with another architecture "
+                            "(" + "; ".join(diff) + "). Use the same settings or a new --out.")
+
+
+# --------------------------------------------------------------------------- the loop
+def resolve_training_precision(precision: str, device: torch.device) -> Precision:
+    """``auto``: bf16 autocast on CUDA (fp16 with a scaler where bf16 is missing), else fp32.
+
+    On the CPU ``auto`` stays fp32: bf16 autocast is offered explicitly (``--precision bf16``)
+    because its speed-up depends on the CPU (see benchmarks/training.py).
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    return check_precision(precision, device)
+
+
+class _Run:
+    """State of one run; :func:`train` drives it."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None,
+                 stop: Callable[[], bool] | None) -> None:
+        self.cfg = cfg.validate()
+        self.dist = _Dist()
+        self.stop = stop or (lambda: False)
+        self.out = Path(cfg.out)
+        self.resume = resume
+        self.device = resolve_device(cfg.device)
+        if self.dist.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.precision = resolve_training_precision(cfg.precision, self.device)
+        self.last_checkpoint: tuple[int, str] | None = None
+
+    def setup(self) -> Event:
+        cfg = self.cfg
+        self.dist.init(self.device.type)
+        samples = load_samples(cfg.data)
+        if cfg.val:
+            train_s, val_s = samples, load_samples(cfg.val)
+        else:
+            train_s, val_s = split_validation(samples, cfg.val_fraction)
+        self.train_samples, self.val_samples = train_s, val_s
+        self.sampler = TileSampler(train_s, tile=cfg.tile, stride=cfg.stride,
+                                   batch_size=cfg.batch_size, seed=cfg.seed, flips=cfg.flips,
+                                   rot90=cfg.rot90, rank=self.dist.rank, world=self.dist.world)
+        if val_s:
+            TileSampler(val_s, tile=cfg.tile, stride=None, batch_size=1, seed=0)  # size check
+        self.total = cfg.steps or cfg.epochs * self.sampler.steps_per_epoch()
+        self.stats = intensity_stats(train_s)
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "checkpoints").mkdir(exist_ok=True)
+            (self.out / "samples").mkdir(exist_ok=True)
+            probe = self.out / f".write-probe-{os.getpid()}"
+            try:
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise TrainingError(f"cannot write into {self.out} ({exc}); choose another "
+                                    "--out folder.") from exc
+            cfg.save(self.out / "config.yaml")
+        torch.manual_seed(cfg.seed)
+        from .pix2pix import Pix2PixModel
+
+        self.model = Pix2PixModel(cfg, self.device, self.precision, self.total,
+                                  ddp=self.dist.active)
+        self.step = 0
+        resumed = None
+        if self.resume is not None:
+            resumed = self._load_resume(Path(self.resume))
+        preview_from = val_s or train_s
+        self.preview_masks, self.preview_images = fixed_tiles(preview_from, cfg.tile,
+                                                              cfg.n_preview)
+        self.preview_split = "validation" if val_s else "train"
+        return _event(
+            "started", self.step, total=self.total, resumed_from=resumed,
+            device=str(self.device), precision=self.precision, world_size=self.dist.world,
+            n_train_images=len(train_s), n_val_images=len(val_s),
+            tiles_per_epoch=self.sampler.tiles_per_epoch,
+            steps_per_epoch=self.sampler.steps_per_epoch(), out=str(self.out),
+            config=cfg.to_dict(), intensity=self.stats,
+        )
+
+    def _load_resume(self, path: Path) -> int:
+        if path.is_dir():
+            found = latest_checkpoint(path)
+            if found is None:
+                raise TrainingError(f"nothing to resume in {path}: no checkpoint found.")
+            state_path = found[2]
+        else:
+            state_path = path
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a corrupt or foreign file
+            raise TrainingError(
+                f"{state_path}: cannot be read as a training state ({exc}).") from exc
+        _check_resumable(state.get("config", {}), self.cfg)
+        self.model.load_state_dict(state["model"])
+        self.step = int(state["step"])
+        _set_rng_state(state["rng"])
+        if self.step >= self.total:
+            raise TrainingError(f"the checkpoint is at step {self.step}, which is not before the "
+                                f"end of this run ({self.total} steps); raise --steps to go on.")
+        return self.step
+
+    # ----------------------------------------------------------------- saving
+    def save_checkpoint(self) -> Event:
+        """Write generator + state atomically, point latest.json at them, prune old ones."""
+        from ..models.checkpoints import save_model
+
+        step = self.step
+        g_path, s_path = checkpoint_paths(self.out, step)
+        state = {"model": self.model.state_dict(), "step": step, "rng": _rng_state(),
+                 "config": self.cfg.to_dict(), "world_size": self.dist.world,
+                 "plugin_version": __version__}
+        with atomic_path(s_path) as tmp:
+            torch.save(state, tmp)
+        meta = {
+            "intensity": self.stats, "config": self.cfg.to_dict(), "step": step,
+            "provenance": {
+                "plugin_version": __version__, "torch_version": torch.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "host": socket.gethostname(), "data": list(self.cfg.data),
+                "n_train_images": len(self.train_samples),
+                "train_images": [s.name for s in self.train_samples],
+                "val_images": [s.name for s in self.val_samples],
+            },
+        }
+        save_model(g_path, self.model.generator, self.model.spec, encoding=self.cfg.encoding,
+                   tile=self.cfg.tile, metadata=meta)
+        with atomic_path(self.out / "latest.json") as tmp:
+            tmp.write_text(json.dumps({"step": step, "generator": g_path.name,
+                                       "state": f"checkpoints/{s_path.name}"}), encoding="utf-8")
+        self.last_checkpoint = (step, str(g_path))
+        self._prune()
+        return _event("checkpoint", step, path=str(g_path), state=str(s_path))
+
+    def _prune(self) -> None:
+        states = sorted((self.out / "checkpoints").glob(f"step_*{STATE_SUFFIX}"))
+        for old in states[: -self.cfg.keep_checkpoints]:
+            step = int(old.name[5:12])
+            g, _ = checkpoint_paths(self.out, step)
+            with contextlib.suppress(OSError):
+                old.unlink()
+                g.unlink()
+
+    def preview(self) -> list[Event]:
+        """Generate the fixed preview tiles, save a mosaic PNG, and score them against the real."""
+        fake = self.model.generate(self.preview_masks).numpy()
+        real = self.preview_images[:, 0].numpy()
+        fake8, real8 = unit_to_uint8(fake), unit_to_uint8(real)
+        rows = []
+        for m, f, r in zip(self.preview_masks.numpy(), fake8, real8, strict=True):
+            grey = [np.repeat(x[..., None], 3, axis=-1) for x in (f, r)]
+            rows.append(np.concatenate([to_palette(m), *grey], axis=1))
+        mosaic = np.concatenate(rows, axis=0)
+        path = write_array(self.out / "samples" / f"step_{self.step:07d}.png", mosaic)
+        from skimage.metrics import structural_similarity
+
+        l1 = float(np.abs(fake8.astype(np.float32) - real8).mean())
+        ssim = float(np.mean([structural_similarity(f, r, data_range=255)
+                              for f, r in zip(fake8, real8, strict=True)]))
+        return [
+            _event("sample", self.step, path=str(path), layout="mask | generated | real",
+                   split=self.preview_split),
+            _event("validation", self.step, split=self.preview_split, l1=l1, ssim=ssim,
+                   mean_generated=float(fake8.mean()), mean_real=float(real8.mean())),
+        ]
+
+    # ----------------------------------------------------------------- loop
+    def loop(self) -> Iterator[Event]:
+        cfg, main = self.cfg, self.dist.main
+        started = time.perf_counter()
+        first_step, ema = self.step, None
+        while self.step < self.total:
+            if self.dist.any(self.stop()):
+                if main:
+                    yield self.save_checkpoint()
+                    yield _event("finished", self.step, reason="stopped",
+                                 checkpoint=self.last_checkpoint[1], total=self.total)
+                return
+            t0 = time.perf_counter()
+            masks, images = self.sampler.batch(self.step)
+            result = self.model.step(masks, images)
+            if self.dist.any(not result.finite):
+                last = self.last_checkpoint
+                yield _event(
+                    "failed", self.step + 1, reason="non-finite loss", losses=result.losses,
+                    checkpoint=last[1] if last else None,
+                    message=(f"the loss became NaN or infinite at step {self.step + 1} "
+                             f"({_fmt(result.losses)}); training stopped. "
+                             + (f"The last good checkpoint is step {last[0]}: {last[1]}. "
+                                if last else "No checkpoint was written yet. ")
+                             + "Try a lower learning rate, precision fp32, or check the data."),
+                )
+                return
+            self.step += 1
+            dt = time.perf_counter() - t0
+            ema = dt if ema is None else 0.9 * ema + 0.1 * dt
+            if main and (self.step % cfg.log_every == 0 or self.step == self.total):
+                elapsed = time.perf_counter() - started
+                yield _event(
+                    "progress", self.step, total=self.total, losses=result.losses, lr=self.model.lr,
+                    tiles_per_s=self.sampler.global_batch / max(ema, 1e-9),
+                    seconds_per_step=ema, eta_s=ema * (self.total - self.step),
+                    elapsed_s=elapsed, epoch=self.step / self.sampler.steps_per_epoch(),
+                    steps_this_run=self.step - first_step,
+                )
+            if main and (self.step % cfg.sample_every == 0 or self.step == self.total):
+                yield from self.preview()
+            if self.step % cfg.checkpoint_every == 0 and self.step != self.total and main:
+                yield self.save_checkpoint()
+        if main:
+            yield self.save_checkpoint()
+            yield _event("finished", self.step, reason="completed",
+                         checkpoint=self.last_checkpoint[1], total=self.total)
+
+
+def _fmt(losses: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
+
+
+def train(config: TrainConfig, *, resume: str | Path | None = None,
+          stop: Callable[[], bool] | None = None) -> Iterator[Event]:
+    """Run training, yielding events; ``stop()`` returning True saves a checkpoint and ends.
+
+    Problems (bad data, bad settings, a full disk, a failing step) end the run with a
+    ``failed`` event whose ``message`` says what happened and where the last good checkpoint is;
+    they are not raised.
+    """
+    run: _Run | None = None
+    try:
+        run = _Run(config, resume, stop)
+        event = run.setup()
+        if run.dist.main:
+            yield event
+        yield from run.loop()
+    except (DataError, ConfigError, TrainingError, DeviceError) as exc:
+        yield _event("failed", run.step if run and hasattr(run, "step") else 0,
+                     reason=type(exc).__name__, message=str(exc), checkpoint=_last(run))
+    except DiskFullError as exc:
+        yield _event("failed", run.step if run and hasattr(run, "step") else 0,
+                     reason="disk full", checkpoint=_last(run),
+                     message=f"{exc.strerror} " + _last_note(run))
+    except OSError as exc:
+        yield _event("failed", run.step if run and hasattr(run, "step") else 0,
+                     reason="OSError", checkpoint=_last(run),
+                     message=f"{exc}. " + _last_note(run))
+    except Exception as exc:  # a bug: report it with the traceback, never hang a supervisor
+        yield _event("failed", run.step if run and hasattr(run, "step") else 0,
+                     reason=type(exc).__name__, checkpoint=_last(run),
+                     message=f"unexpected error: {exc}. " + _last_note(run),
+                     traceback=traceback.format_exc())
+    finally:
+        if run is not None:
+            run.dist.close()
+
+
+def _last(run: _Run | None) -> str | None:
+    return run.last_checkpoint[1] if run and run.last_checkpoint else None
+
+
+def _last_note(run: _Run | None) -> str:
+    if run and run.last_checkpoint:
+        step, path = run.last_checkpoint
+        return f"The last good checkpoint is step {step}: {path}."
+    return "No checkpoint was written in this run."
+
+
+def train_to_end(config: TrainConfig, **kwargs: Any) -> list[Event]:
+    """Run :func:`train` to the end and return its events (for notebooks and tests)."""
+    return list(train(config, **kwargs))
+
+
+__all__ = ["Event", "TrainConfig", "TrainingError", "latest_checkpoint", "train", "train_to_end"]
