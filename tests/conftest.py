@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see napari_synthgen/__init__.py
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -51,3 +52,31 @@ def reference_fixtures() -> Path:
     "pix2pix_reference"`` seen from a test file; see its README.md and manifest.json.
     """
     return _shared("fixtures/pix2pix_reference")
+
+
+def make_tiny_model(path: Path, *, netG: str = "resnet_6blocks", ngf: int = 4,
+                    norm: str = "instance", tile: int = 64, dropout: bool = False,
+                    seed: int = 0, init_gain: float = 0.02) -> Path:
+    """A tiny real generator with random weights, saved in our format (runs in milliseconds)."""
+    import torch
+
+    from napari_synthgen.models.checkpoints import save_model
+    from napari_synthgen.models.pix2pix import GeneratorSpec, build_generator
+
+    torch.manual_seed(seed)
+    spec = GeneratorSpec(netG=netG, input_nc=3, output_nc=1, ngf=ngf, norm=norm, dropout=dropout)
+    net = build_generator(spec, init_gain=init_gain)
+    return save_model(path, net, spec, encoding="rgb", tile=tile)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ResNet-6, ngf 4, instance norm, tile 64: per-tile statistics make seams easy to see."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """U-Net 128, ngf 4, batch norm, with dropout (for stochastic variations)."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny_unet.safetensors",
+                           netG="unet_128", norm="batch", tile=128, dropout=True, init_gain=0.2)

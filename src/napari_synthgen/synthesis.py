@@ -25,7 +25,7 @@ from .devices import (
     Precision,
     autocast,
     check_precision,
-    cpu_bf16_speedup,
+    choose_cpu_precision,
     default_precision,
     resolve_device,
 )
@@ -229,9 +229,8 @@ class Synthesizer:
         self.requested_precision = str(precision).lower()
         self.precision_note = ""
         self.precision: Precision = self._resolve_precision(self.requested_precision)
-        self.channels_last = self.device.type in ("cpu", "cuda")
-        if self.channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last)
+        self.memory_format = _memory_format(self.device, self.precision)
+        self.network = self.network.to(memory_format=self.memory_format)
         self._cache: dict[int, _Cache] = {}
 
     # ----------------------------------------------------------------- precision
@@ -242,24 +241,19 @@ class Synthesizer:
             p = default_precision(self.device)
             self.precision_note = f"auto: {p} on {self.device.type}"
             return p
-        key = (id(self.model), self.tile, self.batch_size, self.device.type)
-        if key not in _MEASURED:
-            x = torch.zeros(
-                (min(self.batch_size, 2), self.info.input_nc, self.tile, self.tile)
-            ).to(memory_format=torch.channels_last)
-            net = self.network.to(memory_format=torch.channels_last)
+        key = (id(self.model), self.tile, self.batch_size)
+        if key not in _CHOSEN:
+            x = torch.zeros((min(self.batch_size, 2), self.info.input_nc, self.tile, self.tile))
+            net = self.network
 
             def run(p: Precision) -> object:
+                fmt = _memory_format(self.device, p)
+                net.to(memory_format=fmt)
                 with torch.inference_mode(), autocast(self.device, p):
-                    return net(x)
+                    return net(x.contiguous(memory_format=fmt))
 
-            try:
-                _MEASURED[key] = cpu_bf16_speedup(run)
-            except RuntimeError:  # bf16 kernels missing on this CPU/build
-                _MEASURED[key] = 0.0
-        speedup = _MEASURED[key]
-        choice: Precision = "bf16" if speedup >= 1.25 else "fp32"
-        self.precision_note = f"auto: {choice} (bf16 measured {speedup:.2f}x fp32 on this CPU)"
+            _CHOSEN[key] = choose_cpu_precision(run)
+        choice, self.precision_note = _CHOSEN[key]
         return choice
 
     # ----------------------------------------------------------------- inference
@@ -269,9 +263,7 @@ class Synthesizer:
         t = self.tile
         crops = np.stack([padded[y : y + t, x : x + t] for y, x in origins])
         masks = torch.from_numpy(crops).to(self.device)
-        x_in = encode_masks(masks, self._lut)
-        if self.channels_last:
-            x_in = x_in.contiguous(memory_format=torch.channels_last)
+        x_in = encode_masks(masks, self._lut).contiguous(memory_format=self.memory_format)
         seeds = [tile_seed(seed, z, y, x) for y, x in origins] if self.stochastic else None
         for d in self._dropouts:
             d.seeds = seeds
@@ -477,7 +469,14 @@ class Synthesizer:
             torch.cuda.empty_cache()
 
 
-_MEASURED: dict[tuple[Any, ...], float] = {}
+_CHOSEN: dict[tuple[Any, ...], tuple[Precision, str]] = {}
+
+
+def _memory_format(device: torch.device, precision: Precision) -> torch.memory_format:
+    """channels_last on CUDA, and on the CPU for bf16 (where it is fast; fp32 gets slower)."""
+    if device.type == "cuda" or (device.type == "cpu" and precision == "bf16"):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def synthesize(mask: np.ndarray, model: Any, *, seed: int = 0, **kwargs: Any) -> np.ndarray:

@@ -52,7 +52,7 @@ _FLAGS: list[tuple[str, str, bool, str]] = [
     ("--flips", "flips", True, "random horizontal/vertical flips"),
     ("--rot90", "rot90", True, "random 90-degree turns"),
     ("--no-dropout", "dropout", False, "generator without dropout"),
-    ("--channels-last", "channels_last", True, "channels_last memory format"),
+    ("--no-channels-last", "channels_last", False, "plain NCHW memory format"),
 ]
 
 

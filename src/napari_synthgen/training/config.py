@@ -59,7 +59,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    channels_last: bool = False
+    channels_last: bool = True
     checkpoint_every: int = 500
     sample_every: int = 100
     log_every: int = 1

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..devices import DeviceError, Precision, check_precision, resolve_device
+from ..devices import (
+    DeviceError,
+    Precision,
+    check_precision,
+    choose_cpu_precision,
+    resolve_device,
+)
 from ..encoding import unit_to_uint8
 from ..io import DiskFullError, atomic_path, write_array
 from ..masks import to_palette
@@ -141,17 +147,22 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
 
 
 # --------------------------------------------------------------------------- the loop
-def resolve_training_precision(precision: str, device: torch.device) -> Precision:
-    """``auto``: bf16 autocast on CUDA (fp16 with a scaler where bf16 is missing), else fp32.
+def resolve_training_precision(cfg: TrainConfig, device: torch.device) -> tuple[Precision, str]:
+    """The precision a run uses, and why.
 
-    On the CPU ``auto`` stays fp32: bf16 autocast is offered explicitly (``--precision bf16``)
-    because its speed-up depends on the CPU (see benchmarks/training.py).
+    ``auto``: bf16 autocast on CUDA (fp16 with a gradient scaler where bf16 is missing), fp32 on
+    MPS, and on the CPU bf16 where it is faster (see ``devices.choose_cpu_precision``).
     """
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    return check_precision(precision, device)
+    if cfg.precision != "auto":
+        return check_precision(cfg.precision, device), "explicit"
+    if device.type == "cuda":
+        p: Precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return p, f"auto: {p} on CUDA"
+    if device.type != "cpu":
+        return "fp32", f"auto: fp32 on {device.type}"
+    from .pix2pix import generator_step_runner
+
+    return choose_cpu_precision(generator_step_runner(cfg))
 
 
 class _Run:
@@ -168,7 +179,8 @@ class _Run:
         if self.dist.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        self.precision = resolve_training_precision(cfg.precision, self.device)
+        self.precision: Precision = "fp32"
+        self.precision_note = ""
         self.last_checkpoint: tuple[int, str] | None = None
 
     def setup(self) -> Event:
@@ -199,6 +211,12 @@ class _Run:
                 raise TrainingError(f"cannot write into {self.out} ({exc}); choose another "
                                     "--out folder.") from exc
             cfg.save(self.out / "config.yaml")
+        saved = self._peek_resume()
+        if saved is not None and cfg.precision == "auto" and saved.get("precision"):
+            # keep the numerics of the run being resumed (an auto choice could differ today)
+            self.precision, self.precision_note = saved["precision"], "resumed run's precision"
+        else:
+            self.precision, self.precision_note = resolve_training_precision(cfg, self.device)
         torch.manual_seed(cfg.seed)
         from .pix2pix import Pix2PixModel
 
@@ -206,38 +224,48 @@ class _Run:
                                   ddp=self.dist.active)
         self.step = 0
         resumed = None
-        if self.resume is not None:
-            resumed = self._load_resume(Path(self.resume))
+        if saved is not None:
+            resumed = self._load_resume(saved)
         preview_from = val_s or train_s
         self.preview_masks, self.preview_images = fixed_tiles(preview_from, cfg.tile,
                                                               cfg.n_preview)
         self.preview_split = "validation" if val_s else "train"
         return _event(
             "started", self.step, total=self.total, resumed_from=resumed,
-            device=str(self.device), precision=self.precision, world_size=self.dist.world,
+            device=str(self.device), precision=self.precision,
+            precision_note=self.precision_note, world_size=self.dist.world,
             n_train_images=len(train_s), n_val_images=len(val_s),
             tiles_per_epoch=self.sampler.tiles_per_epoch,
             steps_per_epoch=self.sampler.steps_per_epoch(), out=str(self.out),
             config=cfg.to_dict(), intensity=self.stats,
         )
 
-    def _load_resume(self, path: Path) -> int:
+    def _peek_resume(self) -> dict[str, Any] | None:
+        """Read the training state to resume from (None when not resuming)."""
+        if self.resume is None:
+            return None
+        path = Path(self.resume)
         if path.is_dir():
             found = latest_checkpoint(path)
             if found is None:
                 raise TrainingError(f"nothing to resume in {path}: no checkpoint found.")
-            state_path = found[2]
-        else:
-            state_path = path
+            path = found[2]
         try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a corrupt or foreign file
-            raise TrainingError(
-                f"{state_path}: cannot be read as a training state ({exc}).") from exc
+            raise TrainingError(f"{path}: cannot be read as a training state ({exc}).") from exc
         _check_resumable(state.get("config", {}), self.cfg)
+        return state
+
+    def _load_resume(self, state: dict[str, Any]) -> int:
         self.model.load_state_dict(state["model"])
         self.step = int(state["step"])
         _set_rng_state(state["rng"])
+        if state["config"].get("lr") != self.cfg.lr:
+            self.model.set_base_lr(self.cfg.lr)
+        g_path, _ = checkpoint_paths(self.out, self.step)
+        if g_path.is_file():
+            self.last_checkpoint = (self.step, str(g_path))
         if self.step >= self.total:
             raise TrainingError(f"the checkpoint is at step {self.step}, which is not before the "
                                 f"end of this run ({self.total} steps); raise --steps to go on.")
@@ -251,6 +279,7 @@ class _Run:
         step = self.step
         g_path, s_path = checkpoint_paths(self.out, step)
         state = {"model": self.model.state_dict(), "step": step, "rng": _rng_state(),
+                 "precision": self.precision,
                  "config": self.cfg.to_dict(), "world_size": self.dist.world,
                  "plugin_version": __version__}
         with atomic_path(s_path) as tmp:
