@@ -271,7 +271,7 @@ def test_config_file_and_overrides(tmp_path: Path, isbi_small: Path) -> None:
     cfg_file.write_text(f"data: [{isbi_small}]\nsteps: 2\nngf: 4\nndf: 4\nnetG: unet_128\n"
                         f"tile: 128\nlr: 0.001\n")
     out = tmp_path / "run"
-    code, events, err = run_cli("train", "--config", str(cfg_file), "--out", str(out),
+    code, _events, err = run_cli("train", "--config", str(cfg_file), "--out", str(out),
                                 "--lr", "0.0005", "--events", "jsonl")
     assert code == 0, err
     saved = TrainConfig.load(out / "config.yaml")
