@@ -11,7 +11,7 @@ import pytest
 
 from napari_synthgen import io
 from napari_synthgen.masks import MaskError, to_palette
-from napari_synthgen.napari_io import get_reader, write_labels
+from napari_synthgen.napari_io import MaskNotSavedError, get_reader, write_labels
 from napari_synthgen.sample_data import CITATION, load_sample, make_sample_data
 
 
@@ -57,7 +57,7 @@ def test_atomic_write_full_disk_loses_nothing(tmp_path: Path, monkeypatch) -> No
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(io, "_fsync_file", full)
-    with pytest.raises(io.DiskFullError, match="disk is full.*nothing was overwritten"):
+    with pytest.raises(io.DiskFullError, match=r"disk is full.*nothing was overwritten"):
         io.write_mask(dest, np.zeros((4, 4), np.uint8))
     assert dest.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]
@@ -71,9 +71,9 @@ def test_no_overwrite_refuses(tmp_path: Path) -> None:
 
 def test_corrupt_and_wrong_files(tmp_path: Path) -> None:
     (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
-    with pytest.raises(ValueError, match="bad.tif: cannot be read"):
+    with pytest.raises(ValueError, match=r"bad\.tif: cannot be read"):
         io.read_array(tmp_path / "bad.tif")
-    with pytest.raises(ValueError, match="unsupported file type .jpg"):
+    with pytest.raises(ValueError, match=r"unsupported file type \.jpg"):
         io.read_array(tmp_path / "x.jpg")
     with pytest.raises(FileNotFoundError):
         io.read_array(tmp_path / "missing.tif")
@@ -126,7 +126,7 @@ def test_reader_claims_masks_and_paired_folders(tmp_path: Path, isbi_dir: Path,
 def test_writer_refuses_values_above_two(tmp_path: Path) -> None:
     bad = np.zeros((8, 8), np.int32)
     bad[2, 3] = 4
-    with pytest.raises(MaskError, match=r"not saved: .*value 4 at row 2, column 3"):
+    with pytest.raises(MaskNotSavedError, match=r"not saved: .*value 4 at row 2, column 3"):
         write_labels(str(tmp_path / "x.tif"), bad, {})
     assert not any(tmp_path.iterdir())
     good = np.ones((8, 8), np.int32)

@@ -67,10 +67,7 @@ def validate_mask(mask: np.ndarray, *, name: str = "mask") -> np.ndarray:
             f"{name} has dtype {arr.dtype}; masks hold integer classes 0, 1, 2. "
             "If the values are whole numbers, use coerce_mask(mask, allow_float=True)."
         )
-    if arr.dtype == np.uint8:
-        bad = arr > BOUNDARY
-    else:
-        bad = (arr < 0) | (arr > BOUNDARY)
+    bad = arr > BOUNDARY if arr.dtype == np.uint8 else (arr < 0) | (arr > BOUNDARY)
     if bad.any():
         value = arr[np.unravel_index(int(np.argmax(bad)), bad.shape)]
         count = int(bad.sum())
@@ -189,7 +186,8 @@ def coerce_mask(
         if fractional.any():
             value = arr[np.unravel_index(int(np.argmax(fractional)), arr.shape)]
             raise MaskError(
-                f"the mask has the non-integer value {float(value)!r} at {_where(arr, fractional)}; "
+                f"the mask has the non-integer value {float(value)!r} at "
+                f"{_where(arr, fractional)}; "
                 "a float mask can only be used when every value is a whole number."
             )
         if arr.size and (arr.min() < np.iinfo(np.int64).min or arr.max() > 2**62):
@@ -286,7 +284,8 @@ def instances_to_mask(labels: np.ndarray, *, boundary_width: int = 1) -> np.ndar
         raise MaskError(f"boundary_width must be at least 1; got {boundary_width}.")
     if arr.size and arr.min() < 0:
         bad = arr < 0
-        raise MaskError(f"instance labels must be >= 0; found {int(arr.min())} at {_where(arr, bad)}.")
+        raise MaskError(
+            f"instance labels must be >= 0; found {int(arr.min())} at {_where(arr, bad)}.")
     work = arr.astype(np.int64 if arr.max(initial=0) > np.iinfo(np.int32).max else np.int32)
     return _per_slice(work, lambda s: _instances_to_mask_2d(s, int(boundary_width)))
 

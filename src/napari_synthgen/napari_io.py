@@ -82,6 +82,14 @@ def read_paired_folder(path: str | list[str]) -> list[LayerData]:
     return layers
 
 
+class MaskNotSavedError(RuntimeError):
+    """A Labels layer that is not a 3-class mask was not saved.
+
+    Not a ``ValueError`` on purpose: napari reads a ValueError from a writer as "this writer
+    does not apply" and hides the message; this one reaches the user.
+    """
+
+
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Save a Labels layer as a uint8 mask (TIFF, or PNG by suffix); values above 2 are refused."""
     dest = Path(path)
@@ -91,7 +99,7 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     try:
         write_mask(dest, arr)
     except MaskError as exc:
-        raise MaskError(
+        raise MaskNotSavedError(
             f"not saved: {exc} Only 3-class masks (0 background, 1 interior, 2 boundary) are "
             "saved by napari-synthgen; use napari's own writer for other label images."
         ) from None

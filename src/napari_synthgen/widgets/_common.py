@@ -1,0 +1,141 @@
+"""Small helpers the napari widgets share: mask layers, in-place edits, class keys, messages."""
+
+from __future__ import annotations
+
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..masks import BACKGROUND, BOUNDARY, INTERIOR, MaskError, validate_mask
+from ..napari_io import mask_layer_kwargs
+
+if TYPE_CHECKING:
+    import napari
+
+#: Class, button text and shortcut key. Keys free in napari's Labels keymap (E erases = 0 too).
+CLASS_KEYS: tuple[tuple[int, str, str], ...] = (
+    (BACKGROUND, "Background", "G"),
+    (INTERIOR, "Interior", "I"),
+    (BOUNDARY, "Boundary", "O"),
+)
+
+
+def add_mask_layer(viewer: napari.viewer.Viewer, data: np.ndarray, name: str,
+                   **kwargs: Any) -> Labels:
+    """Add a class mask as a Labels layer with the fixed colours and class shortcuts."""
+    layer = viewer.add_labels(validate_mask(data), **mask_layer_kwargs(name, **kwargs))
+    bind_class_keys(layer)
+    return layer
+
+
+def set_or_add_mask_layer(viewer: napari.viewer.Viewer, data: np.ndarray, name: str,
+                          **kwargs: Any) -> Labels:
+    """Replace the data of the mask layer called ``name`` if it exists, else add it."""
+    if name in viewer.layers and isinstance(viewer.layers[name], Labels):
+        layer = viewer.layers[name]
+        if layer.data.shape == data.shape:
+            apply_in_place(layer, data)
+            return layer
+        viewer.layers.remove(layer)
+    return add_mask_layer(viewer, data, name, **kwargs)
+
+
+def apply_in_place(layer: Labels, new: np.ndarray) -> int:
+    """Write ``new`` into a Labels layer as one undoable edit (Ctrl+Z reverts it).
+
+    Only changed pixels are written, through ``data_setitem``, which records napari's undo
+    history and emits the paint event that live preview listens to. Returns the pixels changed.
+    """
+    new = validate_mask(new)
+    if new.shape != layer.data.shape:
+        raise MaskError(
+            f"the new mask has shape {new.shape} but layer {layer.name!r} has {layer.data.shape}."
+        )
+    changed = np.nonzero(np.asarray(layer.data) != new)
+    if changed[0].size:
+        layer.data_setitem(changed, new[changed])
+    return int(changed[0].size)
+
+
+def select_class(layer: Labels, cls: int) -> None:
+    """Paint with class ``cls`` from now on (and switch the layer to painting)."""
+    layer.selected_label = int(cls)
+    if layer.mode not in ("paint", "fill"):
+        layer.mode = "paint"
+
+
+def bind_class_keys(layer: Labels) -> None:
+    """Bind the class shortcuts (G, I, O) on a mask layer."""
+    for cls, _, key in CLASS_KEYS:
+
+        def pick(lyr: Labels, cls: int = cls) -> None:
+            select_class(lyr, cls)
+
+        layer.bind_key(key, pick, overwrite=True)
+
+
+def add_collapsible(container: Any, title: str, widgets: list[Any], *,
+                    expanded: bool = False) -> Any:
+    """Append a collapsible section holding ``widgets`` (magicgui) to ``container``."""
+    from magicgui.widgets import Container
+    from superqt import QCollapsible
+
+    section = QCollapsible(title)
+    section.addWidget(Container(widgets=widgets).native)
+    if expanded:
+        section.expand(animate=False)
+    container.native.layout().addWidget(section)
+    return section
+
+
+def connect_weakly(signal: Any, obj: Any, method: str) -> None:
+    """Connect a Qt signal to ``obj.<method>()`` through a weak reference.
+
+    A long-lived sender (the QApplication, a Qt object's ``destroyed``) then does not keep the
+    widget, and through it the viewer, alive.
+    """
+    import weakref
+
+    ref = weakref.ref(obj)
+
+    def slot(*_: object) -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, method)()
+
+    signal.connect(slot)
+
+
+def call_on_destroy(widget: Any, method: str) -> None:
+    """Call ``widget.<method>()`` when its Qt object is destroyed (the dock widget closed)."""
+    connect_weakly(widget.native.destroyed, widget, method)
+
+
+def report_error(exc: BaseException, doing: str) -> None:
+    """Show an error as a napari notification: what failed and the message that says why."""
+    message = str(exc) or exc.__class__.__name__
+    if isinstance(exc, (ValueError, OSError, RuntimeError, KeyError)):
+        show_error(f"{doing} failed: {message}")
+    else:  # unexpected: keep the traceback for a bug report
+        show_error(f"{doing} failed ({exc.__class__.__name__}): {message}\n"
+                   + "".join(traceback.format_exception_only(type(exc), exc)))
+
+
+__all__ = [
+    "CLASS_KEYS",
+    "add_collapsible",
+    "add_mask_layer",
+    "apply_in_place",
+    "bind_class_keys",
+    "call_on_destroy",
+    "connect_weakly",
+    "report_error",
+    "select_class",
+    "set_or_add_mask_layer",
+    "show_error",
+    "show_info",
+    "show_warning",
+]

@@ -1,0 +1,151 @@
+"""The mask editor, reader, writer and sample through the real manifest in a real viewer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from app_model.types import KeyBinding
+
+from napari_synthgen import io
+from napari_synthgen.masks import BOUNDARY, INTERIOR, class_fractions
+from napari_synthgen.napari_io import MaskNotSavedError
+
+PLUGIN = "napari-synthgen"
+pytestmark = pytest.mark.gui
+
+
+def _dock(viewer, name: str):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def _press(layer, key: str) -> None:
+    """Run the layer's binding for ``key``, as a key press on the canvas does."""
+    layer.keymap[KeyBinding.from_str(key)](layer)
+
+
+def _colour_share(shot: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> np.ndarray:
+    return np.all(np.abs(shot[..., :3].astype(int) - rgb) <= tol, axis=-1)
+
+
+def test_paint_each_class_and_see_its_colour(make_napari_viewer) -> None:
+    viewer = make_napari_viewer(show=True)
+    editor = _dock(viewer, "Mask editor")
+    editor.new_height.value, editor.new_width.value = 60, 90
+    editor.fill.value = "background"
+    layer = editor.new_mask()
+    assert layer.data.shape == (60, 90) and layer.opacity == 1.0
+    # paint each class in its own third, picking the class by button and by shortcut key
+    editor.class_buttons[INTERIOR].changed(True)
+    assert layer.selected_label == INTERIOR
+    layer.brush_size = 20
+    for x in range(32, 58, 4):
+        for y in range(4, 60, 6):
+            layer.paint((y, x), layer.selected_label)
+    _press(layer, "O")
+    assert layer.selected_label == BOUNDARY
+    for x in range(64, 90, 4):
+        for y in range(4, 60, 6):
+            layer.paint((y, x), layer.selected_label)
+    _press(layer, "G")
+    layer.paint((30, 5), layer.selected_label)
+    assert set(np.unique(layer.data[:, 62:])) == {BOUNDARY}
+    assert (layer.data[:, 36:54] == INTERIOR).all() and (layer.data[:, :20] == 0).all()
+
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    green, red = _colour_share(shot, (0, 255, 0)), _colour_share(shot, (255, 0, 0))
+    assert green.mean() > 0.05 and red.mean() > 0.05
+    assert np.nonzero(green)[1].mean() < np.nonzero(red)[1].mean()  # green left of red
+    # painting is undoable
+    layer.undo()
+    assert layer.data[30, 5] == 0
+
+
+def test_edits_are_in_place_and_undoable(make_napari_viewer, isbi_mask: np.ndarray) -> None:
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    layer = viewer.add_labels(isbi_mask.copy(), name="isbi")
+    editor.mask_layer.value = layer
+    data_id = id(layer.data)
+    before = layer.data.copy()
+    editor.boundary_width.value = 1
+    editor.rebuild()
+    assert id(layer.data) == data_id  # the same array, edited in place
+    assert class_fractions(layer.data)["boundary"] < class_fractions(before)["boundary"]
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+    editor.variation_seed.value = 3
+    editor.variation()
+    assert not np.array_equal(layer.data, before)
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+    editor.layout_kind.value = "sparse"
+    editor.new_layout()
+    assert class_fractions(layer.data)["background"] > 0.3
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_new_mask_like_an_image_and_conversions(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    img = viewer.add_image(np.zeros((40, 50), np.uint8), name="em", scale=(2.0, 2.0))
+    editor.like.value = img
+    layer = editor.new_mask()
+    assert layer.data.shape == (40, 50) and tuple(layer.scale) == (2.0, 2.0)
+    inst = np.zeros((40, 50), np.int32)
+    inst[5:20, 5:20], inst[5:20, 20:40] = 1, 2
+    viewer.add_labels(inst, name="instances")
+    editor.convert_source.value = viewer.layers["instances"]
+    editor.convert_kind.value = "instances"
+    converted = editor.convert()
+    assert converted.name == "instances mask"
+    assert set(np.unique(converted.data)) == {0, 1, 2}
+
+
+def test_save_and_open_round_trip(make_napari_viewer, tmp_path: Path,
+                                  isbi_mask: np.ndarray) -> None:
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    layer = viewer.add_labels(isbi_mask.copy(), name="m")
+    editor.mask_layer.value = layer
+    editor.save_path.value = tmp_path / "saved.tif"
+    assert editor.save_mask() == tmp_path / "saved.tif"
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "saved.tif"), isbi_mask)
+    editor.open_path.value = tmp_path / "saved.tif"
+    opened = editor.open_mask()
+    assert opened.name == "saved" and opened.colormap.color_dict[2].tolist()[:3] == [1, 0, 0]
+
+
+def test_bad_values_are_refused_with_a_message(make_napari_viewer, tmp_path: Path) -> None:
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    bad = np.zeros((8, 8), np.int32)
+    bad[1, 2] = 5
+    editor.mask_layer.value = viewer.add_labels(bad, name="bad")
+    editor.save_path.value = tmp_path / "bad.tif"
+    n = len(notification_manager.records)
+    assert editor.save_mask() is None
+    assert not (tmp_path / "bad.tif").exists()
+    messages = [str(r.message) for r in notification_manager.records[n:]]
+    assert any("value 5 at row 1, column 2" in m for m in messages)
+    # napari's own save through our writer refuses too
+    with pytest.raises(MaskNotSavedError, match="value 5 at row 1, column 2"):
+        viewer.layers["bad"].save(str(tmp_path / "bad2.tif"), plugin=PLUGIN)
+    assert not (tmp_path / "bad2.tif").exists()
+
+
+def test_reader_and_sample_through_napari(make_napari_viewer, tmp_path: Path,
+                                          isbi_mask: np.ndarray) -> None:
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "isbi2012")
+    assert [lyr.name for lyr in viewer.layers] == ["EM sample", "mask"]
+    assert viewer.layers["mask"].colormap.color_dict[1].tolist()[:3] == [0, 1, 0]
+    io.write_mask(tmp_path / "m.tif", isbi_mask)
+    [layer] = viewer.open(str(tmp_path / "m.tif"), plugin=PLUGIN)
+    assert layer.data.dtype == np.uint8 and layer.opacity == 1.0
