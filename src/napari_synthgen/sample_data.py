@@ -24,6 +24,13 @@ def sample_folder() -> Path:
     return Path(str(files("napari_synthgen") / "resources" / "sample"))
 
 
+def demo_model_path() -> Path | None:
+    """The bundled demo model (a small pix2pix trained on ISBI 2012), if the package has one."""
+    folder = Path(str(files("napari_synthgen") / "resources" / "demo_model"))
+    models = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return models[0] if models else None
+
+
 def load_sample() -> tuple[np.ndarray, np.ndarray]:
     """The sample EM image (uint8, 512 x 512) and its mask (classes 1 and 2)."""
     folder = sample_folder()

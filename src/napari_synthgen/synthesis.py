@@ -429,6 +429,10 @@ class Synthesizer:
         px = slice(xs.start + grid.left - fx0, xs.stop + grid.left - fx0)
         image[ys, xs] = unit_to_uint8(num[py, px] / den[py, px])
 
+    def kept(self, z: int = 0) -> bool:
+        """True when tile outputs of slice ``z`` are kept for :meth:`update`."""
+        return z in self._cache
+
     def tiles_touched(self, region: tuple[slice, slice], *, z: int = 0) -> int:
         """How many tiles of the kept grid cover an image region (for progress and tests)."""
         cache = self._cache.get(z)
