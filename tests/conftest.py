@@ -37,6 +37,20 @@ def isbi_mask(isbi_dir: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def isbi_small(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
+    """Six ISBI pairs (a paired folder) for fast training runs."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("isbi6")
+    for sub in ("images", "masks"):
+        (root / sub).mkdir()
+        for i in range(6):
+            name = f"isbi2012_train_{i:02d}.tif"
+            shutil.copy(isbi_dir / sub / name, root / sub / name)
+    return root
+
+
+@pytest.fixture(scope="session")
 def isbi_image(isbi_dir: Path) -> np.ndarray:
     """The EM image paired with :func:`isbi_mask`."""
     import tifffile
@@ -80,3 +94,10 @@ def tiny_unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """U-Net 128, ngf 4, batch norm, with dropout (for stochastic variations)."""
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny_unet.safetensors",
                            netG="unet_128", norm="batch", tile=128, dropout=True, init_gain=0.2)
+
+
+@pytest.fixture(autouse=True)
+def _private_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+                      ) -> None:
+    """Widgets remember settings; tests keep them in a temporary folder."""
+    monkeypatch.setenv("NAPARI_SYNTHGEN_CONFIG_DIR", str(tmp_path_factory.mktemp("settings")))

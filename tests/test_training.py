@@ -35,18 +35,6 @@ def run_cli(*args: str, timeout: float = 240, env: dict | None = None
     return proc.returncode, events, proc.stderr
 
 
-@pytest.fixture(scope="module")
-def isbi_small(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
-    """Six ISBI pairs (a paired folder) for fast runs."""
-    root = tmp_path_factory.mktemp("isbi6")
-    for sub in ("images", "masks"):
-        (root / sub).mkdir()
-        for i in range(6):
-            name = f"isbi2012_train_{i:02d}.tif"
-            shutil.copy(isbi_dir / sub / name, root / sub / name)
-    return root
-
-
 def test_cli_trains_on_isbi_and_generate_uses_the_checkpoint(tmp_path: Path, isbi_dir: Path
                                                              ) -> None:
     out = tmp_path / "run"

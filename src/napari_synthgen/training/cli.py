@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -74,6 +75,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="write one JSON event per line to stdout")
     p.add_argument("--stop-file", type=Path, default=None,
                    help="stop (saving a checkpoint) when this file appears")
+    p.add_argument("--nice", type=int, default=0,
+                   help="lower this process's CPU priority by N (keeps a GUI responsive)")
     return p
 
 
@@ -162,6 +165,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.nice and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(args.nice)
     stop = _StopFlag(args.stop_file)
     resume = None
     if args.resume is not None:

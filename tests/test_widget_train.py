@@ -1,0 +1,116 @@
+"""The train widget: a child process supervised from napari, never blocking the viewer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_synthgen.models.checkpoints import load_model
+from napari_synthgen.training.engine import latest_checkpoint
+
+PLUGIN = "napari-synthgen"
+pytestmark = pytest.mark.gui
+
+
+def _train_widget(viewer, data: Path, out: Path, steps: int = 2000):
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    w.data.value = str(data)
+    w.out.value = out
+    w.steps.value = steps
+    w.netG.value, w.ngf.value, w.ndf.value, w.tile.value = "unet_128", 4, 4, 128
+    w.batch.value, w.sample_every.value, w.checkpoint_every.value = 2, 5, 10_000
+    return w
+
+
+def _kinds(w, kind: str) -> list[dict]:
+    return [e for e in w.events if e["event"] == kind]
+
+
+def test_start_watch_stop_without_blocking(make_napari_viewer, qtbot, tmp_path: Path,
+                                           isbi_small: Path) -> None:
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer(show=True)
+    # as a user would: the sample is open (napari's one-time set-up of its first layer, such as
+    # its unit registry, is not part of training)
+    viewer.open_sample(PLUGIN, "isbi2012")
+    w = _train_widget(viewer, isbi_small, tmp_path / "run")
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(10)
+    worker = w.start()
+    assert not w.start_button.enabled and w.stop_button.enabled
+    qtbot.waitUntil(lambda: w.process is not None, timeout=30_000)
+    assert w.process.running
+    qtbot.waitUntil(lambda: len(_kinds(w, "progress")) >= 12 and bool(_kinds(w, "sample")),
+                    timeout=120_000)
+    # the plot and the preview follow the run
+    assert "training preview" in viewer.layers
+    assert viewer.layers["training preview"].rgb
+    assert len(w.plot.series["G GAN"][0]) >= 12 and w.progress.value >= 12
+    assert "ETA" in w.eta.value
+    pid = w.process.proc.pid
+    w.stop()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    timer.stop()
+    finished = w.events[-1]
+    assert finished["event"] == "finished" and finished["reason"] == "stopped"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the child process is gone
+    step, g, _ = latest_checkpoint(tmp_path / "run")
+    assert step == finished["step"] and load_model(g).info.metadata["step"] == step
+    assert w.checkpoint == str(g) and w.start_button.enabled
+    gaps = np.diff(ticks)
+    assert gaps.max() < 0.3, f"the Qt event loop was blocked for {gaps.max():.2f} s"
+    # the checkpoint goes to the synthesis widget
+    w.use_in_synthesis()
+    _, synth = viewer.window.add_plugin_dock_widget(PLUGIN, "Synthesize")  # the docked one
+    qtbot.waitUntil(lambda: synth._model is not None, timeout=20_000)
+    assert synth._model.info.path == str(g)
+
+
+def test_unresponsive_trainer_is_ended(make_napari_viewer, qtbot, tmp_path: Path,
+                                       isbi_small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_synthgen.widgets import train as train_mod
+
+    monkeypatch.setattr(train_mod, "STOP_GRACE_S", 1.0)
+    monkeypatch.setattr(train_mod, "KILL_GRACE_S", 1.0)
+    viewer = make_napari_viewer()
+    w = _train_widget(viewer, isbi_small, tmp_path / "run")
+    worker = w.start()
+    qtbot.waitUntil(lambda: len(_kinds(w, "progress")) >= 2, timeout=120_000)
+    os.kill(w.process.proc.pid, signal.SIGSTOP)  # the trainer hangs
+    w.stop()
+    with qtbot.waitSignal(worker.finished, timeout=30_000):
+        pass
+    assert not w.process.running
+    assert w.events[-1]["event"] == "failed" and "ended with code" in w.events[-1]["message"]
+
+
+def test_closing_napari_stops_training(make_napari_viewer, qtbot, tmp_path: Path,
+                                       isbi_small: Path) -> None:
+    viewer = make_napari_viewer()
+    w = _train_widget(viewer, isbi_small, tmp_path / "run")
+    w.start()
+    qtbot.waitUntil(lambda: len(_kinds(w, "progress")) >= 3, timeout=120_000)
+    process = w.process
+    viewer.close()
+    qtbot.waitUntil(lambda: not process.running, timeout=30_000)
+    assert process.proc.returncode == 0
+    assert latest_checkpoint(tmp_path / "run") is not None
+
+
+def test_bad_data_is_shown_on_entry(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    w.data.value = str(tmp_path)
+    qtbot.waitUntil(lambda: "no .tif" in w.data_status.value, timeout=20_000)
