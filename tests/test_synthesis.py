@@ -101,7 +101,7 @@ def test_auto_precision_on_the_cpu(tiny_model: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: set())
     assert devices.choose_cpu_precision(run)[0] == "fp32" and not calls
     monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: None)  # unknown: timed
-    choice, note = devices.choose_cpu_precision(run)
+    _choice, note = devices.choose_cpu_precision(run)
     assert set(calls) == {"fp32", "bf16"} and "measured" in note
 
 

@@ -122,17 +122,18 @@ def cpu_bf16_flags() -> set[str] | None:
     return None
 
 
-def choose_cpu_precision(run: Callable[[Precision], object], *, threshold: float = 1.25
-                         ) -> tuple[Precision, str]:
+def choose_cpu_precision(run: Callable[[Precision], object], *, threshold: float = 1.25,
+                         trust_amx: bool = True) -> tuple[Precision, str]:
     """fp32 or bf16 for work on this CPU, and why.
 
-    A CPU with AMX-BF16 runs bf16 convolutions several times faster (seen here: 3-4x), one
-    without any bf16 instructions runs them slower; both are known from the CPU flags, which,
+    A CPU with AMX-BF16 runs bf16 inference several times faster (seen here: 3-4x), one
+    without any bf16 instructions runs it slower; both are known from the CPU flags, which,
     unlike a timing, cannot be fooled by other programs loading the machine. In between (or
-    where the flags cannot be read) ``run`` is timed in both precisions.
+    where the flags cannot be read, or ``trust_amx`` is False because the work also casts
+    weights and gradients, as training does) ``run`` is timed in both precisions.
     """
     flags = cpu_bf16_flags()
-    if flags is not None and "amx_bf16" in flags:
+    if flags is not None and "amx_bf16" in flags and trust_amx:
         return "bf16", "auto: bf16 (this CPU has AMX-BF16)"
     if flags is not None and not flags:
         return "fp32", "auto: fp32 (this CPU has no bf16 instructions)"

@@ -9,6 +9,7 @@ tile's output and later recompute only the tiles whose mask pixels changed.
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import os
@@ -222,15 +223,17 @@ class Synthesizer:
             raise SynthesisError(f"batch size must be at least 1; got {batch_size}.")
         self.batch_size = int(batch_size)
         self.stochastic = bool(stochastic)
-        self.network = model.network.to(self.device).eval()
-        self._dropouts = _install_seeded_dropout(self.network)
         self._lut = encoding_lut(self.encoding, self.device)
         self._window = blend_window(self.tile, self.overlap)
         self.requested_precision = str(precision).lower()
         self.precision_note = ""
         self.precision: Precision = self._resolve_precision(self.requested_precision)
+        self.network, self._dropouts = prepare_network(model.network, self.device, self.precision)
         self.memory_format = _memory_format(self.device, self.precision)
-        self.network = self.network.to(memory_format=self.memory_format)
+        # bf16 on the CPU runs a bf16 copy of the weights (converted once, not at every call);
+        # elsewhere reduced precision is autocast
+        self._input_dtype = _weight_dtype(self.device, self.precision)
+        self._autocast = self._input_dtype == torch.float32 and self.precision != "fp32"
         self._cache: dict[int, _Cache] = {}
 
     # ----------------------------------------------------------------- precision
@@ -244,13 +247,13 @@ class Synthesizer:
         key = (id(self.model), self.tile, self.batch_size)
         if key not in _CHOSEN:
             x = torch.zeros((min(self.batch_size, 2), self.info.input_nc, self.tile, self.tile))
-            net = self.network
 
             def run(p: Precision) -> object:
-                fmt = _memory_format(self.device, p)
-                net.to(memory_format=fmt)
-                with torch.inference_mode(), autocast(self.device, p):
-                    return net(x.contiguous(memory_format=fmt))
+                net, _ = prepare_network(self.model.network, self.device, p)
+                xp = x.to(_weight_dtype(self.device, p)).contiguous(
+                    memory_format=_memory_format(self.device, p))
+                with torch.inference_mode():
+                    return net(xp)
 
             _CHOSEN[key] = choose_cpu_precision(run)
         choice, self.precision_note = _CHOSEN[key]
@@ -263,12 +266,15 @@ class Synthesizer:
         t = self.tile
         crops = np.stack([padded[y : y + t, x : x + t] for y, x in origins])
         masks = torch.from_numpy(crops).to(self.device)
-        x_in = encode_masks(masks, self._lut).contiguous(memory_format=self.memory_format)
+        x_in = encode_masks(masks, self._lut).to(self._input_dtype).contiguous(
+            memory_format=self.memory_format)
         seeds = [tile_seed(seed, z, y, x) for y, x in origins] if self.stochastic else None
         for d in self._dropouts:
             d.seeds = seeds
         try:
-            with torch.inference_mode(), autocast(self.device, self.precision):
+            with torch.inference_mode(), autocast(
+                self.device, self.precision if self._autocast else "fp32"
+            ):
                 out = self.network(x_in)
         finally:
             for d in self._dropouts:
@@ -326,27 +332,29 @@ class Synthesizer:
         self, padded: np.ndarray, grid: TileGrid, seed: int, z: int,
         out: np.ndarray, cache: _Cache | None,
     ) -> Generator[int, None, None]:
-        """Blend one slice row by row in a rolling buffer of one tile's height."""
+        """Blend one slice in a rolling buffer one tile high, tiles in row-major order.
+
+        Batches run across rows; a row of the image is written out as soon as no later tile
+        covers it, so memory stays bounded by a row of tiles whatever the image size.
+        """
         t, win = self.tile, self._window
         num = np.zeros((t, grid.padded_width), dtype=np.float32)
         den = np.zeros_like(num)
         acc_y0 = grid.ys[0]
-        for y in grid.ys:
-            shift = y - acc_y0
-            if shift:
-                self._flush(num, den, acc_y0, shift, grid, out)
-                num[:-shift], den[:-shift] = num[shift:].copy(), den[shift:].copy()
-                num[-shift:], den[-shift:] = 0.0, 0.0
-                acc_y0 = y
-            row = [(y, x) for x in grid.xs]
-            for batch in self._batches(row):
-                outs = self._infer(padded, batch, seed, z)
-                for (_, x), o in zip(batch, outs, strict=True):
-                    num[:, x : x + t] += win * o
-                    den[:, x : x + t] += win
-                    if cache is not None:
-                        cache.tiles[(y, x)] = o
-                yield len(batch)
+        for batch in self._batches(grid.tiles):
+            outs = self._infer(padded, batch, seed, z)
+            for (y, x), o in zip(batch, outs, strict=True):
+                shift = y - acc_y0
+                if shift:
+                    self._flush(num, den, acc_y0, shift, grid, out)
+                    num[:-shift], den[:-shift] = num[shift:].copy(), den[shift:].copy()
+                    num[-shift:], den[-shift:] = 0.0, 0.0
+                    acc_y0 = y
+                num[:, x : x + t] += win * o
+                den[:, x : x + t] += win
+                if cache is not None:
+                    cache.tiles[(y, x)] = o
+            yield len(batch)
         self._flush(num, den, acc_y0, t, grid, out)
 
     @staticmethod
@@ -474,6 +482,44 @@ class Synthesizer:
 
 
 _CHOSEN: dict[tuple[Any, ...], tuple[Precision, str]] = {}
+
+
+def _weight_dtype(device: torch.device, precision: Precision) -> torch.dtype:
+    """bf16 weights for bf16 on the CPU (no per-call casts); float32 weights otherwise."""
+    return torch.bfloat16 if device.type == "cpu" and precision == "bf16" else torch.float32
+
+
+def fold_batchnorm(net: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm that follows a (transposed) convolution into it.
+
+    Inference only: the fused convolution computes the same function with one pass less over
+    the activations. Returns the number of layers folded.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if (isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
+                    and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None):
+                seq[i] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
+                seq[i + 1] = nn.Identity()
+                folded += 1
+    return folded
+
+
+def prepare_network(net: nn.Module, device: torch.device, precision: Precision
+                    ) -> tuple[nn.Module, list[SeededDropout]]:
+    """An inference copy of a generator: eval mode, batch norm folded, seeded dropout, on
+    ``device`` in its memory format (and dtype for bf16 on the CPU). The original is untouched,
+    so several synthesizers can share one loaded model."""
+    copy_ = copy.deepcopy(net).eval()
+    fold_batchnorm(copy_)
+    dropouts = _install_seeded_dropout(copy_)
+    copy_.to(device=device, dtype=_weight_dtype(device, precision))
+    copy_.to(memory_format=_memory_format(device, precision))
+    return copy_, dropouts
 
 
 def _memory_format(device: torch.device, precision: Precision) -> torch.memory_format:

@@ -162,7 +162,9 @@ def resolve_training_precision(cfg: TrainConfig, device: torch.device) -> tuple[
         return "fp32", f"auto: fp32 on {device.type}"
     from .pix2pix import generator_step_runner
 
-    return choose_cpu_precision(generator_step_runner(cfg))
+    # a training step also casts weights and gradients, which can cost more than bf16 saves at
+    # small batches: time it (a few seconds, once per run)
+    return choose_cpu_precision(generator_step_runner(cfg), trust_amx=False)
 
 
 class _Run:
@@ -182,6 +184,7 @@ class _Run:
         self.precision: Precision = "fp32"
         self.precision_note = ""
         self.last_checkpoint: tuple[int, str] | None = None
+        self.history: list[dict[str, Any]] = []  # resumes, with the settings they changed
 
     def setup(self) -> Event:
         cfg = self.cfg
@@ -255,6 +258,12 @@ class _Run:
         except Exception as exc:  # a corrupt or foreign file
             raise TrainingError(f"{path}: cannot be read as a training state ({exc}).") from exc
         _check_resumable(state.get("config", {}), self.cfg)
+        history = list(state.get("history", []))
+        changed = {k: [v, getattr(self.cfg, k)] for k, v in state["config"].items()
+                   if k not in ("out", "steps", "epochs") and getattr(self.cfg, k, v) != v}
+        history.append({"resumed_from": str(path), "step": int(state["step"]),
+                        "changed": changed})
+        self.history = history
         return state
 
     def _load_resume(self, state: dict[str, Any]) -> int:
@@ -279,7 +288,7 @@ class _Run:
         step = self.step
         g_path, s_path = checkpoint_paths(self.out, step)
         state = {"model": self.model.state_dict(), "step": step, "rng": _rng_state(),
-                 "precision": self.precision,
+                 "precision": self.precision, "history": self.history,
                  "config": self.cfg.to_dict(), "world_size": self.dist.world,
                  "plugin_version": __version__}
         with atomic_path(s_path) as tmp:
@@ -293,6 +302,7 @@ class _Run:
                 "n_train_images": len(self.train_samples),
                 "train_images": [s.name for s in self.train_samples],
                 "val_images": [s.name for s in self.val_samples],
+                "history": self.history,
             },
         }
         save_model(g_path, self.model.generator, self.model.spec, encoding=self.cfg.encoding,

@@ -1,0 +1,111 @@
+"""Training step speed on this machine: our pix2pix step against a plain eager fp32 step.
+
+Both steps train the same networks (``unet_256`` generator with ``ngf`` 64, ``basic`` PatchGAN
+with ``ndf`` 64, batch norm: the reference defaults) with the same losses (LSGAN + 100 x L1) and
+Adam, on the same ISBI tiles, at 256 x 256 with batch 1 and 4. The plain step is written out
+here the way the reference implementation runs it (fp32, NCHW, one process); ours is
+``training.pix2pix.Pix2PixModel`` with the engine's defaults (``precision="auto"``,
+channels_last). Run: ``python benchmarks/training.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+import torch.nn.functional as F
+
+from napari_synthgen.encoding import encode_masks, encoding_lut
+from napari_synthgen.models.pix2pix import (
+    GeneratorSpec,
+    build_discriminator,
+    build_generator,
+)
+from napari_synthgen.training.config import TrainConfig
+from napari_synthgen.training.data import TileSampler, load_samples
+from napari_synthgen.training.engine import resolve_training_precision
+from napari_synthgen.training.pix2pix import Pix2PixModel
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+
+
+class PlainStep:
+    """The reference pix2pix step, fp32 eager: D on (A, fake) and (A, real), then G."""
+
+    def __init__(self, ngf: int, ndf: int) -> None:
+        torch.manual_seed(0)
+        self.G = build_generator(GeneratorSpec(netG="unet_256", output_nc=1, ngf=ngf)).train()
+        self.D = build_discriminator(4, ndf=ndf).train()
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.lut = encoding_lut("rgb")
+
+    def __call__(self, masks: torch.Tensor, images: torch.Tensor) -> None:
+        a = encode_masks(masks, self.lut)
+        fake = self.G(a)
+        for p in self.D.parameters():
+            p.requires_grad_(True)
+        self.opt_D.zero_grad()
+        pf = self.D(torch.cat([a, fake.detach()], 1))
+        pr = self.D(torch.cat([a, images], 1))
+        loss_d = 0.5 * (F.mse_loss(pf, torch.zeros_like(pf)) + F.mse_loss(pr, torch.ones_like(pr)))
+        loss_d.backward()
+        self.opt_D.step()
+        for p in self.D.parameters():
+            p.requires_grad_(False)
+        self.opt_G.zero_grad()
+        pg = self.D(torch.cat([a, fake], 1))
+        loss_g = F.mse_loss(pg, torch.ones_like(pg)) + 100.0 * F.l1_loss(fake, images)
+        loss_g.backward()
+        self.opt_G.step()
+
+
+def time_steps(step, sampler: TileSampler, n: int) -> float:
+    """Median seconds per step over ``n`` steps after two warm-up steps."""
+    for k in range(2):
+        step(*sampler.batch(k))
+    times = []
+    for k in range(2, 2 + n):
+        masks, images = sampler.batch(k)
+        t0 = time.perf_counter()
+        step(masks, images)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--ndf", type=int, default=64)
+    args = parser.parse_args()
+    samples = load_samples([SHARED])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = []
+    for batch in (1, 4):
+        sampler = TileSampler(samples, tile=256, stride=None, batch_size=batch, seed=0)
+        cfg = TrainConfig(data=[str(SHARED)], steps=1000, ngf=args.ngf, ndf=args.ndf,
+                          batch_size=batch, tile=256)
+        precision, note = resolve_training_precision(cfg, torch.device("cpu"))
+        torch.manual_seed(0)
+        ours = Pix2PixModel(cfg, torch.device("cpu"), precision, total_steps=1000)
+        t_ours = time_steps(ours.step, sampler, args.steps)
+        plain = PlainStep(args.ngf, args.ndf)
+        t_plain = time_steps(plain, sampler, args.steps)
+        rows.append((batch, t_plain, t_ours, note))
+    print(f"\nunet_256 ngf {args.ngf} + basic D ndf {args.ndf}, 256 x 256 tiles, CPU\n")
+    print(f"{'batch':>5}  {'plain fp32 s/step':>17}  {'ours s/step':>11}  {'ours/plain':>10}  "
+          f"{'plain tiles/s':>13}  {'ours tiles/s':>12}  precision")
+    for batch, tp, to, note in rows:
+        print(f"{batch:>5}  {tp:>17.3f}  {to:>11.3f}  {to / tp:>10.2f}  {batch / tp:>13.2f}  "
+              f"{batch / to:>12.2f}  {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The command line: inspect, generate, export, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_synthgen import io
+from napari_synthgen.cli import main
+from napari_synthgen.curation import ExportSession
+from napari_synthgen.layouts import make_layout
+
+
+def test_inspect_json_for_every_reference_fixture(reference_fixtures: Path, capsys) -> None:
+    for name, netG, norm in (("unet256_batch_ngf8", "unet_256", "batch"),
+                             ("resnet9_instance_ngf8", "resnet_9blocks", "instance")):
+        assert main(["inspect", str(reference_fixtures / name), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert {k: info[k] for k in ("family", "netG", "ngf", "norm", "input_nc", "output_nc",
+                                     "encoding")} == {
+            "family": "pix2pix", "netG": netG, "ngf": 8, "norm": norm, "input_nc": 3,
+            "output_nc": 3, "encoding": "rgb"}
+        assert info["params"] > 100_000
+    assert info["dropout"] is False  # a ResNet shows whether it had dropout
+    main(["inspect", str(reference_fixtures / "unet256_batch_ngf8"), "--json"])
+    assert json.loads(capsys.readouterr().out)["dropout"] == "unknown"
+    assert main(["inspect", str(reference_fixtures / "unet256_batch_ngf8")]) == 0
+    text = capsys.readouterr().out
+    assert "unet_256" in text and "note: dropout cannot be told" in text
+
+
+def test_inspect_refuses_a_pickle_that_runs_code(tmp_path: Path, capsys) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "latest_net_G.pth"
+    bad.write_bytes(pickle.dumps(Evil()))
+    assert main(["inspect", str(bad)]) == 1
+    assert "never" in capsys.readouterr().err.lower()
+    assert not marker.exists()
+
+
+def test_generate_skips_a_bad_mask_and_reports_it(tmp_path: Path, tiny_model: Path) -> None:
+    masks = tmp_path / "masks"
+    for i in range(2):
+        io.write_mask(masks / f"good{i}.tif", make_layout("dense", (90, 120), seed=i))
+    io.write_array(masks / "bad.tif", np.full((40, 40), 9, np.uint8))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_synthgen", "generate", "--model", str(tiny_model),
+         "--masks", str(masks), "--out", str(out), "--seed", "7", "--variations", "2",
+         "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1  # something failed...
+    assert "bad.tif" in proc.stderr and "value 9" in proc.stderr
+    assert "wrote 4 images, 2 failed" in proc.stdout  # ...but the others were written
+    names = sorted(p.name for p in (out / "images").iterdir())
+    assert names == ["good0_s7.tif", "good0_s8.tif", "good1_s7.tif", "good1_s8.tif"]
+    image = io.read_image(out / "images" / "good0_s7.tif")
+    assert image.dtype == np.uint8 and image.shape == (90, 120)
+    np.testing.assert_array_equal(io.read_mask(out / "masks" / "good0_s7.tif"),
+                                  io.read_mask(masks / "good0.tif"))
+    # a second run does not overwrite unless asked
+    assert main(["generate", "--model", str(tiny_model), "--masks", str(masks / "good0.tif"),
+                 "--out", str(out), "--seed", "7", "--device", "cpu"]) == 0
+    assert len(list((out / "images").iterdir())) == 4
+
+
+def test_export_to_nnunet(tmp_path: Path, isbi_small: Path, capsys) -> None:
+    with ExportSession(tmp_path / "export") as session:
+        for s in range(3):
+            mask = make_layout("dense", (64, 64), seed=s)
+            session.accept((mask * 60).astype(np.uint8), mask, seed=s)
+    assert main(["export", "--from", str(tmp_path / "export"), "--nnunet", str(tmp_path / "nn"),
+                 "--real", str(isbi_small), "--dataset-id", "7", "--name", "EM"]) == 0
+    dataset = tmp_path / "nn" / "Dataset007_EM"
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert meta["numTraining"] == 9 and len(meta["synthgen"]["synthetic_cases"]) == 3
+    splits = json.loads((dataset / "splits_final.json").read_text())
+    synthetic = set(meta["synthgen"]["synthetic_cases"])
+    assert all(not synthetic & set(fold["val"]) for fold in splits)
+
+
+@pytest.mark.gui
+def test_demo_screenshot_shows_mask_colours_beside_em(tmp_path: Path) -> None:
+    shot = tmp_path / "demo.png"
+    env = {**os.environ, "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "xcb")}
+    proc = subprocess.run([sys.executable, "-m", "napari_synthgen", "demo", "--screenshot",
+                           str(shot)], capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    image = io.read_array(shot)[..., :3].astype(int)
+    green = np.all(np.abs(image - (0, 255, 0)) < 40, axis=-1)
+    red = np.all(np.abs(image - (255, 0, 0)) < 40, axis=-1)
+    grey = (np.ptp(image, axis=-1) < 8) & (image[..., 0] > 40) & (image[..., 0] < 220)
+    assert green.mean() > 0.02 and red.mean() > 0.005
+    # an EM image (grey, textured) sits to the right of the coloured mask
+    cols = np.nonzero(grey.sum(axis=0) > 0.3 * image.shape[0] * 0.2)[0]
+    assert cols.size and np.median(cols) > np.median(np.nonzero(green)[1])
