@@ -85,6 +85,16 @@ class _Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (choices every rank must share, e.g. precision)."""
+        if not self.active:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def close(self) -> None:
         if self._own_group:
             import torch.distributed as dist
@@ -218,8 +228,11 @@ class _Run:
         if saved is not None and cfg.precision == "auto" and saved.get("precision"):
             # keep the numerics of the run being resumed (an auto choice could differ today)
             self.precision, self.precision_note = saved["precision"], "resumed run's precision"
-        else:
+        elif self.dist.main:
             self.precision, self.precision_note = resolve_training_precision(cfg, self.device)
+        # every rank must train in the same precision: rank 0's timing decides
+        self.precision, self.precision_note = self.dist.broadcast(
+            (self.precision, self.precision_note))
         torch.manual_seed(cfg.seed)
         from .pix2pix import Pix2PixModel
 
