@@ -175,6 +175,20 @@ def test_missing_device_is_a_clear_error(tiny_model: Path) -> None:
 def test_reference_checkpoint_synthesizes_any_size(reference_fixtures: Path) -> None:
     synth = Synthesizer(reference_fixtures / "resnet9_instance_ngf8", device="cpu",
                         precision="fp32")
-    assert synth.encoding == "rgb" and synth.tile == 256
+    assert synth.encoding == "rgb" and synth.fixed_tile is None
     image = synth(np.ones((300, 410), np.uint8))
     assert image.shape == (300, 410)
+
+
+def test_tile_plans(reference_fixtures: Path, tiny_model: Path) -> None:
+    unet = Synthesizer(reference_fixtures / "unet256_batch_ngf8", device="cpu")
+    # a reference file has no tile size: a slice that fits runs whole, as the reference tests
+    whole = unet.plan(512, 512)
+    assert (whole.tile, len(whole.tiles), whole.padded_height) == (512, 1, 512)
+    assert unet.plan(100, 130).tile == 256 and len(unet.plan(100, 130).tiles) == 1
+    # beyond WHOLE_SLICE_MAX (or where tiles are cheaper) it tiles at 256 with overlap
+    big = unet.plan(2048, 2048)
+    assert big.tile == 256 and len(big.tiles) > 100
+    # a model trained at a tile size always uses it
+    trained = Synthesizer(tiny_model, device="cpu")
+    assert trained.fixed_tile == 64 and trained.plan(512, 512).tile == 64

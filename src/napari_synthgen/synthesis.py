@@ -34,6 +34,8 @@ from .encoding import check_encoding, encode_masks, encoding_lut, n_channels, un
 from .masks import validate_mask
 
 ProgressFn = Callable[[int, int], None]
+DEFAULT_TILE = 256
+WHOLE_SLICE_MAX = 1024
 
 
 class SynthesisError(ValueError):
@@ -80,11 +82,13 @@ def _origins(length: int, tile: int, stride: int) -> tuple[int, ...]:
 def plan_tiles(height: int, width: int, tile: int, overlap: int) -> TileGrid:
     """Plan reflection padding and tile origins for an image of ``height`` x ``width``.
 
-    The image is padded by half the overlap on every side (so its borders are not tile borders,
-    where convolutions see zero padding) and up to at least one tile.
+    A side that fits in one tile is padded up to the tile. A longer side is padded by half the
+    overlap at both ends (so the image border is not where tiles are blended) and covered by
+    overlapping tiles.
     """
     margin = overlap // 2
-    ph, pw = max(height + 2 * margin, tile), max(width + 2 * margin, tile)
+    ph = tile if height <= tile else height + 2 * margin
+    pw = tile if width <= tile else width + 2 * margin
     top, left = (ph - height) // 2, (pw - width) // 2
     stride = tile - overlap
     return TileGrid(
@@ -206,7 +210,11 @@ class Synthesizer:
             )
         self.device = resolve_device(device)
         divisor = size_divisor(model.info.netG)
-        self.tile = int(tile or model.info.tile or max(256, divisor))
+        self.divisor = divisor
+        # the tile size a model was trained at (or the caller's); None for reference files,
+        # which then run whole slices up to WHOLE_SLICE_MAX, as the reference runs its tests
+        self.fixed_tile = int(tile) if tile else model.info.tile
+        self.tile = int(self.fixed_tile or max(DEFAULT_TILE, divisor))
         if self.tile <= 0 or self.tile % divisor:
             raise SynthesisError(
                 f"tile {self.tile} does not fit {model.info.netG}, which needs tiles that are a "
@@ -224,7 +232,7 @@ class Synthesizer:
         self.batch_size = int(batch_size)
         self.stochastic = bool(stochastic)
         self._lut = encoding_lut(self.encoding, self.device)
-        self._window = blend_window(self.tile, self.overlap)
+        self._windows: dict[tuple[int, int], np.ndarray] = {}
         self.requested_precision = str(precision).lower()
         self.precision_note = ""
         self.precision: Precision = self._resolve_precision(self.requested_precision)
@@ -260,10 +268,26 @@ class Synthesizer:
         return choice
 
     # ----------------------------------------------------------------- inference
-    def _infer(self, padded: np.ndarray, origins: list[tuple[int, int]], seed: int, z: int
-               ) -> np.ndarray:
-        """Run a batch of tiles; returns (B, tile, tile) float32 outputs in [-1, 1]."""
-        t = self.tile
+    def plan(self, height: int, width: int) -> TileGrid:
+        """The tiles for one slice: the model's tile, or for a model of unknown tile the whole
+        slice as one tile when that computes fewer pixels than overlapping tiles."""
+        tiled = plan_tiles(height, width, self.tile, self.overlap)
+        if self.fixed_tile is None:
+            side = max(height, width)
+            whole = max(-(-side // self.divisor) * self.divisor, self.divisor)
+            if whole <= WHOLE_SLICE_MAX and whole * whole < len(tiled.tiles) * self.tile ** 2:
+                return plan_tiles(height, width, whole, 0)
+        return tiled
+
+    def window(self, grid: TileGrid) -> np.ndarray:
+        key = (grid.tile, grid.overlap)
+        if key not in self._windows:
+            self._windows[key] = blend_window(grid.tile, grid.overlap)
+        return self._windows[key]
+
+    def _infer(self, padded: np.ndarray, origins: list[tuple[int, int]], seed: int, z: int,
+               t: int) -> np.ndarray:
+        """Run a batch of tiles of size ``t``; returns (B, t, t) float32 outputs in [-1, 1]."""
         crops = np.stack([padded[y : y + t, x : x + t] for y, x in origins])
         masks = torch.from_numpy(crops).to(self.device)
         x_in = encode_masks(masks, self._lut).to(self._input_dtype).contiguous(
@@ -296,7 +320,7 @@ class Synthesizer:
         """
         m = validate_mask(mask)
         slices = [m] if m.ndim == 2 else list(m)
-        grids = [plan_tiles(s.shape[0], s.shape[1], self.tile, self.overlap) for s in slices]
+        grids = [self.plan(s.shape[0], s.shape[1]) for s in slices]
         total = sum(len(g.tiles) for g in grids)
         done = 0
         out = np.empty(m.shape, dtype=np.uint8)
@@ -337,12 +361,12 @@ class Synthesizer:
         Batches run across rows; a row of the image is written out as soon as no later tile
         covers it, so memory stays bounded by a row of tiles whatever the image size.
         """
-        t, win = self.tile, self._window
+        t, win = grid.tile, self.window(grid)
         num = np.zeros((t, grid.padded_width), dtype=np.float32)
         den = np.zeros_like(num)
         acc_y0 = grid.ys[0]
         for batch in self._batches(grid.tiles):
-            outs = self._infer(padded, batch, seed, z)
+            outs = self._infer(padded, batch, seed, z, t)
             for (y, x), o in zip(batch, outs, strict=True):
                 shift = y - acc_y0
                 if shift:
@@ -386,7 +410,7 @@ class Synthesizer:
             image2d = image if image.ndim == 2 else image[z]
             return image2d, [(slice(0, m.shape[-2]), slice(0, m.shape[-1]))]
         m2 = m if m.ndim == 2 else m[z]
-        grid, t = cache.grid, self.tile
+        grid, t = cache.grid, cache.grid.tile
         new_padded = pad_mask(m2, grid)
         dirty = [
             (y, x) for y, x in grid.tiles
@@ -397,7 +421,7 @@ class Synthesizer:
         if not dirty:
             return cache.image.copy(), []
         for batch in self._batches(dirty):
-            outs = self._infer(new_padded, batch, cache.seed, z)
+            outs = self._infer(new_padded, batch, cache.seed, z, t)
             for origin, o in zip(batch, outs, strict=True):
                 cache.tiles[origin] = o
         image = cache.image.copy()
@@ -416,7 +440,7 @@ class Synthesizer:
 
         Tiles are added in the same row-major order as a full run, so the result is identical.
         """
-        grid, t, win = cache.grid, self.tile, self._window
+        grid, t, win = cache.grid, cache.grid.tile, self.window(cache.grid)
         fy0, fx0 = y, x
         num = np.zeros((t, t), dtype=np.float32)
         den = np.zeros_like(num)
@@ -447,7 +471,7 @@ class Synthesizer:
         if cache is None:
             return 0
         ys, xs = region
-        grid, t = cache.grid, self.tile
+        grid, t = cache.grid, cache.grid.tile
         n = 0
         for y, x in grid.tiles:
             if (y - grid.top < ys.stop and y + t - grid.top > ys.start
@@ -463,7 +487,7 @@ class Synthesizer:
             "device": str(self.device),
             "precision": self.precision,
             "precision_note": self.precision_note,
-            "tile": self.tile,
+            "tile": self.fixed_tile or f"whole slice up to {WHOLE_SLICE_MAX}, else {self.tile}",
             "overlap": self.overlap,
             "batch_size": self.batch_size,
             "encoding": self.encoding,
