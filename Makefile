@@ -24,7 +24,7 @@ sysdeps:
 	@bash scripts/ensure-sysdeps.sh
 
 test: env sysdeps
-	@$(VENV)/bin/ruff check src tests benchmarks examples
+	@$(VENV)/bin/ruff check src tests benchmarks examples scripts
 	@mkdir -p .xdg-runtime && chmod 700 .xdg-runtime
 	XDG_RUNTIME_DIR=$(CURDIR)/.xdg-runtime QT_QPA_PLATFORM=xcb \
 	  $(PY) -m pytest -q --junitxml=.pytest-results.xml $(PYTEST_ARGS)
@@ -37,7 +37,7 @@ demo: env
 	$(VENV)/bin/napari-synthgen demo
 
 lint: env
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples scripts
 
 bench: env
 	$(PY) benchmarks/synthesis.py

@@ -285,3 +285,18 @@ def test_reference_aligned_layout(tmp_path: Path, isbi_dir: Path) -> None:
     assert len(samples) == 3 and samples[0].mask.shape == (512, 512)
     truth = io.read_mask(isbi_dir / "masks" / "isbi2012_train_00.tif")
     assert (samples[0].mask == truth).mean() > 0.97
+
+
+def test_trainer_saves_and_exits_when_its_supervisor_goes_away(tmp_path: Path,
+                                                               isbi_small: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_synthgen", "train", "--data", str(isbi_small), "--out",
+         str(tmp_path), *TINY, "--steps", "100000", "--events", "jsonl"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    proc.stdout.close()  # the supervisor (e.g. napari) is gone
+    assert proc.wait(timeout=60) == 0
+    step, g, _ = latest_checkpoint(tmp_path)
+    assert 0 < step < 100000 and load_model(g).info.metadata["step"] == step

@@ -22,7 +22,7 @@ def _dock(viewer, name: str):
 
 def _loaded(synth, qtbot, path: Path) -> None:
     synth.set_model(path)
-    qtbot.waitUntil(lambda: synth._model is not None, timeout=20000)
+    qtbot.waitUntil(lambda: synth.model is not None, timeout=20000)
 
 
 def _key(viewer, qtbot, key: str) -> None:

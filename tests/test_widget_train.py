@@ -72,8 +72,8 @@ def test_start_watch_stop_without_blocking(make_napari_viewer, qtbot, tmp_path: 
     # the checkpoint goes to the synthesis widget
     w.use_in_synthesis()
     _, synth = viewer.window.add_plugin_dock_widget(PLUGIN, "Synthesize")  # the docked one
-    qtbot.waitUntil(lambda: synth._model is not None, timeout=20_000)
-    assert synth._model.info.path == str(g)
+    qtbot.waitUntil(lambda: synth.model is not None, timeout=20_000)
+    assert synth.model.info.path == str(g)
 
 
 def test_unresponsive_trainer_is_ended(make_napari_viewer, qtbot, tmp_path: Path,

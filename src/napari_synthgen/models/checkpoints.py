@@ -644,14 +644,15 @@ def _header(
         raise CheckpointError(f"metadata cannot be stored as JSON: {exc}.") from None
 
 
-def _tensors_for_saving(network: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as contiguous CPU tensors, floating point ones as float32."""
+def _tensors_for_saving(network: nn.Module, dtype: torch.dtype = torch.float32
+                        ) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors, floating point ones in ``dtype``."""
     sd = _strip_prefixes(dict(network.state_dict()), WRAPPER_PREFIXES, [])
     out = {}
     for key, value in sd.items():
         value = value.detach().cpu()
         if value.is_floating_point():
-            value = value.float()
+            value = value.to(dtype)
         out[key] = value.contiguous()
     return out
 
@@ -664,11 +665,13 @@ def save_model(
     encoding: str,
     tile: int | None = None,
     metadata: Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Save ``network`` as one ``.safetensors`` file with its spec and metadata, atomically.
 
     ``metadata`` (JSON-serialisable: intensity statistics, training config, provenance,
-    step...) is stored beside the spec in the header key ``napari_synthgen``.
+    step...) is stored beside the spec in the header key ``napari_synthgen``. ``dtype``
+    float16 halves the file (for distribution); loading always gives float32 weights.
     """
     from safetensors.torch import save_file
 
@@ -676,7 +679,9 @@ def save_model(
     if dest.suffix.lower() != ".safetensors":
         raise CheckpointError(f"{dest}: napari-synthgen models are saved as .safetensors files.")
     validate_encoding(encoding, spec.input_nc)
-    tensors = _tensors_for_saving(network)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise CheckpointError(f"weights are saved as float32, float16 or bfloat16; got {dtype}.")
+    tensors = _tensors_for_saving(network, dtype)
     try:
         _check_fit(tensors, spec)
     except CheckpointError as exc:

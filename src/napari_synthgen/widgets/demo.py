@@ -3,26 +3,57 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 PLUGIN = "napari-synthgen"
-#: Widgets docked by the demo, in order (display names from napari.yaml).
-DEMO_WIDGETS: tuple[str, ...] = ("Mask editor", "Synthesize", "Curate")
+#: Widgets docked by the demo, in order (display names from napari.yaml); all but the first two
+#: are tabified with the second.
+DEMO_WIDGETS: tuple[str, ...] = ("Mask editor", "Synthesize", "Curate", "Train")
 
 
-def build_demo_viewer(*, show: bool = True):
-    """A viewer with the sample image and mask side by side and the widgets docked."""
+def build_demo_viewer(*, show: bool = True) -> Any:
+    """A viewer with the sample mask, its synthetic image and the real EM side by side.
+
+    With the bundled demo model the mask is synthesized at once and live preview is on, so
+    painting on the mask updates the synthetic image.
+    """
     import napari
 
     viewer = napari.Viewer(title="napari-synthgen demo", show=show)
     viewer.open_sample(PLUGIN, "isbi2012")
+    widgets = {}
     for i, name in enumerate(DEMO_WIDGETS):
-        viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i > 1)
+        _, widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i > 1)
+    mask = viewer.layers["mask"]
+    synth = widgets["Synthesize"]
+    synth.mask_layer.value = mask
+    if synth.model_path.value and Path(synth.model_path.value).is_file():
+        _synthesize_when_loaded(viewer, synth, mask)
     viewer.grid.enabled = True
-    viewer.grid.stride = -1  # the mask (top layer) first, then the EM image
-    viewer.layers.selection.active = viewer.layers["mask"]
+    viewer.grid.stride = -1  # top layer first: mask | synthetic | real EM
+    viewer.layers.selection.active = mask
     viewer.reset_view()
     return viewer
+
+
+def _synthesize_when_loaded(viewer: Any, synth: Any, mask: Any) -> None:
+    """Wait (processing events) for the demo model, then synthesize with live preview on."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + 60
+    while synth.model is None and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    if synth.model is None:
+        return
+    synth.live.value = True  # synthesizes the mask and follows the brush from now on
+    synth.wait_idle()
+    name = f"{mask.name}_synth"
+    if name in viewer.layers:
+        viewer.layers.move(viewer.layers.index(name), viewer.layers.index(mask))
+    viewer.layers.selection.active = mask
 
 
 def run_demo(screenshot: Path | None = None) -> int:
@@ -38,10 +69,8 @@ def run_demo(screenshot: Path | None = None) -> int:
     screenshot = Path(screenshot)
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     app = QApplication.instance()
-    for _ in range(20):
-        app.processEvents()
     viewer.window.resize(1500, 950)
-    for _ in range(20):
+    for _ in range(30):
         app.processEvents()
     viewer.reset_view()
     for _ in range(10):

@@ -134,6 +134,11 @@ class SynthesizeWidget(Container):
             self.set_model(start)
 
     # ----------------------------------------------------------------- model
+    @property
+    def model(self) -> Any:
+        """The loaded model (``LoadedModel``), or None while none is loaded."""
+        return self._model
+
     def _initial_model(self) -> str | None:
         demo = demo_model_path()
         if demo is not None:
