@@ -91,6 +91,15 @@ def add_collapsible(container: Any, title: str, widgets: list[Any], *,
     return section
 
 
+def shrink_combo(combo: Any, chars: int = 16) -> None:
+    """Let a combo box of long entries (paths) stay narrow instead of widening its dock."""
+    from qtpy.QtWidgets import QComboBox
+
+    native = combo.native
+    native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    native.setMinimumContentsLength(chars)
+
+
 def connect_weakly(signal: Any, obj: Any, method: str) -> None:
     """Connect a Qt signal to ``obj.<method>()`` through a weak reference.
 
@@ -138,4 +147,5 @@ __all__ = [
     "show_error",
     "show_info",
     "show_warning",
+    "shrink_combo",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 PLUGIN = "napari-synthgen"
 #: Widgets docked by the demo, in order (display names from napari.yaml); all but the first two
 #: are tabified with the second.
-DEMO_WIDGETS: tuple[str, ...] = ("Mask editor", "Synthesize", "Curate", "Train")
+DEMO_WIDGETS: tuple[str, ...] = ("Mask editor", "Synthesize", "Curate")
 
 
 def build_demo_viewer(*, show: bool = True) -> Any:
@@ -23,9 +23,10 @@ def build_demo_viewer(*, show: bool = True) -> Any:
 
     viewer = napari.Viewer(title="napari-synthgen demo", show=show)
     viewer.open_sample(PLUGIN, "isbi2012")
-    widgets = {}
+    widgets, docks = {}, {}
     for i, name in enumerate(DEMO_WIDGETS):
-        _, widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i > 1)
+        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name,
+                                                                          tabify=i > 1)
     mask = viewer.layers["mask"]
     synth = widgets["Synthesize"]
     synth.mask_layer.value = mask
@@ -33,9 +34,23 @@ def build_demo_viewer(*, show: bool = True) -> Any:
         _synthesize_when_loaded(viewer, synth, mask)
     viewer.grid.enabled = True
     viewer.grid.stride = -1  # top layer first: mask | synthetic | real EM
+    viewer.grid.shape = (1, len(viewer.layers))
     viewer.layers.selection.active = mask
+    _arrange_docks(list(docks.values()), raise_=docks["Synthesize"])
     viewer.reset_view()
     return viewer
+
+
+def _arrange_docks(docks: list[Any], raise_: Any, width: int = 440) -> None:
+    """Show the Synthesize tab and give the canvas room: docks start ``width`` px wide."""
+    from qtpy.QtWidgets import QApplication
+
+    for dock in docks:
+        dock.setMaximumWidth(width)
+    QApplication.processEvents()
+    raise_.raise_()
+    for dock in docks:
+        dock.setMaximumWidth(16_777_215)  # the user can widen them again
 
 
 def _synthesize_when_loaded(viewer: Any, synth: Any, mask: Any) -> None:

@@ -102,7 +102,7 @@ class MaskEditor(Container):
         add_collapsible(self, "New, open, save", [
             self.new_height, self.new_width, self.like, self.fill, self.new_button,
             self.open_path, self.open_as, self.open_button, self.save_path, self.save_button,
-        ], expanded=True)
+        ])
         add_collapsible(self, "Boundaries and conversions", [
             self.boundary_width, self.rebuild_button, self.convert_source, self.convert_kind,
             self.convert_button,

@@ -31,7 +31,13 @@ from qtpy.QtCore import QTimer
 from ..sample_data import demo_model_path
 from . import _settings
 from ._bus import Candidate, bus
-from ._common import add_collapsible, call_on_destroy, report_error, show_warning
+from ._common import (
+    add_collapsible,
+    call_on_destroy,
+    report_error,
+    show_warning,
+    shrink_combo,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -106,6 +112,7 @@ class SynthesizeWidget(Container):
         add_collapsible(self, "Advanced", [self.tile, self.overlap, self.batch_size])
         self.extend([self.run_button, self.live, self.status])
         self.model_info.native.setWordWrap(True)
+        shrink_combo(self.recent)
         self.status.native.setWordWrap(True)
 
         self._debounce = QTimer()
@@ -146,8 +153,10 @@ class SynthesizeWidget(Container):
         recent = _settings.get("recent_models", [])
         return recent[0] if recent else None
 
-    def _recent_choices(self, _w: object = None) -> list[str]:
-        return [_RECENT_HINT, *_settings.get("recent_models", [])]
+    def _recent_choices(self, _w: object = None) -> list[tuple[str, str]]:
+        recent = _settings.get("recent_models", [])
+        return [(_RECENT_HINT, _RECENT_HINT),
+                *((f"{Path(p).name}  ({Path(p).parent})", p) for p in recent)]
 
     def _recent_picked(self, value: str) -> None:
         if value and value != _RECENT_HINT:
@@ -377,24 +386,26 @@ class SynthesizeWidget(Container):
         z = int(self.viewer.dims.current_step[0]) if mask.ndim == 3 else 0
         seed = self.seed.value
 
-        def work() -> tuple[np.ndarray, list, float]:
+        def work() -> tuple[np.ndarray, list | None, float]:
             t0 = time.perf_counter()
             with self._lock:
                 if not synth.kept(z):
                     image = synth(mask, seed=seed, keep=True)
                     image = image[z] if image.ndim == 3 else image
-                    return image, [(slice(None), slice(None))], time.perf_counter() - t0
+                    return image, None, time.perf_counter() - t0
                 image, regions = synth.update(mask, z=z)
             return image, regions, time.perf_counter() - t0
 
-        def done(result: tuple[np.ndarray, list, float]) -> None:
+        def done(result: tuple[np.ndarray, list | None, float]) -> None:
             self._live_running = False
             image, regions, dt = result
             if request >= self._live_applied:  # never let a stale result overwrite a newer one
                 self._live_applied = request
-                if regions:
+                if regions is None or regions:
                     self._apply_live(layer, image, z, mask.ndim == 3)
-                self.status.value = (f"live: {len(regions)} tile(s) updated in {dt * 1000:.0f} ms")
+                what = ("synthesized" if regions is None
+                        else f"{len(regions)} tile(s) updated")
+                self.status.value = f"live preview: {what} in {dt * 1000:.0f} ms"
             if self._live_pending or request < self._live_request:
                 self._live_pending = False
                 self._debounce.start()
@@ -450,5 +461,6 @@ class SynthesizeWidget(Container):
         bus.use_model.disconnect(self.set_model, missing_ok=True)
         with contextlib.suppress(Exception):  # the viewer may be gone already
             self.viewer.bind_key(RUN_KEY, None)
-        self._debounce.stop()
+        with contextlib.suppress(RuntimeError):  # Qt may have deleted the timer first
+            self._debounce.stop()
         self.close_model()
