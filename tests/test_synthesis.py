@@ -192,3 +192,18 @@ def test_tile_plans(reference_fixtures: Path, tiny_model: Path) -> None:
     # a model trained at a tile size always uses it
     trained = Synthesizer(tiny_model, device="cpu")
     assert trained.fixed_tile == 64 and trained.plan(512, 512).tile == 64
+
+
+def test_demo_model_gives_em_without_seams() -> None:
+    from napari_synthgen.sample_data import demo_model_path, load_sample
+
+    synth = Synthesizer(demo_model_path(), device="cpu")
+    assert synth.fixed_tile == 256 and synth.info.metadata["step"] == 8000
+    mask = make_layout("dense", (700, 900), seed=7)
+    image = synth(mask)
+    assert _seam_ratio(image, synth) <= 1.1
+    # EM-like: dark membranes, brighter interiors, grain inside cells
+    assert image[mask == 2].mean() + 20 < image[mask == 1].mean()
+    real, real_mask = load_sample()
+    fake = synth(real_mask)
+    assert abs(float(fake.mean()) - float(real.mean())) < 25 and fake.std() > 25
