@@ -186,6 +186,7 @@ def test_tile_plans(reference_fixtures: Path, tiny_model: Path) -> None:
     whole = unet.plan(512, 512)
     assert (whole.tile, len(whole.tiles), whole.padded_height) == (512, 1, 512)
     assert unet.plan(100, 130).tile == 256 and len(unet.plan(100, 130).tiles) == 1
+    assert unet.plan(512, 512, keep=True).tile == 256  # live preview recomputes tiles
     # beyond WHOLE_SLICE_MAX (or where tiles are cheaper) it tiles at 256 with overlap
     big = unet.plan(2048, 2048)
     assert big.tile == 256 and len(big.tiles) > 100

@@ -178,7 +178,9 @@ class Synthesizer:
 
     ``model`` is a :class:`~napari_synthgen.models.checkpoints.LoadedModel` or a path that
     :func:`~napari_synthgen.models.checkpoints.load_model` accepts. ``tile`` defaults to the size
-    the model was trained at (or 256), ``overlap`` to a quarter tile. ``stochastic`` keeps
+    the model was trained at; a model that does not say (a reference checkpoint) runs a slice of
+    up to 1024 px whole when that is cheaper, else tiles of 256. ``overlap`` defaults to a quarter
+    tile. ``stochastic`` keeps
     dropout on, as the pix2pix paper does at test time, to make variations; the seed makes them
     reproducible. Call it with a 2-D mask or a 3-D stack.
     """
@@ -268,11 +270,12 @@ class Synthesizer:
         return choice
 
     # ----------------------------------------------------------------- inference
-    def plan(self, height: int, width: int) -> TileGrid:
+    def plan(self, height: int, width: int, *, keep: bool = False) -> TileGrid:
         """The tiles for one slice: the model's tile, or for a model of unknown tile the whole
-        slice as one tile when that computes fewer pixels than overlapping tiles."""
+        slice as one tile when that computes fewer pixels than overlapping tiles. Live preview
+        (``keep``) always tiles, so that a stroke recomputes a few tiles, not the slice."""
         tiled = plan_tiles(height, width, self.tile, self.overlap)
-        if self.fixed_tile is None:
+        if self.fixed_tile is None and not keep:
             side = max(height, width)
             whole = max(-(-side // self.divisor) * self.divisor, self.divisor)
             if whole <= WHOLE_SLICE_MAX and whole * whole < len(tiled.tiles) * self.tile ** 2:
@@ -320,7 +323,7 @@ class Synthesizer:
         """
         m = validate_mask(mask)
         slices = [m] if m.ndim == 2 else list(m)
-        grids = [self.plan(s.shape[0], s.shape[1]) for s in slices]
+        grids = [self.plan(s.shape[0], s.shape[1], keep=keep) for s in slices]
         total = sum(len(g.tiles) for g in grids)
         done = 0
         out = np.empty(m.shape, dtype=np.uint8)

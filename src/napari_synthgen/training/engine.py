@@ -428,28 +428,24 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
             yield event
         yield from run.loop()
     except (DataError, ConfigError, TrainingError, DeviceError) as exc:
-        yield _event("failed", run.step if run and hasattr(run, "step") else 0,
-                     reason=type(exc).__name__, message=str(exc), checkpoint=_last(run))
+        yield _failed(run, type(exc).__name__, str(exc))
     except DiskFullError as exc:
-        yield _event("failed", run.step if run and hasattr(run, "step") else 0,
-                     reason="disk full", checkpoint=_last(run),
-                     message=f"{exc.strerror} " + _last_note(run))
+        yield _failed(run, "disk full", f"{exc.strerror} {_last_note(run)}")
     except OSError as exc:
-        yield _event("failed", run.step if run and hasattr(run, "step") else 0,
-                     reason="OSError", checkpoint=_last(run),
-                     message=f"{exc}. " + _last_note(run))
+        yield _failed(run, "OSError", f"{exc}. {_last_note(run)}")
     except Exception as exc:  # a bug: report it with the traceback, never hang a supervisor
-        yield _event("failed", run.step if run and hasattr(run, "step") else 0,
-                     reason=type(exc).__name__, checkpoint=_last(run),
-                     message=f"unexpected error: {exc}. " + _last_note(run),
-                     traceback=traceback.format_exc())
+        yield _failed(run, type(exc).__name__, f"unexpected error: {exc}. {_last_note(run)}",
+                      traceback=traceback.format_exc())
     finally:
         if run is not None:
             run.dist.close()
 
 
-def _last(run: _Run | None) -> str | None:
-    return run.last_checkpoint[1] if run and run.last_checkpoint else None
+def _failed(run: _Run | None, reason: str, message: str, **extra: Any) -> Event:
+    """The ``failed`` event: what happened, and the last good checkpoint if there is one."""
+    step = getattr(run, "step", 0) if run is not None else 0
+    last = run.last_checkpoint[1] if run and run.last_checkpoint else None
+    return _event("failed", step, reason=reason, message=message, checkpoint=last, **extra)
 
 
 def _last_note(run: _Run | None) -> str:
@@ -459,9 +455,4 @@ def _last_note(run: _Run | None) -> str:
     return "No checkpoint was written in this run."
 
 
-def train_to_end(config: TrainConfig, **kwargs: Any) -> list[Event]:
-    """Run :func:`train` to the end and return its events (for notebooks and tests)."""
-    return list(train(config, **kwargs))
-
-
-__all__ = ["Event", "TrainConfig", "TrainingError", "latest_checkpoint", "train", "train_to_end"]
+__all__ = ["Event", "TrainConfig", "TrainingError", "latest_checkpoint", "train"]

@@ -123,9 +123,10 @@ class SynthesizeWidget(Container):
         self.model_path.changed.connect(self._model_changed)
         self.model_folder.changed.connect(self._pick_folder)
         self.recent.changed.connect(self._recent_picked)
-        for w in (self.encoding, self.device, self.precision, self.tile, self.overlap,
-                  self.batch_size, self.stochastic):
-            w.changed.connect(self._settings_changed)
+        self.encoding.changed.connect(self._model_changed)  # the encoding is part of loading
+        for w in (self.device, self.precision, self.tile, self.overlap, self.batch_size,
+                  self.stochastic):
+            w.changed.connect(self._drop_synthesizer)
         self.run_button.changed.connect(self.synthesize)
         self.live.changed.connect(self._live_toggled)
         self.mask_layer.changed.connect(self._mask_changed)
@@ -211,13 +212,6 @@ class SynthesizeWidget(Container):
             self.model_info.value = f"<span style='color:#f66'>Cannot use {Path(path).name}</span>"
             report_error(exc, f"Loading {Path(path).name}")
 
-    def _settings_changed(self, *_: object) -> None:
-        if self.encoding.value != _MODEL_DEFAULT or (
-            self._model is not None and self._model.info.encoding_source == "override"
-        ):
-            self._model_changed()  # the encoding is part of loading
-        self._drop_synthesizer()
-
     def _synth_settings(self) -> dict[str, Any]:
         return {
             "device": self.device.value, "precision": self.precision.value,
@@ -241,7 +235,7 @@ class SynthesizeWidget(Container):
             self._synth_key = key
         return self._synth
 
-    def _drop_synthesizer(self) -> None:
+    def _drop_synthesizer(self, *_: object) -> None:
         if self._synth is not None:
             self._synth.close()
         self._synth, self._synth_key = None, None
