@@ -328,8 +328,11 @@ class CurateWidget(Container):
         out = session.folder / "nnUNet_raw"
         worker = create_worker(export_nnunet, session.folder, out, real=real, overwrite=True,
                                _ignore_errors=True)  # errors go to report_error below
-        worker.returned.connect(lambda path: setattr(self.status, "value",
-                                                     f"nnU-Net v2 dataset written: {path}"))
+        def done(path: Path) -> None:
+            if self.session is not None:  # still open
+                self.status.value = f"nnU-Net v2 dataset written: {path}"
+
+        worker.returned.connect(done)
         worker.errored.connect(lambda exc: report_error(exc, "nnU-Net export"))
         self._workers.append(worker)
         worker.finished.connect(lambda: self._workers.remove(worker))

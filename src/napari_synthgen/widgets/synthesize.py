@@ -78,6 +78,7 @@ class SynthesizeWidget(Container):
         self._live_pending = False
         self._workers: list[Any] = []
         self._lock = threading.Lock()  # one synthesis at a time on the shared model
+        self._closed = False
 
         self.model_path = FileEdit(mode="r", label="Model", filter="*.safetensors *.pth *.pt")
         self.model_folder = PushButton(text="Folder...")
@@ -198,7 +199,7 @@ class SynthesizeWidget(Container):
         self._start(worker)
 
     def _model_loaded(self, path: str, model: Any) -> None:
-        if path != self._model_path:  # another model was chosen meanwhile
+        if self._closed or path != self._model_path:  # closed, or another model chosen since
             return
         self._model = model
         self.model_info.value = _describe(model.info)
@@ -207,7 +208,7 @@ class SynthesizeWidget(Container):
         self.recent.reset_choices()
 
     def _model_failed(self, path: str, exc: BaseException) -> None:
-        if path == self._model_path:
+        if not self._closed and path == self._model_path:
             self._model = None
             self.model_info.value = f"<span style='color:#f66'>Cannot use {Path(path).name}</span>"
             report_error(exc, f"Loading {Path(path).name}")
@@ -313,11 +314,15 @@ class SynthesizeWidget(Container):
         t0 = time.perf_counter()
 
         def on_progress(value: tuple[int, int]) -> None:
+            if self._closed:
+                return
             pbar.total = value[1]
             pbar.n = value[0]
             pbar.refresh()
 
         def on_done(images: list[np.ndarray]) -> None:
+            if self._closed:
+                return
             data = images[0] if len(images) == 1 else np.stack(images)
             meta = self._provenance(mask_layer, seeds[0])
             meta["seeds"] = seeds
@@ -338,7 +343,8 @@ class SynthesizeWidget(Container):
         worker = create_worker(work, _ignore_errors=True)  # errors: handled below
         worker.yielded.connect(on_progress)
         worker.returned.connect(on_done)
-        worker.errored.connect(lambda exc: report_error(exc, "Synthesize"))
+        worker.errored.connect(lambda exc: None if self._closed else
+                               report_error(exc, "Synthesize"))
         worker.finished.connect(pbar.close)
         self._start(worker)
         return worker
@@ -392,6 +398,8 @@ class SynthesizeWidget(Container):
 
         def done(result: tuple[np.ndarray, list | None, float]) -> None:
             self._live_running = False
+            if self._closed:
+                return
             image, regions, dt = result
             if request >= self._live_applied:  # never let a stale result overwrite a newer one
                 self._live_applied = request
@@ -406,7 +414,8 @@ class SynthesizeWidget(Container):
 
         def failed(exc: BaseException) -> None:
             self._live_running = False
-            report_error(exc, "Live preview")
+            if not self._closed:
+                report_error(exc, "Live preview")
 
         self._live_running = True
         worker = create_worker(work, _ignore_errors=True)  # errors: handled below
@@ -452,6 +461,7 @@ class SynthesizeWidget(Container):
 
     def teardown(self) -> None:
         """The widget was closed: stop listening to the other widgets and free the model."""
+        self._closed = True  # results of workers still running are dropped
         bus.use_model.disconnect(self.set_model, missing_ok=True)
         with contextlib.suppress(Exception):  # the viewer may be gone already
             self.viewer.bind_key(RUN_KEY, None)

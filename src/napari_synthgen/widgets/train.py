@@ -213,9 +213,13 @@ class TrainWidget(Container):
             return f"{len(samples)} image/mask pairs ({shown}{' ...' if len(shapes) > 3 else ''})"
 
         worker = create_worker(check, _ignore_errors=True)  # errors: shown below
-        worker.returned.connect(lambda msg: setattr(self.data_status, "value", msg))
-        worker.errored.connect(lambda exc: setattr(
-            self.data_status, "value",
+
+        def show(text: str) -> None:
+            if not self._closing:
+                self.data_status.value = text
+
+        worker.returned.connect(show)
+        worker.errored.connect(lambda exc: show(
             "<span style='color:#f66'>" + str(exc).replace("\n", "<br>") + "</span>"))
         worker.start()
         return worker
