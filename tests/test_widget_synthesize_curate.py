@@ -25,6 +25,19 @@ def _loaded(synth, qtbot, path: Path) -> None:
     qtbot.waitUntil(lambda: synth.model is not None, timeout=20000)
 
 
+def _live(make_napari_viewer, qtbot, model: Path, mask: np.ndarray):
+    """A viewer with a mask layer "m" and the Synthesize widget in live preview on it."""
+    viewer = make_napari_viewer()
+    synth = _dock(viewer, "Synthesize")
+    _loaded(synth, qtbot, model)
+    layer = viewer.add_labels(mask, name="m")
+    synth.mask_layer.value = layer
+    synth.live.value = True
+    synth.wait_idle()
+    qtbot.waitUntil(lambda: "m_synth" in viewer.layers, timeout=20000)
+    return viewer, synth, layer
+
+
 def _key(viewer, qtbot, key: str) -> None:
     """Press a key on the canvas, as a user does."""
     from qtpy.QtCore import Qt
@@ -59,14 +72,8 @@ def test_synthesize_a_painted_mask(make_napari_viewer, qtbot, tiny_unet: Path) -
 
 def test_live_preview_updates_only_touched_tiles(make_napari_viewer, qtbot,
                                                  tiny_model: Path) -> None:
-    viewer = make_napari_viewer()
-    synth = _dock(viewer, "Synthesize")
-    _loaded(synth, qtbot, tiny_model)
-    mask = viewer.add_labels(make_layout("dense", (256, 320), seed=5), name="m")
-    synth.mask_layer.value = mask
-    synth.live.value = True
-    synth.wait_idle()
-    qtbot.waitUntil(lambda: "m_synth" in viewer.layers, timeout=20000)
+    viewer, synth, mask = _live(make_napari_viewer, qtbot, tiny_model,
+                                make_layout("dense", (256, 320), seed=5))
     before = viewer.layers["m_synth"].data.copy()
     mask.brush_size = 6
     mask.paint((128, 160), 2)  # a brush stroke
@@ -86,13 +93,8 @@ def test_live_preview_never_shows_a_stale_result(make_napari_viewer, qtbot,
                                                  tiny_model: Path) -> None:
     from napari_synthgen.synthesis import Synthesizer
 
-    viewer = make_napari_viewer()
-    synth = _dock(viewer, "Synthesize")
-    _loaded(synth, qtbot, tiny_model)
-    mask = viewer.add_labels(make_layout("sparse", (200, 200), seed=2), name="m")
-    synth.mask_layer.value = mask
-    synth.live.value = True
-    synth.wait_idle()
+    viewer, synth, mask = _live(make_napari_viewer, qtbot, tiny_model,
+                                make_layout("sparse", (200, 200), seed=2))
     for i in range(6):  # strokes faster than the debounce and the model
         mask.paint((30 + 25 * i, 40 + 20 * i), 1 + i % 2)
     synth.wait_idle()
