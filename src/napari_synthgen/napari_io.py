@@ -41,19 +41,23 @@ def get_reader(path: str | list[str]) -> ReaderFn | None:
         return read_paired_folder if is_paired_folder(paths[0]) else None
     if not all(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in paths):
         return None
-    if all(_as_mask_or_none(p) is not None for p in paths):
-        return read_mask_files
-    return None
+    masks = []
+    for p in paths:  # reading is the only way to tell a mask from an image
+        mask = _as_mask_or_none(p)
+        if mask is None:
+            return None
+        masks.append(mask)
+
+    def read_checked(_path: str | list[str]) -> list[LayerData]:
+        # the masks were read to decide; do not read them again
+        return [mask_layer_data(m, p) for m, p in zip(masks, paths, strict=True)]
+
+    return read_checked
 
 
-def read_mask_files(path: str | list[str]) -> list[LayerData]:
-    """One Labels layer per mask file, named after the file."""
-    paths = [Path(p) for p in (path if isinstance(path, list) else [path])]
-    layers: list[LayerData] = []
-    for p in paths:
-        mask = coerce_mask(read_array(p))
-        layers.append((mask, mask_layer_kwargs(p.stem, metadata={"source": str(p)}), "labels"))
-    return layers
+def mask_layer_data(mask: np.ndarray, path: Path) -> LayerData:
+    """A mask file as a Labels layer, named after the file."""
+    return (mask, mask_layer_kwargs(path.stem, metadata={"source": str(path)}), "labels")
 
 
 def read_paired_folder(path: str | list[str]) -> list[LayerData]:

@@ -28,6 +28,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QTimer
 
+from ..io import sha256_array
 from ..sample_data import demo_model_path
 from . import _settings
 from ._bus import Candidate, bus
@@ -266,14 +267,14 @@ class SynthesizeWidget(Container):
         layer.translate = (*([0.0] * (data.ndim - ndim)), *mask_layer.translate)
         return layer
 
-    def _provenance(self, mask_layer: Labels, seed: int) -> dict[str, Any]:
-        from ..io import sha256_array
-
+    def _provenance(self, mask_layer: Labels, mask_sha: str, seed: int) -> dict[str, Any]:
+        """Where an image came from; ``mask_sha`` is the hash of the mask that was synthesized
+        (computed in the worker, from its copy: the layer may have been painted since)."""
         synth = self._synth
         info = self._model.info
         return {
             "source_mask": mask_layer.metadata.get("source", f"layer:{mask_layer.name}"),
-            "source_mask_sha256": sha256_array(np.asarray(mask_layer.data, dtype=np.uint8)),
+            "source_mask_sha256": mask_sha,
             "model": info.path, "model_sha256": info.sha256, "family": info.family,
             "architecture": info.netG, "seed": seed,
             "params": {k: v for k, v in synth.describe().items() if k not in ("model",)},
@@ -308,7 +309,7 @@ class SynthesizeWidget(Container):
                             images.append(stop.value)
                             break
                         yield i * total + done, total * len(seeds)
-            return images
+            return images, sha256_array(mask)
 
         pbar = progress(total=0, desc=f"Synthesizing {mask_layer.name}")
         t0 = time.perf_counter()
@@ -320,11 +321,12 @@ class SynthesizeWidget(Container):
             pbar.n = value[0]
             pbar.refresh()
 
-        def on_done(images: list[np.ndarray]) -> None:
+        def on_done(result: tuple[list[np.ndarray], str]) -> None:
             if self._closed:
                 return
+            images, mask_sha = result
             data = images[0] if len(images) == 1 else np.stack(images)
-            meta = self._provenance(mask_layer, seeds[0])
+            meta = self._provenance(mask_layer, mask_sha, seeds[0])
             meta["seeds"] = seeds
             self._write_layer(mask_layer, data, meta)
             dt = time.perf_counter() - t0
@@ -335,7 +337,7 @@ class SynthesizeWidget(Container):
                 self._live_layer = mask_layer
                 self._live_applied = self._live_request
             bus.candidates.emit([
-                Candidate(img, mask, {**self._provenance(mask_layer, s)},
+                Candidate(img, mask, self._provenance(mask_layer, mask_sha, s),
                           name=f"{mask_layer.name} seed {s}")
                 for img, s in zip(images, seeds, strict=True)
             ])
@@ -386,25 +388,27 @@ class SynthesizeWidget(Container):
         z = int(self.viewer.dims.current_step[0]) if mask.ndim == 3 else 0
         seed = self.seed.value
 
-        def work() -> tuple[np.ndarray, list | None, float]:
+        def work() -> tuple[np.ndarray, list | None, float, str]:
             t0 = time.perf_counter()
             with self._lock:
                 if not synth.kept(z):
                     image = synth(mask, seed=seed, keep=True)
                     image = image[z] if image.ndim == 3 else image
-                    return image, None, time.perf_counter() - t0
-                image, regions = synth.update(mask, z=z)
-            return image, regions, time.perf_counter() - t0
+                    regions = None
+                else:
+                    image, regions = synth.update(mask, z=z)
+            return image, regions, time.perf_counter() - t0, sha256_array(mask)
 
-        def done(result: tuple[np.ndarray, list | None, float]) -> None:
+        def done(result: tuple[np.ndarray, list | None, float, str]) -> None:
             self._live_running = False
             if self._closed:
                 return
-            image, regions, dt = result
+            image, regions, dt, mask_sha = result
             if request >= self._live_applied:  # never let a stale result overwrite a newer one
                 self._live_applied = request
                 if regions is None or regions:
-                    self._apply_live(layer, image, z, mask.ndim == 3)
+                    self._apply_live(layer, image, z, mask.ndim == 3,
+                                     self._provenance(layer, mask_sha, seed))
                 what = ("synthesized" if regions is None
                         else f"{len(regions)} tile(s) updated")
                 self.status.value = f"live preview: {what} in {dt * 1000:.0f} ms"
@@ -423,7 +427,8 @@ class SynthesizeWidget(Container):
         worker.errored.connect(failed)
         self._start(worker)
 
-    def _apply_live(self, mask_layer: Labels, image: np.ndarray, z: int, stack: bool) -> None:
+    def _apply_live(self, mask_layer: Labels, image: np.ndarray, z: int, stack: bool,
+                    meta: dict[str, Any]) -> None:
         name = synth_layer_name(mask_layer)
         existing = next((lyr for lyr in self.viewer.layers if lyr.name == name), None)
         if stack and existing is not None and existing.data.shape == mask_layer.data.shape:
@@ -432,7 +437,6 @@ class SynthesizeWidget(Container):
             return
         if stack:
             return  # the first full synthesis of the stack makes the layer
-        meta = self._provenance(mask_layer, self.seed.value)
         self._write_layer(mask_layer, image, meta)
 
     # ----------------------------------------------------------------- lifetime
