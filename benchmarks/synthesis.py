@@ -33,12 +33,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
 
+from napari_synthgen.devices import cpu_bf16_flags
 from napari_synthgen.encoding import encode_mask
 from napari_synthgen.layouts import make_layout
 from napari_synthgen.models.checkpoints import load_model, save_model
 from napari_synthgen.models.pix2pix import GeneratorSpec, build_generator
 from napari_synthgen.sample_data import demo_model_path
-from napari_synthgen.synthesis import Synthesizer
+from napari_synthgen.synthesis import Synthesizer, prepare_network
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 
@@ -85,7 +86,9 @@ def speed_and_error(model_path: Path) -> list[tuple[str, str]]:
     net = model.network.eval()
     ours = Synthesizer(model, device="cpu")  # the default path
     exact = Synthesizer(load_model(model_path), device="cpu", precision="fp32")
+    rows.append(("CPU bf16 flags", " ".join(sorted(cpu_bf16_flags() or [])) or "none"))
     rows.append(("default precision", f"{ours.precision} ({ours.precision_note})"))
+    rows += forward_by_precision(model)
     for size in (256, 512):
         mask = make_layout("dense", (size, size), seed=11)
         x = torch.from_numpy(encode_mask(mask, "rgb"))[None]
@@ -111,6 +114,30 @@ def speed_and_error(model_path: Path) -> list[tuple[str, str]]:
         rows.append(("512x512: relative error, demo model",
                      f"{relative_error(fast, ref):.2e} (image std {ref.std():.0f})"))
     return rows
+
+
+def forward_by_precision(model) -> list[tuple[str, str]]:
+    """The network alone at 512 x 512 in fp32 and in bf16 (bf16 weights, channels_last), the
+    copies prepared before timing: the measurement behind the CPU inference rule."""
+    cpu = torch.device("cpu")
+    x = torch.from_numpy(encode_mask(make_layout("dense", (512, 512), seed=5), "rgb"))[None]
+    t = {}
+    for p in ("fp32", "bf16"):
+        net, _ = prepare_network(model.network, cpu, p)
+        xp = x.to(torch.bfloat16 if p == "bf16" else torch.float32).contiguous(
+            memory_format=torch.channels_last if p == "bf16" else torch.contiguous_format)
+
+        def fwd(net=net, xp=xp) -> None:
+            with torch.inference_mode():
+                net(xp)
+
+        try:
+            t[p] = best_time(fwd)
+        except RuntimeError as exc:  # no bf16 kernels on this CPU/build
+            return [("512x512: bf16 forward", f"does not run here ({exc})")]
+    return [("512x512: forward fp32 / bf16 (prepared)",
+             f"{t['fp32'] * 1000:.0f} / {t['bf16'] * 1000:.0f} ms"),
+            ("512x512: bf16 forward / fp32 forward", f"{t['bf16'] / t['fp32']:.2f}")]
 
 
 def stroke_update(model_path: Path) -> list[tuple[str, str]]:
@@ -152,7 +179,7 @@ def rss_mb():  # current resident memory
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
-from napari_synthgen.synthesis import Synthesizer
+from napari_synthgen.synthesis import Synthesizer, prepare_network
 after_import = rss_mb()
 synth = Synthesizer(sys.argv[1], device="cpu")
 loaded = rss_mb()

@@ -4,8 +4,9 @@ Both steps train the same networks (``unet_256`` generator with ``ngf`` 64, ``ba
 with ``ndf`` 64, batch norm: the reference defaults) with the same losses (LSGAN + 100 x L1) and
 Adam, on the same ISBI tiles, at 256 x 256 with batch 1 and 4. The plain step is written out
 here the way the reference implementation runs it (fp32, NCHW, one process); ours is
-``training.pix2pix.Pix2PixModel`` with the engine's defaults (``precision="auto"``,
-channels_last). Run: ``python benchmarks/training.py``.
+``training.pix2pix.Pix2PixModel`` (channels_last) timed in fp32 and in bf16, with the precision
+the ``auto`` rule picks for that batch size marked, so the rule in ``devices.auto_precision``
+can be checked against this CPU. Run: ``python benchmarks/training.py [--batches 1 2 4]``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 import torch.nn.functional as F
 
+from napari_synthgen.devices import cpu_bf16_flags
 from napari_synthgen.encoding import encode_masks, encoding_lut
 from napari_synthgen.models.pix2pix import (
     GeneratorSpec,
@@ -84,27 +86,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
     parser.add_argument("--ngf", type=int, default=64)
     parser.add_argument("--ndf", type=int, default=64)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     samples = load_samples([SHARED])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    flags = sorted(cpu_bf16_flags() or []) or ["none"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU bf16 flags: {' '.join(flags)}")
     rows = []
-    for batch in (1, 4):
+    for batch in args.batches:
         sampler = TileSampler(samples, tile=256, stride=None, batch_size=batch, seed=0)
         cfg = TrainConfig(data=[str(SHARED)], steps=1000, ngf=args.ngf, ndf=args.ndf,
                           batch_size=batch, tile=256)
-        precision, note = resolve_training_precision(cfg, torch.device("cpu"))
-        torch.manual_seed(0)
-        ours = Pix2PixModel(cfg, torch.device("cpu"), precision, total_steps=1000)
-        t_ours = time_steps(ours.step, sampler, args.steps)
+        auto, note = resolve_training_precision(cfg, torch.device("cpu"))
         plain = PlainStep(args.ngf, args.ndf)
         t_plain = time_steps(plain, sampler, args.steps)
-        rows.append((batch, t_plain, t_ours, note))
-    print(f"\nunet_256 ngf {args.ngf} + basic D ndf {args.ndf}, 256 x 256 tiles, CPU\n")
-    print(f"{'batch':>5}  {'plain fp32 s/step':>17}  {'ours s/step':>11}  {'ours/plain':>10}  "
-          f"{'plain tiles/s':>13}  {'ours tiles/s':>12}  precision")
-    for batch, tp, to, note in rows:
-        print(f"{batch:>5}  {tp:>17.3f}  {to:>11.3f}  {to / tp:>10.2f}  {batch / tp:>13.2f}  "
-              f"{batch / to:>12.2f}  {note}")
+        times = {}
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            ours = Pix2PixModel(cfg, torch.device("cpu"), precision, total_steps=1000)
+            times[precision] = time_steps(ours.step, sampler, args.steps)
+        rows.append((batch, t_plain, times, auto, note))
+    print(f"\nunet_256 ngf {args.ngf} + basic D ndf {args.ndf}, 256 x 256 tiles, CPU "
+          "(s/step: median; ratios against plain fp32 eager)\n")
+    print(f"{'batch':>5}  {'plain fp32':>10}  {'ours fp32':>9}  {'ours bf16':>9}  "
+          f"{'fp32/plain':>10}  {'bf16/plain':>10}  {'bf16 speedup':>12}  auto rule")
+    for batch, tp, t, auto, note in rows:
+        print(f"{batch:>5}  {tp:>10.3f}  {t['fp32']:>9.3f}  {t['bf16']:>9.3f}  "
+              f"{t['fp32'] / tp:>10.2f}  {t['bf16'] / tp:>10.2f}  "
+              f"{t['fp32'] / t['bf16']:>11.2f}x  {auto}: {note}")
 
 
 if __name__ == "__main__":

@@ -86,23 +86,20 @@ def test_bf16_close_to_fp32(tiny_unet: Path, isbi_mask: np.ndarray) -> None:
     assert rel < 2e-2
 
 
-def test_auto_precision_on_the_cpu(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_precision_follows_the_written_rule(tiny_model: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from napari_synthgen import devices
 
-    synth = Synthesizer(tiny_model, device="cpu", precision="auto")
-    assert synth.precision in ("fp32", "bf16") and synth.precision_note.startswith("auto")
-    calls: list[str] = []
-
-    def run(p: str) -> None:
-        calls.append(p)
-
-    monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: {"amx_bf16", "avx512_bf16"})
-    assert devices.choose_cpu_precision(run)[0] == "bf16" and not calls
-    monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: set())
-    assert devices.choose_cpu_precision(run)[0] == "fp32" and not calls
-    monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: None)  # unknown: timed
-    _choice, note = devices.choose_cpu_precision(run)
-    assert set(calls) == {"fp32", "bf16"} and "measured" in note
+    for flags, expected in ((frozenset({"amx_bf16", "avx512_bf16"}), "bf16"),
+                            (frozenset({"avx512_bf16"}), "bf16"), (frozenset(), "fp32"),
+                            (None, "fp32")):
+        monkeypatch.setattr(devices, "cpu_bf16_flags", lambda f=flags: f)
+        synth = Synthesizer(tiny_model, device="cpu", precision="auto")
+        assert synth.precision == expected, flags
+        assert synth.describe()["precision_note"] == synth.precision_note
+        assert synth.precision_note.startswith(f"auto: {expected}")
+        explicit = Synthesizer(tiny_model, device="cpu", precision="fp32")
+        assert explicit.precision == "fp32" and explicit.precision_note == ""
 
 
 def test_stack_is_synthesized_slice_by_slice(tiny_model: Path) -> None:

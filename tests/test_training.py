@@ -142,6 +142,44 @@ def test_two_processes_train_data_parallel(tmp_path: Path, isbi_small: Path) -> 
     assert load_model(out).info.metadata["config"]["batch_size"] == 1
 
 
+def test_only_rank_0_reports_a_failure(tmp_path: Path, isbi_small: Path) -> None:
+    bad = tmp_path / "data"
+    (bad / "images").mkdir(parents=True)
+    (bad / "masks").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "napari_synthgen", "train", "--data", str(bad), "--out", str(tmp_path / "o"),
+         *TINY, "--steps", "2", "--events", "jsonl"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode != 0
+    events = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert [e["event"] for e in events] == ["failed"], proc.stdout
+    assert "rank 1:" in proc.stderr  # the other rank leaves its line in the log
+
+
+def test_resume_from_a_state_without_config_is_a_clear_failure(tmp_path: Path,
+                                                                isbi_small: Path) -> None:
+    state = tmp_path / "old.state.pt"
+    torch.save({"model": {}, "step": 3}, state)
+    cfg = TrainConfig(data=[str(isbi_small)], out=str(tmp_path / "run"), steps=4,
+                      netG="unet_128", ngf=4, ndf=4, tile=128)
+    events = list(train(cfg, resume=state))
+    assert events[-1]["event"] == "failed" and events[-1]["reason"] == "TrainingError"
+    assert "not a napari-synthgen training state" in events[-1]["message"]
+    assert "config" in events[-1]["message"] and "unexpected" not in events[-1]["message"]
+
+
+def test_checkpoint_steps_are_parsed_from_the_name_not_a_slice(tmp_path: Path) -> None:
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    for step in (9, 12345678):  # the second is longer than the usual 7 digits
+        (ckpt / f"step_{step:07d}.state.pt").write_bytes(b"x")
+        (tmp_path / f"G_step_{step:07d}.safetensors").write_bytes(b"x")
+    (ckpt / "step_backup.state.pt").write_bytes(b"x")  # not a step: ignored, not misread
+    assert latest_checkpoint(tmp_path)[0] == 12345678
+
+
 def test_ranks_draw_disjoint_shards_of_the_global_batch(isbi_small: Path) -> None:
     samples = load_samples([isbi_small])
     kw = {"tile": 128, "stride": 128, "seed": 1}

@@ -1,16 +1,15 @@
 """Device and precision choices, explicit and in one place.
 
 ``auto`` picks CUDA, then Apple MPS, then the CPU. Precision is ``fp32``, ``bf16`` or ``fp16``
-autocast, or ``auto``: bf16 (fp16 where bf16 is missing) on CUDA, fp32 on MPS, and on the CPU
-whichever of fp32 and bf16 is measured to be faster for the model at hand (CPUs with AMX run
-bf16 convolutions several times faster; others run them slower).
+autocast, or ``auto``, which :func:`auto_precision` decides by a written rule from the device,
+the CPU's flags and the kind of work, never by a timing, so that a seed gives the same bytes
+whatever else the machine is doing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -20,6 +19,15 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 Precision = Literal["fp32", "bf16", "fp16"]
 
 _DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+#: CPU flags that give bf16 arithmetic in hardware (AMX tiles, or AVX-512 dot products).
+BF16_FLAGS: frozenset[str] = frozenset({"amx_bf16", "avx512_bf16"})
+#: Training takes bf16 on a bf16 CPU from this batch size up: below it the weight and gradient
+#: casts cost more than bf16 convolutions save (docs/design.md has the measurements).
+TRAIN_BF16_MIN_BATCH: int = 4
+
+Work = Literal["inference", "training"]
 
 
 class DeviceError(RuntimeError):
@@ -71,13 +79,6 @@ def check_precision(precision: str, device: torch.device) -> Precision:
     return p  # type: ignore[return-value]
 
 
-def default_precision(device: torch.device) -> Precision:
-    """The precision ``auto`` uses where nothing is measured (CUDA, MPS)."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: Precision) -> Iterator[None]:
     """Autocast to ``precision`` on ``device``; fp32 runs plainly."""
@@ -88,58 +89,54 @@ def autocast(device: torch.device, precision: Precision) -> Iterator[None]:
         yield
 
 
-def time_call(fn: Callable[[], object], repeats: int = 2) -> float:
-    """Best wall time of ``fn`` over ``repeats`` runs after one warm-up (synchronising CUDA)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def cpu_bf16_speedup(run: Callable[[Precision], object]) -> float:
-    """How many times faster ``run("bf16")`` is than ``run("fp32")`` on this CPU."""
-    t32 = time_call(lambda: run("fp32"))
-    t16 = time_call(lambda: run("bf16"))
-    return t32 / max(t16, 1e-9)
-
-
-def cpu_bf16_flags() -> set[str] | None:
-    """The CPU's bf16 features (``amx_bf16``, ``avx512_bf16``) from /proc/cpuinfo, or None."""
+def cpu_bf16_flags() -> frozenset[str] | None:
+    """The CPU's bf16 features (``amx_bf16``, ``avx512_bf16``) from /proc/cpuinfo; None where
+    the flags cannot be read (macOS, Windows, a sandbox without /proc)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split()) & {"amx_bf16", "avx512_bf16"}
+                    return frozenset(line.split(":", 1)[1].split()) & BF16_FLAGS
     except OSError:
         pass
     return None
 
 
-def choose_cpu_precision(run: Callable[[Precision], object], *, threshold: float = 1.25,
-                         trust_amx: bool = True) -> tuple[Precision, str]:
-    """fp32 or bf16 for work on this CPU, and why.
 
-    A CPU with AMX-BF16 runs bf16 inference several times faster (seen here: 3-4x), one
-    without any bf16 instructions runs it slower; both are known from the CPU flags, which,
-    unlike a timing, cannot be fooled by other programs loading the machine. In between (or
-    where the flags cannot be read, or ``trust_amx`` is False because the work also casts
-    weights and gradients, as training does) ``run`` is timed in both precisions.
+def auto_precision(device: torch.device, work: Work, *, batch_size: int = 1,
+                   flags: frozenset[str] | str | None = "read") -> tuple[Precision, str]:
+    """The precision ``auto`` means, and the rule that chose it, from facts alone.
+
+    Never a timing: a timing depends on what else the machine runs, and the same seed must give
+    the same bytes on a quiet or a busy machine. The rule (measured in ``benchmarks/``):
+
+    - CUDA: bf16 autocast where the GPU has it, else fp16 (with a gradient scaler in training).
+    - MPS: fp32.
+    - CPU with bf16 instructions (``amx_bf16`` or ``avx512_bf16``): inference bf16 (bf16 weights,
+      channels_last: 0.2-0.35 of fp32 time); training bf16 from batch ``TRAIN_BF16_MIN_BATCH``
+      up, fp32 below.
+    - CPU without bf16 instructions, or whose flags cannot be read: fp32.
+
+    ``flags`` is for tests: the bf16 flags to assume instead of reading /proc/cpuinfo.
     """
-    flags = cpu_bf16_flags()
-    if flags is not None and "amx_bf16" in flags and trust_amx:
-        return "bf16", "auto: bf16 (this CPU has AMX-BF16)"
-    if flags is not None and not flags:
+    if work not in ("inference", "training"):
+        raise ValueError(f"work must be 'inference' or 'training'; got {work!r}.")
+    if device.type == "cuda":
+        p: Precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return p, f"auto: {p} on CUDA"
+    if device.type != "cpu":
+        return "fp32", f"auto: fp32 on {device.type}"
+    found = cpu_bf16_flags() if flags == "read" else flags
+    if found is None:
+        return "fp32", "auto: fp32 (this CPU's bf16 support cannot be read)"
+    have = sorted(set(found) & BF16_FLAGS)
+    if not have:
         return "fp32", "auto: fp32 (this CPU has no bf16 instructions)"
-    try:
-        speedup = cpu_bf16_speedup(run)
-    except RuntimeError:  # bf16 kernels missing on this CPU / build
-        return "fp32", "auto: fp32 (bf16 does not run here)"
-    choice: Precision = "bf16" if speedup >= threshold else "fp32"
-    return choice, f"auto: {choice} (bf16 measured {speedup:.2f}x fp32 on this CPU)"
+    which = "+".join(have)
+    if work == "inference":
+        return "bf16", f"auto: bf16 (CPU has {which}; inference)"
+    if batch_size >= TRAIN_BF16_MIN_BATCH:
+        return "bf16", (f"auto: bf16 (CPU has {which}; training batch {batch_size} >= "
+                        f"{TRAIN_BF16_MIN_BATCH})")
+    return "fp32", (f"auto: fp32 (CPU has {which}, but training batch {batch_size} < "
+                    f"{TRAIN_BF16_MIN_BATCH}: casts cost more than bf16 saves)")

@@ -179,7 +179,7 @@ def coerce_mask(
         if not allow_float:
             raise MaskError(
                 f"the mask has dtype {arr.dtype}; masks hold integer classes. If its values are "
-                "whole numbers, pass allow_float=True (CLI: --allow-float)."
+                "whole numbers, pass allow_float=True."
             )
         finite = np.isfinite(arr)
         fractional = ~finite | (np.round(arr) != arr)
@@ -355,3 +355,66 @@ def label_colours() -> dict[int | None, tuple[float, float, float, float]]:
     }
     colours[None] = (1.0, 0.0, 1.0, 1.0)
     return colours
+
+
+# --------------------------------------------------------------------------- classes a model knows
+
+
+def class_record(fractions: np.ndarray | list[float]) -> dict[str, float]:
+    """The ``classes`` entry of a checkpoint's metadata: pixel fraction per class id (as text).
+
+    ``fractions`` holds one number per class 0..2; a class with fraction 0 was never seen.
+    """
+    arr = np.asarray(fractions, dtype=np.float64)
+    if arr.shape != (N_CLASSES,):
+        raise MaskError(f"class fractions need one value per class 0..2; got shape {arr.shape}.")
+    total = float(arr.sum()) or 1.0
+    return {str(c): round(float(arr[c]) / total, 6) for c in range(N_CLASSES)}
+
+
+def known_classes(record: object) -> dict[int, float] | None:
+    """Class id -> training fraction from a checkpoint's ``classes`` metadata; None if unknown.
+
+    Reference checkpoints and models saved before this record existed carry none: what they
+    were trained on is unknown, and callers must say so rather than guess.
+    """
+    if not isinstance(record, dict):
+        return None
+    out: dict[int, float] = {}
+    for key, value in record.items():
+        try:
+            cls, frac = int(key), float(value)
+        except (TypeError, ValueError):
+            return None
+        if cls in (BACKGROUND, INTERIOR, BOUNDARY):
+            out[cls] = frac
+    return out or None
+
+
+def unseen_classes(mask: np.ndarray, known: dict[int, float] | None) -> list[int]:
+    """Classes present in ``mask`` that a model with ``known`` training fractions never saw.
+
+    Empty when the record is unknown (``None``): nothing can be said then.
+    """
+    if known is None:
+        return []
+    return [c for c in classes_present(mask) if known.get(c, 0.0) <= 0.0]
+
+
+def unseen_class_message(unseen: list[int], known: dict[int, float], model_name: str) -> str:
+    """One plain sentence for a user whose mask holds classes the model was not trained on."""
+    names = ", ".join(f"{CLASS_NAMES[c]} ({c})" for c in unseen)
+    seen = ", ".join(f"{CLASS_NAMES[c]} {known[c]:.0%}" for c in sorted(known) if known[c] > 0)
+    return (
+        f"the mask holds {names}, which {model_name} never saw in training (it saw {seen}); "
+        "it will paint those regions with whatever it guesses, often a repeating texture. "
+        "Paint them with a class the model knows, or use a model trained on such masks."
+    )
+
+
+def default_fill(known: dict[int, float] | None) -> int:
+    """The class a new mask starts with: background, unless the model never saw background
+    (then interior, as for the ISBI demo model, whose data has no background)."""
+    if known is not None and known.get(BACKGROUND, 0.0) <= 0.0 and known.get(INTERIOR, 0.0) > 0:
+        return INTERIOR
+    return BACKGROUND

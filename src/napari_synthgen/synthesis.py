@@ -24,10 +24,9 @@ from torch import nn
 
 from .devices import (
     Precision,
+    auto_precision,
     autocast,
     check_precision,
-    choose_cpu_precision,
-    default_precision,
     resolve_device,
 )
 from .encoding import check_encoding, encode_masks, encoding_lut, n_channels, unit_to_uint8
@@ -248,25 +247,11 @@ class Synthesizer:
 
     # ----------------------------------------------------------------- precision
     def _resolve_precision(self, precision: str) -> Precision:
+        """An explicit precision, checked; ``auto`` by the written rule (never a timing)."""
         if precision != "auto":
             return check_precision(precision, self.device)
-        if self.device.type != "cpu":
-            p = default_precision(self.device)
-            self.precision_note = f"auto: {p} on {self.device.type}"
-            return p
-        key = (id(self.model), self.tile, self.batch_size)
-        if key not in _CHOSEN:
-            x = torch.zeros((min(self.batch_size, 2), self.info.input_nc, self.tile, self.tile))
-
-            def run(p: Precision) -> object:
-                net, _ = prepare_network(self.model.network, self.device, p)
-                xp = x.to(_weight_dtype(self.device, p)).contiguous(
-                    memory_format=_memory_format(self.device, p))
-                with torch.inference_mode():
-                    return net(xp)
-
-            _CHOSEN[key] = choose_cpu_precision(run)
-        choice, self.precision_note = _CHOSEN[key]
+        choice, self.precision_note = auto_precision(self.device, "inference",
+                                                     batch_size=self.batch_size)
         return choice
 
     # ----------------------------------------------------------------- inference
@@ -506,9 +491,6 @@ class Synthesizer:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-_CHOSEN: dict[tuple[Any, ...], tuple[Precision, str]] = {}
 
 
 def _weight_dtype(device: torch.device, precision: Precision) -> torch.dtype:

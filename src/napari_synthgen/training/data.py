@@ -18,7 +18,7 @@ import torch
 
 from ..encoding import image_to_unit
 from ..io import PairingError, find_pairs, is_paired_folder, read_array, read_image
-from ..masks import PALETTE, MaskError, coerce_mask
+from ..masks import N_CLASSES, PALETTE, MaskError, class_record, coerce_mask
 
 ALIGNED_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -150,6 +150,15 @@ def intensity_stats(samples: Sequence[Sample]) -> dict[str, float]:
         "p1": float(p1), "p50": float(p50), "p99": float(p99),
         "dtype": str(samples[0].image.dtype),
     }
+
+
+def class_stats(samples: Sequence[Sample]) -> dict[str, float]:
+    """Pixel fraction of each class in the training masks (stored with the model, so that
+    synthesis can warn about a class the model never saw)."""
+    counts = np.zeros(N_CLASSES, dtype=np.int64)
+    for s in samples:
+        counts += np.bincount(s.mask.ravel(), minlength=N_CLASSES)[:N_CLASSES]
+    return class_record(counts.astype(np.float64))
 
 
 def _positions(length: int, tile: int, stride: int) -> list[int]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -26,8 +28,8 @@ from .. import __version__
 from ..devices import (
     DeviceError,
     Precision,
+    auto_precision,
     check_precision,
-    choose_cpu_precision,
     resolve_device,
 )
 from ..encoding import unit_to_uint8
@@ -37,6 +39,7 @@ from .config import ConfigError, TrainConfig
 from .data import (
     DataError,
     TileSampler,
+    class_stats,
     fixed_tiles,
     intensity_stats,
     load_samples,
@@ -107,6 +110,20 @@ class _Dist:
 
 
 # --------------------------------------------------------------------------- checkpoints
+_STATE_RE = re.compile(r"step_(\d+)" + re.escape(STATE_SUFFIX) + "$")
+
+
+def _state_steps(out: Path) -> list[tuple[int, Path]]:
+    """Training-state files of a run folder with their step numbers, oldest first (files whose
+    names do not parse are ignored, never misread)."""
+    found = []
+    for path in (out / "checkpoints").glob(f"step_*{STATE_SUFFIX}"):
+        m = _STATE_RE.fullmatch(path.name)
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
 def checkpoint_paths(out: Path, step: int) -> tuple[Path, Path]:
     """The generator file (for synthesis) and the training-state file of a step."""
     state = out / "checkpoints" / f"step_{step:07d}{STATE_SUFFIX}"
@@ -122,9 +139,7 @@ def latest_checkpoint(out: Path) -> tuple[int, Path, Path] | None:
             g, s = out / info["generator"], out / info["state"]
             if g.is_file() and s.is_file():
                 return int(info["step"]), g, s
-    states = sorted((out / "checkpoints").glob(f"step_*{STATE_SUFFIX}"))
-    for state in reversed(states):
-        step = int(state.name[5:12])
+    for step, state in reversed(_state_steps(out)):
         g, _ = checkpoint_paths(out, step)
         if g.is_file():
             return step, g, state
@@ -158,23 +173,11 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
 
 # --------------------------------------------------------------------------- the loop
 def resolve_training_precision(cfg: TrainConfig, device: torch.device) -> tuple[Precision, str]:
-    """The precision a run uses, and why.
-
-    ``auto``: bf16 autocast on CUDA (fp16 with a gradient scaler where bf16 is missing), fp32 on
-    MPS, and on the CPU bf16 where it is faster (see ``devices.choose_cpu_precision``).
-    """
+    """The precision a run uses, and why: an explicit one checked, ``auto`` by the written rule
+    of :func:`~napari_synthgen.devices.auto_precision` (device, CPU flags, batch size)."""
     if cfg.precision != "auto":
         return check_precision(cfg.precision, device), "explicit"
-    if device.type == "cuda":
-        p: Precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return p, f"auto: {p} on CUDA"
-    if device.type != "cpu":
-        return "fp32", f"auto: fp32 on {device.type}"
-    from .pix2pix import generator_step_runner
-
-    # a training step also casts weights and gradients, which can cost more than bf16 saves at
-    # small batches: time it (a few seconds, once per run)
-    return choose_cpu_precision(generator_step_runner(cfg), trust_amx=False)
+    return auto_precision(device, "training", batch_size=cfg.batch_size)
 
 
 class _Run:
@@ -212,6 +215,7 @@ class _Run:
             TileSampler(val_s, tile=cfg.tile, stride=None, batch_size=1, seed=0)  # size check
         self.total = cfg.steps or cfg.epochs * self.sampler.steps_per_epoch()
         self.stats = intensity_stats(train_s)
+        self.classes = class_stats(train_s)
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "checkpoints").mkdir(exist_ok=True)
@@ -230,7 +234,7 @@ class _Run:
             self.precision, self.precision_note = saved["precision"], "resumed run's precision"
         elif self.dist.main:
             self.precision, self.precision_note = resolve_training_precision(cfg, self.device)
-        # every rank must train in the same precision: rank 0's timing decides
+        # every rank must train in the same precision: rank 0 decides (a resumed run keeps its own)
         self.precision, self.precision_note = self.dist.broadcast(
             (self.precision, self.precision_note))
         torch.manual_seed(cfg.seed)
@@ -270,7 +274,14 @@ class _Run:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a corrupt or foreign file
             raise TrainingError(f"{path}: cannot be read as a training state ({exc}).") from exc
-        _check_resumable(state.get("config", {}), self.cfg)
+        missing = [k for k in ("config", "step", "model", "rng")
+                   if not isinstance(state, dict) or k not in state]
+        if missing or not isinstance(state.get("config"), dict):
+            raise TrainingError(
+                f"{path}: not a napari-synthgen training state (it has no "
+                f"{', '.join(missing) or 'valid config'}). Resume from a run folder written by "
+                "'napari-synthgen train' or its checkpoints/step_*.state.pt, or start a new run.")
+        _check_resumable(state["config"], self.cfg)
         history = list(state.get("history", []))
         changed = {k: [v, getattr(self.cfg, k)] for k, v in state["config"].items()
                    if k not in ("out", "steps", "epochs") and getattr(self.cfg, k, v) != v}
@@ -307,7 +318,8 @@ class _Run:
         with atomic_path(s_path) as tmp:
             torch.save(state, tmp)
         meta = {
-            "intensity": self.stats, "config": self.cfg.to_dict(), "step": step,
+            "intensity": self.stats, "classes": self.classes, "config": self.cfg.to_dict(),
+            "step": step, "precision": self.precision, "precision_rule": self.precision_note,
             "provenance": {
                 "plugin_version": __version__, "torch_version": torch.__version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -328,9 +340,7 @@ class _Run:
         return _event("checkpoint", step, path=str(g_path), state=str(s_path))
 
     def _prune(self) -> None:
-        states = sorted((self.out / "checkpoints").glob(f"step_*{STATE_SUFFIX}"))
-        for old in states[: -self.cfg.keep_checkpoints]:
-            step = int(old.name[5:12])
+        for step, old in _state_steps(self.out)[: -self.cfg.keep_checkpoints]:
             g, _ = checkpoint_paths(self.out, step)
             with contextlib.suppress(OSError):
                 old.unlink()
@@ -375,6 +385,8 @@ class _Run:
             masks, images = self.sampler.batch(self.step)
             result = self.model.step(masks, images)
             if self.dist.any(not result.finite):
+                if not main:
+                    return
                 last = self.last_checkpoint
                 yield _event(
                     "failed", self.step + 1, reason="non-finite loss", losses=result.losses,
@@ -421,6 +433,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
     they are not raised.
     """
     run: _Run | None = None
+    failure: Event | None = None
     try:
         run = _Run(config, resume, stop)
         event = run.setup()
@@ -428,17 +441,23 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
             yield event
         yield from run.loop()
     except (DataError, ConfigError, TrainingError, DeviceError) as exc:
-        yield _failed(run, type(exc).__name__, str(exc))
+        failure = _failed(run, type(exc).__name__, str(exc))
     except DiskFullError as exc:
-        yield _failed(run, "disk full", f"{exc.strerror} {_last_note(run)}")
+        failure = _failed(run, "disk full", f"{exc.strerror} {_last_note(run)}")
     except OSError as exc:
-        yield _failed(run, "OSError", f"{exc}. {_last_note(run)}")
+        failure = _failed(run, "OSError", f"{exc}. {_last_note(run)}")
     except Exception as exc:  # a bug: report it with the traceback, never hang a supervisor
-        yield _failed(run, type(exc).__name__, f"unexpected error: {exc}. {_last_note(run)}",
-                      traceback=traceback.format_exc())
+        failure = _failed(run, type(exc).__name__, f"unexpected error: {exc}. {_last_note(run)}",
+                          traceback=traceback.format_exc())
     finally:
         if run is not None:
             run.dist.close()
+    if failure is not None:
+        rank = run.dist.rank if run is not None else int(os.environ.get("RANK", "0"))
+        if rank == 0:
+            yield failure
+        else:  # only rank 0 reports; the others leave a line on stderr for the cluster log
+            print(f"rank {rank}: {failure['message']}", file=sys.stderr, flush=True)
 
 
 def _failed(run: _Run | None, reason: str, message: str, **extra: Any) -> Event:

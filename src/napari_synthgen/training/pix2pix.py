@@ -8,7 +8,6 @@ code runs under DDP, where only the wrapped modules synchronise gradients.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,25 +51,6 @@ def cpu_memory_format(precision: Precision, channels_last: bool = True) -> torch
     if channels_last and precision == "bf16":
         return torch.channels_last
     return torch.contiguous_format
-
-
-def generator_step_runner(cfg: TrainConfig) -> Callable[[Precision], object]:
-    """A generator forward+backward at the run's tile and batch size, to time precisions."""
-    spec = GeneratorSpec(netG=cfg.netG, input_nc=n_channels(cfg.encoding),
-                         output_nc=cfg.output_nc, ngf=cfg.ngf, norm=cfg.norm, dropout=cfg.dropout)
-    with torch.random.fork_rng(devices=[]):
-        net = build_generator(spec).train()
-    x = torch.zeros(cfg.batch_size, spec.input_nc, cfg.tile, cfg.tile)
-
-    def run(p: Precision) -> object:
-        fmt = cpu_memory_format(p, cfg.channels_last)
-        net.to(memory_format=fmt)
-        with torch.random.fork_rng(devices=[]), autocast(torch.device("cpu"), p):
-            out = net(x.contiguous(memory_format=fmt))
-        out.float().mean().backward()
-        return out
-
-    return run
 
 
 @dataclass
