@@ -35,9 +35,9 @@ def main() -> None:
                           "seed": i, "params": synth.describe()}
             # keep images with contrast; a flat image is not worth training on
             if figures["std"] > 10 and figures["multi_class"]:
-                record = session.accept(image, mask, **provenance)
+                record = session.accept(image, mask, provenance=provenance)
             else:
-                record = session.reject(image, mask, **provenance)
+                record = session.reject(image, mask, provenance=provenance)
             print(f"{record['id']}: {record['decision']} (std {figures['std']:.1f})")
         print(session.summary())
 

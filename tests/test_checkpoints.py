@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from napari_synthgen.io import sha256_file
+from napari_synthgen.masks import class_record
 from napari_synthgen.models.checkpoints import (
     CONTAINER_KEYS,
     CheckpointError,
@@ -25,6 +26,7 @@ from napari_synthgen.models.checkpoints import (
     inspect_model,
     load_model,
     read_state_dict,
+    read_training_state,
     save_model,
     validate_encoding,
 )
@@ -36,6 +38,7 @@ from napari_synthgen.models.pix2pix import (
     build_generator,
     init_weights,
 )
+from napari_synthgen.sample_data import demo_model_path
 
 SIDE = {"unet_128": 128, "unet_256": 256, "resnet_6blocks": 32, "resnet_9blocks": 32}
 
@@ -559,3 +562,100 @@ def test_dropout_option(tmp_path: Path) -> None:
     _, net = _tiny_resnet()
     torch.save(net.state_dict(), tmp_path / "r.pth")
     assert "saved without dropout" in _error(tmp_path / "r.pth", dropout=True)
+
+
+# ------------------------------------------------------------------ classes, bundled models
+
+
+def test_model_info_classes_from_our_metadata(tmp_path: Path) -> None:
+    spec, net = _tiny_resnet()
+    record = class_record([0.0, 3.0, 1.0])
+    path = save_model(tmp_path / "c.safetensors", net, spec, encoding="rgb",
+                      metadata={"classes": record})
+    info = load_model(path).info
+    assert info.classes == {0: 0.0, 1: 0.75, 2: 0.25}
+    assert info.metadata["classes"] == record
+    assert json.loads(json.dumps(info.to_dict()))["classes"] == {"0": 0.0, "1": 0.75, "2": 0.25}
+    plain = save_model(tmp_path / "p.safetensors", net, spec, encoding="rgb")
+    assert load_model(plain).info.classes is None  # saved before the record existed: unknown
+
+
+def test_reference_checkpoint_classes_are_unknown(reference_fixtures: Path) -> None:
+    info = load_model(reference_fixtures / "unet256_batch_ngf8").info
+    assert info.classes is None and info.to_dict()["classes"] is None
+
+
+def test_demo_model_by_name_knows_it_never_saw_background() -> None:
+    loaded = load_model("demo")
+    assert Path(loaded.info.path) == demo_model_path()
+    assert any("bundled model 'demo'" in n for n in loaded.info.notes)
+    classes = loaded.info.classes
+    assert classes is not None and classes[0] == 0.0
+    assert classes[1] > 0.5 and classes[2] > 0.1
+    assert sum(classes.values()) == pytest.approx(1.0, abs=1e-5)
+    assert inspect_model("demo")["classes"] == classes
+
+
+def test_unknown_model_name_says_which_names_exist(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    msg = _error("demo-nonexistent")
+    assert "demo-nonexistent: no such file or folder" in msg and "'demo'" in msg
+
+
+def test_an_existing_path_named_like_a_bundled_model_wins(tmp_path: Path, monkeypatch) -> None:
+    spec, net = _tiny_resnet()
+    save_model(tmp_path / "demo" / "mine.safetensors", net, spec, encoding="rgb")
+    monkeypatch.chdir(tmp_path)
+    assert load_model("demo").info.path == str(Path("demo") / "mine.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"generator": None}, "has no generator spec"),
+        ({"generator": "unet_128"}, "generator spec is a str, not a dictionary"),
+        ({"generator": {"netG": "unet_128"}}, "generator spec lacks input_nc, output_nc, ngf"),
+        ({"generator": {**asdict(GeneratorSpec("unet_128", 3, 3, 4)), "depth": 3}},
+         "unknown entries depth"),
+        ({"generator": {**asdict(GeneratorSpec("unet_128", 3, 3, 4)), "norm": "group"}},
+         "generator spec is not valid"),
+        ({"family": None}, "names no model family"),
+        ({"format_version": None}, "no valid format_version (found None)"),
+    ],
+)
+def test_our_format_with_an_incomplete_header_is_a_clear_error(
+    tmp_path: Path, change: dict, expected: str
+) -> None:
+    header = {"format_version": 1, "family": "pix2pix",
+              "generator": asdict(GeneratorSpec("unet_128", 3, 3, 4, "batch")), "encoding": "rgb"}
+    header.update(change)
+    header = {k: v for k, v in header.items() if v is not None}
+    msg = _error(_forge(tmp_path, header))
+    assert expected in msg and "forged.safetensors" in msg
+    assert "save the model again" in msg
+
+
+def test_training_state_is_checked_for_what_resume_needs(tmp_path: Path) -> None:
+    good = {"model": {"G": {}}, "step": 5, "rng": {}, "config": {"netG": "unet_256"}}
+    torch.save(good, tmp_path / "ok.state.pt")
+    assert read_training_state(tmp_path / "ok.state.pt")["step"] == 5
+    torch.save({"model": {"G": {}}, "step": 5, "rng": {}}, tmp_path / "noconfig.state.pt")
+    with pytest.raises(CheckpointError, match="has no config entry"):
+        read_training_state(tmp_path / "noconfig.state.pt")
+    torch.save(torch.zeros(3), tmp_path / "tensor.state.pt")
+    with pytest.raises(CheckpointError, match="holds a Tensor, not a napari-synthgen training"):
+        read_training_state(tmp_path / "tensor.state.pt")
+    spec, net = _tiny_resnet()
+    model = save_model(tmp_path / "G.safetensors", net, spec, encoding="rgb")
+    with pytest.raises(CheckpointError, match=r"model file .*not a training state"):
+        read_training_state(model)
+
+
+def test_a_training_state_given_as_model_points_at_its_model_file(tmp_path: Path) -> None:
+    spec, net = _tiny_resnet()
+    model = save_model(tmp_path / "G_step_0000010.safetensors", net, spec, encoding="onehot")
+    state = tmp_path / "checkpoints" / "step_0000010.state.pt"
+    state.parent.mkdir()
+    torch.save({"model": {"G": net.state_dict()}, "step": 10, "rng": {}, "config": {}}, state)
+    msg = _error(state)
+    assert "training state" in msg and f"open {model} instead" in msg

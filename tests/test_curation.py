@@ -19,7 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from napari_synthgen import __version__, curation
-from napari_synthgen.curation import DiskFullError, ExportError, ExportSession, export_nnunet
+from napari_synthgen.curation import (
+    DiskFullError,
+    ExportError,
+    ExportSession,
+    Worded,
+    export_nnunet,
+    install_splits,
+    reword,
+)
 from napari_synthgen.io import (
     read_array,
     read_image,
@@ -95,13 +103,15 @@ def test_accept_writes_files_hashes_provenance_and_quality(export: Path) -> None
         rec = s.accept(
             image,
             mask,
-            source_mask="painted mask",
-            model=Path("/models/em.safetensors"),
-            model_sha256="ab" * 32,
-            family="pix2pix",
-            architecture="unet256",
-            seed=np.int64(7),
-            params={"temperature": np.float32(0.5), "crop": (32, 32), "w": np.arange(3)},
+            provenance={
+                "source_mask": "painted mask",
+                "model": Path("/models/em.safetensors"),
+                "model_sha256": "ab" * 32,
+                "family": "pix2pix",
+                "architecture": "unet256",
+                "seed": np.int64(7),
+                "params": {"temperature": np.float32(0.5), "crop": (32, 32), "w": np.arange(3)},
+            },
         )
     assert rec["id"] == "syn_000001"
     assert rec["decision"] == "accept"
@@ -135,7 +145,7 @@ def test_caller_quality_synthetic_and_mask_hash_are_kept(export: Path) -> None:
             make_mask().astype(np.int64),  # any integer mask with classes 0..2
             quality={"sharpness": np.float64(1.5)},
             synthetic=False,
-            source_mask_sha256="given",
+            provenance={"source_mask_sha256": "given"},
         )
     assert rec["quality"] == {"sharpness": 1.5}
     assert rec["synthetic"] is False
@@ -149,7 +159,7 @@ def test_reject_records_hashes_and_figures_but_no_files(export: Path) -> None:
     image, mask = make_image(3), make_mask()
     with ExportSession(export) as s:
         first = s.accept(make_image(4), mask)
-        rec = s.reject(image, mask, model="m.safetensors", seed=3)
+        rec = s.reject(image, mask, provenance={"model": "m.safetensors", "seed": 3})
         bare = s.reject()
         assert s.counts() == {"accepted": 1, "rejected": 2}
         assert s.rejected == [rec["id"], bare["id"]]
@@ -293,7 +303,8 @@ mask[10:100, 10:100] = 2
 mask[11:99, 11:99] = 1
 while True:
     image = rng.integers(0, 65535, (128, 128), dtype=np.uint16)
-    record = session.accept(image, mask, source_mask="child", seed=int(rng.integers(1 << 30)))
+    prov = {"source_mask": "child", "seed": int(rng.integers(1 << 30))}
+    record = session.accept(image, mask, provenance=prov)
     print(record["id"], flush=True)
 """
 
@@ -521,11 +532,12 @@ def test_unserialisable_provenance_is_refused_before_writing(export: Path) -> No
     with ExportSession(export) as s:
         before = snapshot(export)
         with pytest.raises(ExportError, match=r"provenance 'model'\['net'\]: a object"):
-            s.accept(make_image(1), make_mask(), model={"net": object()})
+            s.accept(make_image(1), make_mask(), provenance={"model": {"net": object()}})
         with pytest.raises(ExportError, match="provenance 'blob'"):
-            s.reject(blob=b"bytes")
+            s.reject(provenance={"blob": b"bytes"})
         assert snapshot(export) == before
-        rec = s.reject(big=np.zeros((100, 100)), when=float("nan"), tags={"b", "a"})
+        rec = s.reject(provenance={"big": np.zeros((100, 100)), "when": float("nan"),
+                                   "tags": {"b", "a"}})
     assert rec["provenance"]["big"]["shape"] == [100, 100]
     assert rec["provenance"]["when"] == "nan" and rec["provenance"]["tags"] == ["a", "b"]
 
@@ -578,7 +590,7 @@ def test_full_disk_while_writing_files_leaves_nothing(
 def test_full_disk_while_appending_the_manifest_rolls_back(
     export: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write_all = curation._write_all
+    real_write_all = curation.manifest._write_all
 
     def half_then_full(fd: int, data: bytes) -> None:
         os.write(fd, data[: len(data) // 2])
@@ -587,14 +599,14 @@ def test_full_disk_while_appending_the_manifest_rolls_back(
     with ExportSession(export) as s:
         s.accept(make_image(0), make_mask())
         before = snapshot(export)
-        monkeypatch.setattr(curation, "_write_all", half_then_full)
+        monkeypatch.setattr(curation.manifest, "_write_all", half_then_full)
         with pytest.raises(DiskFullError, match="the sample was not stored"):
             s.accept(make_image(1), make_mask())
         with pytest.raises(DiskFullError):
             s.reject()
         with pytest.raises(DiskFullError):
             s.undo()
-        monkeypatch.setattr(curation, "_write_all", real_write_all)
+        monkeypatch.setattr(curation.manifest, "_write_all", real_write_all)
         assert snapshot(export) == before
         assert s.accepted == ["syn_000001"]
         rec = s.accept(make_image(2), make_mask())
@@ -620,14 +632,17 @@ def test_nnunet_export_layout_json_and_splits(tmp_path: Path) -> None:
     export, out = tmp_path / "export", tmp_path / "nnunet"
     real = make_real_folder(tmp_path / "real", 5)
     s = ExportSession(export)
-    a = s.accept(make_image(1), make_mask(), seed=1)
+    a = s.accept(make_image(1), make_mask(), provenance={"seed": 1})
     s.accept(make_image(2), make_mask())
     s.undo()  # syn_000002 is undone: not training data
     c = s.accept(make_image(3, dtype=np.uint16), make_mask(seed=2))
     s.reject(make_image(4), make_mask())
     # the session stays open: export reads without taking the lock
-    dataset = export_nnunet(export, out, real=tmp_path / "real", n_folds=5)
+    result = export_nnunet(export, out, real=tmp_path / "real", n_folds=5)
+    dataset = result.dataset
     assert dataset == out.absolute() / "Dataset501_SynthEM"
+    assert result.splits == dataset / "splits_final.json" and result.warnings == []
+    assert (result.n_folds, result.n_synthetic, result.n_real) == (5, 2, 5)
     synthetic = ["syn_000001", "syn_000003"]
     cases = synthetic + sorted(real)
     assert files_in(dataset / "imagesTr") == sorted(f"{n}_0000.png" for n in cases)
@@ -666,7 +681,7 @@ def test_nnunet_export_layout_json_and_splits(tmp_path: Path) -> None:
         export_nnunet(export, out, real=tmp_path / "real")
     s.undo()  # the reject
     s.undo()  # syn_000003
-    dataset = export_nnunet(s, out, real=tmp_path / "real", overwrite=True)
+    dataset = export_nnunet(s, out, real=tmp_path / "real", overwrite=True).dataset
     assert not (dataset / "imagesTr" / "syn_000003_0000.png").exists()
     assert not (dataset / "labelsTr" / "syn_000003.png").exists()
     assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 6
@@ -678,9 +693,11 @@ def test_nnunet_export_without_real_data_warns_and_validates_nothing(tmp_path: P
     with ExportSession(export) as s:
         s.accept(np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32), make_mask())
         s.accept(make_image(2), make_mask())
-    with pytest.warns(UserWarning, match="no real data"):
-        dataset = export_nnunet(export, tmp_path / "nn", dataset_id=7, name="Tiny", n_folds=3)
+    result = export_nnunet(export, tmp_path / "nn", dataset_id=7, name="Tiny", n_folds=3)
+    dataset = result.dataset
     assert dataset.name == "Dataset007_Tiny"
+    assert len(result.warnings) == 1 and "no real pairs given" in result.warnings[0]
+    assert "real=<paired folder>" in result.warnings[0]
     splits = json.loads((dataset / "splits_final.json").read_text())
     assert splits == [{"train": ["syn_000001", "syn_000002"], "val": []}] * 3
     image = read_array(dataset / "imagesTr" / "syn_000001_0000.png")
@@ -710,6 +727,141 @@ def test_nnunet_export_refuses_a_tampered_file(tmp_path: Path) -> None:
     with ExportSession(export) as s:
         rec = s.accept(make_image(1), make_mask())
     write_image(export / rec["files"]["image"], make_image(2))
-    with pytest.warns(UserWarning), pytest.raises(ExportError, match="does not match its SHA"):
+    with pytest.raises(ExportError, match="does not match its SHA"):
         export_nnunet(export, tmp_path / "nn")
 
+
+
+# ------------------------------------------------------------- provenance mapping, folds, splits
+
+
+def test_provenance_keys_named_like_parameters_stay_provenance(export: Path) -> None:
+    image, mask = make_image(1), make_mask()
+    with ExportSession(export) as s:
+        rec = s.accept(image, mask, provenance={"quality": "hand-checked", "synthetic": False,
+                                                "provenance": "nested name", 7: "int key"})
+        rej = s.reject(image, mask, provenance={"synthetic": "no", "quality": 0})
+        with pytest.raises(ExportError, match="provenance must be a mapping"):
+            s.accept(image, mask, provenance=[("seed", 1)])
+        with pytest.raises(TypeError):
+            s.accept(image, mask, seed=1)  # provenance is no longer taken from keywords
+    assert rec["synthetic"] is True  # the parameter's default, not the provenance value
+    assert rec["quality"] == pytest.approx(basic_figures(image, mask))
+    assert rec["provenance"]["quality"] == "hand-checked"
+    assert rec["provenance"]["synthetic"] is False
+    assert rec["provenance"]["provenance"] == "nested name" and rec["provenance"]["7"] == "int key"
+    assert rej["synthetic"] is True and rej["provenance"]["synthetic"] == "no"
+    assert manifest_lines(export)[0] == rec
+
+
+def _export_with_real(tmp_path: Path, n_real: int, **kwargs):
+    export = tmp_path / "export"
+    with ExportSession(export) as s:
+        for i in range(3):
+            s.accept(make_image(i), make_mask(seed=i))
+    real = None
+    if n_real:
+        make_real_folder(tmp_path / "real", n_real)
+        real = tmp_path / "real"
+    return export_nnunet(export, tmp_path / "nn", real=real, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("n_real", "folds", "warned"),
+    [(0, 1, ["no real pairs given"]), (1, 1, ["only 1 real pair", "holds 1 fold"]),
+     (2, 2, ["holds 2 fold(s)"]), (6, 5, [])],
+)
+def test_nnunet_folds_follow_the_real_pairs(
+    tmp_path: Path, n_real: int, folds: int, warned: list[str]
+) -> None:
+    result = _export_with_real(tmp_path, n_real)
+    assert (result.n_folds, result.n_synthetic, result.n_real) == (folds, 3, n_real)
+    assert len(result.warnings) == len(warned)
+    for text, warning in zip(warned, result.warnings, strict=True):
+        assert text in warning
+    splits = json.loads(result.splits.read_text())
+    info = json.loads((result.dataset / "dataset.json").read_text())
+    synthetic = set(info["synthgen"]["synthetic_cases"])
+    real = set(info["synthgen"]["real_cases"])
+    assert len(splits) == folds == info["synthgen"]["n_folds"] and len(real) == n_real
+    vals = []
+    for fold in splits:
+        assert not synthetic & set(fold["val"])  # synthetic cases never validate
+        assert synthetic <= set(fold["train"]) and not set(fold["train"]) & set(fold["val"])
+        assert set(fold["train"]) | set(fold["val"]) == synthetic | real
+        assert fold["val"] or n_real == 0
+        vals += fold["val"]
+    assert sorted(vals) == sorted(real)  # each real case validates exactly once
+
+
+def test_nnunet_export_refuses_more_folds_than_real_pairs_and_cli_names_its_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from napari_synthgen.cli import main
+
+    with pytest.raises(ExportError, match=r"pass n_folds=2 or fewer, leave n_folds unset"):
+        _export_with_real(tmp_path, 2, n_folds=3)
+    assert main(["export", "--from", str(tmp_path / "export"), "--nnunet", str(tmp_path / "nn"),
+                 "--real", str(tmp_path / "real"), "--folds", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "pass --folds 2 or fewer, leave --folds unset" in err and "n_folds" not in err
+    assert not (tmp_path / "nn").exists()  # nothing was written
+
+
+def test_cli_export_prints_warnings_and_installs_splits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from napari_synthgen.cli import main
+
+    export = tmp_path / "export"
+    with ExportSession(export) as s:
+        s.accept(make_image(1), make_mask())
+    args = ["export", "--from", str(export), "--nnunet", str(tmp_path / "nn"), "--name", "Cli"]
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    assert main([*args, "--install-splits"]) == 1
+    err = capsys.readouterr().err
+    assert "nnUNet_preprocessed is not set" in err and "--preprocessed <folder>" in err
+    assert not (tmp_path / "nn").exists()  # refused before anything was written
+    pre = tmp_path / "preprocessed"
+    pre.mkdir()
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    assert main([*args, "--install-splits"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: no real pairs given" in err and "--real <paired folder>" in err
+    assert "1 fold(s)" in out
+    installed = pre / "Dataset501_Cli" / "splits_final.json"
+    dataset = tmp_path / "nn" / "Dataset501_Cli"
+    assert installed.read_bytes() == (dataset / "splits_final.json").read_bytes()
+
+
+def test_install_splits_where_nnunet_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = _export_with_real(tmp_path, 3, dataset_id=12, name="EM")
+    pre = tmp_path / "nnUNet_preprocessed"
+    pre.mkdir()
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    dest = install_splits(result.dataset)
+    assert dest == pre / "Dataset012_EM" / "splits_final.json"
+    assert json.loads(dest.read_text()) == json.loads(result.splits.read_text())
+    (tmp_path / "other").mkdir()
+    other = install_splits(result, tmp_path / "other")  # an explicit root; the result object
+    assert other == tmp_path / "other" / "Dataset012_EM" / "splits_final.json"
+    assert other.is_file()
+    monkeypatch.delenv("nnUNet_preprocessed")
+    with pytest.raises(ExportError, match=r"nnUNet_preprocessed is not set.*preprocessed_root="):
+        install_splits(result.dataset)
+    with pytest.raises(ExportError, match="does not exist; create it"):
+        install_splits(result.dataset, tmp_path / "missing")
+    with pytest.raises(ExportError, match="not an nnU-Net dataset folder"):
+        install_splits(tmp_path / "export", pre)
+
+
+def test_reword_names_options_as_the_caller_spells_them() -> None:
+    message = Worded("pass {0} or {1}, not {2}.", ("n_folds", 2), ("overwrite", True),
+                     ("real", ...))
+    assert message == "pass n_folds=2 or overwrite=True, not real."
+    flags = {"n_folds": "--folds", "overwrite": "--overwrite", "real": "--real"}
+    assert reword(message, flags) == "pass --folds 2 or --overwrite, not --real."
+    assert reword(ExportError(message), flags) == "pass --folds 2 or --overwrite, not --real."
+    assert reword("plain {text}", flags) == "plain {text}"

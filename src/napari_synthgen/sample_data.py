@@ -1,7 +1,9 @@
-"""The napari sample: a real ISBI 2012 ssTEM slice with its 3-class mask, shipped in the package."""
+"""The napari sample (a real ISBI 2012 ssTEM slice with its 3-class mask) and the bundled models,
+shipped in the package."""
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -24,11 +26,41 @@ def sample_folder() -> Path:
     return Path(str(files("napari_synthgen") / "resources" / "sample"))
 
 
+#: Bundled model name -> file under ``resources/`` (what ``--model demo`` and
+#: ``load_model("demo")`` open).
+BUNDLED_MODELS: dict[str, str] = {
+    "demo": "demo_model/isbi2012_unet256_ngf16.safetensors",
+}
+
+
+def bundled_model_path(name: str) -> Path:
+    """Where the bundled model ``name`` lives inside the installed package (may be missing)."""
+    return Path(str(files("napari_synthgen") / "resources")) / BUNDLED_MODELS[name]
+
+
+def resolve_model_source(name_or_path: str | os.PathLike) -> Path:
+    """A model path: an existing file or folder as given, else a bundled model's file by name.
+
+    Anything else comes back as a path (the loader then says it does not exist). Raises
+    FileNotFoundError when a bundled model is named but missing from this installation.
+    """
+    path = Path(name_or_path).expanduser()
+    name = os.fspath(name_or_path)
+    if path.exists() or name not in BUNDLED_MODELS:
+        return path
+    bundled = bundled_model_path(name)
+    if not bundled.is_file():
+        raise FileNotFoundError(
+            f"the bundled model {name!r} is missing from this installation (expected "
+            f"{bundled}); reinstall napari-synthgen, or give a model file or folder."
+        )
+    return bundled
+
+
 def demo_model_path() -> Path | None:
     """The bundled demo model (a small pix2pix trained on ISBI 2012), if the package has one."""
-    folder = Path(str(files("napari_synthgen") / "resources" / "demo_model"))
-    models = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    return models[0] if models else None
+    path = bundled_model_path("demo")
+    return path if path.is_file() else None
 
 
 def load_sample() -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,79 @@
+"""What every part of checkpoint handling shares: the error, format constants, mask encodings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..pix2pix import GeneratorSpec
+
+FAMILY = "pix2pix"
+FORMAT_VERSION = 1
+METADATA_KEY = "napari_synthgen"
+ENCODINGS: tuple[str, ...] = ("rgb", "onehot", "label")
+#: Input channels each mask encoding feeds to the generator.
+ENCODING_CHANNELS: dict[str, int] = {"rgb": 3, "onehot": 3, "label": 1}
+REFERENCE_NAME = "latest_net_G.pth"
+#: Dictionary entries that hold the weights in common training-checkpoint layouts.
+CONTAINER_KEYS: tuple[str, ...] = ("state_dict", "model", "netG", "generator", "G", "net")
+#: Key prefixes added by DataParallel/DistributedDataParallel and torch.compile.
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+#: Key prefixes under which a training module keeps its generator beside other networks.
+GENERATOR_PREFIXES: tuple[str, ...] = ("netG.", "net_G.", "generator.", "G.")
+
+_RESERVED = ("format_version", "family", "generator", "encoding", "tile")
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
+_NBT = "num_batches_tracked"
+_LIST_LIMIT = 10
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used, with a message that says what is wrong and what to do."""
+
+
+@dataclass
+class _Resolved:
+    """A state dict matched to a generator spec, ready to be loaded."""
+
+    spec: GeneratorSpec
+    dropout_known: bool
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    notes: list[str]
+    encoding: str | None = None
+    tile: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+def default_encoding(input_nc: int) -> str:
+    """The encoding assumed for a model without metadata: 1 channel 'label', 3 'rgb'."""
+    if input_nc == 1:
+        return "label"
+    if input_nc == 3:
+        return "rgb"
+    raise CheckpointError(
+        f"the model takes {input_nc} input channels, but napari-synthgen feeds masks as "
+        "rgb (3 channels), onehot (3) or label (1); this model cannot be used with its masks."
+    )
+
+
+def validate_encoding(encoding: str, input_nc: int) -> str:
+    """Return ``encoding`` if it is known and feeds ``input_nc`` channels, else raise."""
+    if encoding not in ENCODINGS:
+        raise CheckpointError(
+            f"unknown encoding {encoding!r}; choose one of: {', '.join(ENCODINGS)}."
+        )
+    needed = ENCODING_CHANNELS[encoding]
+    if needed != input_nc:
+        fits = [e for e in ENCODINGS if ENCODING_CHANNELS[e] == input_nc]
+        hint = f"use {' or '.join(fits)}" if fits else "no mask encoding fits this model"
+        raise CheckpointError(
+            f"encoding {encoding!r} needs {needed} input channel(s), but the model takes "
+            f"{input_nc}; {hint}."
+        )
+    return encoding
