@@ -80,7 +80,7 @@ def test_export_to_nnunet(tmp_path: Path, isbi_small: Path, capsys) -> None:
     with ExportSession(tmp_path / "export") as session:
         for s in range(3):
             mask = make_layout("dense", (64, 64), seed=s)
-            session.accept((mask * 60).astype(np.uint8), mask, seed=s)
+            session.accept((mask * 60).astype(np.uint8), mask, provenance={"seed": s})
     assert main(["export", "--from", str(tmp_path / "export"), "--nnunet", str(tmp_path / "nn"),
                  "--real", str(isbi_small), "--dataset-id", "7", "--name", "EM"]) == 0
     dataset = tmp_path / "nn" / "Dataset007_EM"

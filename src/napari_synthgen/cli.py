@@ -1,7 +1,8 @@
-"""``napari-synthgen``: demo, inspect, generate, train, export.
+"""``napari-synthgen``: demo, inspect, masks, generate, train, export.
 
 The commands call the same core functions the napari widgets call. Exit codes: 0 success,
-1 something failed (the summary says what), 2 bad usage.
+1 something failed (the summary says what), 2 bad usage. Core functions word their errors for
+Python callers; :func:`cli_message` rewrites the Python names in them into this command's flags.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -20,12 +22,92 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision; auto measures what is faster on the CPU")
+                   help="precision; auto chooses from the device and the CPU's features "
+                   "(recorded with every image)")
     p.add_argument("--tile", type=int, default=None, help="tile size (default: the model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap (default: tile/4)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per batch")
     p.add_argument("--encoding", default=None, choices=["rgb", "onehot", "label"],
                    help="override the model's mask encoding")
+
+
+class UsageError(ValueError):
+    """A bad combination of flags: reported like argparse's own errors, exit code 2."""
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, *,
+            low_open: bool = False) -> object:
+    """An argparse ``type`` that also checks the range, so the error names the flag."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}; got {text!r}"
+            ) from None
+        below = low is not None and (value <= low if low_open else value < low)
+        if below or (high is not None and value > high):
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+            hi = "" if high is None else f"<= {high}"
+            raise argparse.ArgumentTypeError(
+                f"must be {' and '.join(x for x in (lo, hi) if x)}; got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _model_help(what: str) -> str:
+    return f"{what}, or 'demo' for the bundled demo model"
+
+
+def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
+    from .layouts import LAYOUT_KINDS, MAX_BOUNDARY_WIDTH, MIN_SIDE
+
+    p = sub.add_parser(
+        "masks", help="make new masks (layouts) or variations of masks, for generate",
+        description="Write seeded 3-class masks (uint8 TIFF, 0 background, 1 interior, "
+        "2 boundary) that `generate --masks DIR` reads. The same seed gives the same files; "
+        "mask i does not depend on --n.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--layout", choices=LAYOUT_KINDS,
+                      help="new masks: dense tissue (no background) or sparse organelles")
+    what.add_argument("--variations-of", type=Path, metavar="SRC",
+                      help="vary every mask in SRC (a mask file, a folder of masks or a paired "
+                      "folder)")
+    p.add_argument("--n", type=_number(int, 1), required=True,
+                   help="masks to make (--layout) or variations per source mask")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=_number(int, 0), default=0,
+                   help="the same seed (and options) gives byte-identical files")
+    p.add_argument("--size", type=_number(int, MIN_SIDE), nargs=2, metavar=("H", "W"),
+                   help="mask height and width in px (--layout)")
+    p.add_argument("--density", type=_number(float, 0, 1, low_open=True), default=None,
+                   help="dense: cells per area (0.5 is ISBI-like); sparse: fraction covered "
+                   "by organelles (default 0.3)")
+    p.add_argument("--boundary-width", type=_number(int, 1, MAX_BOUNDARY_WIDTH), default=None,
+                   help="membrane / ring width in px (default: dense 3, sparse 2; with "
+                   "--variations-of: the width for --read-as binary/instances, default 2)")
+    p.add_argument("--irregularity", type=_number(float, 0, 1), default=None,
+                   help="dense: spread of cell sizes and wavy membranes, 0..1 (default 0.5)")
+    p.add_argument("--blob-size", type=_number(float, 0, low_open=True), nargs=2,
+                   metavar=("MIN", "MAX"), default=None,
+                   help="sparse: range of organelle lengths in px (default 10 40)")
+    p.add_argument("--strength", type=_number(float, 0, 1), default=None,
+                   help="variations: elastic warp strength 0..1 (default 0.5; 0: none)")
+    p.add_argument("--grow", type=_number(int, 0, MAX_BOUNDARY_WIDTH), default=None,
+                   help="variations: thicken or thin boundaries by up to this many px "
+                   "(default 1; 0: none)")
+    p.add_argument("--coverage", type=_number(float, 0, 1), default=None,
+                   help="variations: fraction of the image --grow changes (default 0.5)")
+    p.add_argument("--read-as", default="auto", choices=MASK_READ_AS,
+                   help="variations: how to read the source masks")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+
+
+#: What ``--read-as`` accepts (the ``source`` of :func:`masks.coerce_mask`).
+MASK_READ_AS = ("auto", "classes", "palette", "binary", "membrane", "instances")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,25 +127,37 @@ def build_parser() -> argparse.ArgumentParser:
                       help="save a screenshot of the window to this PNG and exit")
 
     insp = sub.add_parser("inspect", help="say what a model checkpoint holds")
-    insp.add_argument("path", type=Path)
+    insp.add_argument("path", help=_model_help("checkpoint file or folder"))
     insp.add_argument("--json", action="store_true", help="print a JSON object")
     insp.add_argument("--encoding", default=None, choices=["rgb", "onehot", "label"])
 
-    gen = sub.add_parser("generate", help="synthesize images for masks")
-    gen.add_argument("--model", required=True, type=Path, help="checkpoint file or folder")
+    _add_masks_parser(sub)
+
+    gen = sub.add_parser(
+        "generate", help="synthesize images for masks",
+        description="Synthesize an image per mask and seed into OUT/images (masks in "
+        "OUT/masks, provenance in OUT/generate.jsonl). Under `torchrun --nproc_per_node N -m "
+        "napari_synthgen generate ...` each process takes every N-th mask; the files equal a "
+        "one-process run.")
+    gen.add_argument("--model", required=True, help=_model_help("checkpoint file or folder"))
     gen.add_argument("--masks", required=True, type=Path,
                      help="a mask file, a folder of masks, or a paired folder (uses masks/)")
     gen.add_argument("--out", required=True, type=Path, help="output folder")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--variations", type=int, default=1,
+    gen.add_argument("--seed", type=int, default=0,
+                     help="first seed; the same model, mask, seed and settings give the same "
+                     "image")
+    gen.add_argument("--variations", type=_number(int, 1), default=1,
                      help="images per mask, seeds seed..seed+N-1 (implies --stochastic if N>1)")
     gen.add_argument("--stochastic", action="store_true",
                      help="keep dropout on (pix2pix test-time noise) for seeded variations")
-    gen.add_argument("--read-as", default="auto",
-                     choices=["auto", "binary", "membrane", "instances"],
-                     help="how to read the mask files")
-    gen.add_argument("--boundary-width", type=int, default=2,
+    gen.add_argument("--read-as", default="auto", choices=MASK_READ_AS,
+                     help="how to read the mask files: auto (classes 0-2 or a colour palette), "
+                     "binary (objects on background), membrane (ISBI: white interior, black "
+                     "membrane), instances (one id per object)")
+    gen.add_argument("--boundary-width", type=_number(int, 1), default=2,
                      help="boundary width for --read-as binary/instances")
+    gen.add_argument("--allow-float", action="store_true",
+                     help="accept float mask files whose values are whole numbers")
     gen.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_synthesis_options(gen)
 
@@ -80,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="paired folder of real images/masks for training and validation")
     exp.add_argument("--dataset-id", type=int, default=501)
     exp.add_argument("--name", default="SynthEM")
+    exp.add_argument("--folds", type=int, default=None,
+                     help="cross-validation folds (default: one per real pair, at most 5)")
+    exp.add_argument("--install-splits", action="store_true",
+                     help="copy splits_final.json to $nnUNet_preprocessed/DatasetXXX_NAME/, "
+                          "where nnU-Net reads it")
+    exp.add_argument("--preprocessed", type=Path, default=None,
+                     help="nnU-Net preprocessed folder for --install-splits "
+                          "(default: $nnUNet_preprocessed)")
     exp.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -94,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(screenshot=args.screenshot)
         if args.command == "inspect":
             return cmd_inspect(args)
+        if args.command == "masks":
+            return cmd_masks(args)
         if args.command == "generate":
             return cmd_generate(args)
         if args.command == "train":
@@ -105,18 +209,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except UsageError as exc:
+        print(f"napari-synthgen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {cli_message(str(exc))}", file=sys.stderr)
         return 1
     return 2
 
 
+#: Python names in core error messages -> the flags that do the same on the command line.
+_CLI_WORDING: tuple[tuple[str, str], ...] = (
+    (r"coerce_mask\(mask, source='(\w+)', boundary_width=\.\.\.\)",
+     r"--read-as \1 (and --boundary-width N)"),
+    (r"coerce_mask\(mask, source='(\w+)'\)", r"--read-as \1"),
+    (r"(?<![\w-])source='(\w+)'", r"--read-as \1"),
+    (r"(?:use )?coerce_mask\(mask, allow_float=True\)", "use --allow-float"),
+    (r"allow_float=True \(CLI: --allow-float\)", "--allow-float"),
+    (r"allow_float=True", "--allow-float"),
+    (r"convert it with --read-as", "read it with --read-as"),
+    (r"convert it\s+with --read-as", "read it with --read-as"),
+    (r" Pass tolerance=\.\.\. for slightly off colours\.",
+     " Save the mask without lossy compression (TIFF or PNG)."),
+    (r"\bboundary_width\b", "--boundary-width"),
+    (r"\boverwrite=True\b", "--overwrite"),
+)
+
+
+def cli_message(message: str) -> str:
+    """A core error message with its Python names replaced by this command's flags."""
+    for pattern, repl in _CLI_WORDING:
+        message = re.sub(pattern, repl, message)
+    return message
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print what a checkpoint holds (architecture, encoding, size) and what could not be told."""
+    from .generate import model_classes
     from .models.checkpoints import load_model
 
     info = load_model(args.path, encoding=args.encoding).info
     data = info.to_dict()
+    known = model_classes(info)
+    data["classes"] = None if known is None else {str(c): f for c, f in sorted(known.items())}
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
@@ -125,68 +260,154 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for key, value in data.items():
         if key in ("notes", "metadata"):
             continue
+        if key == "classes":
+            value = _describe_classes(known)
         print(f"  {key:<{width}}  {value}")
     for note in info.notes:
         print(f"  note: {note}")
     return 0
 
 
-def _mask_files(path: Path) -> list[Path]:
-    from .io import is_paired_folder, list_images
+def _describe_classes(known: dict[int, float] | None) -> str:
+    """"background 0%, interior 78%, boundary 22% (never saw: background)" or "unknown ..."."""
+    from .masks import CLASS_NAMES
 
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        folder = path / "masks" if is_paired_folder(path) else path
-        files = list_images(folder)
-        if not files:
-            raise ValueError(f"{folder}: no .tif/.tiff/.png masks found.")
-        return files
-    raise FileNotFoundError(f"{path}: no such file or folder.")
+    if known is None:
+        return "unknown (the checkpoint does not record the classes it was trained on)"
+    text = ", ".join(f"{CLASS_NAMES[c]} {known.get(c, 0.0):.0%}" for c in range(len(CLASS_NAMES)))
+    unseen = [CLASS_NAMES[c] for c in range(len(CLASS_NAMES)) if known.get(c, 0.0) <= 0]
+    return text + (f" (never saw: {', '.join(unseen)})" if unseen else "")
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    """Write a seeded set of new masks, or variations of existing masks, with progress."""
+    from tqdm import tqdm
+
+    from .mask_sets import make_layout_set, make_variation_set, mask_sources
+
+    layout_only = {"--size": args.size, "--density": args.density,
+                   "--irregularity": args.irregularity, "--blob-size": args.blob_size}
+    vary_only = {"--strength": args.strength, "--grow": args.grow, "--coverage": args.coverage,
+                 "--read-as": None if args.read_as == "auto" else args.read_as}
+    if args.layout is not None:
+        _refuse(vary_only, "--variations-of")
+        if args.size is None:
+            raise UsageError("--layout needs --size H W (the mask height and width in px).")
+        if args.layout == "dense" and args.blob_size is not None:
+            raise UsageError("--blob-size applies to --layout sparse only.")
+        if args.layout == "sparse" and args.irregularity is not None:
+            raise UsageError("--irregularity applies to --layout dense only.")
+        if args.blob_size is not None and args.blob_size[0] > args.blob_size[1]:
+            raise UsageError(f"--blob-size MIN MAX needs MIN <= MAX; got {args.blob_size}.")
+        total, desc = args.n, f"masks ({args.layout})"
+    else:
+        _refuse(layout_only, "--layout")
+        total = args.n * len(mask_sources(args.variations_of))
+        desc = "variations"
+    bar = tqdm(total=total, unit="mask", desc=desc, file=sys.stderr, disable=None)
+    try:
+        if args.layout is not None:
+            result = make_layout_set(
+                args.out, kind=args.layout, n=args.n, shape=tuple(args.size), seed=args.seed,
+                density=args.density, boundary_width=args.boundary_width,
+                irregularity=args.irregularity,
+                blob_size=None if args.blob_size is None else tuple(args.blob_size),
+                overwrite=args.overwrite, progress=lambda i, path: bar.update(1))
+        else:
+            result = make_variation_set(
+                args.variations_of, args.out, n=args.n, seed=args.seed,
+                strength=0.5 if args.strength is None else args.strength,
+                grow=1 if args.grow is None else args.grow,
+                coverage=0.5 if args.coverage is None else args.coverage,
+                read_as=args.read_as,
+                boundary_width=2 if args.boundary_width is None else args.boundary_width,
+                overwrite=args.overwrite, progress=lambda i, path: bar.update(1))
+    finally:
+        bar.close()
+    print(f"wrote {len(result.files)} mask{'s' if len(result.files) != 1 else ''} to "
+          f"{result.out}")
+    return 0
+
+
+def _refuse(options: dict[str, object], needed: str) -> None:
+    """A UsageError naming the first given option that only works with ``needed``."""
+    given = [flag for flag, value in options.items() if value is not None]
+    if given:
+        raise UsageError(f"{given[0]} only applies with {needed}.")
+
+
+def _mask_files(path: Path) -> list[Path]:
+    from .mask_sets import mask_sources
+
+    return mask_sources(path)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Synthesize every mask (and variation) into ``out/images`` with masks in ``out/masks``."""
     from tqdm import tqdm
 
-    from .generate import GenerateJob, run_generate
+    from .generate import GenerateJob, process_share, run_generate
+    from .sample_data import resolve_model_source
 
     if args.variations < 1:
-        raise ValueError("--variations must be at least 1.")
+        raise UsageError("--variations must be at least 1.")
     job = GenerateJob(
-        model=args.model, masks=_mask_files(args.masks), out=args.out, seed=args.seed,
-        variations=args.variations, stochastic=args.stochastic or args.variations > 1,
-        read_as=args.read_as, boundary_width=args.boundary_width, overwrite=args.overwrite,
-        device=args.device, precision=args.precision, tile=args.tile, overlap=args.overlap,
-        batch_size=args.batch_size, encoding=args.encoding,
+        model=resolve_model_source(args.model), masks=_mask_files(args.masks), out=args.out,
+        seed=args.seed, variations=args.variations,
+        stochastic=args.stochastic or args.variations > 1, read_as=args.read_as,
+        boundary_width=args.boundary_width, allow_float=args.allow_float,
+        overwrite=args.overwrite, device=args.device, precision=args.precision, tile=args.tile,
+        overlap=args.overlap, batch_size=args.batch_size, encoding=args.encoding,
     )
+    share = process_share()
+    # under torchrun rank 0 shows its own share's progress and reports for everyone
+    prefix = "" if share.world == 1 else f"[rank {share.rank}] "
     t0 = time.perf_counter()
-    bar = tqdm(total=len(job.masks) * job.variations, unit="image", desc="generate",
-               file=sys.stderr, disable=None)
+    bar = tqdm(total=len(share.indices(len(job.masks))) * job.variations, unit="image",
+               desc="generate" if share.world == 1 else f"generate (rank 0 of {share.world})",
+               file=sys.stderr, disable=None if share.main else True)
     result = None
     for event in run_generate(job):
         if event.kind == "setup":
             print(event.message, file=sys.stderr)
+        elif event.kind in ("note", "warning"):
+            tqdm.write(f"{event.kind}: {cli_message(event.message)}", file=sys.stderr)
         elif event.kind in ("written", "failed", "skipped"):
             bar.update(event.count)
             if event.kind != "written":
-                tqdm.write(f"{event.kind}: {event.message}", file=sys.stderr)
+                tqdm.write(f"{prefix}{event.kind}: {cli_message(event.message)}",
+                           file=sys.stderr)
         elif event.kind == "done":
             result = event
     bar.close()
     assert result is not None
     dt = time.perf_counter() - t0
-    print(f"{result.message} in {dt:.1f} s; output in {job.out}")
+    if share.main:
+        print(f"{result.message} in {dt:.1f} s; output in {job.out}")
     return 1 if result.count else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Convert an export folder to the nnU-Net v2 raw layout."""
-    from .curation import export_nnunet
+    """Convert an export folder to the nnU-Net v2 raw layout (warnings go to stderr)."""
+    from .curation import ExportError, export_nnunet, install_splits, preprocessed_folder, reword
 
-    dataset = export_nnunet(args.source, args.nnunet, dataset_id=args.dataset_id, name=args.name,
-                            real=args.real, overwrite=args.overwrite)
-    print(f"wrote nnU-Net v2 dataset {dataset}")
+    flags = {"n_folds": "--folds", "real": "--real", "overwrite": "--overwrite",
+             "dataset_id": "--dataset-id", "name": "--name", "out_dir": "--nnunet",
+             "preprocessed_root": "--preprocessed"}
+    try:
+        if args.install_splits:  # say what is missing before anything is written
+            preprocessed_folder(args.preprocessed)
+        result = export_nnunet(args.source, args.nnunet, dataset_id=args.dataset_id,
+                               name=args.name, real=args.real, n_folds=args.folds,
+                               overwrite=args.overwrite)
+        for warning in result.warnings:
+            print(f"warning: {reword(warning, flags)}", file=sys.stderr)
+        print(f"wrote nnU-Net v2 dataset {result.dataset} ({result.n_synthetic} synthetic, "
+              f"{result.n_real} real cases, {result.n_folds} fold(s))")
+        if args.install_splits:
+            print(f"installed {install_splits(result.dataset, args.preprocessed)}")
+    except ExportError as exc:  # name the options as flags; main() prints it
+        raise ExportError(reword(exc, flags)) from None
     return 0
 
 

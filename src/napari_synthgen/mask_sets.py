@@ -1,0 +1,258 @@
+"""Many masks at once: seeded layout sets and variation sets written to a folder.
+
+Backs ``napari-synthgen masks`` and scripts. Mask ``i`` of a set is drawn from a seed derived
+from ``(seed, i)`` alone (``numpy.random.SeedSequence(seed, spawn_key=(i,))``), so it does not
+depend on how many masks are made: ``n=10`` gives the first ten masks of ``n=100``, byte for
+byte. A variation is derived from ``(seed, source file name, j)``, so adding a file to the
+source folder does not change the variations of the others. Every file written is recorded in
+``masks.jsonl`` (no times, so the same call writes the same bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .io import IMAGE_SUFFIXES, is_paired_folder, list_images, read_mask, write_mask
+from .layouts import (
+    LAYOUT_KINDS,
+    MIN_SIDE,
+    dense_tissue,
+    morphological_variation,
+    sparse_organelles,
+    variation,
+)
+from .masks import MaskSource
+
+LOG_NAME = "masks.jsonl"
+
+#: Called after each file is written, with the number written so far and the path.
+Progress = Callable[[int, Path], None]
+
+
+@dataclass(frozen=True)
+class MaskSetResult:
+    """The files a mask-set call wrote, in order, and the folder they are in."""
+
+    out: Path
+    files: list[Path]
+
+
+def derived_seed(seed: int, *key: int) -> int:
+    """A 32-bit seed for item ``key`` of a set seeded with ``seed``; independent of set size."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    ss = np.random.SeedSequence(int(seed), spawn_key=tuple(int(k) for k in key))
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def _name_key(name: str) -> int:
+    """A stable number for a file stem (CRC-32), so variations follow the file, not its rank."""
+    return zlib.crc32(name.encode("utf-8"))
+
+
+def _check_count(n: object, name: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name} must be a positive integer; got {n!r}.")
+    return int(n)
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """(H, W) or (Z, H, W) of whole numbers, H and W at least :data:`layouts.MIN_SIDE`."""
+    dims = tuple(shape)
+    if len(dims) not in (2, 3) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in dims
+    ):
+        raise ValueError(f"shape must be (H, W) or (Z, H, W) of positive integers; got {shape!r}.")
+    if min(dims[-2:]) < MIN_SIDE:
+        raise ValueError(f"shape {dims} is too small: height and width must be at least "
+                         f"{MIN_SIDE} px.")
+    return tuple(int(d) for d in dims)
+
+
+def _claim(out: Path, names: Sequence[str], overwrite: bool) -> list[Path]:
+    """The output paths; refuses (before writing anything) to replace files unless asked."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / name for name in names]
+    if not overwrite:
+        existing = [p for p in paths if p.exists()]
+        if existing:
+            more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+            raise FileExistsError(
+                f"{existing[0]}{more} already exist{'s' if len(existing) == 1 else ''}; "
+                "choose another folder or seed, or pass overwrite=True."
+            )
+    return paths
+
+
+def _log(out: Path, records: list[dict[str, Any]]) -> None:
+    """Append the records of a call to ``masks.jsonl``."""
+    with open(out / LOG_NAME, "a", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+def layout_name(kind: str, seed: int, index: int) -> str:
+    """The file name of mask ``index`` of a layout set: ``<kind>_seed<seed>_<index:05d>.tif``."""
+    return f"{kind}_seed{seed}_{index:05d}.tif"
+
+
+def make_layout_set(
+    out: str | os.PathLike,
+    *,
+    kind: str,
+    n: int,
+    shape: Sequence[int],
+    seed: int = 0,
+    density: float | None = None,
+    boundary_width: int | None = None,
+    irregularity: float | None = None,
+    blob_size: tuple[float, float] | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> MaskSetResult:
+    """Write ``n`` new ``kind`` masks (``"dense"`` or ``"sparse"``) of ``shape`` into ``out``.
+
+    Options left ``None`` take the layout's default. ``irregularity`` is for dense tissue,
+    ``blob_size`` (min, max px) for sparse organelles. Files are uint8 TIFFs of classes 0..2.
+    """
+    if kind not in LAYOUT_KINDS:
+        raise ValueError(f"unknown layout kind {kind!r}; use one of {', '.join(LAYOUT_KINDS)}.")
+    count = _check_count(n)
+    derived_seed(seed)  # validates
+    opts: dict[str, Any] = {}
+    if density is not None:
+        opts["density"] = density
+    if boundary_width is not None:
+        opts["boundary_width"] = boundary_width
+    if kind == "dense":
+        if blob_size is not None:
+            raise ValueError("blob_size applies to sparse layouts only.")
+        if irregularity is not None:
+            opts["irregularity"] = irregularity
+        make = dense_tissue
+    else:
+        if irregularity is not None:
+            raise ValueError("irregularity applies to dense layouts only.")
+        if blob_size is not None:
+            opts["size"] = tuple(blob_size)
+        make = sparse_organelles
+    shape = _check_shape(shape)
+    make((2 * MIN_SIDE, 2 * MIN_SIDE), seed=0, **opts)  # checks the options before any write
+    out_dir = Path(out)
+    paths = _claim(out_dir, [layout_name(kind, seed, i) for i in range(count)], overwrite)
+    records = []
+    for i, path in enumerate(paths):
+        s = derived_seed(seed, i)
+        write_mask(path, make(shape, seed=s, **opts))
+        records.append({
+            "file": path.name, "layout": kind, "index": i, "seed": seed, "mask_seed": s,
+            "shape": list(shape), "options": {k: (list(v) if isinstance(v, tuple) else v)
+                                              for k, v in opts.items()},
+            "plugin_version": __version__,
+        })
+        if progress is not None:
+            progress(i + 1, path)
+    _log(out_dir, records)
+    return MaskSetResult(out_dir, paths)
+
+
+def mask_sources(source: str | os.PathLike) -> list[Path]:
+    """The mask files of ``source``: one file, a folder of masks, or a paired folder's masks/."""
+    src = Path(source)
+    if src.is_file():
+        if src.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{src}: not a mask file; use .tif, .tiff or .png.")
+        return [src]
+    if src.is_dir():
+        folder = src / "masks" if is_paired_folder(src) else src
+        files = list_images(folder)
+        if not files:
+            raise ValueError(f"{folder}: no .tif/.tiff/.png masks found.")
+        return files
+    raise FileNotFoundError(f"{src}: no such file or folder.")
+
+
+def variation_name(stem: str, seed: int, index: int) -> str:
+    """File name of variation ``index`` of ``stem``: ``<stem>_var<seed>_<index:04d>.tif``."""
+    return f"{stem}_var{seed}_{index:04d}.tif"
+
+
+def make_variation_set(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    n: int,
+    seed: int = 0,
+    strength: float = 0.5,
+    grow: int = 1,
+    coverage: float = 0.5,
+    read_as: MaskSource = "auto",
+    boundary_width: int = 2,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> MaskSetResult:
+    """Write ``n`` variations of every mask in ``source`` into ``out``.
+
+    Each variation is an elastic warp of ``strength`` (0: none), then boundaries thickened or
+    thinned by a random whole number of px in ``-grow..grow`` over about ``coverage`` of the
+    image (``grow`` 0: none). ``read_as`` and ``boundary_width`` say how to read the sources.
+    """
+    count = _check_count(n)
+    derived_seed(seed)
+    if isinstance(grow, bool) or not isinstance(grow, (int, np.integer)) or grow < 0:
+        raise ValueError(f"grow must be a non-negative whole number of px; got {grow!r}.")
+    files = mask_sources(source)
+    stems = [f.stem for f in files]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise ValueError(f"{source}: several files share the name {dupes[0]!r} (e.g. .tif and "
+                         ".png); keep one of them.")
+    masks = [read_mask(f, read_as, boundary_width=boundary_width) for f in files]
+    # validate options on the first mask before any file is claimed or written
+    variation(masks[0], strength=strength, seed=0)
+    morphological_variation(masks[0], grow=int(grow), coverage=coverage, seed=0)
+    out_dir = Path(out)
+    names = [variation_name(f.stem, seed, j) for f in files for j in range(count)]
+    paths = iter(_claim(out_dir, names, overwrite))
+    records, done, written = [], 0, []
+    for src, mask in zip(files, masks, strict=True):
+        for j in range(count):
+            path = next(paths)
+            s = derived_seed(seed, _name_key(src.stem), j)
+            rng = np.random.default_rng(s)
+            g = int(rng.integers(-int(grow), int(grow) + 1)) if grow else 0
+            varied = variation(mask, strength=strength, seed=s)
+            varied = morphological_variation(varied, grow=g, coverage=coverage, seed=s)
+            write_mask(path, varied)
+            written.append(path)
+            records.append({
+                "file": path.name, "source": os.fspath(src), "index": j, "seed": seed,
+                "mask_seed": s, "strength": strength, "grow": g, "coverage": coverage,
+                "plugin_version": __version__,
+            })
+            done += 1
+            if progress is not None:
+                progress(done, path)
+    _log(out_dir, records)
+    return MaskSetResult(out_dir, written)
+
+
+__all__ = [
+    "LOG_NAME",
+    "MaskSetResult",
+    "derived_seed",
+    "layout_name",
+    "make_layout_set",
+    "make_variation_set",
+    "mask_sources",
+    "variation_name",
+]
