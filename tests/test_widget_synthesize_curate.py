@@ -160,10 +160,10 @@ def test_curate_a_generated_folder_and_export_nnunet(make_napari_viewer, qtbot, 
     curate.accept()
     rec = curate.session.records[0]
     assert rec["provenance"]["seed"] == 0 and rec["provenance"]["source_mask"].endswith("m0.tif")
-    worker = curate.export()
-    with qtbot.waitSignal(worker.finished, timeout=30000):
-        pass
-    dataset = tmp_path / "export" / "nnUNet_raw" / "Dataset501_SynthEM"
+    curate.nnunet_out.value = tmp_path / "nnUNet_raw"
+    assert curate.export() is not None
+    curate.wait_idle(30)
+    dataset = tmp_path / "nnUNet_raw" / "Dataset501_SynthEM"
     meta = json.loads((dataset / "dataset.json").read_text())
     assert meta["numTraining"] == 2 and meta["labels"]["boundary"] == 2
 

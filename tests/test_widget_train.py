@@ -67,8 +67,12 @@ def test_start_watch_stop_without_blocking(make_napari_viewer, qtbot, tmp_path: 
     step, g, _ = latest_checkpoint(tmp_path / "run")
     assert step == finished["step"] and load_model(g).info.metadata["step"] == step
     assert w.checkpoint == str(g) and w.start_button.enabled
+    # the GUI thread never waits on training: a 10 ms timer keeps ticking. A loaded 2-core
+    # machine may deschedule the GUI once or twice; a blocking call would show again and again.
     gaps = np.diff(ticks)
-    assert gaps.max() < 0.3, f"the Qt event loop was blocked for {gaps.max():.2f} s"
+    assert np.sum(gaps > 0.3) <= 2 and gaps.max() < 1.5, (
+        f"the Qt event loop was blocked {int(np.sum(gaps > 0.3))} times, "
+        f"at most for {gaps.max():.2f} s")
     # the checkpoint goes to the synthesis widget
     w.use_in_synthesis()
     _, synth = viewer.window.add_plugin_dock_widget(PLUGIN, "Synthesize")  # the docked one
@@ -114,3 +118,22 @@ def test_bad_data_is_shown_on_entry(make_napari_viewer, qtbot, tmp_path: Path) -
     (tmp_path / "masks").mkdir()
     w.data.value = str(tmp_path)
     qtbot.waitUntil(lambda: "no .tif" in w.data_status.value, timeout=20_000)
+
+
+def test_loss_plot_follows_the_napari_theme(make_napari_viewer) -> None:
+    from matplotlib.colors import to_hex
+    from napari.utils.theme import get_theme
+
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    dark = get_theme("dark")
+    assert viewer.theme == "dark"
+    assert to_hex(w.plot.figure.get_facecolor()) == dark.background.as_hex()
+    assert to_hex(w.plot.ax.xaxis.label.get_color()) == dark.text.as_hex()
+    w.plot.add(1, {"G_L1": 20.0, "G_GAN": 1.0, "D_real": 0.3, "D_fake": 0.2})
+    viewer.theme = "light"
+    light = get_theme("light")
+    assert to_hex(w.plot.figure.get_facecolor()) == light.background.as_hex()
+    assert to_hex(w.plot.ax.get_facecolor()) == light.foreground.as_hex()
+    assert to_hex(w.plot.ax.xaxis.label.get_color()) == light.text.as_hex()
+    assert len(w.plot.ax.lines) == 3  # the losses are still drawn

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,6 +10,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..masks import BACKGROUND, BOUNDARY, INTERIOR, MaskError, validate_mask
 from ..napari_io import mask_layer_kwargs
+from ._worker import report_error
 
 if TYPE_CHECKING:
     import napari
@@ -123,14 +123,24 @@ def call_on_destroy(widget: Any, method: str) -> None:
     connect_weakly(widget.native.destroyed, widget, method)
 
 
-def report_error(exc: BaseException, doing: str) -> None:
-    """Show an error as a napari notification: what failed and the message that says why."""
-    message = str(exc) or exc.__class__.__name__
-    if isinstance(exc, (ValueError, OSError, RuntimeError, KeyError)):
-        show_error(f"{doing} failed: {message}")
-    else:  # unexpected: keep the traceback for a bug report
-        show_error(f"{doing} failed ({exc.__class__.__name__}): {message}\n"
-                   + "".join(traceback.format_exception_only(type(exc), exc)))
+def wrap_label(label: Any) -> None:
+    """Let a label's text wrap to the dock's width instead of widening or clipping it."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    native = label.native
+    native.setWordWrap(True)
+    policy = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+    policy.setHeightForWidth(True)
+    native.setSizePolicy(policy)
+
+
+def widen_path(file_edit: Any, chars: int = 16) -> None:
+    """Make a path field wide enough to read (about ``chars`` characters) and let it stretch."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    line = getattr(file_edit, "line_edit", file_edit).native
+    line.setMinimumWidth(line.fontMetrics().averageCharWidth() * chars)
+    line.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
 
 __all__ = [
@@ -148,4 +158,26 @@ __all__ = [
     "show_info",
     "show_warning",
     "shrink_combo",
+    "widen_path",
+    "wrap_label",
 ]
+
+
+def scroll_body(container: Any) -> Any:
+    """A scrollable body inside ``container``: its sections scroll when the dock is short, so
+    a window with several docks still fits a laptop screen. Call :func:`fit_scroll_width`
+    once it is filled."""
+    from magicgui.widgets import Container
+
+    body = Container(labels=False, scrollable=True)
+    container.native.layout().addWidget(body.root_native_widget)
+    return body
+
+
+def fit_scroll_width(body: Any, widest: int = 460) -> None:
+    """Size a scroll body's width to what its widgets need, at most ``widest`` px: magicgui
+    sizes it while adding widgets from their one-line width, and a label holding a long path
+    (which cannot wrap) would otherwise make the dock as wide as the path."""
+    body.native.layout().activate()
+    need = body.native.minimumSizeHint().width() + 20
+    body.root_native_widget.setMinimumWidth(min(need, widest))

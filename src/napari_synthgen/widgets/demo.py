@@ -30,7 +30,12 @@ def build_demo_viewer(*, show: bool = True) -> Any:
     mask = viewer.layers["mask"]
     synth = widgets["Synthesize"]
     synth.mask_layer.value = mask
-    if synth.model_path.value and Path(synth.model_path.value).is_file():
+    from ..sample_data import demo_model_path
+
+    demo = demo_model_path()
+    if demo is not None:  # the demo shows the demo model, not the user's last one
+        if Path(str(synth.model_path.value)) != demo:  # the field holds what is loading
+            synth.set_model(demo)
         _synthesize_when_loaded(viewer, synth, mask)
     viewer.grid.enabled = True
     viewer.grid.stride = -1  # top layer first: mask | synthetic | real EM

@@ -1,7 +1,8 @@
 """Mask editor: new / open / save masks, paint classes, rebuild boundaries, layouts, variations.
 
 Every edit of an existing mask goes through ``Labels.data_setitem`` so that Ctrl+Z undoes it,
-like a brush stroke.
+like a brush stroke. New masks start with a class the current synthesis model knows (interior
+for the demo model, which never saw background); the Synthesize widget says which on the bus.
 """
 
 from __future__ import annotations
@@ -24,16 +25,27 @@ from napari.layers import Image, Labels
 
 from .. import layouts
 from ..io import read_mask, write_mask
-from ..masks import CLASS_NAMES, class_fractions, coerce_mask, empty_mask, rebuild_boundaries
+from ..masks import (
+    CLASS_NAMES,
+    class_fractions,
+    coerce_mask,
+    default_fill,
+    empty_mask,
+    rebuild_boundaries,
+)
+from ._bus import ModelAnnouncement, bus, current_model
 from ._common import (
     CLASS_KEYS,
     add_collapsible,
     add_mask_layer,
     apply_in_place,
     bind_class_keys,
+    call_on_destroy,
     report_error,
     select_class,
     show_info,
+    widen_path,
+    wrap_label,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +72,7 @@ class MaskEditor(Container):
         self.new_width = SpinBox(value=512, min=8, max=65536, label="Width")
         self.like = ComboBox(label="Size of", choices=self._image_choices)
         self.fill = ComboBox(choices=list(CLASS_NAMES), value="background", label="Fill")
+        self.fill_note = Label(value="")
         self.new_button = PushButton(text="New mask")
         self.open_path = FileEdit(mode="r", label="File", filter="*.tif *.tiff *.png")
         self.open_as = ComboBox(
@@ -100,7 +113,8 @@ class MaskEditor(Container):
             self.status,
         ])
         add_collapsible(self, "New, open, save", [
-            self.new_height, self.new_width, self.like, self.fill, self.new_button,
+            self.new_height, self.new_width, self.like, self.fill, self.fill_note,
+            self.new_button,
             self.open_path, self.open_as, self.open_button, self.save_path, self.save_button,
         ])
         add_collapsible(self, "Boundaries and conversions", [
@@ -129,8 +143,33 @@ class MaskEditor(Container):
         for ev in (events.inserted, events.removed, events.reordered):
             ev.connect(self._refresh_choices)
         viewer.layers.selection.events.active.connect(self._active_changed)
+        wrap_label(self.fill_note)
+        wrap_label(self.status)
+        for path_field in (self.open_path, self.save_path):
+            widen_path(path_field)
+        bus.model_changed.connect(self.model_changed)
+        call_on_destroy(self, "teardown")
+        self.model_changed(current_model())
         self._refresh_choices()
         self._layer_changed()
+
+    def teardown(self) -> None:
+        """The widget was closed: stop following the synthesis model."""
+        bus.model_changed.disconnect(self.model_changed, missing_ok=True)
+
+    def model_changed(self, model: ModelAnnouncement | None) -> None:
+        """Start new masks with a class ``model`` knows (the user can still pick another)."""
+        fill = default_fill(model.known if model is not None else None)
+        self.fill.value = CLASS_NAMES[fill]
+        if model is None:
+            self.fill_note.value = ""
+        elif model.known is None:
+            self.fill_note.value = (f"{model.name} has no record of the classes it knows; "
+                                    "new masks start as background.")
+        else:
+            seen = ", ".join(CLASS_NAMES[c] for c in sorted(model.known) if model.known[c] > 0)
+            self.fill_note.value = (f"{model.name} knows {seen}: new masks start as "
+                                    f"{CLASS_NAMES[fill]}.")
 
     # ------------------------------------------------------------------ choices
     def _mask_choices(self, _w: object = None) -> list[tuple[str, Labels]]:

@@ -1,8 +1,11 @@
 """Synthesis widget: pick a model, synthesize EM images from a mask layer, live preview.
 
-The model is loaded once (in a worker) and kept until the settings change or the widget
-closes. Synthesis runs in a thread worker with napari progress; live preview re-synthesizes
-only the tiles a brush stroke touched, debounced, and a stale result never overwrites a newer one.
+The model is loaded once (in a worker). A synthesizer (the model on a device, precision and
+tiling) is an immutable value: every run and live preview captures the one current when it
+starts and finishes with it. Changing a setting or the model only makes the next run build a new
+one; an old synthesizer is closed when no running work holds it any more. Live preview
+re-synthesizes only the tiles a brush stroke touched, debounced, and a stale result never
+overwrites a newer one.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,21 +28,27 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
-from napari.utils import progress
+from psygnal import Signal
 from qtpy.QtCore import QTimer
 
 from ..io import sha256_array
-from ..sample_data import demo_model_path
+from ..masks import CLASS_NAMES, known_classes, unseen_class_message, unseen_classes
+from ..sample_data import BUNDLED_MODELS, demo_model_path
 from . import _settings
-from ._bus import Candidate, bus
+from ._bus import Candidate, ModelAnnouncement, announce_model, bus, withdraw_model
 from ._common import (
     add_collapsible,
     call_on_destroy,
+    fit_scroll_width,
     report_error,
+    scroll_body,
+    show_info,
     show_warning,
     shrink_combo,
+    widen_path,
+    wrap_label,
 )
+from ._worker import Job, Progress, Workers
 
 if TYPE_CHECKING:
     import napari
@@ -54,31 +64,78 @@ def synth_layer_name(mask_layer: Labels) -> str:
     return f"{mask_layer.name}_synth"
 
 
+def model_classes(info: Any) -> dict[int, float] | None:
+    """The classes a model was trained on (id -> fraction), or None when it carries no record."""
+    classes = getattr(info, "classes", None)
+    if classes is None:
+        classes = known_classes((info.metadata or {}).get("classes"))
+    return classes
+
+
 def _describe(info: Any) -> str:
     meta = info.metadata or {}
     steps = f" · trained {meta['step']} steps" if "step" in meta else ""
     tile = info.tile or "any (model gives none)"
+    known = model_classes(info)
+    classes = ("classes it knows: unknown (no record)" if known is None else "classes it knows: "
+               + ", ".join(f"{CLASS_NAMES[c]} {f:.0%}" for c, f in sorted(known.items()) if f > 0))
     return (f"{info.netG} · ngf {info.ngf} · {info.norm} norm · {info.input_nc}→{info.output_nc} "
-            f"channels · encoding {info.encoding} ({info.encoding_source}) · tile {tile}{steps}")
+            f"channels · encoding {info.encoding} ({info.encoding_source}) · tile {tile}{steps}"
+            f" · {classes}")
+
+
+def _model_name(info: Any) -> str:
+    return Path(info.path).name if info.path else "this model"
+
+
+@dataclass
+class _Run:
+    """What one synthesis or live preview started with; its handlers use only this."""
+
+    synth: Any
+    model: Any
+    params: dict[str, Any]
+    layer: Labels
+    source: str
+    mask: np.ndarray
+    seeds: list[int]
+    keep: bool
+    known: dict[int, float] | None
+    request: int = 0
+    z: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+
+def _load(path: str, encoding: str | None) -> Any:
+    from ..models.checkpoints import load_model
+
+    return load_model(path, encoding=encoding)
 
 
 class SynthesizeWidget(Container):
     """Dock widget: model, device and precision, seeds and variations, Synthesize, live preview."""
 
+    #: every image put on screen (runs and live preview), with the mask and provenance it had
+    synthesized = Signal(object)
+
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
-        self._synth: Any = None  # Synthesizer, created lazily (torch is imported on first use)
-        self._synth_key: tuple | None = None
+        self._synth: Any = None  # current Synthesizer, created lazily (torch loads on first use)
+        self._synth_for: tuple[Any, dict[str, Any]] | None = None  # (model, settings) it fits
+        self._holds: dict[int, int] = {}  # id(synthesizer) -> running jobs holding it
         self._model: Any = None
         self._model_path: str | None = None
+        self._load_job: Job | None = None
+        self._announced: ModelAnnouncement | None = None
+        self._told: set[tuple] = set()  # warnings already given (model, situation)
         self._live_layer: Labels | None = None
         self._live_request = 0  # newest request id
         self._live_applied = 0  # id of the result on screen
         self._live_running = False
         self._live_pending = False
-        self._workers: list[Any] = []
-        self._lock = threading.Lock()  # one synthesis at a time on the shared model
+        self._jobs = Workers()
+        self._lock = threading.Lock()  # one synthesis at a time (CPU cores, kept tiles)
         self._closed = False
 
         self.model_path = FileEdit(mode="r", label="Model", filter="*.safetensors *.pth *.pt")
@@ -99,10 +156,14 @@ class SynthesizeWidget(Container):
         self.overlap = SpinBox(value=-1, min=-1, max=4096, label="Overlap (-1 = tile/4)")
         self.batch_size = SpinBox(value=0, min=0, max=256, label="Batch (0 = auto)")
         self.run_button = PushButton(text="Synthesize [Shift+S]")
+        self.cancel_button = PushButton(text="Cancel")
         self.live = CheckBox(value=False, text="Live preview (follows the brush)")
         self.status = Label(value="")
 
-        self.extend([
+        # the settings scroll when the dock is short (a laptop screen with the mask editor
+        # above): the window's minimum height stays small
+        body = self._body = scroll_body(self)
+        body.extend([
             Container(widgets=[self.model_path], labels=True),
             Container(widgets=[self.model_folder, self.recent], layout="horizontal",
                       labels=False),
@@ -111,11 +172,19 @@ class SynthesizeWidget(Container):
                                self.seed, self.variations]),
             self.stochastic,
         ])
-        add_collapsible(self, "Advanced", [self.tile, self.overlap, self.batch_size])
-        self.extend([self.run_button, self.live, self.status])
-        self.model_info.native.setWordWrap(True)
+        add_collapsible(body, "Advanced", [self.tile, self.overlap, self.batch_size])
+        body.extend([
+            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
+                      labels=False),
+            self.live, self.status,
+        ])
+        wrap_label(self.model_info)
+        wrap_label(self.status)
         shrink_combo(self.recent)
-        self.status.native.setWordWrap(True)
+        widen_path(self.model_path)
+        fit_scroll_width(body)
+        self.model_path.tooltip = ("A .safetensors / .pth file or a folder holding one; "
+                                   "type 'demo' for the bundled demo model.")
 
         self._debounce = QTimer()
         self._debounce.setSingleShot(True)
@@ -127,9 +196,10 @@ class SynthesizeWidget(Container):
         self.recent.changed.connect(self._recent_picked)
         self.encoding.changed.connect(self._model_changed)  # the encoding is part of loading
         for w in (self.device, self.precision, self.tile, self.overlap, self.batch_size,
-                  self.stochastic):
-            w.changed.connect(self._drop_synthesizer)
+                  self.stochastic, self.variations):
+            w.changed.connect(self._settings_changed)
         self.run_button.changed.connect(self.synthesize)
+        self.cancel_button.changed.connect(self.cancel)
         self.live.changed.connect(self._live_toggled)
         self.mask_layer.changed.connect(self._mask_changed)
         events = viewer.layers.events
@@ -149,12 +219,18 @@ class SynthesizeWidget(Container):
         """The loaded model (``LoadedModel``), or None while none is loaded."""
         return self._model
 
+    @property
+    def busy(self) -> bool:
+        """Whether a model load, synthesis or live preview still runs."""
+        return self._jobs.busy
+
     def _initial_model(self) -> str | None:
+        """The user's last model if it still exists, else the bundled demo model."""
+        for path in _settings.get("recent_models", []):
+            if isinstance(path, str) and Path(path).exists():
+                return path
         demo = demo_model_path()
-        if demo is not None:
-            return str(demo)
-        recent = _settings.get("recent_models", [])
-        return recent[0] if recent else None
+        return str(demo) if demo is not None else None
 
     def _recent_choices(self, _w: object = None) -> list[tuple[str, str]]:
         recent = _settings.get("recent_models", [])
@@ -173,46 +249,64 @@ class SynthesizeWidget(Container):
             self.set_model(folder)
 
     def set_model(self, path: str | Path) -> None:
-        """Use the model at ``path`` (file or folder); it is loaded in a worker."""
+        """Use the model at ``path`` (file, folder, or ``"demo"``); it is loaded in a worker.
+
+        Work already running finishes with the model it started with.
+        """
         path = str(path)
-        if self.model_path.value != Path(path):
+        if str(self.model_path.value) != path:
             with self.model_path.changed.blocked():
                 self.model_path.value = path
         self._model_changed()
 
-    def _model_changed(self, *_: object) -> None:
+    def _typed_model(self) -> str | None:
+        """The model field as a path to load, a bundled model's name ("demo"), or None."""
         path = str(self.model_path.value)
-        if not path or path == "." or not Path(path).exists():
+        if not path or path == "." or Path(path).exists():
+            return path if path and path != "." else None
+        name = Path(path).name  # the field makes a typed "demo" into <cwd>/demo
+        return name if name in BUNDLED_MODELS else None
+
+    def _model_changed(self, *_: object) -> None:
+        path = self._typed_model()
+        if path is None:
             return
         self._model_path = path
-        self._drop_synthesizer()
+        if self._load_job is not None:
+            self._load_job.cancel()  # an older load's result is not wanted any more
+        self.close_model()
         self.model_info.value = f"Loading {Path(path).name} ..."
         encoding = None if self.encoding.value == _MODEL_DEFAULT else self.encoding.value
+        self._load_job = self._jobs.start(
+            _load, path, encoding, doing=f"Loading {Path(path).name}", context=path,
+            on_result=self._model_loaded, on_error=self._model_failed)
 
-        def load() -> Any:
-            from ..models.checkpoints import load_model
-
-            return load_model(path, encoding=encoding)
-
-        worker = create_worker(load, _ignore_errors=True)  # errors: _model_failed
-        worker.returned.connect(lambda model, p=path: self._model_loaded(p, model))
-        worker.errored.connect(lambda exc, p=path: self._model_failed(p, exc))
-        self._start(worker)
-
-    def _model_loaded(self, path: str, model: Any) -> None:
-        if self._closed or path != self._model_path:  # closed, or another model chosen since
+    def _model_loaded(self, model: Any, path: str) -> None:
+        if path != self._model_path:  # another model was chosen since
             return
         self._model = model
-        self.model_info.value = _describe(model.info)
-        self.model_info.tooltip = "\n".join(model.info.notes)
-        _settings.remember_model(path)
-        self.recent.reset_choices()
+        info = model.info
+        self.model_info.value = _describe(info)
+        self.model_info.tooltip = "\n".join(info.notes)
+        if info.path:
+            _settings.remember_model(str(info.path))
+            self.recent.reset_choices()
+        known = model_classes(info)
+        self._announced = ModelAnnouncement(_model_name(info), str(info.path), known)
+        announce_model(self._announced)
+        key = ("unknown classes", info.sha256 or info.path)
+        if known is None and key not in self._told:
+            self._told.add(key)
+            show_info(f"{_model_name(info)} carries no record of the classes it was trained on "
+                      "(reference checkpoints and older models do not), so whether a mask holds "
+                      "a class it never saw is unknown.")
+        if self.live.value:
+            self._live_toggled(True)
 
-    def _model_failed(self, path: str, exc: BaseException) -> None:
-        if not self._closed and path == self._model_path:
+    def _model_failed(self, _exc: BaseException, path: str) -> None:
+        if path == self._model_path:
             self._model = None
             self.model_info.value = f"<span style='color:#f66'>Cannot use {Path(path).name}</span>"
-            report_error(exc, f"Loading {Path(path).name}")
 
     def _synth_settings(self) -> dict[str, Any]:
         return {
@@ -224,23 +318,47 @@ class SynthesizeWidget(Container):
         }
 
     def synthesizer(self) -> Any:
-        """The loaded synthesizer for the current settings (created on first use)."""
+        """The synthesizer for the current model and settings (built on first use)."""
         if self._model is None:
+            if self._model_path is not None and self._load_job and not self._load_job.done:
+                raise ValueError(f"{Path(self._model_path).name} is still loading; "
+                                 "try again in a moment.")
             raise ValueError("no model loaded: choose a checkpoint file or folder above.")
         settings = self._synth_settings()
-        key = (id(self._model), tuple(sorted(settings.items())))
-        if self._synth is None or self._synth_key != key:
+        if (self._synth is None or self._synth_for is None or self._synth_for[0] is not self._model
+                or self._synth_for[1] != settings):
             from ..synthesis import Synthesizer
 
-            self._drop_synthesizer()
-            self._synth = Synthesizer(self._model, **settings)
-            self._synth_key = key
+            new = Synthesizer(self._model, **settings)
+            self._retire()
+            self._synth, self._synth_for = new, (self._model, settings)
         return self._synth
 
-    def _drop_synthesizer(self, *_: object) -> None:
-        if self._synth is not None:
-            self._synth.close()
-        self._synth, self._synth_key = None, None
+    def _retire(self) -> None:
+        """The current synthesizer is no longer current: close it unless work still holds it."""
+        old, self._synth, self._synth_for = self._synth, None, None
+        if old is not None and id(old) not in self._holds:
+            old.close()
+
+    def _hold(self, synth: Any) -> None:
+        self._holds[id(synth)] = self._holds.get(id(synth), 0) + 1
+
+    def _release(self, synth: Any) -> None:
+        n = self._holds.get(id(synth), 0) - 1
+        if n > 0:
+            self._holds[id(synth)] = n
+            return
+        self._holds.pop(id(synth), None)
+        if synth is not self._synth:  # replaced while it ran
+            synth.close()
+
+    def _settings_changed(self, *_: object) -> None:
+        """A setting changed: running work keeps its synthesizer; the next run builds a new one."""
+        if self._synth_for is not None and self._synth_for[1] == self._synth_settings():
+            return  # e.g. more variations of a model already stochastic: nothing to rebuild
+        self._retire()
+        if self.live.value and self._live_layer is not None:
+            self._on_paint()  # show the preview with the new settings
 
     # ----------------------------------------------------------------- layers
     def _mask_choices(self, _w: object = None) -> list[tuple[str, Labels]]:
@@ -257,8 +375,8 @@ class SynthesizeWidget(Container):
         name = synth_layer_name(mask_layer)
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
             layer = self.viewer.layers[name]
-            layer.data = data
             layer.metadata.update(meta)
+            layer.data = data
         else:
             layer = self.viewer.add_image(data, name=name, metadata=meta,
                                           contrast_limits=(0, 255))
@@ -267,18 +385,36 @@ class SynthesizeWidget(Container):
         layer.translate = (*([0.0] * (data.ndim - ndim)), *mask_layer.translate)
         return layer
 
-    def _provenance(self, mask_layer: Labels, mask_sha: str, seed: int) -> dict[str, Any]:
-        """Where an image came from; ``mask_sha`` is the hash of the mask that was synthesized
-        (computed in the worker, from its copy: the layer may have been painted since)."""
-        synth = self._synth
-        info = self._model.info
+    @staticmethod
+    def _provenance(run: _Run, mask_sha: str, seed: int) -> dict[str, Any]:
+        """Where an image came from, from what its run started with; ``mask_sha`` is the hash
+        of the mask that was synthesized (the layer may have been painted since)."""
+        info = run.model.info
         return {
-            "source_mask": mask_layer.metadata.get("source", f"layer:{mask_layer.name}"),
-            "source_mask_sha256": mask_sha,
+            "source_mask": run.source, "source_mask_sha256": mask_sha,
             "model": info.path, "model_sha256": info.sha256, "family": info.family,
             "architecture": info.netG, "seed": seed,
-            "params": {k: v for k, v in synth.describe().items() if k not in ("model",)},
+            "params": {k: v for k, v in run.params.items() if k != "model"},
         }
+
+    def _start_run(self, mask_layer: Labels, seeds: list[int], keep: bool, *,
+                   z: int = 0) -> _Run:
+        """Capture everything a run needs now (the synthesizer is held until it ends)."""
+        synth = self.synthesizer()
+        model = self._model
+        run = _Run(synth=synth, model=model, params=synth.describe(), layer=mask_layer,
+                   source=mask_layer.metadata.get("source", f"layer:{mask_layer.name}"),
+                   mask=np.array(mask_layer.data, dtype=np.uint8, copy=True), seeds=seeds,
+                   keep=keep, known=model_classes(model.info), request=self._live_request, z=z)
+        self._hold(synth)
+        return run
+
+    def _warn_unseen(self, run: _Run, unseen: list[int]) -> None:
+        """Say once per model and set of classes that the mask holds classes it never saw."""
+        key = ("unseen", run.model.info.sha256 or run.model.info.path, tuple(unseen))
+        if unseen and run.known is not None and key not in self._told:
+            self._told.add(key)
+            show_warning(unseen_class_message(unseen, run.known, _model_name(run.model.info)))
 
     # ----------------------------------------------------------------- synthesize
     def synthesize(self, *_: object) -> Any:
@@ -287,69 +423,64 @@ class SynthesizeWidget(Container):
             mask_layer = self.mask_layer.value
             if mask_layer is None:
                 raise ValueError("choose a mask layer (paint one with the Mask editor).")
-            synth = self.synthesizer()
-            mask = np.array(mask_layer.data, dtype=np.uint8, copy=True)
+            seeds = [self.seed.value + i for i in range(self.variations.value)]
+            keep = bool(self.live.value) and len(seeds) == 1
+            run = self._start_run(mask_layer, seeds, keep)
         except Exception as exc:
             report_error(exc, "Synthesize")
             return None
-        seeds = [self.seed.value + i for i in range(self.variations.value)]
-        if len(seeds) > 1 and self._model.info.dropout is False:
+        if len(seeds) > 1 and run.model.info.dropout is False:
             show_warning("This model has no dropout: its variations are identical images.")
-        keep = self.live.value and len(seeds) == 1
+        lock = self._lock
 
-        def work():  # runs in a thread: only core code, results go back by yield/return
+        def work(run: _Run):  # runs in a thread: only core code and what the run captured
             images = []
-            with self._lock:
-                for i, seed in enumerate(seeds):
-                    gen = synth.run(mask, seed=seed, keep=keep and i == 0)
+            with lock:
+                for i, seed in enumerate(run.seeds):
+                    gen = run.synth.run(run.mask, seed=seed, keep=run.keep and i == 0)
                     while True:
                         try:
                             done, total = next(gen)
                         except StopIteration as stop:
                             images.append(stop.value)
                             break
-                        yield i * total + done, total * len(seeds)
-            return images, sha256_array(mask)
+                        yield Progress(i * total + done, total * len(run.seeds))
+            return images, sha256_array(run.mask), unseen_classes(run.mask, run.known)
 
-        pbar = progress(total=0, desc=f"Synthesizing {mask_layer.name}")
-        t0 = time.perf_counter()
+        job = self._jobs.start(work, run, doing="Synthesize", context=run,
+                               progress=f"Synthesizing {mask_layer.name}",
+                               on_result=self._run_done, on_finish=self._run_finished,
+                               kind="run")
+        return job.worker
 
-        def on_progress(value: tuple[int, int]) -> None:
-            if self._closed:
-                return
-            pbar.total = value[1]
-            pbar.n = value[0]
-            pbar.refresh()
+    def _run_done(self, result: tuple[list[np.ndarray], str, list[int]], run: _Run) -> None:
+        images, mask_sha, unseen = result
+        self._warn_unseen(run, unseen)
+        data = images[0] if len(images) == 1 else np.stack(images)
+        meta = self._provenance(run, mask_sha, run.seeds[0])
+        meta["seeds"] = run.seeds
+        self._write_layer(run.layer, data, meta)
+        dt = time.perf_counter() - run.t0
+        p = run.params
+        note = p.get("precision_note") or "explicit"
+        self.status.value = (f"{len(images)} image(s) {run.mask.shape} in {dt:.2f} s on "
+                             f"{p['device']} ({p['precision']}; {note})")
+        if run.keep and run.layer is self._live_layer:
+            self._live_applied = max(self._live_applied, run.request)
+        candidates = [Candidate(img, run.mask, self._provenance(run, mask_sha, s),
+                                name=f"{run.layer.name} seed {s}")
+                      for img, s in zip(images, run.seeds, strict=True)]
+        for c in candidates:
+            self.synthesized.emit(c)
+        bus.candidates.emit(candidates)
 
-        def on_done(result: tuple[list[np.ndarray], str]) -> None:
-            if self._closed:
-                return
-            images, mask_sha = result
-            data = images[0] if len(images) == 1 else np.stack(images)
-            meta = self._provenance(mask_layer, mask_sha, seeds[0])
-            meta["seeds"] = seeds
-            self._write_layer(mask_layer, data, meta)
-            dt = time.perf_counter() - t0
-            note = synth.precision_note or "explicit"
-            self.status.value = (f"{len(images)} image(s) {mask.shape} in {dt:.2f} s on "
-                                 f"{synth.device} ({synth.precision}; {note})")
-            if keep:
-                self._live_layer = mask_layer
-                self._live_applied = self._live_request
-            bus.candidates.emit([
-                Candidate(img, mask, self._provenance(mask_layer, mask_sha, s),
-                          name=f"{mask_layer.name} seed {s}")
-                for img, s in zip(images, seeds, strict=True)
-            ])
+    def _run_finished(self, run: _Run) -> None:
+        self._release(run.synth)
 
-        worker = create_worker(work, _ignore_errors=True)  # errors: handled below
-        worker.yielded.connect(on_progress)
-        worker.returned.connect(on_done)
-        worker.errored.connect(lambda exc: None if self._closed else
-                               report_error(exc, "Synthesize"))
-        worker.finished.connect(pbar.close)
-        self._start(worker)
-        return worker
+    def cancel(self, *_: object) -> None:
+        """Stop running syntheses at their next batch (live preview and model loads go on)."""
+        if self._jobs.cancel_all("run") and not self._closed:
+            self.status.value = "Cancelled."
 
     # ----------------------------------------------------------------- live preview
     def _live_toggled(self, on: bool) -> None:
@@ -359,12 +490,11 @@ class SynthesizeWidget(Container):
         if not on:
             return
         mask_layer = self.mask_layer.value
-        if mask_layer is None or self._model is None:
+        if mask_layer is None:
             return
         mask_layer.events.paint.connect(self._on_paint)
         self._live_layer = mask_layer
-        self._live_request += 1
-        self._debounce.start()
+        self._on_paint()
 
     def _on_paint(self, _event: object = None) -> None:
         """A stroke happened: ask for a preview after a short quiet period."""
@@ -377,55 +507,55 @@ class SynthesizeWidget(Container):
             return
         layer = self._live_layer
         if layer is None or self._model is None:
-            return
+            return  # a model that finishes loading starts the preview
         try:
-            synth = self.synthesizer()
+            z = int(self.viewer.dims.current_step[0]) if layer.data.ndim == 3 else 0
+            run = self._start_run(layer, [self.seed.value], True, z=z)
         except Exception as exc:
             report_error(exc, "Live preview")
             return
-        request = self._live_request
-        mask = np.array(layer.data, dtype=np.uint8, copy=True)
-        z = int(self.viewer.dims.current_step[0]) if mask.ndim == 3 else 0
-        seed = self.seed.value
+        lock = self._lock
 
-        def work() -> tuple[np.ndarray, list | None, float, str]:
+        def work(run: _Run) -> tuple[np.ndarray, list | None, float, str, list[int]]:
             t0 = time.perf_counter()
-            with self._lock:
+            synth, mask, z = run.synth, run.mask, run.z
+            with lock:
                 if not synth.kept(z):
-                    image = synth(mask, seed=seed, keep=True)
+                    image = synth(mask, seed=run.seeds[0], keep=True)
                     image = image[z] if image.ndim == 3 else image
                     regions = None
                 else:
                     image, regions = synth.update(mask, z=z)
-            return image, regions, time.perf_counter() - t0, sha256_array(mask)
-
-        def done(result: tuple[np.ndarray, list | None, float, str]) -> None:
-            self._live_running = False
-            if self._closed:
-                return
-            image, regions, dt, mask_sha = result
-            if request >= self._live_applied:  # never let a stale result overwrite a newer one
-                self._live_applied = request
-                if regions is None or regions:
-                    self._apply_live(layer, image, z, mask.ndim == 3,
-                                     self._provenance(layer, mask_sha, seed))
-                what = ("synthesized" if regions is None
-                        else f"{len(regions)} tile(s) updated")
-                self.status.value = f"live preview: {what} in {dt * 1000:.0f} ms"
-            if self._live_pending or request < self._live_request:
-                self._live_pending = False
-                self._debounce.start()
-
-        def failed(exc: BaseException) -> None:
-            self._live_running = False
-            if not self._closed:
-                report_error(exc, "Live preview")
+            return (image, regions, time.perf_counter() - t0, sha256_array(mask),
+                    unseen_classes(mask, run.known))
 
         self._live_running = True
-        worker = create_worker(work, _ignore_errors=True)  # errors: handled below
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
-        self._start(worker)
+        self._jobs.start(work, run, doing="Live preview", context=run,
+                         on_result=self._live_done, on_finish=self._live_finished)
+
+    def _live_done(self, result: tuple[np.ndarray, list | None, float, str, list[int]],
+                   run: _Run) -> None:
+        image, regions, dt, mask_sha, unseen = result
+        self._warn_unseen(run, unseen)
+        if run.request < self._live_applied:
+            return  # never let a stale result overwrite a newer one
+        self._live_applied = run.request
+        if regions is None or regions:
+            meta = self._provenance(run, mask_sha, run.seeds[0])
+            self._apply_live(run.layer, image, run.z, run.mask.ndim == 3, meta)
+            self.synthesized.emit(Candidate(image, run.mask[run.z] if run.mask.ndim == 3
+                                            else run.mask, meta, name="live preview"))
+        what = "synthesized" if regions is None else f"{len(regions)} tile(s) updated"
+        self.status.value = f"live preview: {what} in {dt * 1000:.0f} ms"
+
+    def _live_finished(self, run: _Run) -> None:
+        self._live_running = False
+        self._release(run.synth)
+        if self._closed:
+            return
+        if self._live_pending or run.request < self._live_request:
+            self._live_pending = False
+            self._debounce.start()
 
     def _apply_live(self, mask_layer: Labels, image: np.ndarray, z: int, stack: bool,
                     meta: dict[str, Any]) -> None:
@@ -440,35 +570,25 @@ class SynthesizeWidget(Container):
         self._write_layer(mask_layer, image, meta)
 
     # ----------------------------------------------------------------- lifetime
-    def _start(self, worker: Any) -> None:
-        self._workers.append(worker)
-        worker.finished.connect(lambda w=worker: self._workers.remove(w)
-                                if w in self._workers else None)
-        worker.start()
-
     def wait_idle(self, timeout: float = 60.0) -> None:
-        """Process Qt events until no worker of this widget runs (for tests and scripts)."""
-        from qtpy.QtWidgets import QApplication
-
-        end = time.monotonic() + timeout
-        while (self._workers or self._debounce.isActive() or self._live_running) and \
-                time.monotonic() < end:
-            QApplication.processEvents()
-            time.sleep(0.005)
-        if self._workers or self._live_running:
-            raise TimeoutError("synthesis did not finish in time")
+        """Process Qt events until no work of this widget runs (for tests and scripts)."""
+        self._jobs.wait_idle(timeout, until=lambda: not (
+            self._debounce.isActive() or self._live_running))
 
     def close_model(self) -> None:
-        """Free the model and its memory (GPU memory too)."""
-        self._drop_synthesizer()
+        """Stop using the model; synthesizers still held by running work close when it ends."""
+        self._retire()
         self._model = None
 
     def teardown(self) -> None:
         """The widget was closed: stop listening to the other widgets and free the model."""
-        self._closed = True  # results of workers still running are dropped
+        self._closed = True
+        self._jobs.close()  # results of work still running are dropped
         bus.use_model.disconnect(self.set_model, missing_ok=True)
+        withdraw_model(self._announced)
         with contextlib.suppress(Exception):  # the viewer may be gone already
             self.viewer.bind_key(RUN_KEY, None)
         with contextlib.suppress(RuntimeError):  # Qt may have deleted the timer first
             self._debounce.stop()
         self.close_model()
+

@@ -7,6 +7,7 @@ not answer is terminated), and closing napari stops it cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,6 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
@@ -36,7 +36,10 @@ from ._common import (
     connect_weakly,
     report_error,
     show_info,
+    widen_path,
+    wrap_label,
 )
+from ._worker import Workers
 
 if TYPE_CHECKING:
     import napari
@@ -48,10 +51,24 @@ CLOSE_GRACE_S = 15.0  # closing napari waits this long for the trainer to save
 PLOT_INTERVAL_S = 0.5
 
 
-class LossPlot:
-    """A small matplotlib plot of the losses, redrawn at most every half second."""
+#: Line colours that read on napari's dark and light backgrounds.
+SERIES_COLOURS = ("#4ea8de", "#f4a261", "#5ec27a")
 
-    def __init__(self) -> None:
+
+def theme_colours(theme: str) -> dict[str, str]:
+    """Background, panel, text and grid colours of a napari theme (dark when it is unknown)."""
+    from napari.utils.theme import available_themes, get_system_theme, get_theme
+
+    name = get_system_theme() if theme == "system" else theme
+    t = get_theme(name if name in available_themes() else "dark")
+    return {"background": t.background.as_hex(), "panel": t.foreground.as_hex(),
+            "text": t.text.as_hex(), "grid": t.highlight.as_hex()}
+
+
+class LossPlot:
+    """A small matplotlib plot of the losses in napari's theme, redrawn at most every 0.5 s."""
+
+    def __init__(self, theme: str = "dark") -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
@@ -60,15 +77,30 @@ class LossPlot:
         self.canvas.setMinimumHeight(180)
         self.ax = self.figure.add_subplot(111)
         self.series: dict[str, tuple[list[int], list[float]]] = {}
+        self.colours = theme_colours(theme)
         self._last_draw = 0.0
         self.clear()
+
+    def set_theme(self, theme: str) -> None:
+        """Follow napari's theme (the viewer's ``theme`` event)."""
+        self.colours = theme_colours(theme)
+        self.draw()
+
+    def _style(self) -> None:
+        c = self.colours
+        self.figure.set_facecolor(c["background"])
+        self.ax.set_facecolor(c["panel"])
+        self.ax.set_xlabel("step", fontsize=8, color=c["text"])
+        self.ax.set_ylabel("loss", fontsize=8, color=c["text"])
+        self.ax.tick_params(labelsize=7, colors=c["text"])
+        for spine in self.ax.spines.values():
+            spine.set_color(c["grid"])
+        self.ax.grid(True, color=c["grid"], linewidth=0.4, alpha=0.6)
 
     def clear(self) -> None:
         self.series.clear()
         self.ax.clear()
-        self.ax.set_xlabel("step", fontsize=8)
-        self.ax.set_ylabel("loss", fontsize=8)
-        self.ax.tick_params(labelsize=7)
+        self._style()
         self.canvas.draw_idle()
 
     def add(self, step: int, losses: dict[str, float]) -> None:
@@ -84,12 +116,14 @@ class LossPlot:
     def draw(self) -> None:
         self._last_draw = time.monotonic()
         self.ax.clear()
-        for name, (xs, ys) in self.series.items():
-            self.ax.plot(xs, ys, label=name, linewidth=1)
-        self.ax.set_xlabel("step", fontsize=8)
-        self.ax.tick_params(labelsize=7)
+        self._style()
+        for (name, (xs, ys)), colour in zip(self.series.items(), SERIES_COLOURS, strict=False):
+            self.ax.plot(xs, ys, label=name, linewidth=1, color=colour)
         if self.series:
-            self.ax.legend(fontsize=7, loc="upper right")
+            legend = self.ax.legend(fontsize=7, loc="upper right", facecolor=self.colours["panel"],
+                                    edgecolor=self.colours["grid"])
+            for text in legend.get_texts():
+                text.set_color(self.colours["text"])
         self.canvas.draw_idle()
 
 
@@ -103,6 +137,7 @@ class TrainWidget(Container):
         self.worker: Any = None
         self.events: list[dict[str, Any]] = []
         self.checkpoint: str | None = None
+        self._jobs = Workers()
         self._closing = False
         self._stop_requested = False
         self._stop_deadline = QTimer()
@@ -148,11 +183,11 @@ class TrainWidget(Container):
         self.resume_button = PushButton(text="Resume")
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
         self.eta = Label(value="")
-        self.plot = LossPlot()
+        self.plot = LossPlot(str(viewer.theme))
         self.checkpoint_label = Label(value="No checkpoint yet.")
         self.use_button = PushButton(text="Use in synthesis")
         for lab in (self.data_status, self.eta, self.checkpoint_label):
-            lab.native.setWordWrap(True)
+            wrap_label(lab)
 
         self.extend([
             Container(widgets=[self.data]),
@@ -172,6 +207,9 @@ class TrainWidget(Container):
             self.eta,
         ])
         self.native.layout().addWidget(self.plot.canvas)
+        viewer.events.theme.connect(self._theme_changed)
+        for path_field in (self.data, self.val, self.out):
+            widen_path(path_field)
         self.extend([self.checkpoint_label, self.use_button])
 
         self.add_data.changed.connect(self._pick_data)
@@ -185,6 +223,10 @@ class TrainWidget(Container):
             connect_weakly(app.aboutToQuit, self, "shutdown")
         call_on_destroy(self, "shutdown")
         self._set_running(False)
+
+    def _theme_changed(self, event: object) -> None:
+        if not self._closing:
+            self.plot.set_theme(str(getattr(event, "value", self.viewer.theme)))
 
     # ----------------------------------------------------------------- data
     def data_folders(self) -> list[str]:
@@ -212,17 +254,16 @@ class TrainWidget(Container):
             shown = ", ".join(f"{h}x{w}" for h, w in shapes[:3])
             return f"{len(samples)} image/mask pairs ({shown}{' ...' if len(shapes) > 3 else ''})"
 
-        worker = create_worker(check, _ignore_errors=True)  # errors: shown below
+        def show(text: str, _ctx: object = None) -> None:
+            self.data_status.value = text
 
-        def show(text: str) -> None:
-            if not self._closing:
-                self.data_status.value = text
+        def failed(exc: BaseException, _ctx: object = None) -> None:
+            show("<span style='color:#f66'>" + str(exc).replace("\n", "<br>") + "</span>")
 
-        worker.returned.connect(show)
-        worker.errored.connect(lambda exc: show(
-            "<span style='color:#f66'>" + str(exc).replace("\n", "<br>") + "</span>"))
-        worker.start()
-        return worker
+        self._jobs.cancel_all("check")  # only the newest list of folders matters
+        job = self._jobs.start(check, doing="Checking the training data", kind="check",
+                               on_result=show, on_error=failed)
+        return job.worker
 
     def config(self) -> TrainConfig:
         """The training configuration from the widget's settings."""
@@ -268,13 +309,14 @@ class TrainWidget(Container):
                         continue
                 yield event
 
-        self.worker = create_worker(read, _ignore_errors=True)  # errors: _on_error
-        self.worker.yielded.connect(self._on_event)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.errored.connect(self._on_error)
         self._set_running(True)
         self.eta.value = "Starting the trainer ..."
-        self.worker.start()
+        # events still arrive after napari closed: a trainer that was starting must be stopped
+        job = self._jobs.start(read, doing="Training", kind="train", deliver_after_close=True,
+                               on_yield=lambda event, _ctx: self._on_event(event),
+                               on_error=lambda exc, _ctx: self._on_error(exc),
+                               on_finish=lambda _ctx: self._on_finished())
+        self.worker = job.worker
         return self.worker
 
     def _on_event(self, event: dict[str, Any]) -> None:
@@ -316,9 +358,8 @@ class TrainWidget(Container):
             report_error(RuntimeError(event["message"]), "Training")
 
     def _on_error(self, exc: BaseException) -> None:
-        if not self._closing:
+        if not self._closing:  # the worker helper has shown the error to the user
             self.eta.value = f"<span style='color:#f66'>{exc}</span>"
-            report_error(exc, "Training")
 
     def _show_preview(self, mosaic: Any) -> None:
         layer = next((lyr for lyr in self.viewer.layers if lyr.name == PREVIEW_LAYER), None)
@@ -364,6 +405,9 @@ class TrainWidget(Container):
     def shutdown(self) -> None:
         """Stop training before napari closes (a checkpoint is saved when possible)."""
         self._closing = True
+        self._jobs.close()
+        with contextlib.suppress(Exception):  # the viewer may be gone already
+            self.viewer.events.theme.disconnect(self._theme_changed)
         if self.process is not None and self.process.running:
             self.process.stop(grace=CLOSE_GRACE_S)
 

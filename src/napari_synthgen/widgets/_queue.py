@@ -1,0 +1,147 @@
+"""The Curate widget's queue items and the work it runs off the GUI thread.
+
+A queue item holds a candidate, its decision and its quality figures. The workers compute
+figures (:func:`figures_work`), read a reference (:func:`read_reference`, from a folder or a
+model file's header: :func:`model_reference`) and record bulk decisions (:func:`bulk_work`);
+they use core code only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..curation import ExportSession
+from ..io import read_image, read_mask
+from ..quality import ReferenceStats, sample_figures
+from ._bus import ModelAnnouncement
+from ._figures import Curves, curves
+from ._worker import Progress
+
+if TYPE_CHECKING:
+    import napari
+
+
+@dataclass(eq=False)  # compared by identity: the queue is re-sorted, arrays never compared
+class QueueItem:
+    """One candidate in the queue; arrays of folder items are read when shown."""
+
+    name: str
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    image_path: Path | None = None
+    mask_path: Path | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    decision: str | None = None
+    record_id: str | None = None
+    order: int = 0
+    figures: dict[str, Any] | None = None  # None while the worker computes them
+    curves: Curves | None = None
+    figures_error: str | None = None
+
+    @property
+    def score(self) -> float:
+        """The combined quality score, NaN while unknown (no figures or no reference)."""
+        value = (self.figures or {}).get("score")
+        return float(value) if isinstance(value, (int, float)) else float("nan")
+
+    def flagged(self, threshold: float) -> bool:
+        """Scored below ``threshold`` (an unscored candidate is never flagged)."""
+        return math.isfinite(self.score) and self.score < threshold
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The image and its mask (a folder item's are read the first time and kept)."""
+        if self.image is None:
+            self.image = read_image(self.image_path)
+        if self.mask is None:
+            self.mask = read_mask(self.mask_path)
+        return self.image, self.mask
+
+    def peek(self) -> tuple[np.ndarray, np.ndarray]:
+        """The image and its mask without keeping a folder item's in memory (for workers that
+        go through a whole queue)."""
+        image = self.image if self.image is not None else read_image(self.image_path)
+        mask = self.mask if self.mask is not None else read_mask(self.mask_path)
+        return image, mask
+
+
+def model_reference(announcement: ModelAnnouncement) -> ReferenceStats | None:
+    """The reference statistics a model file carries from its training data (None if none).
+
+    Reads only the ``.safetensors`` header, not the weights; other files carry none.
+    """
+    from ..quality import reference_from_metadata
+
+    meta = getattr(announcement, "metadata", None)
+    if meta is None:
+        path = Path(announcement.path)
+        if path.suffix.lower() != ".safetensors" or not path.is_file():
+            return None
+        import json
+
+        from safetensors import safe_open
+
+        from ..models.checkpoints import METADATA_KEY
+
+        with safe_open(str(path), framework="numpy") as fh:
+            text = (fh.metadata() or {}).get(METADATA_KEY)
+        meta = json.loads(text) if text else None
+    return reference_from_metadata(meta)
+
+
+def read_reference(fn: Callable[[Any], ReferenceStats | None], arg: Any
+                    ) -> tuple[ReferenceStats | None, str | None]:
+    """Worker: the reference, or why it cannot be read (shown beside the field: a folder being
+    typed is not a paired folder yet, and that is no reason for an error notification)."""
+    try:
+        return fn(arg), None
+    except Exception as exc:
+        return None, str(exc) or type(exc).__name__
+
+
+def figures_work(items: list[QueueItem], reference: ReferenceStats | None
+                  ) -> Iterator[tuple[QueueItem, dict[str, Any] | None, Curves | None, str | None]]:
+    """Worker: each item's figures and curves; a sample that fails gets its error instead."""
+    for n, item in enumerate(items):
+        try:
+            image, mask = item.peek()
+            fig, crv, err = sample_figures(image, mask, reference=reference), curves(
+                image, mask), None
+        except Exception as exc:  # one bad sample must not stop the others
+            fig, crv, err = None, None, str(exc) or type(exc).__name__
+        yield item, fig, crv, err
+        yield Progress(n + 1, len(items))
+
+
+def bulk_work(session: ExportSession, decision: str,
+               entries: list[tuple[QueueItem, dict[str, Any], dict[str, Any]]]
+               ) -> Iterator[Any]:
+    """Worker: record one decision per item (each record is on disk when it is yielded)."""
+    fn = session.accept if decision == "accept" else session.reject
+    for n, (item, quality, provenance) in enumerate(entries):
+        image, mask = item.peek()
+        yield item, fn(image, mask, provenance=provenance, quality=quality)
+        yield Progress(n + 1, len(entries))
+
+
+def canvas_text(viewer: napari.viewer.Viewer) -> Any:
+    """The viewer's text overlay (``viewer.canvas.overlays["text"]`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    if canvas is not None and "text" in getattr(canvas, "overlays", {}):
+        return canvas.overlays["text"]
+    return viewer.text_overlay
+
+
+def ask_user(parent: Any, title: str, text: str) -> bool:
+    """Ask a yes/no question in a message box (No is the default)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(parent, title, text,
+                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes

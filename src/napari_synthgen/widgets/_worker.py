@@ -1,0 +1,204 @@
+"""One way for every widget to run work in a napari thread worker.
+
+``Workers.start`` runs a function (or generator) in a thread and tracks it. Handlers run on the
+GUI thread and receive the *context* bound when the work started (the synthesizer, model,
+settings, layer...), never the widget's current state, so a setting changed meanwhile cannot
+reach a running job. Errors and warnings become napari notifications with their real message;
+after ``close()`` (the widget closed) results, progress and errors are dropped, but ``on_finish``
+still runs so resources a job held are released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_warning
+
+
+class Progress(NamedTuple):
+    """Yield this from a generator job to move its progress bar (``done`` of ``total``)."""
+
+    done: int
+    total: int
+
+
+#: Errors whose message is written for the user (ours derive from these): shown as they are.
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, OSError, RuntimeError, KeyError, MemoryError,
+)
+
+
+def report_error(exc: BaseException, doing: str,
+                 flags: Mapping[str, str] | None = None) -> None:
+    """Show an error as a napari notification: what failed and the message that says why.
+
+    ``flags`` names the widget's fields for the Python options a message names (``n_folds``
+    -> ``Folds``), so the user reads what to change in the form they see it.
+    """
+    message = str(exc) or exc.__class__.__name__
+    if flags:
+        from ..curation import reword
+
+        message = reword(exc, flags) or message
+    if isinstance(exc, KeyError) and exc.args:
+        message = str(exc.args[0])
+    if isinstance(exc, MemoryError):
+        message = f"out of memory ({message}); use a smaller tile or batch size"
+    if isinstance(exc, KNOWN_ERRORS) or type(exc).__module__.startswith("napari_synthgen"):
+        show_error(f"{doing} failed: {message}")
+    else:  # unexpected: keep the exception's type for a bug report
+        show_error(f"{doing} failed ({exc.__class__.__name__}): {message}\n"
+                   + "".join(traceback.format_exception_only(type(exc), exc)))
+
+
+@dataclass
+class Job:
+    """A started piece of work: its worker and the context its handlers receive."""
+
+    worker: Any
+    doing: str
+    context: Any = None
+    kind: str = ""
+    pbar: Any = None
+    cancelled: bool = False
+    done: bool = False
+    result: Any = field(default=None, repr=False)
+
+    def cancel(self) -> None:
+        """Ask the work to stop; a generator stops at its next ``yield``, its result is dropped."""
+        self.cancelled = True
+        with contextlib.suppress(RuntimeError):  # the worker's Qt object may be gone
+            self.worker.quit()
+
+
+Handler = Callable[..., Any]
+
+
+class Workers:
+    """The thread workers of one widget: start, track, cancel, and drop late results."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+        self.closed = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether any job of this widget still runs."""
+        return bool(self.jobs)
+
+    def start(self, fn: Callable[..., Any], *args: Any, doing: str, context: Any = None,
+              on_result: Handler | None = None, on_yield: Handler | None = None,
+              on_error: Handler | None = None, on_finish: Handler | None = None,
+              progress: str | None = None, kind: str = "",
+              flags: Mapping[str, str] | None = None, deliver_after_close: bool = False,
+              **kwargs: Any) -> Job:
+        """Run ``fn(*args, **kwargs)`` in a thread worker and return its :class:`Job`.
+
+        ``on_result(result, context)``, ``on_yield(value, context)`` and
+        ``on_error(exc, context)`` run on the GUI thread while the widget is open (or always
+        with ``deliver_after_close``); errors are also shown to the user as "<doing> failed:
+        <message>". ``on_finish(context)`` always runs last, also after a cancel or an error.
+        ``progress`` names a napari progress bar that :class:`Progress` yields move; ``kind``
+        labels the job for :meth:`cancel_all`; ``flags`` rewords the options messages name
+        (see :func:`report_error`).
+        """
+        worker = create_worker(fn, *args, _ignore_errors=True, **kwargs)
+        # our handlers report errors and warnings (with the message), napari's relays would
+        # add a second, generic notification
+        for signal, relay in ((worker.errored, "_relay_error"),
+                              (worker.warned, "_relay_warning")):
+            with contextlib.suppress(TypeError, RuntimeError, AttributeError):
+                signal.disconnect(getattr(worker, relay))
+        job = Job(worker=worker, doing=doing, context=context, kind=kind)
+        if progress is not None:
+            from napari.utils import progress as napari_progress
+
+            job.pbar = napari_progress(total=0, desc=progress)
+
+        def live() -> bool:
+            return (deliver_after_close or not self.closed) and not job.cancelled
+
+        def yielded(value: Any) -> None:
+            if not live():
+                return
+            if isinstance(value, Progress):
+                if job.pbar is not None:
+                    job.pbar.total = value.total
+                    job.pbar.n = value.done
+                    job.pbar.refresh()
+                return
+            if on_yield is not None:
+                on_yield(value, context)
+
+        def returned(value: Any) -> None:
+            job.result = value
+            if live() and on_result is not None:
+                on_result(value, context)
+
+        def errored(exc: BaseException) -> None:
+            if not self.closed and not job.cancelled:
+                report_error(exc, doing, flags)
+            if live() and on_error is not None:
+                on_error(exc, context)
+
+        def warned(args: tuple) -> None:
+            if live():
+                message = args[0] if args else "warning"
+                show_warning(f"{doing}: {message}")
+
+        def finished() -> None:
+            job.done = True
+            # a generator stopped by quit() is left at its yield: close it so that its
+            # ``with``/``finally`` blocks (locks, files) run now, not at garbage collection
+            gen = getattr(worker, "_gen", None)
+            if gen is not None:
+                with contextlib.suppress(Exception):
+                    gen.close()
+            if job in self.jobs:
+                self.jobs.remove(job)
+            if job.pbar is not None:
+                with contextlib.suppress(Exception):
+                    job.pbar.close()
+            if on_finish is not None:
+                on_finish(context)
+
+        if hasattr(worker, "yielded"):
+            worker.yielded.connect(yielded)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.warned.connect(warned)
+        worker.finished.connect(finished)
+        self.jobs.append(job)
+        worker.start()
+        return job
+
+    def cancel_all(self, kind: str | None = None) -> int:
+        """Ask running jobs (of ``kind``, or all) to stop at their next yield; their results are
+        dropped. Returns how many were asked."""
+        jobs = [j for j in self.jobs if kind is None or j.kind == kind]
+        for job in jobs:
+            job.cancel()
+        return len(jobs)
+
+    def close(self) -> None:
+        """The widget closed: cancel everything and drop whatever still arrives."""
+        self.closed = True
+        self.cancel_all()
+
+    def wait_idle(self, timeout: float = 60.0, until: Callable[[], bool] | None = None) -> None:
+        """Process Qt events until no job runs (and ``until()`` is true); for tests and scripts."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while (self.jobs or (until is not None and not until())) and time.monotonic() < end:
+            QApplication.processEvents()
+            time.sleep(0.005)
+        if self.jobs or (until is not None and not until()):
+            raise TimeoutError(f"{', '.join(j.doing for j in self.jobs) or 'work'} did not "
+                               f"finish within {timeout:.0f} s")
