@@ -6,7 +6,8 @@
 The first form writes ``src/napari_synthgen/resources/demo_model/<name>.safetensors`` from the
 newest generator in RUN_DIR. The second adds (or refreshes) the ``classes`` record of the
 bundled model in place: the pixel fraction of each class over the training masks the model's
-metadata lists (``provenance.train_images``), read from the paired folder DATA; the weights are
+metadata lists (``provenance.train_images``), read from the paired folder DATA, and the
+reference statistics of those pairs that the curation figures compare with; the weights are
 copied byte for byte (checked). Both print the SHA-256 and the file size. The model card
 (``MODEL_CARD.md`` beside it) records how RUN_DIR was trained.
 """
@@ -20,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_synthgen.io import atomic_path, find_pairs, read_mask, sha256_file
+from napari_synthgen.io import atomic_path, find_pairs, read_image, read_mask, sha256_file
 from napari_synthgen.masks import N_CLASSES, class_record
 from napari_synthgen.models.checkpoints import METADATA_KEY, load_model, save_model
+from napari_synthgen.quality import REFERENCE_KEY, reference_record
 
 DEST = Path(__file__).resolve().parents[1] / "src" / "napari_synthgen" / "resources" / "demo_model"
 
@@ -59,6 +61,12 @@ def refresh_classes(model_file: Path, data: Path) -> Path:
     doc = json.loads(header[METADATA_KEY])
     train = doc.get("provenance", {}).get("train_images")
     doc["classes"], doc["classes_from"] = class_fractions(data, train)
+    # the curation figures' reference: statistics of the same training pairs, as training
+    # stores them in every new checkpoint
+    pairs = {q.stem: q for q in find_pairs(data)}
+    stems = doc["classes_from"]["masks"]
+    doc[REFERENCE_KEY] = reference_record(
+        (read_image(pairs[s].image), read_mask(pairs[s].mask)) for s in stems)
     header[METADATA_KEY] = json.dumps(doc)
     mode = model_file.stat().st_mode & 0o777
     with atomic_path(model_file) as tmp:
@@ -69,7 +77,8 @@ def refresh_classes(model_file: Path, data: Path) -> Path:
             back = fh.get_tensor(key)
             if back.dtype != value.dtype or not torch.equal(_bytes(back), _bytes(value)):
                 raise SystemExit(f"{model_file}: tensor {key} changed while repacking.")
-    print(f"classes {doc['classes']} over {len(doc['classes_from']['masks'])} masks")
+    print(f"classes {doc['classes']} and reference statistics over "
+          f"{len(doc['classes_from']['masks'])} training pairs")
     return model_file
 
 
@@ -93,7 +102,8 @@ def main() -> None:
                         help="training run folder to pack (omit to update the bundled model)")
     parser.add_argument("--name", default="isbi2012_unet256_ngf16")
     parser.add_argument("--classes-from", type=Path, default=None, metavar="DATA",
-                        help="paired folder of the training data: add/refresh the classes record")
+                        help="paired folder of the training data: add/refresh the classes "
+                             "record and the reference statistics")
     args = parser.parse_args()
     if args.run is None and args.classes_from is None:
         parser.error("give RUN_DIR to pack, or --classes-from DATA to update the bundled model.")

@@ -1,0 +1,313 @@
+"""The one small segmenter: mask consistency in the quality figures and the `evaluate` arms.
+
+A 3-level U-Net with group norm (no batch-norm running statistics, which collapsed a short
+run in the first manual check), trained with class-weighted cross-entropy on random crops
+with flips and 90-degree rotations. Deterministic given the seed: crops are a pure function of
+(seed, step), weights start from ``torch.manual_seed(seed)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .masks import N_CLASSES, validate_mask
+
+#: Class weights from inverse class frequency are clipped to this range (thin boundary rings
+#: are about 1% of the pixels; an unclipped weight of 100 makes training unstable).
+WEIGHT_RANGE: tuple[float, float] = (0.1, 10.0)
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def build_unet(*, base: int = 16, levels: int = 3, in_channels: int = 1,
+               n_classes: int = N_CLASSES) -> Any:
+    """A small U-Net: ``levels`` down-samplings, ``base`` channels at full resolution, group
+    norm and ReLU, bilinear up-sampling with skip connections."""
+    torch = _torch()
+    nn = torch.nn
+
+    def block(cin: int, cout: int) -> Any:
+        groups = max(1, min(8, cout // 4))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout),
+            nn.ReLU(inplace=True))
+
+    class SmallUNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            chans = [base * 2**i for i in range(levels + 1)]
+            self.down = nn.ModuleList(
+                [block(in_channels, chans[0])]
+                + [block(chans[i], chans[i + 1]) for i in range(levels)])
+            self.up = nn.ModuleList(
+                [block(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(levels))])
+            self.head = nn.Conv2d(chans[0], n_classes, 1)
+            self.levels = levels
+
+        def forward(self, x: Any) -> Any:
+            skips = []
+            for i, layer in enumerate(self.down):
+                x = layer(x if i == 0 else nn.functional.max_pool2d(x, 2))
+                skips.append(x)
+            x = skips.pop()
+            for layer in self.up:
+                skip = skips.pop()
+                x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear",
+                                              align_corners=False)
+                x = layer(torch.cat([x, skip], dim=1))
+            return self.head(x)
+
+    return SmallUNet()
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Grey levels on the unit scale, then zero mean and unit std per image (float32): the
+    segmenter sees contrast, not the scanner's absolute grey levels."""
+    from .quality import to_unit
+
+    unit = to_unit(image)
+    std = float(unit.std())
+    return ((unit - unit.mean()) / (std if std > 1e-6 else 1.0)).astype(np.float32)
+
+
+def class_weights(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Cross-entropy weights from inverse class frequency: ``(1 / n_present) / fraction``, clipped
+    to :data:`WEIGHT_RANGE`; 1 for classes absent from every mask."""
+    counts = np.zeros(N_CLASSES, dtype=np.float64)
+    for m in masks:
+        counts += np.bincount(np.asarray(m).ravel(), minlength=N_CLASSES)[:N_CLASSES]
+    present = counts > 0
+    w = np.ones(N_CLASSES)
+    if present.any():
+        frac = counts[present] / counts.sum()
+        w[present] = np.clip((1.0 / present.sum()) / frac, *WEIGHT_RANGE)
+    return w
+
+
+@dataclass
+class SegmenterConfig:
+    """Budget and shape of one training run (the same for every arm of an evaluation)."""
+
+    steps: int = 150
+    batch_size: int = 4
+    crop: int = 128
+    lr: float = 2e-3
+    base: int = 16
+    levels: int = 3
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "auto"
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Pool:
+    """Training pairs held in memory: normalised images (float16 to halve the memory) and masks."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                   names: Sequence[str] | None = None) -> Pool:
+        """Validate and normalise ``(image, mask)`` pairs (2-D, same shape)."""
+        images, masks = [], []
+        for i, (image, mask) in enumerate(pairs):
+            m = validate_mask(mask, name=f"mask {names[i] if names else i}")
+            img = normalise(image)
+            if img.shape != m.shape:
+                raise ValueError(f"pair {names[i] if names else i}: image {img.shape} and mask "
+                                 f"{m.shape} differ in shape.")
+            images.append(img.astype(np.float16))
+            masks.append(m)
+        return cls(images, masks, list(names or []))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _crop_batch(pool: Pool, n: int, crop: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random crops with flips and rotations (reflect-padded when an image is smaller)."""
+    xs = np.empty((n, 1, crop, crop), np.float32)
+    ys = np.empty((n, crop, crop), np.int64)
+    for b in range(n):
+        i = int(rng.integers(len(pool)))
+        img, m = pool.images[i], pool.masks[i]
+        ph, pw = max(crop - img.shape[0], 0), max(crop - img.shape[1], 0)
+        if ph or pw:
+            img = np.pad(img, ((0, ph), (0, pw)), mode="reflect")
+            m = np.pad(m, ((0, ph), (0, pw)), mode="reflect")
+        y = int(rng.integers(img.shape[0] - crop + 1))
+        x = int(rng.integers(img.shape[1] - crop + 1))
+        ci, cm = img[y:y + crop, x:x + crop], m[y:y + crop, x:x + crop]
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        ci, cm = np.rot90(ci, k), np.rot90(cm, k)
+        if flip:
+            ci, cm = ci[:, ::-1], cm[:, ::-1]
+        xs[b, 0], ys[b] = ci, cm
+    return xs, ys
+
+
+#: ``progress(done, total)`` after each training step.
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Phase:
+    """Part of a training run: ``steps`` steps drawing ``mix`` of each batch from ``secondary``
+    (the rest from ``primary``)."""
+
+    steps: int
+    primary: Pool | None
+    secondary: Pool | None = None
+    mix: float = 0.0
+
+
+class Segmenter:
+    """A trained small U-Net with what it was trained with (config, precision and its rule)."""
+
+    def __init__(self, net: Any, config: SegmenterConfig, precision: str, precision_rule: str,
+                 weights: np.ndarray, seconds: float) -> None:
+        self.net, self.config = net, config
+        self.precision, self.precision_rule = precision, precision_rule
+        self.weights, self.seconds = weights, seconds
+
+    #: Images with more pixels than this are segmented in overlapping tiles.
+    MAX_PIXELS: int = 1024 * 1024
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """The class mask the segmenter sees in a 2-D image: one forward pass up to
+        :attr:`MAX_PIXELS`, larger images in overlapping tiles whose borders are discarded."""
+        x = normalise(image)
+        h, w = x.shape
+        if h * w <= self.MAX_PIXELS:
+            return self._predict(x)
+        tile = int(np.sqrt(self.MAX_PIXELS))
+        margin = max(tile // 16, 8)
+        out = np.empty((h, w), np.uint8)
+        for y0 in range(0, h, tile - 2 * margin):
+            for x0 in range(0, w, tile - 2 * margin):
+                ys, xs = max(y0 - margin, 0), max(x0 - margin, 0)
+                ye, xe = min(ys + tile, h), min(xs + tile, w)
+                pred = self._predict(x[ys:ye, xs:xe])
+                cy, cx = y0 - ys, x0 - xs
+                ey = min(y0 + tile - 2 * margin, h)
+                ex = min(x0 + tile - 2 * margin, w)
+                out[y0:ey, x0:ex] = pred[cy:cy + ey - y0, cx:cx + ex - x0]
+        return out
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        torch = _torch()
+        from .devices import autocast, resolve_device
+
+        h, w = x.shape
+        mult = 2**self.config.levels
+        ph, pw = (-h) % mult, (-w) % mult
+        mode = "reflect" if ph < h and pw < w else "edge"
+        x = np.pad(x, ((0, ph), (0, pw)), mode=mode)
+        device = resolve_device(self.config.device)
+        self.net.eval()
+        with torch.inference_mode(), autocast(device, self.precision):  # type: ignore[arg-type]
+            logits = self.net(torch.from_numpy(x)[None, None].to(device))
+        return logits[0, :, :h, :w].float().argmax(0).cpu().numpy().astype(np.uint8)
+
+    def describe(self) -> dict[str, Any]:
+        """What was trained, for a report: config, precision and why, class weights, time."""
+        return {"config": self.config.to_dict(), "precision": self.precision,
+                "precision_rule": self.precision_rule,
+                "class_weights": [round(float(v), 4) for v in self.weights],
+                "seconds": round(self.seconds, 1)}
+
+
+def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
+                    progress: StepCallback | None = None,
+                    weights_from: Sequence[Pool] | None = None) -> Segmenter:
+    """Train one segmenter through ``phases`` (e.g. synthetic pre-training, then real).
+
+    Class weights come from the masks of ``weights_from`` (default: every pool of the phases),
+    so all arms of an evaluation can share the same weights. Each phase starts a fresh Adam
+    optimiser (fine-tuning after pre-training starts from the weights, not the moments).
+    """
+    torch = _torch()
+    from .devices import auto_precision, autocast, check_precision, resolve_device
+
+    device = resolve_device(config.device)
+    if config.precision == "auto":
+        precision, rule = auto_precision(device, "training", batch_size=config.batch_size)
+    else:
+        precision = check_precision(config.precision, device)
+        rule = f"asked for {precision}"
+    pools = [p for ph in phases for p in (ph.primary, ph.secondary) if p is not None]
+    if not pools or any(len(p) == 0 for p in pools):
+        raise ValueError("a segmenter needs at least one image/mask pair in every pool it uses.")
+    weights = class_weights([m for p in (weights_from or pools) for m in p.masks])
+    old_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        torch.manual_seed(config.seed)
+        net = build_unet(base=config.base, levels=config.levels).to(device)
+        loss_fn = torch.nn.CrossEntropyLoss(
+            weight=torch.tensor(weights, dtype=torch.float32, device=device))
+        rng = np.random.default_rng([config.seed, 9])
+        total = sum(ph.steps for ph in phases)
+        done = 0
+        start = time.perf_counter()
+        net.train()
+        for ph in phases:
+            opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(ph.steps, 1),
+                                                               eta_min=config.lr * 0.05)
+            n_sec = round(ph.mix * config.batch_size) if ph.secondary is not None else 0
+            if ph.primary is None:
+                n_sec = config.batch_size
+            for _ in range(ph.steps):
+                parts = []
+                if config.batch_size - n_sec > 0:
+                    parts.append(_crop_batch(ph.primary, config.batch_size - n_sec,  # type: ignore[arg-type]
+                                             config.crop, rng))
+                if n_sec > 0:
+                    parts.append(_crop_batch(ph.secondary, n_sec, config.crop, rng))  # type: ignore[arg-type]
+                xs = torch.from_numpy(np.concatenate([p[0] for p in parts])).to(device)
+                ys = torch.from_numpy(np.concatenate([p[1] for p in parts])).to(device)
+                with autocast(device, precision):
+                    logits = net(xs)
+                loss = loss_fn(logits.float(), ys)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(
+                        f"the segmenter's loss became {float(loss)} at step {done}; try a "
+                        f"lower learning rate than {config.lr} or precision fp32.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(old_threads)
+    return Segmenter(net, config, precision, rule, weights, seconds)
+
+
+def train_on_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]], config: SegmenterConfig,
+                   *, progress: StepCallback | None = None) -> Segmenter:
+    """Train on real ``(image, mask)`` pairs only (the mask-consistency segmenter)."""
+    return train_segmenter([Phase(config.steps, Pool.from_pairs(pairs))], config,
+                           progress=progress)

@@ -1,0 +1,185 @@
+"""The segmenter, the evaluation figures and `evaluate` end to end on ISBI (tiny budget)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+
+from napari_synthgen import evaluation as ev
+from napari_synthgen.masks import BOUNDARY, INTERIOR
+from napari_synthgen.quality_cli import add_evaluate_parser
+from napari_synthgen.segmenter import (
+    Phase,
+    Pool,
+    SegmenterConfig,
+    build_unet,
+    class_weights,
+    train_segmenter,
+)
+
+
+def _write_pairs(root: Path, isbi_dir: Path, indices: range, *, corner: int = 0,
+                 blur: float = 0.0, size: int = 256) -> Path:
+    """ISBI crops (``size`` px, from the top-left or bottom-right ``corner``) as a paired folder."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in indices:
+        name = f"isbi2012_train_{i:02d}.tif"
+        img = tifffile.imread(isbi_dir / "images" / name)
+        m = tifffile.imread(isbi_dir / "masks" / name)
+        sl = np.s_[:size, :size] if corner == 0 else np.s_[-size:, -size:]
+        img, m = img[sl], m[sl]
+        if blur:
+            img = ndi.gaussian_filter(img.astype(np.float64), blur).round().astype(np.uint8)
+        tifffile.imwrite(root / "images" / name, img)
+        tifffile.imwrite(root / "masks" / name, m)
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> dict[str, Path]:
+    """Real = slices 00-03, synthetic stand-in = blurred 10-13, test = 27-29 (split by image)."""
+    root = tmp_path_factory.mktemp("eval")
+    return {"real": _write_pairs(root / "real", isbi_dir, range(4)),
+            "synthetic": _write_pairs(root / "syn", isbi_dir, range(10, 14), blur=1.0),
+            "test": _write_pairs(root / "test", isbi_dir, range(27, 30), corner=1)}
+
+
+def test_the_segmenter_uses_group_norm_and_is_deterministic(isbi_image, isbi_mask) -> None:
+    import torch
+
+    net = build_unet(base=8, levels=2)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    pool = Pool.from_pairs([(isbi_image[:128, :128], isbi_mask[:128, :128])])
+    cfg = SegmenterConfig(steps=3, batch_size=2, crop=64, base=8, levels=2, seed=5,
+                          precision="fp32")
+    a = train_segmenter([Phase(3, pool)], cfg)
+    b = train_segmenter([Phase(3, pool)], cfg)
+    for (ka, va), (_, vb) in zip(a.net.state_dict().items(), b.net.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(va, vb), ka
+    pred = a.predict(isbi_image[:100, :90])  # not a multiple of 2**levels
+    assert pred.shape == (100, 90) and pred.dtype == np.uint8 and pred.max() <= 2
+    a.MAX_PIXELS = 128 * 128  # large images go in overlapping tiles: nearly the same answer
+    big = a.predict(isbi_image[:300, :260])
+    a.MAX_PIXELS = 10**9
+    assert big.shape == (300, 260) and (big == a.predict(isbi_image[:300, :260])).mean() > 0.9
+    assert a.describe()["precision"] == "fp32"
+
+
+def test_class_weights_favour_the_thin_class_and_are_clipped(isbi_mask) -> None:
+    w = class_weights([isbi_mask])
+    assert w[BOUNDARY] > 1.0 > w[INTERIOR] and w[0] == 1.0
+    sparse = np.zeros((100, 100), np.uint8)
+    sparse[0, 0] = BOUNDARY
+    sparse[1, :5] = INTERIOR
+    assert class_weights([sparse]).max() == 10.0
+
+
+def test_figures_of_a_perfect_and_a_shifted_prediction(isbi_mask) -> None:
+    counts = ev.confusion_counts(isbi_mask, isbi_mask)
+    s = ev.scores_from_counts(counts, {1, 2})
+    assert s["dice_boundary"] == 1.0 and s["iou_interior"] == 1.0 and s["boundary_f1"] == 1.0
+    assert np.isnan(s["dice_background"]) and s["mean_dice"] == 1.0
+    shifted = np.roll(isbi_mask, 2, axis=1)  # membranes 2 px off
+    near = ev.scores_from_counts(ev.confusion_counts(shifted, isbi_mask, tolerance=2), {1, 2})
+    strict = ev.scores_from_counts(ev.confusion_counts(shifted, isbi_mask, tolerance=0), {1, 2})
+    assert near["boundary_f1"] > 0.99 > strict["boundary_f1"]
+    assert near["dice_boundary"] < 0.85
+    none = ev.scores_from_counts(
+        ev.confusion_counts(np.full_like(isbi_mask, INTERIOR), isbi_mask), {1, 2})
+    assert none["boundary_f1"] == 0.0 and none["dice_boundary"] == 0.0
+
+
+def test_comparison_says_when_the_spread_is_larger_than_the_difference() -> None:
+    summary = {"real": {"mean_dice": (0.80, 0.05), "boundary_f1": (0.70, 0.01)},
+               "synthetic": {"mean_dice": (0.78, 0.02), "boundary_f1": (0.50, 0.02)}}
+    notes = ev.compare(summary, n_seeds=3)
+    assert any("mean_dice" in n and "no evidence" in n for n in notes)
+    assert any("boundary_f1 -0.200" in n and "larger than the spread" in n for n in notes)
+    assert all("one seed" in n for n in ev.compare(summary, n_seeds=1))
+
+
+def _run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="napari-synthgen")
+    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_evaluate_runs_end_to_end_on_isbi(folders: dict[str, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import imageio.v3 as iio
+
+    out = tmp_path / "out"
+    code = _run_cli(["evaluate", "--real", str(folders["real"]), "--synthetic",
+                     str(folders["synthetic"]), "--test", str(folders["test"]), "--steps", "20",
+                     "--seeds", "1", "--crop", "64", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| real |" in printed and "| synthetic |" in printed
+    with (out / "evaluation_runs.csv").open() as fh:
+        runs = list(csv.DictReader(fh))
+    assert [r["arm"] for r in runs] == ["real", "real+synthetic", "synthetic"]
+    for r in runs:
+        assert 0.0 <= float(r["dice_interior"]) <= 1.0
+        assert 0.0 <= float(r["boundary_f1"]) <= 1.0
+        assert r["dice_background"] == "nan"  # ISBI has no background
+    # a weighted loss predicts the thin class even after 20 steps
+    assert max(float(r["boundary_f1"]) for r in runs) > 0.3
+    with (out / "evaluation.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert header[:4] == ["arm", "n_seeds", "dice_background_mean", "dice_background_std"]
+    md = (out / "evaluation.md").read_text()
+    assert "one seed" in md and "boundary_f1" in md
+    assert iio.imread(out / "evaluation.png").ndim == 3
+
+
+def test_evaluate_with_pretraining_and_a_quality_threshold(folders: dict[str, Path]) -> None:
+    steps: list[tuple[str, int, int]] = []
+    result = ev.evaluate(folders["real"], folders["synthetic"], folders["test"], steps=4,
+                         seeds=1, crop=64, batch_size=2, base=8, pretrain_synthetic=True,
+                         min_score=0.0, arms=[ev.ARM_PRETRAIN],
+                         progress=lambda s, d, t: steps.append((s, d, t)))
+    assert result.arms == [ev.ARM_REAL, ev.ARM_PRETRAIN]  # the threshold needs the real arm
+    assert result.settings["n_synthetic_kept"] == 4
+    assert steps[-1][1:] == (8, 8) and steps[-1][0].startswith(ev.ARM_PRETRAIN)
+    with pytest.raises(ValueError, match="no synthetic pair has a quality score"):
+        ev.evaluate(folders["real"], folders["synthetic"], folders["test"], steps=2, seeds=1,
+                    crop=64, batch_size=2, base=8, min_score=1.0, arms=[ev.ARM_SYNTHETIC])
+
+
+def test_evaluate_refuses_a_leaked_test_image(folders: dict[str, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import imageio.v3 as iio
+
+    leaky = tmp_path / "leaky"
+    (leaky / "images").mkdir(parents=True)
+    (leaky / "masks").mkdir()
+    src = folders["synthetic"] / "images" / "isbi2012_train_11.tif"
+    # the same pixels under another name and format still count as the same image
+    iio.imwrite(leaky / "images" / "renamed.png", tifffile.imread(src))
+    iio.imwrite(leaky / "masks" / "renamed.png",
+                tifffile.imread(folders["synthetic"] / "masks" / "isbi2012_train_11.tif"))
+    with pytest.raises(ev.LeakError, match="synthetic/isbi2012_train_11"):
+        ev.evaluate(folders["real"], folders["synthetic"], leaky, steps=1, seeds=1)
+    code = _run_cli(["evaluate", "--real", str(folders["real"]), "--synthetic",
+                     str(folders["synthetic"]), "--test", str(leaky), "--out",
+                     str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "renamed" in err and "isbi2012_train_11" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_mix_that_cannot_mix_is_refused(folders: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="would not mix"):
+        ev.evaluate(folders["real"], folders["synthetic"], folders["test"], steps=1, seeds=1,
+                    batch_size=4, mix=0.1)

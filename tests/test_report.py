@@ -1,0 +1,143 @@
+"""`napari-synthgen report`: its CSV, PNG and Markdown on ISBI samples with known defects."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+
+from napari_synthgen.quality_cli import add_report_parser
+
+SIZE = 256
+
+
+def _crop(isbi_dir: Path, i: int) -> tuple[np.ndarray, np.ndarray]:
+    name = f"isbi2012_train_{i:02d}.tif"
+    return (tifffile.imread(isbi_dir / "images" / name)[:SIZE, :SIZE],
+            tifffile.imread(isbi_dir / "masks" / name)[:SIZE, :SIZE])
+
+
+@pytest.fixture(scope="module")
+def report_dirs(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> dict[str, Path]:
+    """Reference = slices 00-02; samples: slice 03 as is, and damaged copies of it and of 00.
+
+    ``good_s0`` and ``good_s1`` share a mask (a diversity group); ``ref_mask`` uses the mask of
+    reference slice 00, so it has a paired real image (SSIM).
+    """
+    root = tmp_path_factory.mktemp("report")
+    ref, samples = root / "reference", root / "samples"
+    for d in (ref, samples):
+        (d / "images").mkdir(parents=True)
+        (d / "masks").mkdir()
+    for i in range(3):
+        img, m = _crop(isbi_dir, i)
+        tifffile.imwrite(ref / "images" / f"r{i}.tif", img)
+        tifffile.imwrite(ref / "masks" / f"r{i}.tif", m)
+    img, m = _crop(isbi_dir, 3)
+    img0, m0 = _crop(isbi_dir, 0)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    board = ((yy // 2 + xx // 2) % 2) * 2 - 1
+    noisy = np.clip(img + np.random.default_rng(1).normal(0, 3, img.shape), 0, 255)
+    made = {
+        "good_s0": (img, m),
+        "good_s1": (noisy.round().astype(np.uint8), m),
+        "blurred": (ndi.gaussian_filter(img.astype(float), 2.0).round().astype(np.uint8), m),
+        "inverted": (255 - img, m),
+        "checkerboard": (np.clip(img.astype(int) + 12 * board, 0, 255).astype(np.uint8), m),
+        "ref_mask": (ndi.gaussian_filter(img0.astype(float), 0.7).round().astype(np.uint8), m0),
+    }
+    for name, (im, mk) in made.items():
+        tifffile.imwrite(samples / "images" / f"{name}.tif", im)
+        tifffile.imwrite(samples / "masks" / f"{name}.tif", mk)
+    return {"reference": ref, "samples": samples, "out": root / "out"}
+
+
+@pytest.fixture(scope="module")
+def report_rows(report_dirs: dict[str, Path]) -> dict[str, dict[str, str]]:
+    parser = argparse.ArgumentParser(prog="napari-synthgen")
+    add_report_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", "--samples", str(report_dirs["samples"]),
+                              "--reference", str(report_dirs["reference"]),
+                              "--out", str(report_dirs["out"]), "--consistency-steps", "15"])
+    assert args.func(args) == 0
+    with (report_dirs["out"] / "report.csv").open() as fh:
+        return {r["name"]: r for r in csv.DictReader(fh)}
+
+
+def test_report_csv_has_one_row_per_sample_with_every_figure(report_dirs, report_rows) -> None:
+    with (report_dirs["out"] / "report.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert header[:3] == ["name", "score", "flagged"]
+    for col in ("wd_interior", "wd_boundary", "spectrum_dist", "peak_excess", "std_ratio",
+                "ssim_real", "diversity", "consistency_dice", "dice_boundary",
+                "frac_boundary", "mean", "std"):
+        assert col in header, col
+    assert sorted(report_rows) == sorted(p.stem for p in
+                                         (report_dirs["samples"] / "images").iterdir())
+    for row in report_rows.values():
+        assert 0.0 <= float(row["score"]) <= 1.0
+        assert row["flagged"] in ("0", "1")
+
+
+def test_report_figures_rank_the_damaged_samples_below_the_good_one(report_rows) -> None:
+    good = report_rows["good_s0"]
+    assert float(report_rows["blurred"]["spectrum_dist"]) > 2 * float(good["spectrum_dist"])
+    assert float(report_rows["checkerboard"]["peak_excess"]) > 1.0
+    assert float(report_rows["inverted"]["wd_boundary"]) > 0.25
+    for bad in ("blurred", "inverted", "checkerboard"):
+        assert float(report_rows[bad]["score"]) < float(good["score"]), bad
+    # mask consistency: a real-trained segmenter misreads the inverted image
+    assert float(report_rows["inverted"]["consistency_dice"]) < float(
+        good["consistency_dice"])
+
+
+def test_report_pairs_real_images_and_groups_variations(report_rows) -> None:
+    assert float(report_rows["ref_mask"]["ssim_real"]) > 0.8  # a lightly blurred real image
+    assert report_rows["good_s0"]["ssim_real"] == ""  # no real image has this mask
+    assert report_rows["good_s0"]["group"] == report_rows["good_s1"]["group"]
+    assert report_rows["good_s0"]["group_size"] == "5"  # every sample made from slice 03's mask
+    assert float(report_rows["good_s0"]["diversity"]) > 0.0
+    assert report_rows["ref_mask"]["diversity"] == ""  # alone in its group
+
+
+def test_report_png_and_markdown(report_dirs, report_rows) -> None:
+    import imageio.v3 as iio
+
+    png = iio.imread(report_dirs["out"] / "report.png")
+    assert png.ndim == 3 and png.shape[0] > 400 and png.shape[1] > 800
+    assert png.std() > 10  # something was drawn
+    md = (report_dirs["out"] / "report.md").read_text()
+    assert md.startswith("# Quality report")
+    assert "6 samples" in md and "never to decide alone" in md
+    assert "| inverted |" in md or "| blurred |" in md
+
+
+def test_reference_from_a_model_checkpoint_metadata(tmp_path: Path, report_dirs) -> None:
+    import torch
+
+    from napari_synthgen import quality as q
+    from napari_synthgen.io import find_pairs, read_image, read_mask
+    from napari_synthgen.models.checkpoints import save_model
+    from napari_synthgen.models.pix2pix import GeneratorSpec, build_generator
+    from napari_synthgen.report import load_reference
+
+    pairs = [(read_image(p.image), read_mask(p.mask))
+             for p in find_pairs(report_dirs["reference"])]
+    torch.manual_seed(0)
+    spec = GeneratorSpec(netG="resnet_6blocks", input_nc=3, output_nc=1, ngf=4, norm="instance",
+                         dropout=False)
+    meta = {q.REFERENCE_KEY: q.reference_record(pairs)}  # what training stores
+    model = save_model(tmp_path / "m.safetensors", build_generator(spec), spec, encoding="rgb",
+                       tile=64, metadata=meta)
+    got, real = load_reference(model)
+    assert real == []
+    assert got == q.reference_from_pairs(pairs)
+    bare = save_model(tmp_path / "bare.safetensors", build_generator(spec), spec, encoding="rgb",
+                      tile=64)
+    with pytest.raises(ValueError, match="records no reference statistics"):
+        load_reference(bare)
