@@ -89,6 +89,9 @@ def test_training_records_the_rule(tmp_path: Path, isbi_small: Path,
     meta = load_model(tmp_path / "run").info.metadata
     assert meta["precision"] == "fp32" and meta["precision_rule"] == events[0]["precision_note"]
     assert meta["classes"]["0"] == 0.0 and meta["classes"]["1"] > 0.5  # ISBI: no background
+    from napari_synthgen.quality import reference_from_metadata
+
+    assert reference_from_metadata(meta) is not None  # curation compares samples with it
 
 
 # --------------------------------------------------------------------------- under load

@@ -1,4 +1,4 @@
-"""``napari-synthgen``: demo, inspect, masks, generate, train, export.
+"""``napari-synthgen``: demo, inspect, masks, generate, train, report, evaluate, export.
 
 The commands call the same core functions the napari widgets call. Exit codes: 0 success,
 1 something failed (the summary says what), 2 bad usage. Core functions word their errors for
@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
 
+    from .quality_cli import add_evaluate_parser, add_report_parser
+
+    add_report_parser(sub)
+    add_evaluate_parser(sub)
+
     exp = sub.add_parser("export", help="convert an export folder to another layout")
     exp.add_argument("--from", dest="source", required=True, type=Path,
                      help="export folder written by the curation widget / ExportSession")
@@ -206,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command in ("report", "evaluate"):
+            return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -258,10 +265,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{args.path}")
     width = max(len(k) for k in data)
     for key, value in data.items():
-        if key in ("notes", "metadata"):
+        if key in ("notes", "metadata", "details") or (value is None and key in (
+                "netG", "ngf", "norm", "dropout")):  # pix2pix fields of another family
             continue
         if key == "classes":
             value = _describe_classes(known)
+        print(f"  {key:<{width}}  {value}")
+    for key, value in info.details.items():  # what the family says of itself
         print(f"  {key:<{width}}  {value}")
     for note in info.notes:
         print(f"  note: {note}")

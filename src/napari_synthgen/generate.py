@@ -55,6 +55,9 @@ class GenerateJob:
     overlap: int | None = None
     batch_size: int | None = None
     encoding: str | None = None
+    #: settings of the model's family, passed on to its synthesizer (e.g. diffusion
+    #: ``{"steps": 20, "sampler": "dpm"}``); recorded in each output's params
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -231,7 +234,7 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
     synth = Synthesizer(
         job.model, device=_device_for(job.device, share), precision=job.precision,
         tile=job.tile, overlap=job.overlap, batch_size=job.batch_size, encoding=job.encoding,
-        stochastic=job.stochastic,
+        stochastic=job.stochastic, **job.options,
     )
     info = synth.describe()
     model_path = Path(synth.info.path)
@@ -241,7 +244,7 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
         procs = f", {share.world} processes" if share.world > 1 else ""
         yield GenerateEvent(
             "setup",
-            f"model {synth.info.netG} ngf {synth.info.ngf} ({synth.info.format}), encoding "
+            f"model {synth.info.short()} ({synth.info.format}), encoding "
             f"{synth.encoding}, device {info['device']}, precision {synth.precision} "
             f"[{synth.precision_note or 'explicit'}], tile {synth.tile} overlap {synth.overlap}"
             f"{procs}",
@@ -308,12 +311,13 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
                     "image": f"images/{name}", "mask": f"masks/{name}",
                     "source_mask": os.fspath(mask_path), "source_mask_sha256": mask_sha,
                     "model": os.fspath(model_path), "model_sha256": model_sha,
-                    "family": synth.info.family, "architecture": synth.info.netG,
+                    "family": synth.info.family, "architecture": synth.info.architecture,
                     "model_classes": None if known is None else {
                         str(c): f for c, f in sorted(known.items())},
                     "seed": seed, "params": {key: info[key] for key in (
                         "device", "precision", "precision_note", "tile", "overlap",
-                        "batch_size", "encoding", "stochastic")},
+                        "batch_size", "encoding", "stochastic")}
+                        | dict(info.get("family_settings", {})),
                     "seconds": round(time.perf_counter() - t0, 3),
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "plugin_version": __version__,

@@ -1,22 +1,20 @@
-"""Mask -> EM image: encoding, tiling and blending, device and precision, seeds, dirty tiles.
+"""Mask -> EM image with any model family: the public :class:`Synthesizer`, and pix2pix's.
 
-A mask of any size is cut into overlapping tiles of the model's size (reflection-padded at the
-borders), the tiles run through the generator in batches, and their outputs are blended with a
-smooth window so that no seam shows. Rows of tiles are blended in a rolling buffer, so memory is
-bounded by a row of tiles, not by the image. For live preview the synthesizer can keep every
-tile's output and later recompute only the tiles whose mask pixels changed.
+``Synthesizer(model, **settings)`` builds the synthesizer of the model's family (the family
+registry says which class; :class:`Pix2PixSynthesizer` for pix2pix), so callers need not know
+the family. Tiling, blending, seeds and live-preview bookkeeping live in :mod:`.tiling` and are
+shared: a family whose network maps tiles independently implements :meth:`Synthesizer._infer`
+and inherits full runs, progress, and dirty-tile updates from the base class.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import math
 import os
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,97 +27,50 @@ from .devices import (
     check_precision,
     resolve_device,
 )
-from .encoding import check_encoding, encode_masks, encoding_lut, n_channels, unit_to_uint8
+from .encoding import check_encoding, encode_masks, encoding_lut, n_channels
 from .masks import validate_mask
+from .tiling import (
+    RowBlender,
+    TileCache,
+    TileGrid,
+    batches,
+    blend_window,
+    changed_tiles,
+    pad_mask,
+    plan_tiles,
+    reblend,
+    slices_of,
+    tile_seed,
+    tiles_covering,
+)
 
 ProgressFn = Callable[[int, int], None]
 DEFAULT_TILE = 256
 WHOLE_SLICE_MAX = 1024
+#: kept for callers that imported the tiling helpers from here
+__all__ = [
+    "DEFAULT_TILE",
+    "WHOLE_SLICE_MAX",
+    "Pix2PixSynthesizer",
+    "SeededDropout",
+    "SynthesisError",
+    "Synthesizer",
+    "TileGrid",
+    "blend_window",
+    "fold_batchnorm",
+    "make_synthesizer",
+    "output_name",
+    "pad_mask",
+    "plan_tiles",
+    "prepare_network",
+    "synthesize",
+    "synthesizer_class",
+    "tile_seed",
+]
 
 
 class SynthesisError(ValueError):
     """Synthesis parameters that cannot work with this model or mask."""
-
-
-@dataclass(frozen=True)
-class TileGrid:
-    """Where the tiles of one 2-D image go, in padded coordinates."""
-
-    height: int
-    width: int
-    tile: int
-    overlap: int
-    top: int
-    left: int
-    padded_height: int
-    padded_width: int
-    ys: tuple[int, ...]
-    xs: tuple[int, ...]
-
-    @property
-    def tiles(self) -> list[tuple[int, int]]:
-        """Tile origins in row-major order (the order outputs are blended in)."""
-        return [(y, x) for y in self.ys for x in self.xs]
-
-    def image_slices(self, y: int, x: int) -> tuple[slice, slice] | None:
-        """The part of the image (unpadded coordinates) a tile covers, or None."""
-        y0, y1 = max(y - self.top, 0), min(y + self.tile - self.top, self.height)
-        x0, x1 = max(x - self.left, 0), min(x + self.tile - self.left, self.width)
-        if y0 >= y1 or x0 >= x1:
-            return None
-        return slice(y0, y1), slice(x0, x1)
-
-
-def _origins(length: int, tile: int, stride: int) -> tuple[int, ...]:
-    """Evenly spread tile origins covering ``length`` with at least the requested overlap."""
-    if length <= tile:
-        return (0,)
-    n = math.ceil((length - tile) / stride) + 1
-    return tuple(round(i * (length - tile) / (n - 1)) for i in range(n))
-
-
-def plan_tiles(height: int, width: int, tile: int, overlap: int) -> TileGrid:
-    """Plan reflection padding and tile origins for an image of ``height`` x ``width``.
-
-    A side that fits in one tile is padded up to the tile. A longer side is padded by half the
-    overlap at both ends (so the image border is not where tiles are blended) and covered by
-    overlapping tiles.
-    """
-    margin = overlap // 2
-    ph = tile if height <= tile else height + 2 * margin
-    pw = tile if width <= tile else width + 2 * margin
-    top, left = (ph - height) // 2, (pw - width) // 2
-    stride = tile - overlap
-    return TileGrid(
-        height, width, tile, overlap, top, left, ph, pw,
-        _origins(ph, tile, stride), _origins(pw, tile, stride),
-    )
-
-
-def blend_window(tile: int, overlap: int) -> np.ndarray:
-    """A (tile, tile) float32 window: raised-cosine ramps over the overlap, flat inside."""
-    ramp = np.ones(tile, dtype=np.float64)
-    if overlap > 0:
-        i = np.arange(overlap, dtype=np.float64)
-        up = np.sin(0.5 * np.pi * (i + 0.5) / overlap) ** 2
-        ramp[:overlap] = up
-        ramp[tile - overlap :] = up[::-1]
-    ramp = np.maximum(ramp, 1e-3)
-    return np.outer(ramp, ramp).astype(np.float32)
-
-
-def pad_mask(mask: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """Reflection-pad a 2-D mask to the grid's padded size."""
-    bottom = grid.padded_height - grid.height - grid.top
-    right = grid.padded_width - grid.width - grid.left
-    # reflection of a single row/column is undefined
-    mode = "edge" if grid.height == 1 or grid.width == 1 else "reflect"
-    return np.pad(mask, ((grid.top, bottom), (grid.left, right)), mode=mode)
-
-
-def tile_seed(seed: int, z: int, y: int, x: int) -> int:
-    """A seed for one tile, independent of batching, so that any tile can be recomputed alone."""
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, z, y, x]).generate_state(1)[0])
 
 
 class SeededDropout(nn.Module):
@@ -161,28 +112,256 @@ def _install_seeded_dropout(net: nn.Module) -> list[SeededDropout]:
     return found
 
 
-@dataclass
-class _Cache:
-    """What live preview keeps between calls: the padded mask, tile outputs and the image."""
+def synthesizer_class(model: Any) -> type:
+    """The synthesizer class of a model's family (a LoadedModel, a path or a bundled name).
 
-    grid: TileGrid
-    seed: int
-    padded: np.ndarray
-    tiles: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
-    image: np.ndarray | None = None
+    A path is recognised from its header alone (no weights are read); a file that cannot be
+    recognised goes to pix2pix, whose loading then says what is wrong with it. The class is
+    usually a :class:`Synthesizer` subclass; a family may also bring a class of its own with
+    the same interface (see :class:`Synthesizer`).
+    """
+    from . import families
+    from .models.checkpoints import LoadedModel, model_family
+
+    family = model.info.family if isinstance(model, LoadedModel) else model_family(model)
+    try:
+        return families.get(family or "pix2pix").synthesizer_class()
+    except families.FamilyError:
+        if isinstance(model, LoadedModel):
+            raise
+        return Pix2PixSynthesizer  # its load_model names the unknown family in its error
+
+
+def make_synthesizer(model: Any, **settings: Any) -> Any:
+    """The synthesizer of ``model``'s family with ``settings`` (same as ``Synthesizer(...)``)."""
+    return synthesizer_class(model)(model, **settings)
 
 
 class Synthesizer:
-    """Synthesize uint8 EM images from class masks with a pix2pix generator.
+    """Synthesize uint8 EM images from class masks, with the model's family.
 
-    ``model`` is a :class:`~napari_synthgen.models.checkpoints.LoadedModel` or a path that
-    :func:`~napari_synthgen.models.checkpoints.load_model` accepts. ``tile`` defaults to the size
-    the model was trained at; a model that does not say (a reference checkpoint) runs a slice of
-    up to 1024 px whole when that is cheaper, else tiles of 256. ``overlap`` defaults to a quarter
-    tile. ``stochastic`` keeps
-    dropout on, as the pix2pix paper does at test time, to make variations; the seed makes them
-    reproducible. Call it with a 2-D mask or a 3-D stack.
+    ``Synthesizer(model, **settings)`` returns an instance of the family's subclass
+    (:class:`Pix2PixSynthesizer` for pix2pix models; see :func:`synthesizer_class`). ``model``
+    is a :class:`~napari_synthgen.models.checkpoints.LoadedModel` or anything
+    :func:`~napari_synthgen.models.checkpoints.load_model` accepts. Call it with a 2-D mask or a
+    3-D stack; :meth:`run` yields progress (stop iterating it to cancel); :meth:`update`
+    re-synthesizes only what a mask edit changed (live preview).
+
+    This base class runs any family whose network maps mask tiles to image tiles
+    independently: a subclass sets the attributes below in ``__init__`` and implements
+    :meth:`_infer`; tiles, blending, seeds and live preview come from here. A family whose
+    tiles are not independent (diffusion fuses them at every step) overrides :meth:`run` and
+    :meth:`update` with the helpers of :mod:`.tiling`, or brings its own class with the same
+    public interface: constructor keywords device, precision, tile, overlap, batch_size,
+    encoding, stochastic (+ its own); attributes model, info, encoding, device, tile, overlap,
+    batch_size, stochastic, precision, precision_note; methods run, __call__, update, kept,
+    describe (with the keys of :meth:`describe`, family-specific ones under
+    ``family_settings``) and close.
     """
+
+    #: the family name this class synthesizes for (its registry entry)
+    family: ClassVar[str] = ""
+    model: Any
+    info: Any
+    encoding: str
+    device: torch.device
+    tile: int
+    overlap: int
+    batch_size: int
+    stochastic: bool
+    precision: Precision
+    precision_note: str
+    _windows: dict[tuple[int, int], np.ndarray]
+    _cache: dict[int, TileCache]
+
+    def __new__(cls, model: Any = None, *args: Any, **kwargs: Any) -> Synthesizer:
+        if cls is Synthesizer:
+            cls = synthesizer_class(model)
+            if not issubclass(cls, Synthesizer):
+                # a family synthesizer with its own machinery: built here, and Python does
+                # not call __init__ again on an object that is not a Synthesizer
+                return cls(model, *args, **kwargs)
+        return super().__new__(cls)
+
+    # ----------------------------------------------------------------- shared set-up
+    def _load(self, model: Any, encoding: str | None) -> Any:
+        """``model`` as a LoadedModel of this class's family (loading a path)."""
+        from .models.checkpoints import LoadedModel, load_model
+
+        if not isinstance(model, LoadedModel):
+            model = load_model(Path(model), encoding=encoding)
+        if self.family and model.info.family != self.family:
+            raise SynthesisError(
+                f"{type(self).__name__} runs {self.family} models, but {model.info.path} holds "
+                f"a {model.info.family} model; create it with Synthesizer(model) instead.")
+        return model
+
+    def _resolve_precision(self, precision: str) -> Precision:
+        """An explicit precision, checked; ``auto`` by the written rule (never a timing)."""
+        if precision != "auto":
+            return check_precision(precision, self.device)
+        choice, self.precision_note = auto_precision(self.device, "inference",
+                                                     batch_size=self.batch_size)
+        return choice
+
+    # ----------------------------------------------------------------- tiles
+    def plan(self, height: int, width: int, *, keep: bool = False) -> TileGrid:
+        """The tiles for one slice (``keep``: for live preview)."""
+        return plan_tiles(height, width, self.tile, self.overlap)
+
+    def window(self, grid: TileGrid) -> np.ndarray:
+        key = (grid.tile, grid.overlap)
+        if key not in self._windows:
+            self._windows[key] = blend_window(grid.tile, grid.overlap)
+        return self._windows[key]
+
+    def _infer(self, padded: np.ndarray, origins: list[tuple[int, int]], seed: int, z: int,
+               t: int) -> np.ndarray:
+        """Run a batch of tiles of size ``t`` of a padded 2-D mask (slice ``z``) whose tile
+        origins are ``origins``; returns (B, t, t) float32 outputs in [-1, 1]. Stochastic
+        families draw each tile's noise from ``tile_seed(seed, z, y, x)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _infer")
+
+    def _batches(self, items: list[tuple[int, int]]) -> Iterable[list[tuple[int, int]]]:
+        return batches(items, self.batch_size)
+
+    # ----------------------------------------------------------------- full synthesis
+    def run(
+        self, mask: np.ndarray, *, seed: int = 0, keep: bool = False
+    ) -> Generator[tuple[int, int], None, np.ndarray]:
+        """Synthesize ``mask``, yielding ``(tiles_done, tiles_total)`` after each batch.
+
+        Returns the uint8 image (``StopIteration.value``; use :meth:`__call__` to just get it).
+        ``keep`` stores every tile's output for :meth:`update` (live preview). Closing the
+        generator (stop iterating) cancels between batches.
+        """
+        m = validate_mask(mask)
+        slices = slices_of(m)
+        grids = [self.plan(s.shape[0], s.shape[1], keep=keep) for s in slices]
+        total = sum(len(g.tiles) for g in grids)
+        done = 0
+        out = np.empty(m.shape, dtype=np.uint8)
+        if keep:
+            self._cache.clear()
+        for z, (s, grid) in enumerate(zip(slices, grids, strict=True)):
+            target = out if m.ndim == 2 else out[z]
+            cache = TileCache(grid, seed, pad_mask(s, grid)) if keep else None
+            padded = cache.padded if cache else pad_mask(s, grid)
+            for n in self._run_slice(padded, grid, seed, z, target, cache):
+                done += n
+                yield done, total
+            if cache is not None:
+                cache.image = target
+                self._cache[z] = cache
+        return out
+
+    def __call__(
+        self, mask: np.ndarray, *, seed: int = 0, keep: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
+        """Synthesize a uint8 image of the mask's shape (2-D, or a 3-D stack slice by slice)."""
+        gen = self.run(mask, seed=seed, keep=keep)
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if progress is not None:
+                progress(done, total)
+
+    def _run_slice(
+        self, padded: np.ndarray, grid: TileGrid, seed: int, z: int,
+        out: np.ndarray, cache: TileCache | None,
+    ) -> Generator[int, None, None]:
+        """Blend one slice, tiles in row-major order, batches across rows (see RowBlender)."""
+        blender = RowBlender(grid, self.window(grid), out)
+        for batch in self._batches(grid.tiles):
+            outs = self._infer(padded, batch, seed, z, grid.tile)
+            for (y, x), o in zip(batch, outs, strict=True):
+                blender.add(y, x, o)
+                if cache is not None:
+                    cache.tiles[(y, x)] = o
+            yield len(batch)
+        blender.finish()
+
+    # ----------------------------------------------------------------- live preview
+    def update(
+        self, mask: np.ndarray, *, z: int = 0
+    ) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+        """Re-synthesize only the tiles whose mask pixels changed since the last kept run.
+
+        Needs a previous call with ``keep=True`` on a mask of the same shape (else it runs a
+        full synthesis and keeps it). Returns the new image (of slice ``z`` for stacks) and the
+        image regions that were recomputed; every pixel outside them is unchanged.
+        """
+        m = validate_mask(mask)
+        cache = self._cache.get(z)
+        if cache is None or (cache.grid.height, cache.grid.width) != m.shape[-2:]:
+            image = self(m, seed=cache.seed if cache else 0, keep=True)
+            image2d = image if image.ndim == 2 else image[z]
+            return image2d, [(slice(0, m.shape[-2]), slice(0, m.shape[-1]))]
+        m2 = m if m.ndim == 2 else m[z]
+        grid = cache.grid
+        new_padded = pad_mask(m2, grid)
+        dirty = changed_tiles(grid, cache.padded, new_padded)
+        cache.padded = new_padded
+        if not dirty:
+            return cache.image.copy(), []
+        for batch in self._batches(dirty):
+            outs = self._infer(new_padded, batch, cache.seed, z, grid.tile)
+            for origin, o in zip(batch, outs, strict=True):
+                cache.tiles[origin] = o
+        image = cache.image.copy()
+        win = self.window(grid)
+        regions = [sl for y, x in dirty
+                   if (sl := reblend(grid, win, cache.tiles, y, x, image)) is not None]
+        cache.image = image
+        return image.copy(), regions
+
+    def kept(self, z: int = 0) -> bool:
+        """True when tile outputs of slice ``z`` are kept for :meth:`update`."""
+        return z in self._cache
+
+    def tiles_touched(self, region: tuple[slice, slice], *, z: int = 0) -> int:
+        """How many tiles of the kept grid cover an image region (for progress and tests)."""
+        cache = self._cache.get(z)
+        return 0 if cache is None else len(tiles_covering(cache.grid, region))
+
+    # ----------------------------------------------------------------- lifetime
+    def describe(self) -> dict[str, Any]:
+        """What this synthesizer runs: model, device, precision, tiling."""
+        return {
+            "model": self.info.to_dict(),
+            "device": str(self.device),
+            "precision": self.precision,
+            "precision_note": self.precision_note,
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "encoding": self.encoding,
+            "stochastic": self.stochastic,
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+        }
+
+    def close(self) -> None:
+        """Free the model and kept tiles (and GPU memory)."""
+        self._cache.clear()
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class Pix2PixSynthesizer(Synthesizer):
+    """Synthesize with a pix2pix generator.
+
+    ``tile`` defaults to the size the model was trained at; a model that does not say (a
+    reference checkpoint) runs a slice of up to 1024 px whole when that is cheaper, else tiles
+    of 256. ``overlap`` defaults to a quarter tile. ``stochastic`` keeps dropout on, as the
+    pix2pix paper does at test time, to make variations; the seed makes them reproducible.
+    """
+
+    family = "pix2pix"
 
     def __init__(
         self,
@@ -196,11 +375,9 @@ class Synthesizer:
         encoding: str | None = None,
         stochastic: bool = False,
     ) -> None:
-        from .models.checkpoints import LoadedModel, load_model
         from .models.pix2pix import size_divisor
 
-        if not isinstance(model, LoadedModel):
-            model = load_model(Path(model), encoding=encoding)
+        model = self._load(model, encoding)
         self.model = model
         self.info = model.info
         self.encoding = check_encoding(encoding or model.info.encoding)
@@ -233,28 +410,18 @@ class Synthesizer:
         self.batch_size = int(batch_size)
         self.stochastic = bool(stochastic)
         self._lut = encoding_lut(self.encoding, self.device)
-        self._windows: dict[tuple[int, int], np.ndarray] = {}
+        self._windows = {}
         self.requested_precision = str(precision).lower()
         self.precision_note = ""
-        self.precision: Precision = self._resolve_precision(self.requested_precision)
+        self.precision = self._resolve_precision(self.requested_precision)
         self.network, self._dropouts = prepare_network(model.network, self.device, self.precision)
         self.memory_format = _memory_format(self.device, self.precision)
         # bf16 on the CPU runs a bf16 copy of the weights (converted once, not at every call);
         # elsewhere reduced precision is autocast
         self._input_dtype = _weight_dtype(self.device, self.precision)
         self._autocast = self._input_dtype == torch.float32 and self.precision != "fp32"
-        self._cache: dict[int, _Cache] = {}
+        self._cache = {}
 
-    # ----------------------------------------------------------------- precision
-    def _resolve_precision(self, precision: str) -> Precision:
-        """An explicit precision, checked; ``auto`` by the written rule (never a timing)."""
-        if precision != "auto":
-            return check_precision(precision, self.device)
-        choice, self.precision_note = auto_precision(self.device, "inference",
-                                                     batch_size=self.batch_size)
-        return choice
-
-    # ----------------------------------------------------------------- inference
     def plan(self, height: int, width: int, *, keep: bool = False) -> TileGrid:
         """The tiles for one slice: the model's tile, or for a model of unknown tile the whole
         slice as one tile when that computes fewer pixels than overlapping tiles. Live preview
@@ -266,12 +433,6 @@ class Synthesizer:
             if whole <= WHOLE_SLICE_MAX and whole * whole < len(tiled.tiles) * self.tile ** 2:
                 return plan_tiles(height, width, whole, 0)
         return tiled
-
-    def window(self, grid: TileGrid) -> np.ndarray:
-        key = (grid.tile, grid.overlap)
-        if key not in self._windows:
-            self._windows[key] = blend_window(grid.tile, grid.overlap)
-        return self._windows[key]
 
     def _infer(self, padded: np.ndarray, origins: list[tuple[int, int]], seed: int, z: int,
                t: int) -> np.ndarray:
@@ -293,204 +454,17 @@ class Synthesizer:
                 d.seeds = None
         return out.float().mean(dim=1).cpu().numpy()
 
-    def _batches(self, items: list[tuple[int, int]]) -> Iterable[list[tuple[int, int]]]:
-        for i in range(0, len(items), self.batch_size):
-            yield items[i : i + self.batch_size]
-
-    # ----------------------------------------------------------------- full synthesis
-    def run(
-        self, mask: np.ndarray, *, seed: int = 0, keep: bool = False
-    ) -> Generator[tuple[int, int], None, np.ndarray]:
-        """Synthesize ``mask``, yielding ``(tiles_done, tiles_total)`` after each batch.
-
-        Returns the uint8 image (``StopIteration.value``; use :meth:`__call__` to just get it).
-        ``keep`` stores every tile's output for :meth:`update` (live preview).
-        """
-        m = validate_mask(mask)
-        slices = [m] if m.ndim == 2 else list(m)
-        grids = [self.plan(s.shape[0], s.shape[1], keep=keep) for s in slices]
-        total = sum(len(g.tiles) for g in grids)
-        done = 0
-        out = np.empty(m.shape, dtype=np.uint8)
-        if keep:
-            self._cache.clear()
-        for z, (s, grid) in enumerate(zip(slices, grids, strict=True)):
-            target = out if m.ndim == 2 else out[z]
-            cache = _Cache(grid, seed, pad_mask(s, grid)) if keep else None
-            padded = cache.padded if cache else pad_mask(s, grid)
-            for n in self._run_slice(padded, grid, seed, z, target, cache):
-                done += n
-                yield done, total
-            if cache is not None:
-                cache.image = target
-                self._cache[z] = cache
-        return out
-
-    def __call__(
-        self, mask: np.ndarray, *, seed: int = 0, keep: bool = False,
-        progress: ProgressFn | None = None,
-    ) -> np.ndarray:
-        """Synthesize a uint8 image of the mask's shape (2-D, or a 3-D stack slice by slice)."""
-        gen = self.run(mask, seed=seed, keep=keep)
-        while True:
-            try:
-                done, total = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if progress is not None:
-                progress(done, total)
-
-    def _run_slice(
-        self, padded: np.ndarray, grid: TileGrid, seed: int, z: int,
-        out: np.ndarray, cache: _Cache | None,
-    ) -> Generator[int, None, None]:
-        """Blend one slice in a rolling buffer one tile high, tiles in row-major order.
-
-        Batches run across rows; a row of the image is written out as soon as no later tile
-        covers it, so memory stays bounded by a row of tiles whatever the image size.
-        """
-        t, win = grid.tile, self.window(grid)
-        num = np.zeros((t, grid.padded_width), dtype=np.float32)
-        den = np.zeros_like(num)
-        acc_y0 = grid.ys[0]
-        for batch in self._batches(grid.tiles):
-            outs = self._infer(padded, batch, seed, z, t)
-            for (y, x), o in zip(batch, outs, strict=True):
-                shift = y - acc_y0
-                if shift:
-                    self._flush(num, den, acc_y0, shift, grid, out)
-                    num[:-shift], den[:-shift] = num[shift:].copy(), den[shift:].copy()
-                    num[-shift:], den[-shift:] = 0.0, 0.0
-                    acc_y0 = y
-                num[:, x : x + t] += win * o
-                den[:, x : x + t] += win
-                if cache is not None:
-                    cache.tiles[(y, x)] = o
-            yield len(batch)
-        self._flush(num, den, acc_y0, t, grid, out)
-
-    @staticmethod
-    def _flush(num: np.ndarray, den: np.ndarray, acc_y0: int, rows: int, grid: TileGrid,
-               out: np.ndarray) -> None:
-        """Write finished padded rows ``[acc_y0, acc_y0 + rows)`` into the image."""
-        y0 = max(acc_y0, grid.top)
-        y1 = min(acc_y0 + rows, grid.top + grid.height)
-        if y0 >= y1:
-            return
-        a, b = y0 - acc_y0, y1 - acc_y0
-        xs = slice(grid.left, grid.left + grid.width)
-        out[y0 - grid.top : y1 - grid.top] = unit_to_uint8(num[a:b, xs] / den[a:b, xs])
-
-    # ----------------------------------------------------------------- live preview
-    def update(
-        self, mask: np.ndarray, *, z: int = 0
-    ) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
-        """Re-synthesize only the tiles whose mask pixels changed since the last kept run.
-
-        Needs a previous call with ``keep=True`` on a mask of the same shape (else it runs a
-        full synthesis and keeps it). Returns the new image (of slice ``z`` for stacks) and the
-        image regions that were recomputed; every pixel outside them is unchanged.
-        """
-        m = validate_mask(mask)
-        cache = self._cache.get(z)
-        if cache is None or (cache.grid.height, cache.grid.width) != m.shape[-2:]:
-            image = self(m, seed=cache.seed if cache else 0, keep=True)
-            image2d = image if image.ndim == 2 else image[z]
-            return image2d, [(slice(0, m.shape[-2]), slice(0, m.shape[-1]))]
-        m2 = m if m.ndim == 2 else m[z]
-        grid, t = cache.grid, cache.grid.tile
-        new_padded = pad_mask(m2, grid)
-        dirty = [
-            (y, x) for y, x in grid.tiles
-            if not np.array_equal(new_padded[y : y + t, x : x + t],
-                                  cache.padded[y : y + t, x : x + t])
-        ]
-        cache.padded = new_padded
-        if not dirty:
-            return cache.image.copy(), []
-        for batch in self._batches(dirty):
-            outs = self._infer(new_padded, batch, cache.seed, z, t)
-            for origin, o in zip(batch, outs, strict=True):
-                cache.tiles[origin] = o
-        image = cache.image.copy()
-        regions = []
-        for y, x in dirty:
-            sl = grid.image_slices(y, x)
-            if sl is None:
-                continue
-            self._reblend(cache, y, x, image)
-            regions.append(sl)
-        cache.image = image
-        return image.copy(), regions
-
-    def _reblend(self, cache: _Cache, y: int, x: int, image: np.ndarray) -> None:
-        """Blend the footprint of tile (y, x) again from the kept outputs of all tiles over it.
-
-        Tiles are added in the same row-major order as a full run, so the result is identical.
-        """
-        grid, t, win = cache.grid, cache.grid.tile, self.window(cache.grid)
-        fy0, fx0 = y, x
-        num = np.zeros((t, t), dtype=np.float32)
-        den = np.zeros_like(num)
-        for ty, tx in grid.tiles:
-            oy0, oy1 = max(ty, fy0), min(ty + t, fy0 + t)
-            ox0, ox1 = max(tx, fx0), min(tx + t, fx0 + t)
-            if oy0 >= oy1 or ox0 >= ox1:
-                continue
-            tile_part = (slice(oy0 - ty, oy1 - ty), slice(ox0 - tx, ox1 - tx))
-            here = (slice(oy0 - fy0, oy1 - fy0), slice(ox0 - fx0, ox1 - fx0))
-            num[here] += win[tile_part] * cache.tiles[(ty, tx)][tile_part]
-            den[here] += win[tile_part]
-        sl = grid.image_slices(y, x)
-        if sl is None:
-            return
-        ys, xs = sl
-        py = slice(ys.start + grid.top - fy0, ys.stop + grid.top - fy0)
-        px = slice(xs.start + grid.left - fx0, xs.stop + grid.left - fx0)
-        image[ys, xs] = unit_to_uint8(num[py, px] / den[py, px])
-
-    def kept(self, z: int = 0) -> bool:
-        """True when tile outputs of slice ``z`` are kept for :meth:`update`."""
-        return z in self._cache
-
-    def tiles_touched(self, region: tuple[slice, slice], *, z: int = 0) -> int:
-        """How many tiles of the kept grid cover an image region (for progress and tests)."""
-        cache = self._cache.get(z)
-        if cache is None:
-            return 0
-        ys, xs = region
-        grid, t = cache.grid, cache.grid.tile
-        n = 0
-        for y, x in grid.tiles:
-            if (y - grid.top < ys.stop and y + t - grid.top > ys.start
-                    and x - grid.left < xs.stop and x + t - grid.left > xs.start):
-                n += 1
-        return n
-
-    # ----------------------------------------------------------------- lifetime
     def describe(self) -> dict[str, Any]:
         """What this synthesizer runs: model, device, precision, tiling."""
         return {
-            "model": self.info.to_dict(),
-            "device": str(self.device),
-            "precision": self.precision,
-            "precision_note": self.precision_note,
+            **super().describe(),
             "tile": self.fixed_tile or f"whole slice up to {WHOLE_SLICE_MAX}, else {self.tile}",
-            "overlap": self.overlap,
-            "batch_size": self.batch_size,
-            "encoding": self.encoding,
-            "stochastic": self.stochastic,
-            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
         }
 
     def close(self) -> None:
-        """Free the model and kept tiles (and GPU memory)."""
-        self._cache.clear()
+        """Free the network, the model and kept tiles (and GPU memory)."""
         self.network = None  # type: ignore[assignment]
-        self.model = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        super().close()
 
 
 def _weight_dtype(device: torch.device, precision: Precision) -> torch.dtype:

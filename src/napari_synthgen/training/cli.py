@@ -1,26 +1,29 @@
 """``napari-synthgen train``: the training engine on the command line (and under torchrun).
 
 Settings come from the defaults, then ``--config FILE`` (YAML/JSON), then the options given on
-the command line. With ``--events jsonl`` every event is one JSON line on stdout for a
-supervising program (the napari train widget); otherwise a progress bar shows on stderr.
+the command line. ``--family`` chooses among the registered model families, whose own options
+(pix2pix: ``--netG``, ``--ngf``...) are added from the registry. With ``--events jsonl`` every
+event is one JSON line on stdout for a supervising program (the napari train widget); otherwise
+a progress bar shows on stderr, with whatever losses the family reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from .. import families
 from .config import TrainConfig
+from .events import Event, Failed
 
-# option -> (config key, type, help); all default to None so that only given options override
+# option -> (config key, type, help) for the settings every family shares; all default to None
+# so that only given options override (each family adds its own, see families.CliOption)
 _OPTIONS: list[tuple[str, str, Any, str]] = [
-    ("--family", "family", str, "model family (pix2pix)"),
     ("--out", "out", str, "output folder for checkpoints, samples and the config"),
     ("--steps", "steps", int, "optimisation steps"),
     ("--epochs", "epochs", int, "passes over the training tiles (instead of --steps)"),
@@ -29,18 +32,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--batch-size", "batch_size", int, "tiles per step and process"),
     ("--val-fraction", "val_fraction", float, "fraction of source images held out"),
     ("--encoding", "encoding", str, "mask encoding: rgb, onehot, label"),
-    ("--netG", "netG", str, "generator: unet_256, unet_128, resnet_9blocks, resnet_6blocks"),
-    ("--ngf", "ngf", int, "generator width"),
-    ("--norm", "norm", str, "batch, instance or none"),
-    ("--output-nc", "output_nc", int, "generator output channels (1, or 3 like the reference)"),
-    ("--netD", "netD", str, "discriminator: basic, n_layers, pixel"),
-    ("--ndf", "ndf", int, "discriminator width"),
-    ("--n-layers-D", "n_layers_D", int, "layers of an n_layers discriminator"),
-    ("--gan-mode", "gan_mode", str, "lsgan, vanilla or hinge"),
-    ("--lambda-l1", "lambda_l1", float, "weight of the L1 loss"),
-    ("--lr", "lr", float, "Adam learning rate"),
-    ("--beta1", "beta1", float, "Adam beta1"),
-    ("--decay-start", "decay_start", float, "fraction of the run before the rate decays"),
+    ("--lr", "lr", float, "learning rate"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
     ("--precision", "precision", str, "auto, fp32, bf16, fp16"),
@@ -52,9 +44,22 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
 _FLAGS: list[tuple[str, str, bool, str]] = [
     ("--flips", "flips", True, "random horizontal/vertical flips"),
     ("--rot90", "rot90", True, "random 90-degree turns"),
-    ("--no-dropout", "dropout", False, "generator without dropout"),
     ("--no-channels-last", "channels_last", False, "plain NCHW memory format"),
 ]
+
+
+def _family_options() -> tuple[list[tuple[str, str, Any, str]], list[tuple[str, str, Any, str]]]:
+    """(options, flags) of every registered family, each flag once (families may share one)."""
+    options: dict[str, tuple[str, str, Any, str]] = {}
+    flags: dict[str, tuple[str, str, Any, str]] = {}
+    for name in families.names():
+        for opt in families.get(name).cli_options:
+            target = flags if opt.is_flag else options
+            if opt.flag in options or opt.flag in flags:
+                continue
+            target[opt.flag] = (opt.flag, opt.key, opt.value if opt.is_flag else opt.type,
+                                opt.help)
+    return list(options.values()), list(flags.values())
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -63,9 +68,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--data", nargs="+", default=None,
                    help="paired folders (images/ + masks/) or reference aligned folders")
     p.add_argument("--val", nargs="+", default=None, help="validation folders (else a split)")
-    for flag, _key, typ, help_ in _OPTIONS:
-        p.add_argument(flag, type=typ, default=None, help=help_)
-    for flag, key, _value, help_ in _FLAGS:
+    p.add_argument("--family", default=None, choices=families.names(),
+                   help=f"model family ({', '.join(families.names())}; default pix2pix)")
+    options, flags = _family_options()
+    for flag, key, typ, help_ in _OPTIONS + options:
+        p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
+    for flag, key, _value, help_ in _FLAGS + flags:
         p.add_argument(flag, dest=key, action="store_const", const=_value, default=None,
                        help=help_)
     p.add_argument("--config", type=Path, default=None, help="YAML or JSON configuration file")
@@ -86,11 +94,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key in ("data", "val"):
         if getattr(args, key) is not None:
             values[key] = list(getattr(args, key))
-    for _flag, key, _typ, _help in _OPTIONS:
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    for _flag, key, _value, _help in _FLAGS:
-        if getattr(args, key) is not None:
+    if args.family is not None:
+        values["family"] = args.family
+    options, flags = _family_options()
+    for _flag, key, _typ, _help in _OPTIONS + options + _FLAGS + flags:
+        if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if values.get("steps") is not None and args.epochs is None and args.steps is not None:
         values["epochs"] = None
@@ -120,14 +128,18 @@ class _StopFlag:
         return self.requested
 
 
-def _print_human(event: dict[str, Any], bar: Any) -> None:
+def _print_human(event: Event, bar: Any) -> None:
     kind = event["event"]
     if kind == "started":
         cfg = event["config"]
+        try:
+            arch = families.get(cfg["family"]).summary(cfg)
+        except families.FamilyError:
+            arch = ""
         bar.reset(total=event["total"])
         bar.update(event["step"])
         bar.write(
-            f"training {cfg['family']} {cfg['netG']} (ngf {cfg['ngf']}) on "
+            f"training {cfg['family']} {arch} on "
             f"{event['n_train_images']} images ({event['n_val_images']} validation), "
             f"{event['total']} steps, {event['device']} {event['precision']}, "
             f"{event['world_size']} process(es)"
@@ -135,10 +147,8 @@ def _print_human(event: dict[str, Any], bar: Any) -> None:
         )
     elif kind == "progress":
         bar.n = event["step"]
-        losses = event["losses"]
-        bar.set_postfix(G_L1=f"{losses['G_L1']:.3f}", G_GAN=f"{losses['G_GAN']:.3f}",
-                        D=f"{0.5 * (losses['D_real'] + losses['D_fake']):.3f}",
-                        tiles_s=f"{event['tiles_per_s']:.1f}", refresh=False)
+        losses = {name: f"{value:.3f}" for name, value in event["losses"].items()}
+        bar.set_postfix(**losses, tiles_s=f"{event['tiles_per_s']:.1f}", refresh=False)
         bar.refresh()
     elif kind == "validation":
         bar.write(f"step {event['step']}: {event['split']} L1 {event['l1']:.2f} grey levels, "
@@ -161,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.validate()
     except ConfigError as exc:
         if args.events:
-            _emit({"event": "failed", "step": 0, "reason": "ConfigError", "message": str(exc)})
+            _emit(Failed(step=0, reason="ConfigError", message=str(exc)))
         else:
             print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -193,10 +203,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return status
 
 
-def _emit(event: dict[str, Any]) -> bool:
+def _emit(event: Event) -> bool:
     """Write one JSON line to stdout; False if the reader has gone away."""
     try:
-        sys.stdout.write(json.dumps(event, default=str) + "\n")
+        sys.stdout.write(event.dumps() + "\n")
         sys.stdout.flush()
         return True
     except (BrokenPipeError, OSError):

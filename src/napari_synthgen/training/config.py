@@ -1,35 +1,61 @@
-"""The training configuration: one dataclass, read from YAML/JSON and overridden by the CLI.
+"""The training configuration: common settings plus the model family's, read from YAML/JSON
+and overridden by the CLI.
 
-Defaults follow the reference pix2pix: U-Net 256 generator with batch norm and dropout,
+:class:`TrainConfig` holds what every family shares (data, output, steps, tiles, batch size,
+flips, learning rate, seed, device, precision, checkpoint cadence...) as dataclass fields, and
+the family's own settings (a dataclass the family registry supplies, e.g. pix2pix's netG, ngf,
+netD...) as ``cfg.settings``. Both read and write flat: ``TrainConfig(netG="unet_128")``,
+``cfg.netG`` and config.yaml files look as they did before families existed, so old files and
+CLI flags keep working; a key of another family is refused by name.
+
+pix2pix defaults follow the reference: U-Net 256 generator with batch norm and dropout,
 PatchGAN (``basic``) discriminator, Adam lr 2e-4 and beta1 0.5, L1 weight 100, a constant rate
 then a linear decay to zero over the second half, no flips.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..families.pix2pix import GAN_MODES
+
+#: kept for callers that listed the families from here; ask ``families.names()`` instead
 FAMILIES = ("pix2pix",)
-GAN_MODES = ("lsgan", "vanilla", "hinge")
+DEFAULT_FAMILY = "pix2pix"
 
 
 class ConfigError(ValueError):
     """A training configuration that cannot run, with what to change."""
 
 
-@dataclass
+def _family(name: str) -> Any:
+    from .. import families
+
+    try:
+        return families.get(name)
+    except families.FamilyError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@dataclass(init=False)
 class TrainConfig:
-    """Everything a training run needs; saved beside its checkpoints."""
+    """Everything a training run needs; saved beside its checkpoints.
+
+    Construct it flat: ``TrainConfig(data=[...], family="pix2pix", netG="unet_128", ...)``;
+    the family's keys go to ``settings``, and the family may change common defaults (its
+    ``defaults``, e.g. another encoding).
+    """
 
     data: list[str] = field(default_factory=list)
     out: str = "runs/pix2pix"
-    family: str = "pix2pix"
+    family: str = DEFAULT_FAMILY
     val: list[str] = field(default_factory=list)
     val_fraction: float = 0.1
     steps: int | None = None
@@ -40,22 +66,7 @@ class TrainConfig:
     flips: bool = False
     rot90: bool = False
     encoding: str = "rgb"
-    netG: str = "unet_256"
-    ngf: int = 64
-    norm: str = "batch"
-    dropout: bool = True
-    output_nc: int = 1
-    netD: str = "basic"
-    ndf: int = 64
-    n_layers_D: int = 3
-    gan_mode: str = "lsgan"
-    lambda_l1: float = 100.0
     lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    decay_start: float = 0.5
-    init_type: str = "normal"
-    init_gain: float = 0.02
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -65,15 +76,83 @@ class TrainConfig:
     log_every: int = 1
     keep_checkpoints: int = 3
     n_preview: int = 4
+    #: the family's own settings (its ``settings`` dataclass)
+    settings: Any = None
 
+    def __init__(self, family: str = DEFAULT_FAMILY, **values: Any) -> None:
+        fam = _family(family)
+        common = {f.name: f for f in dataclasses.fields(self) if f.name != "settings"}
+        own = fam.setting_names()
+        unknown = sorted(k for k in values if k not in common and k not in own)
+        if unknown:
+            raise ConfigError(_unknown_message(unknown, fam, tuple(common)))
+        object.__setattr__(self, "family", family)
+        for name, f in common.items():
+            if name == "family":
+                continue
+            if name in values:
+                value = values[name]
+            elif name in fam.defaults:
+                value = fam.defaults[name]
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                value = f.default
+            object.__setattr__(self, name, value)
+        clash = sorted(set(own) & set(common))
+        if clash:
+            raise ConfigError(f"family {fam.name!r} declares settings that every family shares "
+                              f"({', '.join(clash)}); its settings dataclass must leave them "
+                              "to TrainConfig (set different defaults in Family.defaults).")
+        try:
+            settings = fam.make_settings({k: v for k, v in values.items() if k in own})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{fam.name} settings: {exc}") from None
+        object.__setattr__(self, "settings", settings)
+
+    # ----------------------------------------------------------------- flat access
+    def __getattr__(self, name: str) -> Any:
+        # only called for names that are not common fields: the family's settings
+        settings = self.__dict__.get("settings")
+        if settings is not None and not name.startswith("__") and hasattr(settings, name):
+            return getattr(settings, name)
+        raise AttributeError(
+            f"the {self.__dict__.get('family', '?')} training configuration has no setting "
+            f"{name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "family" and value != self.__dict__.get("family"):
+            raise AttributeError("the family of a TrainConfig is fixed; build a new one "
+                                 "(TrainConfig.from_dict({**cfg.to_dict(), 'family': ...})).")
+        settings = self.__dict__.get("settings")
+        if name not in self.__dataclass_fields__ and settings is not None \
+                and name in {f.name for f in dataclasses.fields(settings)}:
+            setattr(settings, name, value)
+            return
+        if name not in self.__dataclass_fields__:
+            raise AttributeError(
+                f"the {self.__dict__.get('family', '?')} training configuration has no setting "
+                f"{name!r}")
+        object.__setattr__(self, name, value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    @property
+    def family_entry(self) -> Any:
+        """The registry entry of this configuration's family."""
+        return _family(self.family)
+
+    # ----------------------------------------------------------------- checks
     def validate(self) -> TrainConfig:
         """Check values and combinations; raise :class:`ConfigError` saying what to change."""
         from ..encoding import ENCODINGS
-        from ..models.pix2pix import DISCRIMINATORS, GENERATORS, NORMS, size_divisor
 
+        fam = self.family_entry
         problems = []
-        if self.family not in FAMILIES:
-            problems.append(f"family {self.family!r} is not available; use one of {FAMILIES}.")
         if not self.data:
             problems.append("no training data: give at least one folder (--data DIR).")
         if (self.steps is None) == (self.epochs is None):
@@ -82,28 +161,17 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 problems.append(f"{name} must be at least 1; got {v}.")
-        if self.netG not in GENERATORS:
-            problems.append(f"netG {self.netG!r} unknown; use one of {', '.join(GENERATORS)}.")
-        elif self.tile % size_divisor(self.netG):
-            problems.append(f"tile {self.tile} must be a multiple of {size_divisor(self.netG)} "
-                            f"for {self.netG}.")
-        if self.norm not in NORMS:
-            problems.append(f"norm {self.norm!r} unknown; use one of {', '.join(NORMS)}.")
-        if self.netD not in DISCRIMINATORS:
-            problems.append(f"netD {self.netD!r} unknown; use one of {', '.join(DISCRIMINATORS)}.")
-        if self.gan_mode not in GAN_MODES:
-            problems.append(f"gan_mode {self.gan_mode!r} unknown; use one of {GAN_MODES}.")
+        if not isinstance(self.settings, fam.settings):
+            problems.append(f"the settings are not {self.family} settings; build the "
+                            "configuration again.")
+        else:
+            problems.extend(fam.validate(self))
         if self.encoding not in ENCODINGS:
             problems.append(f"encoding {self.encoding!r} unknown; use one of {ENCODINGS}.")
-        if self.output_nc not in (1, 3):
-            problems.append(f"output_nc must be 1 or 3; got {self.output_nc}.")
-        for name in ("batch_size", "ngf", "ndf", "tile", "checkpoint_every", "sample_every",
-                     "log_every", "keep_checkpoints"):
+        for name in ("batch_size", "tile", "checkpoint_every", "sample_every", "log_every",
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1; got {getattr(self, name)}.")
-        if not 0.0 <= self.decay_start <= 1.0:
-            problems.append(
-                f"decay_start is a fraction of the run in [0, 1]; got {self.decay_start}.")
         if self.lr <= 0:
             problems.append(f"lr must be positive; got {self.lr}.")
         if problems:
@@ -111,8 +179,16 @@ class TrainConfig:
                 "the training configuration has problems:\n  " + "\n  ".join(problems))
         return self
 
+    # ----------------------------------------------------------------- files
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The flat configuration: common keys and the family's (as config.yaml holds it)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "settings"}
+        values.update(dataclasses.asdict(self.settings))
+        order = self.family_entry.config_order
+        if order:
+            values = {**{k: values[k] for k in order if k in values}, **values}
+        return {k: _plain(copy.deepcopy(v)) for k, v in values.items()}
 
     def save(self, path: str | Path) -> Path:
         """Write the effective configuration as YAML (atomically)."""
@@ -124,18 +200,20 @@ class TrainConfig:
         return dest
 
     @classmethod
+    def known_keys(cls, family: str = DEFAULT_FAMILY) -> tuple[str, ...]:
+        """The keys a configuration of ``family`` accepts."""
+        common = tuple(f.name for f in dataclasses.fields(cls) if f.name != "settings")
+        return common + _family(family).setting_names()
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a mapping, refusing unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}; known keys are "
-                              f"{', '.join(sorted(known))}.")
+        """Build from a flat mapping, refusing unknown keys by name."""
         values = dict(values)
+        family = values.pop("family", DEFAULT_FAMILY)
         for key in ("data", "val"):
             if isinstance(values.get(key), str):
                 values[key] = [values[key]]
-        return cls(**values)
+        return cls(family=family, **values)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -149,3 +227,27 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: a configuration file holds a mapping of keys to values.")
         return cls.from_dict(values)
+
+
+def _plain(value: Any) -> Any:
+    """Lists for tuples, so that YAML stays plain."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _unknown_message(unknown: list[str], fam: Any, common: tuple[str, ...]) -> str:
+    """Unknown keys, saying which family a key belongs to when it is another family's."""
+    from .. import families
+
+    others = []
+    for key in unknown:
+        owners = [n for n in families.names()
+                  if n != fam.name and key in families.get(n).setting_names()]
+        if owners:
+            others.append(f"{key} is a {' / '.join(owners)} setting")
+    where = f" ({'; '.join(others)}; this configuration is {fam.name})" if others else ""
+    known = sorted(common + fam.setting_names())
+    return (f"unknown configuration keys: {', '.join(unknown)}{where}; known keys are "
+            f"{', '.join(known)}.")
+
+
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "GAN_MODES", "ConfigError", "TrainConfig"]

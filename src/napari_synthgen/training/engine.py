@@ -1,10 +1,12 @@
 """The training loop, once for every model family: events, checkpoints, resume, stop, multi-GPU.
 
-``train(config)`` is a generator of events (plain dicts with an ``"event"`` key): ``started``,
-``progress``, ``sample``, ``validation``, ``checkpoint``, ``finished`` and ``failed``. The CLI
-prints them (or writes them as JSON lines for a supervising program such as the napari train
-widget); a notebook can iterate over them. Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop
-trains data-parallel with torch DDP; only rank 0 writes files and yields events.
+``train(config)`` is a generator of events (:mod:`.events`: ``started``, ``progress``,
+``sample``, ``validation``, ``checkpoint``, ``finished`` and ``failed``; each also reads like
+the dict of its JSON). The CLI prints them (or writes them as JSON lines for a supervising
+program such as the napari train widget); a notebook can iterate over them. The model family
+(from the registry) supplies the trainer: its step, previews, state and model file. Under
+``torchrun`` (``WORLD_SIZE`` > 1) the same loop trains data-parallel with torch DDP; only rank
+0 writes files and yields events.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..devices import (
 from ..encoding import unit_to_uint8
 from ..io import DiskFullError, atomic_path, write_array
 from ..masks import to_palette
+from . import events as ev
 from .config import ConfigError, TrainConfig
 from .data import (
     DataError,
@@ -46,16 +49,12 @@ from .data import (
     split_validation,
 )
 
-Event = dict[str, Any]
+Event = ev.Event
 STATE_SUFFIX = ".state.pt"
 
 
 class TrainingError(RuntimeError):
     """A run that cannot start or continue, with what to do."""
-
-
-def _event(kind: str, step: int, **fields: Any) -> Event:
-    return {"event": kind, "step": step, "time": time.time(), **fields}
 
 
 # --------------------------------------------------------------------------- distributed
@@ -159,12 +158,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-_ARCH_KEYS = ("family", "netG", "ngf", "norm", "dropout", "output_nc", "encoding", "netD", "ndf",
-              "n_layers_D", "tile")
+def arch_keys(cfg: TrainConfig) -> tuple[str, ...]:
+    """The settings a resume of ``cfg`` must keep: family, encoding and tile for every family,
+    and the family's own ``arch_keys``."""
+    return ("family", *cfg.family_entry.arch_keys, "encoding", "tile")
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in _ARCH_KEYS
+    # a checkpoint of a pix2pix run written before families existed always says its family
+    keys = ("family",) if saved.get("family") != cfg.family else arch_keys(cfg)
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in keys
             if saved.get(k) != getattr(cfg, k)]
     if diff:
         raise TrainingError("cannot resume: the checkpoint was trained with another architecture "
@@ -216,6 +219,10 @@ class _Run:
         self.total = cfg.steps or cfg.epochs * self.sampler.steps_per_epoch()
         self.stats = intensity_stats(train_s)
         self.classes = class_stats(train_s)
+        from ..quality import reference_record
+
+        # what the curation figures compare synthetic samples with, stored in the model
+        self.reference = reference_record((s.image, s.mask) for s in train_s)
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "checkpoints").mkdir(exist_ok=True)
@@ -238,10 +245,8 @@ class _Run:
         self.precision, self.precision_note = self.dist.broadcast(
             (self.precision, self.precision_note))
         torch.manual_seed(cfg.seed)
-        from .pix2pix import Pix2PixModel
-
-        self.model = Pix2PixModel(cfg, self.device, self.precision, self.total,
-                                  ddp=self.dist.active)
+        self.model = cfg.family_entry.build_trainer(cfg, self.device, self.precision,
+                                                    self.total, self.dist.active)
         self.step = 0
         resumed = None
         if saved is not None:
@@ -250,8 +255,8 @@ class _Run:
         self.preview_masks, self.preview_images = fixed_tiles(preview_from, cfg.tile,
                                                               cfg.n_preview)
         self.preview_split = "validation" if val_s else "train"
-        return _event(
-            "started", self.step, total=self.total, resumed_from=resumed,
+        return ev.Started(
+            step=self.step, total=self.total, resumed_from=resumed,
             device=str(self.device), precision=self.precision,
             precision_note=self.precision_note, world_size=self.dist.world,
             n_train_images=len(train_s), n_val_images=len(val_s),
@@ -306,9 +311,7 @@ class _Run:
 
     # ----------------------------------------------------------------- saving
     def save_checkpoint(self) -> Event:
-        """Write generator + state atomically, point latest.json at them, prune old ones."""
-        from ..models.checkpoints import save_model
-
+        """Write the model file + state atomically, point latest.json at them, prune old ones."""
         step = self.step
         g_path, s_path = checkpoint_paths(self.out, step)
         state = {"model": self.model.state_dict(), "step": step, "rng": _rng_state(),
@@ -318,7 +321,8 @@ class _Run:
         with atomic_path(s_path) as tmp:
             torch.save(state, tmp)
         meta = {
-            "intensity": self.stats, "classes": self.classes, "config": self.cfg.to_dict(),
+            "intensity": self.stats, "classes": self.classes,
+            "reference_stats": self.reference, "config": self.cfg.to_dict(),
             "step": step, "precision": self.precision, "precision_rule": self.precision_note,
             "provenance": {
                 "plugin_version": __version__, "torch_version": torch.__version__,
@@ -330,14 +334,13 @@ class _Run:
                 "history": self.history,
             },
         }
-        save_model(g_path, self.model.generator, self.model.spec, encoding=self.cfg.encoding,
-                   tile=self.cfg.tile, metadata=meta)
+        self.model.save_model(g_path, meta)
         with atomic_path(self.out / "latest.json") as tmp:
             tmp.write_text(json.dumps({"step": step, "generator": g_path.name,
                                        "state": f"checkpoints/{s_path.name}"}), encoding="utf-8")
         self.last_checkpoint = (step, str(g_path))
         self._prune()
-        return _event("checkpoint", step, path=str(g_path), state=str(s_path))
+        return ev.Checkpoint(step=step, path=str(g_path), state=str(s_path))
 
     def _prune(self) -> None:
         for step, old in _state_steps(self.out)[: -self.cfg.keep_checkpoints]:
@@ -363,10 +366,10 @@ class _Run:
         ssim = float(np.mean([structural_similarity(f, r, data_range=255)
                               for f, r in zip(fake8, real8, strict=True)]))
         return [
-            _event("sample", self.step, path=str(path), layout="mask | generated | real",
-                   split=self.preview_split),
-            _event("validation", self.step, split=self.preview_split, l1=l1, ssim=ssim,
-                   mean_generated=float(fake8.mean()), mean_real=float(real8.mean())),
+            ev.Sample(step=self.step, path=str(path), layout="mask | generated | real",
+                      split=self.preview_split),
+            ev.Validation(step=self.step, split=self.preview_split, l1=l1, ssim=ssim,
+                          mean_generated=float(fake8.mean()), mean_real=float(real8.mean())),
         ]
 
     # ----------------------------------------------------------------- loop
@@ -378,8 +381,8 @@ class _Run:
             if self.dist.any(self.stop()):
                 if main:
                     yield self.save_checkpoint()
-                    yield _event("finished", self.step, reason="stopped",
-                                 checkpoint=self.last_checkpoint[1], total=self.total)
+                    yield ev.Finished(step=self.step, reason="stopped",
+                                      checkpoint=self.last_checkpoint[1], total=self.total)
                 return
             t0 = time.perf_counter()
             masks, images = self.sampler.batch(self.step)
@@ -388,8 +391,8 @@ class _Run:
                 if not main:
                     return
                 last = self.last_checkpoint
-                yield _event(
-                    "failed", self.step + 1, reason="non-finite loss", losses=result.losses,
+                yield ev.Failed(
+                    step=self.step + 1, reason="non-finite loss", losses=result.losses,
                     checkpoint=last[1] if last else None,
                     message=(f"the loss became NaN or infinite at step {self.step + 1} "
                              f"({_fmt(result.losses)}); training stopped. "
@@ -403,8 +406,8 @@ class _Run:
             ema = dt if ema is None else 0.9 * ema + 0.1 * dt
             if main and (self.step % cfg.log_every == 0 or self.step == self.total):
                 elapsed = time.perf_counter() - started
-                yield _event(
-                    "progress", self.step, total=self.total, losses=result.losses, lr=self.model.lr,
+                yield ev.Progress(
+                    step=self.step, total=self.total, losses=result.losses, lr=self.model.lr,
                     tiles_per_s=self.sampler.global_batch / max(ema, 1e-9),
                     seconds_per_step=ema, eta_s=ema * (self.total - self.step),
                     elapsed_s=elapsed, epoch=self.step / self.sampler.steps_per_epoch(),
@@ -416,8 +419,8 @@ class _Run:
                 yield self.save_checkpoint()
         if main:
             yield self.save_checkpoint()
-            yield _event("finished", self.step, reason="completed",
-                         checkpoint=self.last_checkpoint[1], total=self.total)
+            yield ev.Finished(step=self.step, reason="completed",
+                              checkpoint=self.last_checkpoint[1], total=self.total)
 
 
 def _fmt(losses: dict[str, float]) -> str:
@@ -433,7 +436,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
     they are not raised.
     """
     run: _Run | None = None
-    failure: Event | None = None
+    failure: ev.Failed | None = None
     try:
         run = _Run(config, resume, stop)
         event = run.setup()
@@ -460,11 +463,13 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
             print(f"rank {rank}: {failure['message']}", file=sys.stderr, flush=True)
 
 
-def _failed(run: _Run | None, reason: str, message: str, **extra: Any) -> Event:
+def _failed(run: _Run | None, reason: str, message: str, traceback: str | None = None
+            ) -> ev.Failed:
     """The ``failed`` event: what happened, and the last good checkpoint if there is one."""
     step = getattr(run, "step", 0) if run is not None else 0
     last = run.last_checkpoint[1] if run and run.last_checkpoint else None
-    return _event("failed", step, reason=reason, message=message, checkpoint=last, **extra)
+    return ev.Failed(step=step, reason=reason, message=message, checkpoint=last,
+                     traceback=traceback)
 
 
 def _last_note(run: _Run | None) -> str:
@@ -474,4 +479,4 @@ def _last_note(run: _Run | None) -> str:
     return "No checkpoint was written in this run."
 
 
-__all__ = ["Event", "TrainConfig", "TrainingError", "latest_checkpoint", "train"]
+__all__ = ["Event", "TrainConfig", "TrainingError", "arch_keys", "latest_checkpoint", "train"]

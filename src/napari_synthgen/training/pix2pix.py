@@ -8,7 +8,9 @@ code runs under DDP, where only the wrapped modules synchronise gradients.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 
 from ..devices import Precision, autocast
 from ..encoding import encode_masks, encoding_lut, n_channels
+from ..families.base import StepResult
 from ..models.pix2pix import GeneratorSpec, build_discriminator, build_generator, init_weights
 from .config import TrainConfig
 
@@ -53,14 +56,6 @@ def cpu_memory_format(precision: Precision, channels_last: bool = True) -> torch
     return torch.contiguous_format
 
 
-@dataclass
-class StepResult:
-    """Losses of one step (floats) and the fake batch (for previews)."""
-
-    losses: dict[str, float]
-    finite: bool
-
-
 class _PairD(nn.Module):
     """D applied to a fake and a real batch in one forward, as DDP needs one forward per backward.
 
@@ -77,7 +72,8 @@ class _PairD(nn.Module):
 
 
 class Pix2PixModel:
-    """Generator, discriminator, optimisers, schedulers and the step, for one device."""
+    """Generator, discriminator, optimisers, schedulers and the step, for one device (the
+    pix2pix family's trainer; see :class:`~napari_synthgen.families.Trainer`)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, precision: Precision,
                  total_steps: int, ddp: bool = False) -> None:
@@ -217,3 +213,10 @@ class Pix2PixModel:
     @property
     def generator(self) -> nn.Module:
         return self.G_raw
+
+    def save_model(self, path: str | os.PathLike, metadata: Mapping[str, Any]) -> Path:
+        """Write the generator file synthesis loads (its spec, encoding and tile in the header)."""
+        from ..models.checkpoints import save_model
+
+        return save_model(path, self.G_raw, self.spec, encoding=self.cfg.encoding,
+                          tile=self.cfg.tile, metadata=metadata)

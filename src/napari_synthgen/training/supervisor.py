@@ -9,16 +9,14 @@ killed. If the supervisor dies, the trainer notices its closed stdout, saves and
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from .config import TrainConfig
+from .events import Event, Failed, from_json
 
 STOP_FILE = ".stop-request"
 
@@ -48,33 +46,33 @@ class TrainerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log,
                                      stdin=subprocess.DEVNULL, text=True, bufsize=1, env=env)
-        self.last_event: dict[str, Any] | None = None
+        self.last_event: Event | None = None
 
     @property
     def running(self) -> bool:
         return self.proc.poll() is None
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        """Events as the trainer writes them; ends when it exits (with a ``failed`` event if it
-        died without saying why)."""
+    def events(self) -> Iterator[Event]:
+        """Events as the trainer writes them (typed, see :mod:`.events`); ends when it exits
+        (with a ``failed`` event if it died without saying why)."""
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             line = line.strip()
             if not line.startswith("{"):
                 continue
             try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
+                event = from_json(line)
+            except ValueError:  # not an event (a library printed to stdout)
                 continue
             self.last_event = event
             yield event
         code = self.proc.wait()
         self._log.close()
-        if self.last_event is None or self.last_event["event"] not in ("finished", "failed"):
-            yield {"event": "failed", "step": (self.last_event or {}).get("step", 0),
-                   "reason": "process ended", "time": time.time(),
-                   "message": f"the trainer process ended with code {code} before finishing; "
-                              f"see {self.log_path}:\n{self.log_tail()}"}
+        if self.last_event is None or self.last_event.kind not in ("finished", "failed"):
+            yield Failed(step=self.last_event.step if self.last_event else 0,
+                         reason="process ended",
+                         message=f"the trainer process ended with code {code} before "
+                                 f"finishing; see {self.log_path}:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 15) -> str:
         try:

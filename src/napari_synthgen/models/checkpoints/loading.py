@@ -1,4 +1,8 @@
-"""Loading any supported model file (or folder) into a ready generator, and what it holds."""
+"""Loading any supported model file (or folder) into a ready network, and what it holds.
+
+The file's header names its model family (a foreign checkpoint is pix2pix); the family
+registry's entry builds the network (:func:`load_pix2pix` for pix2pix).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...io import sha256_file
 from ...masks import known_classes
 from ..pix2pix import RESNET_BLOCKS, GeneratorSpec, build_generator
 from .common import (
-    FAMILY,
     REFERENCE_NAME,
     CheckpointError,
     _Resolved,
     default_encoding,
     validate_encoding,
 )
-from .ours import _parse_ours
-from .reading import _Raw, _read
+from .ours import _parse_pix2pix_doc, our_header
+from .reading import _read
 from .reference import _detect, describe_spec
 
 
@@ -30,12 +34,14 @@ class ModelInfo:
     """What a model file holds and how it was recognised; backs ``napari-synthgen inspect``."""
 
     family: str
-    netG: str
-    ngf: int
-    norm: str
+    #: pix2pix generator, width and norm; None for other families (see ``details``)
+    netG: str | None
+    ngf: int | None
+    norm: str | None
     input_nc: int
     output_nc: int
-    dropout: bool | str
+    #: pix2pix dropout: True, False or 'unknown'; None for other families
+    dropout: bool | str | None
     encoding: str
     encoding_source: str
     tile: int | None
@@ -47,20 +53,41 @@ class ModelInfo:
     classes: dict[int, float] | None = None
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: family-specific description for ``inspect`` (e.g. diffusion: schedule, prediction,
+    #: EMA, steps trained); empty for pix2pix, whose fields are above
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (dropout is True, False or the string 'unknown';
         classes None when unknown, as for reference checkpoints)."""
         return asdict(self)
 
+    @property
+    def architecture(self) -> str:
+        """The network in a few words: 'unet_256' for pix2pix, else ``details['architecture']``
+        or the family name."""
+        return self.netG or str(self.details.get("architecture") or self.family)
+
+    def short(self) -> str:
+        """'unet_256 ngf 16' (pix2pix) or '<family> <architecture>' for log lines."""
+        if self.netG is not None:
+            return f"{self.netG} ngf {self.ngf}"
+        arch = self.details.get("architecture")
+        return f"{self.family} {arch}" if arch else self.family
+
 
 @dataclass
 class LoadedModel:
-    """A generator ready for inference (CPU, float32, eval mode) with what is known about it."""
+    """A network ready for inference (CPU, float32, eval mode) with what is known about it.
+
+    ``spec`` is the family's description of the architecture (a GeneratorSpec for pix2pix);
+    ``parts`` holds whatever else a family needs to synthesize (e.g. a scheduler config).
+    """
 
     network: nn.Module
     info: ModelInfo
-    spec: GeneratorSpec
+    spec: GeneratorSpec | Any
+    parts: dict[str, Any] = field(default_factory=dict)
 
 
 def _newest(files: list[Path]) -> Path:
@@ -114,12 +141,12 @@ def _resolve_file(source: str | os.PathLike) -> tuple[Path, list[str]]:
     return path, notes
 
 
-def _resolve(raw: _Raw) -> _Resolved:
-    ours = _parse_ours(raw)
-    if ours is not None:
-        return ours
-    found = _detect(raw.tensors)
-    if raw.kind == "safetensors":
+def _resolve(tensors: dict[str, torch.Tensor], doc: dict[str, Any] | None, kind: str
+             ) -> _Resolved:
+    if doc is not None:
+        return _parse_pix2pix_doc(tensors, doc)
+    found = _detect(tensors)
+    if kind == "safetensors":
         found.format = "reference-safetensors"
     return found
 
@@ -183,33 +210,94 @@ def load_model(
     """Load a reference ``.pth``, a napari-synthgen ``.safetensors``, a folder holding one, or
     a bundled model by name ("demo", see :data:`napari_synthgen.sample_data.BUNDLED_MODELS`).
 
-    The generator is detected (reference files) or read from the header (ours), loaded with
-    strict key matching, and returned float32, on the CPU, in eval mode. ``encoding``
-    overrides the mask encoding; ``dropout`` sets U-Net dropout, which files cannot show.
+    The header of our files names the model family, whose registry entry builds the network;
+    foreign files are pix2pix generators, detected from their keys. The network is loaded with
+    strict key matching and returned float32, on the CPU, in eval mode. ``encoding``
+    overrides the mask encoding; ``dropout`` sets pix2pix U-Net dropout, which files cannot show.
     """
+    from ... import families
+
     file, notes = _resolve_file(path)
     raw = _read(file)
     try:
-        found = _resolve(raw)
-        dropout_info = _apply_dropout(found, dropout)
-        enc, enc_source = _resolve_encoding(found, encoding)
-        network = _instantiate(found)
+        found = our_header(raw.header)
+        name, doc = found if found is not None else ("pix2pix", None)
+        try:
+            family = families.get(name)
+        except families.FamilyError:
+            raise CheckpointError(
+                f"it holds a {name!r} model, which this napari-synthgen does not know (known "
+                f"families: {', '.join(families.names())}). Update napari-synthgen to load it."
+            ) from None
+        return family.load(raw.tensors, doc, file=file, kind=raw.kind,
+                           notes=notes + raw.notes, encoding=encoding, dropout=dropout)
     except CheckpointError as exc:
         raise CheckpointError(f"{file}: {exc}") from None
-    notes += raw.notes + found.notes
+
+
+def load_pix2pix(tensors: dict[str, torch.Tensor], doc: dict[str, Any] | None, *,
+                 file: Path, kind: str, notes: list[str], encoding: str | None,
+                 dropout: bool | None) -> LoadedModel:
+    """The pix2pix family's loading: our header's generator spec, or detection from the keys."""
+    found = _resolve(tensors, doc, kind)
+    dropout_info = _apply_dropout(found, dropout)
+    enc, enc_source = _resolve_encoding(found, encoding)
+    network = _instantiate(found)
+    notes = notes + found.notes
     extra = _train_mode_note(found, dropout_info)
     if extra:
         notes.append(extra)
-    info = ModelInfo(
-        family=FAMILY, netG=found.spec.netG, ngf=found.spec.ngf, norm=found.spec.norm,
-        input_nc=found.spec.input_nc, output_nc=found.spec.output_nc, dropout=dropout_info,
-        encoding=enc, encoding_source=enc_source, tile=found.tile,
-        params=sum(p.numel() for p in network.parameters()), format=found.format,
-        path=str(file), sha256=sha256_file(file),
-        classes=known_classes(found.metadata.get("classes")), notes=notes,
-        metadata=found.metadata,
+    info = model_info(
+        "pix2pix", file, network, netG=found.spec.netG, ngf=found.spec.ngf,
+        norm=found.spec.norm, input_nc=found.spec.input_nc, output_nc=found.spec.output_nc,
+        dropout=dropout_info, encoding=enc, encoding_source=enc_source, tile=found.tile,
+        format=found.format, notes=notes, metadata=found.metadata,
     )
     return LoadedModel(network=network, info=info, spec=found.spec)
+
+
+def model_info(family: str, file: Path, network: nn.Module, *, input_nc: int, output_nc: int,
+               encoding: str, encoding_source: str, tile: int | None, format: str,
+               notes: list[str], metadata: dict[str, Any], netG: str | None = None,
+               ngf: int | None = None, norm: str | None = None,
+               dropout: bool | str | None = None, details: dict[str, Any] | None = None
+               ) -> ModelInfo:
+    """A ModelInfo with what every family shares filled in: parameters, path, SHA-256 and the
+    class record of ``metadata`` (for families' ``load``)."""
+    return ModelInfo(
+        family=family, netG=netG, ngf=ngf, norm=norm, input_nc=input_nc, output_nc=output_nc,
+        dropout=dropout, encoding=encoding, encoding_source=encoding_source, tile=tile,
+        params=sum(p.numel() for p in network.parameters()), format=format,
+        path=str(file), sha256=sha256_file(file),
+        classes=known_classes(metadata.get("classes")), notes=notes, metadata=metadata,
+        details=dict(details or {}),
+    )
+
+
+def model_family(source: str | os.PathLike) -> str | None:
+    """The family a model file names, read from its header alone (no weights): 'pix2pix'
+    for foreign files, None when the source cannot be read (loading then says why)."""
+    import json
+
+    from .common import METADATA_KEY
+
+    try:
+        file, _ = _resolve_file(source)
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8 or head.startswith((b"PK", b"\x80")):  # torch zip or pickle
+                return "pix2pix"
+            size = int.from_bytes(head, "little")
+            if not 0 < size <= 100_000_000:
+                return "pix2pix"
+            header = json.loads(fh.read(size))
+        text = header.get("__metadata__", {}).get(METADATA_KEY)
+        if text is None:
+            return "pix2pix"
+        family = json.loads(text).get("family")
+        return family if isinstance(family, str) else None
+    except (CheckpointError, OSError, ValueError, AttributeError):
+        return None
 
 
 def inspect_model(path: str | os.PathLike, *, encoding: str | None = None) -> dict[str, Any]:

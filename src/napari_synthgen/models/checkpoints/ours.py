@@ -25,7 +25,7 @@ from .common import (
     _Resolved,
     validate_encoding,
 )
-from .reading import _Raw, _strip_prefixes
+from .reading import _strip_prefixes
 from .reference import _check_fit, _detect, describe_spec
 
 
@@ -48,16 +48,18 @@ def _check_tile(tile: object) -> int | None:
 
 
 def _header(
-    spec: GeneratorSpec, encoding: str, tile: int | None, metadata: Mapping[str, Any] | None
+    family: str, entries: Mapping[str, Any], encoding: str, tile: int | None,
+    metadata: Mapping[str, Any] | None,
 ) -> str:
+    """The JSON of our header: format, family, the family's entries, encoding, tile, metadata."""
     extra = dict(metadata or {})
-    clash = [k for k in _RESERVED if k in extra]
+    clash = [k for k in (*_RESERVED, *entries) if k in extra]
     if clash:
         raise CheckpointError(
             f"metadata may not set {', '.join(clash)}: save_model writes these itself."
         )
     doc = {
-        "format_version": FORMAT_VERSION, "family": FAMILY, "generator": asdict(spec),
+        "format_version": FORMAT_VERSION, "family": family, **entries,
         "encoding": encoding, "tile": tile, **extra,
     }
     try:
@@ -109,7 +111,38 @@ def save_model(
     except CheckpointError as exc:
         raise CheckpointError(f"cannot save {dest.name}: the network does not match its spec; "
                               f"{exc}") from None
-    header = _header(spec, encoding, _check_tile(tile), metadata)
+    header = _header(FAMILY, {"generator": asdict(spec)}, encoding, _check_tile(tile), metadata)
+    with atomic_path(dest) as tmp:
+        save_file(tensors, tmp, metadata={METADATA_KEY: header})
+    return dest
+
+
+def save_family_model(
+    path: str | os.PathLike,
+    network: nn.Module,
+    *,
+    family: str,
+    entries: Mapping[str, Any],
+    encoding: str,
+    tile: int | None,
+    metadata: Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Save a model of any family in our format, atomically: ``network``'s weights and a
+    header with the family name, the family's own ``entries`` (what rebuilds the network,
+    e.g. a diffusers config), the mask encoding, the tile and ``metadata``.
+
+    The family's ``load`` reads the entries back (see :func:`our_header`).
+    """
+    from safetensors.torch import save_file
+
+    dest = Path(path)
+    if dest.suffix.lower() != ".safetensors":
+        raise CheckpointError(f"{dest}: napari-synthgen models are saved as .safetensors files.")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise CheckpointError(f"weights are saved as float32, float16 or bfloat16; got {dtype}.")
+    header = _header(family, entries, encoding, _check_tile(tile), metadata)
+    tensors = _tensors_for_saving(network, dtype)
     with atomic_path(dest) as tmp:
         save_file(tensors, tmp, metadata={METADATA_KEY: header})
     return dest
@@ -119,8 +152,8 @@ _SPEC_FIELDS = tuple(f.name for f in fields(GeneratorSpec))
 _RESAVE = "the file is incomplete or was altered; save the model again"
 
 
-def _spec_from_doc(doc: Mapping[str, Any]) -> GeneratorSpec:
-    """The generator spec of a napari-synthgen header, or a CheckpointError saying what is off."""
+def _check_doc(doc: Mapping[str, Any]) -> str:
+    """The family of a napari-synthgen header, after checking its format version."""
     version = doc.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(
@@ -135,8 +168,13 @@ def _spec_from_doc(doc: Mapping[str, Any]) -> GeneratorSpec:
     family = doc.get("family")
     if family is None:
         raise CheckpointError(f"its napari-synthgen header names no model family; {_RESAVE}.")
-    if family != FAMILY:
-        raise CheckpointError(f"it holds a {family!r} model; only pix2pix is known.")
+    if not isinstance(family, str):
+        raise CheckpointError(f"its model family {family!r} is not a name; {_RESAVE}.")
+    return family
+
+
+def _spec_from_doc(doc: Mapping[str, Any]) -> GeneratorSpec:
+    """The generator spec of a pix2pix header, or a CheckpointError saying what is off."""
     gen = doc.get("generator")
     if gen is None:
         raise CheckpointError(
@@ -168,9 +206,10 @@ def _guess(sd: dict[str, torch.Tensor]) -> str:
         return ""
 
 
-def _parse_ours(raw: _Raw) -> _Resolved | None:
-    """The spec, encoding and metadata of a napari-synthgen file; None for other files."""
-    text = raw.header.get(METADATA_KEY)
+def our_header(header: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
+    """(family, header document) of a napari-synthgen file's safetensors header; None for
+    other files. The format version and the family entry are checked."""
+    text = header.get(METADATA_KEY)
     if text is None:
         return None
     try:
@@ -180,17 +219,27 @@ def _parse_ours(raw: _Raw) -> _Resolved | None:
                               "damaged. Save the model again.") from None
     if not isinstance(doc, dict):
         raise CheckpointError("its napari-synthgen header is not a JSON object.")
+    return _check_doc(doc), doc
+
+
+def family_metadata(doc: Mapping[str, Any], entries: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The metadata of a header: everything but the reserved keys and the family's entries."""
+    return {k: v for k, v in doc.items() if k not in _RESERVED and k not in entries}
+
+
+def _parse_pix2pix_doc(tensors: dict[str, torch.Tensor], doc: Mapping[str, Any]) -> _Resolved:
+    """The spec, encoding and metadata of a pix2pix header whose tensors are ``tensors``."""
     spec = _spec_from_doc(doc)
     try:
-        _check_fit(raw.tensors, spec)
+        _check_fit(tensors, spec)
     except CheckpointError as exc:
         raise CheckpointError(
             f"its metadata says {describe_spec(spec)}, but the tensors do not fit: {exc}"
-            f"{_guess(raw.tensors)} The file was altered; save the model again."
+            f"{_guess(tensors)} The file was altered; save the model again."
         ) from None
     notes = [f"napari-synthgen model: {describe_spec(spec)}"]
     metadata = {k: v for k, v in doc.items() if k not in _RESERVED}
     return _Resolved(
-        spec, True, raw.tensors, "synthgen-safetensors", notes,
+        spec, True, tensors, "synthgen-safetensors", notes,
         encoding=doc.get("encoding"), tile=_check_tile(doc.get("tile")), metadata=metadata,
     )

@@ -1,0 +1,130 @@
+"""pix2pix as a model family: today's generator + PatchGAN, its settings, files and synthesizer.
+
+Nothing here changes what pix2pix does; this module only tells the shared machinery where the
+pix2pix parts are (training/pix2pix.py, models/checkpoints, synthesis.Pix2PixSynthesizer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import register
+from .base import CliOption, Family
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+    from ..models.checkpoints import LoadedModel
+    from ..training.config import TrainConfig
+
+GAN_MODES = ("lsgan", "vanilla", "hinge")
+
+
+@dataclass
+class Pix2PixSettings:
+    """pix2pix training settings; defaults follow the reference implementation."""
+
+    netG: str = "unet_256"
+    ngf: int = 64
+    norm: str = "batch"
+    dropout: bool = True
+    output_nc: int = 1
+    netD: str = "basic"
+    ndf: int = 64
+    n_layers_D: int = 3
+    gan_mode: str = "lsgan"
+    lambda_l1: float = 100.0
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_start: float = 0.5
+    init_type: str = "normal"
+    init_gain: float = 0.02
+
+
+class Pix2PixFamily(Family):
+    """Mask -> image with a U-Net/ResNet generator trained against a PatchGAN (+ L1)."""
+
+    name = "pix2pix"
+    settings = Pix2PixSettings
+    arch_keys = ("netG", "ngf", "norm", "dropout", "output_nc", "netD", "ndf", "n_layers_D")
+    loss_names = ("G_GAN", "G_L1", "D_real", "D_fake")
+    cli_options = (
+        CliOption("--netG", "netG", str,
+                  "pix2pix generator: unet_256, unet_128, resnet_9blocks, resnet_6blocks"),
+        CliOption("--ngf", "ngf", int, "pix2pix generator width"),
+        CliOption("--norm", "norm", str, "pix2pix norm: batch, instance or none"),
+        CliOption("--output-nc", "output_nc", int,
+                  "pix2pix generator output channels (1, or 3 like the reference)"),
+        CliOption("--netD", "netD", str, "pix2pix discriminator: basic, n_layers, pixel"),
+        CliOption("--ndf", "ndf", int, "pix2pix discriminator width"),
+        CliOption("--n-layers-D", "n_layers_D", int, "layers of an n_layers discriminator"),
+        CliOption("--gan-mode", "gan_mode", str, "pix2pix GAN loss: lsgan, vanilla or hinge"),
+        CliOption("--lambda-l1", "lambda_l1", float, "pix2pix weight of the L1 loss"),
+        CliOption("--beta1", "beta1", float, "Adam beta1 (pix2pix)"),
+        CliOption("--decay-start", "decay_start", float,
+                  "fraction of the run before the rate decays (pix2pix)"),
+        CliOption("--no-dropout", "dropout", help="pix2pix generator without dropout",
+                  value=False),
+    )
+    # the key order of config.yaml files written before families existed
+    config_order = (
+        "data", "out", "family", "val", "val_fraction", "steps", "epochs", "tile", "stride",
+        "batch_size", "flips", "rot90", "encoding", "netG", "ngf", "norm", "dropout",
+        "output_nc", "netD", "ndf", "n_layers_D", "gan_mode", "lambda_l1", "lr", "beta1",
+        "beta2", "decay_start", "init_type", "init_gain", "seed", "device", "precision",
+        "channels_last", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
+        "n_preview",
+    )
+
+    def validate(self, cfg: TrainConfig) -> list[str]:
+        from ..models.pix2pix import DISCRIMINATORS, GENERATORS, NORMS, size_divisor
+
+        problems = []
+        if cfg.netG not in GENERATORS:
+            problems.append(f"netG {cfg.netG!r} unknown; use one of {', '.join(GENERATORS)}.")
+        elif cfg.tile % size_divisor(cfg.netG):
+            problems.append(f"tile {cfg.tile} must be a multiple of {size_divisor(cfg.netG)} "
+                            f"for {cfg.netG}.")
+        if cfg.norm not in NORMS:
+            problems.append(f"norm {cfg.norm!r} unknown; use one of {', '.join(NORMS)}.")
+        if cfg.netD not in DISCRIMINATORS:
+            problems.append(f"netD {cfg.netD!r} unknown; use one of {', '.join(DISCRIMINATORS)}.")
+        if cfg.gan_mode not in GAN_MODES:
+            problems.append(f"gan_mode {cfg.gan_mode!r} unknown; use one of {GAN_MODES}.")
+        if cfg.output_nc not in (1, 3):
+            problems.append(f"output_nc must be 1 or 3; got {cfg.output_nc}.")
+        for name in ("ngf", "ndf"):
+            if getattr(cfg, name) < 1:
+                problems.append(f"{name} must be at least 1; got {getattr(cfg, name)}.")
+        if not 0.0 <= cfg.decay_start <= 1.0:
+            problems.append(
+                f"decay_start is a fraction of the run in [0, 1]; got {cfg.decay_start}.")
+        return problems
+
+    def summary(self, config: Mapping[str, Any]) -> str:
+        return f"{config.get('netG')} (ngf {config.get('ngf')})"
+
+    def build_trainer(self, cfg: TrainConfig, device: torch.device, precision: str,
+                      total_steps: int, ddp: bool) -> Any:
+        from ..training.pix2pix import Pix2PixModel
+
+        return Pix2PixModel(cfg, device, precision, total_steps, ddp=ddp)
+
+    def load(self, tensors: dict[str, torch.Tensor], doc: Mapping[str, Any] | None, *,
+             file: Path, kind: str, notes: list[str], encoding: str | None,
+             dropout: bool | None) -> LoadedModel:
+        from ..models.checkpoints.loading import load_pix2pix
+
+        return load_pix2pix(tensors, doc, file=file, kind=kind, notes=notes,
+                            encoding=encoding, dropout=dropout)
+
+    def synthesizer_class(self) -> type:
+        from ..synthesis import Pix2PixSynthesizer
+
+        return Pix2PixSynthesizer
+
+
+PIX2PIX = register(Pix2PixFamily())
