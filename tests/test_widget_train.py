@@ -53,7 +53,7 @@ def test_start_watch_stop_without_blocking(make_napari_viewer, qtbot, tmp_path: 
     # the plot and the preview follow the run
     assert "training preview" in viewer.layers
     assert viewer.layers["training preview"].rgb
-    assert len(w.plot.series["G GAN"][0]) >= 12 and w.progress.value >= 12
+    assert len(w.plot.series["G_GAN"][0]) >= 12 and w.progress.value >= 12
     assert "ETA" in w.eta.value
     pid = w.process.proc.pid
     w.stop()
@@ -136,4 +136,4 @@ def test_loss_plot_follows_the_napari_theme(make_napari_viewer) -> None:
     assert to_hex(w.plot.figure.get_facecolor()) == light.background.as_hex()
     assert to_hex(w.plot.ax.get_facecolor()) == light.foreground.as_hex()
     assert to_hex(w.plot.ax.xaxis.label.get_color()) == light.text.as_hex()
-    assert len(w.plot.ax.lines) == 3  # the losses are still drawn
+    assert len(w.plot.ax.lines) == 4  # the losses are still drawn, one line each

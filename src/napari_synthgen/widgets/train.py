@@ -1,17 +1,26 @@
-"""Train widget: data folders, settings, Start / Stop / Resume, progress, loss plot, previews.
+"""Train widget: data folders, the model family and its settings, Start / Stop / Resume,
+progress, loss plot, previews.
 
 Training runs in a child process (``napari-synthgen train --events jsonl``) read by a thread
 worker: the viewer never waits for it, Stop saves a checkpoint and ends it (a trainer that does
-not answer is terminated), and closing napari stops it cleanly.
+not answer is terminated), and closing napari stops it cleanly. The Family box lists the
+registered model families; each family's settings are widgets built from its settings
+dataclass and shown only while that family is chosen.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import time
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -27,8 +36,10 @@ from magicgui.widgets import (
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
+from .. import families
+from ..families.pix2pix import GAN_MODES
 from ..io import read_array
-from ..training.config import GAN_MODES, TrainConfig
+from ..training.config import ConfigError, TrainConfig
 from ._bus import bus
 from ._common import (
     add_collapsible,
@@ -49,10 +60,31 @@ STOP_GRACE_S = 60.0  # a trainer that has not stopped after this is terminated
 KILL_GRACE_S = 10.0  # after SIGTERM, a trainer still alive this long is killed
 CLOSE_GRACE_S = 15.0  # closing napari waits this long for the trainer to save
 PLOT_INTERVAL_S = 0.5
+PLOT_MAX_POINTS = 2000  # longer series are drawn as this many block means
 
+#: Line colours that read on napari's dark and light backgrounds (cycled past the eighth loss).
+SERIES_COLOURS = ("#4ea8de", "#f4a261", "#5ec27a", "#e76f9a", "#b392f0", "#2ec4b6",
+                  "#d4a72c", "#9aa5b1")
 
-#: Line colours that read on napari's dark and light backgrounds.
-SERIES_COLOURS = ("#4ea8de", "#f4a261", "#5ec27a")
+#: Choices of string settings a family does not declare itself (a family declares them as
+#: ``field(metadata={"choices": ...})``, a ``choices`` attribute of its CLI option, or a
+#: ``choices`` mapping on the family). pix2pix's live in models/pix2pix.py, which imports torch,
+#: so they are repeated here (tests/test_widget_train_families.py keeps them in step).
+KNOWN_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("pix2pix", "netG"): ("unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks"),
+    ("pix2pix", "norm"): ("batch", "instance", "none"),
+    ("pix2pix", "netD"): ("basic", "n_layers", "pixel"),
+    ("pix2pix", "gan_mode"): GAN_MODES,
+    ("pix2pix", "init_type"): ("normal", "xavier", "kaiming", "orthogonal"),
+}
+#: Where this dock suggests other values than a family's defaults: a pix2pix that trains on a
+#: laptop (the CLI keeps the reference width 64).
+WIDGET_DEFAULTS: dict[str, dict[str, Any]] = {"pix2pix": {"ngf": 32}}
+#: Common settings the dock starts with where they differ from TrainConfig's (a family's
+#: ``defaults`` still win for keys it names).
+COMMON_WIDGET_DEFAULTS: dict[str, Any] = {"steps": 2000, "batch_size": 4, "flips": True,
+                                          "rot90": True}
+_SCALARS = (bool, int, float, str)
 
 
 def theme_colours(theme: str) -> dict[str, str]:
@@ -65,8 +97,156 @@ def theme_colours(theme: str) -> dict[str, str]:
             "text": t.text.as_hex(), "grid": t.highlight.as_hex()}
 
 
+# --------------------------------------------------------------------------- family settings
+@dataclasses.dataclass(frozen=True)
+class SettingField:
+    """One family setting as the dock shows it: ``kind`` is bool, int, float, str, choice or
+    optional (an ``X | None`` setting typed as text, empty for None, parsed as ``inner``)."""
+
+    key: str
+    kind: str
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] = ()
+    inner: type | None = None
+
+
+def family_fields(fam: families.Family) -> list[SettingField]:
+    """The settings of ``fam`` the dock offers, in the order of its settings dataclass: those
+    with a train CLI option (all when it declares none) whose type a widget can hold (bool,
+    int, float, str, a choice, or one of these or None); the others keep their defaults."""
+    options = {opt.key: opt for opt in fam.cli_options}
+    try:
+        hints = typing.get_type_hints(fam.settings)
+    except Exception:  # an annotation that does not resolve: judge by the default
+        hints = {}
+    suggested = WIDGET_DEFAULTS.get(fam.name, {})
+    out = []
+    for f in dataclasses.fields(fam.settings):
+        if options and f.name not in options:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        default = suggested.get(f.name, default)
+        hint = hints.get(f.name, f.type if isinstance(f.type, type) else None)
+        kind, inner, choices = _kind(hint, default)
+        if kind is None:
+            continue
+        choices = choices or _declared_choices(fam, f, options.get(f.name))
+        if choices and kind in ("str", "int", "float"):
+            kind = "choice"
+        opt = options.get(f.name)
+        out.append(SettingField(f.name, kind, default, opt.help if opt else "",
+                                tuple(choices), inner))
+    return out
+
+
+def _kind(hint: Any, default: Any) -> tuple[str | None, type | None, tuple[Any, ...]]:
+    """(kind, inner type of an optional, choices of a Literal) of a type hint."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return "choice", None, typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and args[0] in _SCALARS and len(args) < len(typing.get_args(hint)):
+            return "optional", args[0], ()
+        return None, None, ()
+    if hint is None:
+        hint = type(default) if type(default) in _SCALARS else None
+    if hint in _SCALARS:
+        return hint.__name__, None, ()
+    return None, None, ()
+
+
+def _declared_choices(fam: families.Family, f: dataclasses.Field,
+                      opt: families.CliOption | None) -> tuple[Any, ...]:
+    family_choices = getattr(fam, "choices", None)
+    for found in (f.metadata.get("choices"), getattr(opt, "choices", None),
+                  family_choices.get(f.name) if isinstance(family_choices, Mapping) else None,
+                  KNOWN_CHOICES.get((fam.name, f.name))):
+        if found:
+            return tuple(found)
+    return ()
+
+
+def setting_widget(field: SettingField) -> Any:
+    """A magicgui widget (named after the setting) holding ``field``'s default."""
+    common = {"name": field.key, "label": field.key, "tooltip": field.help or None}
+    v = field.default
+    if field.kind == "bool":
+        common.pop("label")
+        return CheckBox(value=bool(v), text=field.key, **common)
+    if field.kind == "choice":
+        choices = list(field.choices) if v in field.choices else [v, *field.choices]
+        return ComboBox(choices=choices, value=v, **common)
+    if field.kind == "int":
+        return SpinBox(value=v, min=0 if v >= 0 else -(2**31) + 1, max=2**31 - 1, **common)
+    if field.kind == "float":
+        w = FloatSpinBox(min=0.0 if v >= 0 else -1e12, max=1e12, step=_step(v), **common)
+        w.native.setDecimals(max(w.native.decimals(), _decimals(v) + 1))
+        w.value = v
+        return w
+    text = "" if v is None else str(v)
+    w = LineEdit(value=text, **common)
+    if field.kind == "optional":
+        w.tooltip = f"{field.help + '; ' if field.help else ''}leave empty for none"
+    return w
+
+
+def read_setting(field: SettingField, widget: Any, family: str) -> Any:
+    """The value of a setting widget; ConfigError naming the setting when its text is not a
+    value of the setting's type."""
+    if field.kind != "optional":
+        return widget.value
+    text = str(widget.value).strip()
+    if text.lower() in ("", "none"):
+        return None
+    try:
+        return _parse(field.inner, text)
+    except ValueError:
+        raise ConfigError(f"{family} setting {field.key}: {text!r} is not a "
+                          f"{field.inner.__name__ if field.inner else 'value'}; type one or "
+                          "leave it empty for none.") from None
+
+
+def _parse(kind: type | None, text: str) -> Any:
+    if kind is bool:
+        if text.lower() in ("true", "yes", "1", "on"):
+            return True
+        if text.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(text)
+    return kind(text) if kind is not None else text
+
+
+def _decimals(v: float) -> int:
+    """Decimal places that show ``v`` exactly (100.0: 1, 0.999: 3, 2e-4: 4)."""
+    if not v or not math.isfinite(v):
+        return 1
+    decimals = len(f"{abs(v):.12f}".rstrip("0").split(".")[1])
+    return min(12, max(1, decimals))
+
+
+def _step(v: float) -> float:
+    """A spin step a tenth of the default's order of magnitude (0.1 when it is 0)."""
+    if not v or not math.isfinite(v):
+        return 0.1
+    return 10.0 ** (math.floor(math.log10(abs(v))) - 1)
+
+
+# --------------------------------------------------------------------------- loss plot
 class LossPlot:
-    """A small matplotlib plot of the losses in napari's theme, redrawn at most every 0.5 s."""
+    """A small matplotlib plot of every loss the trainer reports, in napari's theme.
+
+    Each loss is drawn as reported, on a symmetric-log y axis: losses of very different sizes
+    (pix2pix's L1 term ~10-50 beside GAN terms ~0.1-1) all show their trend without a factor
+    of their own, negative losses (hinge GAN) fit, and the legend matches the CLI's numbers.
+    Known names come first, in the family's ``loss_names`` order. Redrawn at most every 0.5 s.
+    """
 
     def __init__(self, theme: str = "dark") -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -77,6 +257,7 @@ class LossPlot:
         self.canvas.setMinimumHeight(180)
         self.ax = self.figure.add_subplot(111)
         self.series: dict[str, tuple[list[int], list[float]]] = {}
+        self.order: tuple[str, ...] = ()
         self.colours = theme_colours(theme)
         self._last_draw = 0.0
         self.clear()
@@ -85,6 +266,15 @@ class LossPlot:
         """Follow napari's theme (the viewer's ``theme`` event)."""
         self.colours = theme_colours(theme)
         self.draw()
+
+    def set_order(self, names: Iterable[str]) -> None:
+        """Draw these losses first, in this order (the family's ``loss_names``)."""
+        self.order = tuple(names)
+
+    def names(self) -> list[str]:
+        """The losses received: known ones in ``order``, then others as they arrived."""
+        known = [n for n in self.order if n in self.series]
+        return known + [n for n in self.series if n not in self.order]
 
     def _style(self) -> None:
         c = self.colours
@@ -103,11 +293,14 @@ class LossPlot:
         self._style()
         self.canvas.draw_idle()
 
-    def add(self, step: int, losses: dict[str, float]) -> None:
-        values = {"G L1 / 100": losses["G_L1"] / 100.0, "G GAN": losses["G_GAN"],
-                  "D": 0.5 * (losses["D_real"] + losses["D_fake"])}
-        for name, v in values.items():
-            xs, ys = self.series.setdefault(name, ([], []))
+    def add(self, step: int, losses: Mapping[str, Any]) -> None:
+        """Record one step's losses (any names; values that are not numbers are skipped)."""
+        for name, value in losses.items():
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                continue
+            xs, ys = self.series.setdefault(str(name), ([], []))
             xs.append(step)
             ys.append(v)
         if time.monotonic() - self._last_draw > PLOT_INTERVAL_S:
@@ -117,25 +310,55 @@ class LossPlot:
         self._last_draw = time.monotonic()
         self.ax.clear()
         self._style()
-        for (name, (xs, ys)), colour in zip(self.series.items(), SERIES_COLOURS, strict=False):
-            self.ax.plot(xs, ys, label=name, linewidth=1, color=colour)
-        if self.series:
-            legend = self.ax.legend(fontsize=7, loc="upper right", facecolor=self.colours["panel"],
+        names = self.names()
+        for i, name in enumerate(names):
+            xs, ys = _thin(*self.series[name], PLOT_MAX_POINTS)
+            self.ax.plot(xs, ys, label=name, linewidth=1,
+                         color=SERIES_COLOURS[i % len(SERIES_COLOURS)])
+        if names:
+            values = np.concatenate([np.asarray(self.series[n][1], float) for n in names])
+            self.ax.set_yscale("symlog", linthresh=_linthresh(values), linscale=0.5)
+            legend = self.ax.legend(fontsize=7, loc="upper right", ncol=2 if len(names) > 4 else 1,
+                                    facecolor=self.colours["panel"],
                                     edgecolor=self.colours["grid"])
             for text in legend.get_texts():
                 text.set_color(self.colours["text"])
         self.canvas.draw_idle()
 
 
+def _linthresh(values: np.ndarray) -> float:
+    """The linear range of the symlog axis: the decade of the smallest non-zero |loss|, so
+    every loss but exact zeros sits in the logarithmic part (1e-8 .. 1)."""
+    mags = np.abs(values[np.isfinite(values) & (values != 0)])
+    if not mags.size:
+        return 1.0
+    return float(min(1.0, max(1e-8, 10.0 ** math.floor(math.log10(mags.min())))))
+
+
+def _thin(xs: list[int], ys: list[float], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most about ``n`` points: means of consecutive blocks (a long run stays quick to
+    draw, and the mean reads better than one noisy step in many)."""
+    x, y = np.asarray(xs, float), np.asarray(ys, float)
+    size = math.ceil(len(x) / n) if len(x) > n else 1
+    if size == 1:
+        return x, y
+    cut = len(x) // size * size
+    bx, by = x[:cut].reshape(-1, size).mean(1), y[:cut].reshape(-1, size).mean(1)
+    if cut < len(x):
+        bx, by = np.append(bx, x[cut:].mean()), np.append(by, y[cut:].mean())
+    return bx, by
+
+
 class TrainWidget(Container):
-    """Dock widget to train a pix2pix model on paired folders, in a child process."""
+    """Dock widget to train a model of any registered family on paired folders, in a child
+    process."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
         self.process: Any = None  # TrainerProcess
         self.worker: Any = None
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Mapping[str, Any]] = []
         self.checkpoint: str | None = None
         self._jobs = Workers()
         self._closing = False
@@ -144,39 +367,49 @@ class TrainWidget(Container):
         self._stop_deadline.setSingleShot(True)
         self._stop_deadline.timeout.connect(self._stop_timeout)
         default_out = Path.home() / "napari-synthgen-runs" / time.strftime("run-%Y%m%d-%H%M")
+        base = TrainConfig.__dataclass_fields__
+        common = {k: COMMON_WIDGET_DEFAULTS.get(k, base[k].default) for k in (
+            "steps", "tile", "batch_size", "lr", "flips", "rot90", "seed", "encoding")}
 
         self.data = LineEdit(label="Data folders", value="")
         self.add_data = PushButton(text="Add folder...")
         self.data_status = Label(value="Paired folders (images/ + masks/) or aligned A|B images.")
         self.val = FileEdit(mode="d", label="Validation (optional)")
         self.out = FileEdit(mode="d", label="Checkpoints", value=str(default_out))
-        self.family = ComboBox(choices=["pix2pix"], value="pix2pix", label="Family")
-        self.steps = SpinBox(value=2000, min=1, max=10_000_000, label="Steps")
-        self.tile = SpinBox(value=256, min=64, max=4096, step=64, label="Tile")
-        self.batch = SpinBox(value=4, min=1, max=512, label="Batch size")
-        self.netG = ComboBox(choices=["unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks"],
-                             value="unet_256", label="Generator")
-        self.ngf = SpinBox(value=32, min=4, max=256, label="Width (ngf)")
+        self.family = ComboBox(choices=list(families.names()), label="Family")
+        self.steps = SpinBox(value=common["steps"], min=1, max=10_000_000, label="Steps")
+        self.tile = SpinBox(value=common["tile"], min=64, max=4096, step=64, label="Tile")
+        self.batch = SpinBox(value=common["batch_size"], min=1, max=512, label="Batch size")
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto",
                                label="Device")
         # advanced
         self.stride = SpinBox(value=0, min=0, max=4096, label="Stride (0 = random crops)")
-        self.lr = FloatSpinBox(value=2e-4, min=1e-7, max=1.0, step=1e-5, label="Learning rate")
-        self.lambda_l1 = FloatSpinBox(value=100.0, min=0.0, max=1e4, label="L1 weight")
-        self.gan_mode = ComboBox(choices=list(GAN_MODES), value="lsgan", label="GAN loss")
-        self.flips = CheckBox(value=True, text="Flips")
-        self.rot90 = CheckBox(value=True, text="90° turns")
-        self.norm = ComboBox(choices=["batch", "instance", "none"], value="batch", label="Norm")
-        self.netD = ComboBox(choices=["basic", "n_layers", "pixel"], value="basic",
-                             label="Discriminator")
-        self.ndf = SpinBox(value=64, min=4, max=256, label="D width (ndf)")
+        self.lr = FloatSpinBox(value=common["lr"], min=1e-7, max=1.0, step=1e-5,
+                               label="Learning rate")
+        self.flips = CheckBox(value=common["flips"], text="Flips")
+        self.rot90 = CheckBox(value=common["rot90"], text="90° turns")
         self.precision = ComboBox(choices=["auto", "fp32", "bf16", "fp16"], value="auto",
                                   label="Precision")
         self.checkpoint_every = SpinBox(value=500, min=1, max=10_000_000, label="Checkpoint every")
         self.sample_every = SpinBox(value=100, min=1, max=10_000_000, label="Preview every")
-        self.seed = SpinBox(value=0, min=0, max=2**31 - 1, label="Seed")
-        self.encoding = ComboBox(choices=["rgb", "onehot", "label"], value="rgb",
+        self.seed = SpinBox(value=common["seed"], min=0, max=2**31 - 1, label="Seed")
+        self.encoding = ComboBox(choices=["rgb", "onehot", "label"], value=common["encoding"],
                                  label="Mask encoding")
+        #: config key -> the widget of a common setting (a family's ``defaults`` may set them)
+        self.common_widgets: dict[str, Any] = {
+            "steps": self.steps, "tile": self.tile, "batch_size": self.batch,
+            "device": self.device, "stride": self.stride, "lr": self.lr, "flips": self.flips,
+            "rot90": self.rot90, "precision": self.precision,
+            "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every,
+            "seed": self.seed, "encoding": self.encoding}
+        self._common_defaults = {k: w.value for k, w in self.common_widgets.items()}
+        #: family -> its settings (fields, and widgets by key), built once per family
+        self.family_fields: dict[str, list[SettingField]] = {}
+        self.setting_widgets: dict[str, dict[str, Any]] = {}
+        self.family_boxes: dict[str, Container] = {}
+        self._family_shown: str | None = None
+        self.family_box = Container(labels=False)
+        self.family_box.margins = (0, 0, 0, 0)
 
         self.start_button = PushButton(text="Start")
         self.stop_button = PushButton(text="Stop")
@@ -189,17 +422,18 @@ class TrainWidget(Container):
         for lab in (self.data_status, self.eta, self.checkpoint_label):
             wrap_label(lab)
 
+        main = Container(widgets=[self.val, self.out, self.family, self.steps, self.tile,
+                                  self.batch, self.device])
         self.extend([
             Container(widgets=[self.data]),
             self.add_data,
             self.data_status,
-            Container(widgets=[self.val, self.out, self.family, self.steps, self.tile,
-                               self.batch, self.netG, self.ngf, self.device]),
+            main,
         ])
-        add_collapsible(self, "Advanced", [
-            self.stride, self.lr, self.lambda_l1, self.gan_mode, self.flips, self.rot90,
-            self.norm, self.netD, self.ndf, self.precision, self.checkpoint_every,
-            self.sample_every, self.seed, self.encoding])
+        self.family_section = add_collapsible(self, "Model settings", [self.family_box])
+        advanced = add_collapsible(self, "Advanced", [
+            self.stride, self.lr, self.flips, self.rot90, self.precision,
+            self.checkpoint_every, self.sample_every, self.seed, self.encoding])
         self.extend([
             Container(widgets=[self.start_button, self.stop_button, self.resume_button],
                       layout="horizontal", labels=False),
@@ -211,7 +445,17 @@ class TrainWidget(Container):
         for path_field in (self.data, self.val, self.out):
             widen_path(path_field)
         self.extend([self.checkpoint_label, self.use_button])
+        # magicgui places its widgets before ones added to the layout by hand: put the
+        # sections after the settings they extend, and the plot under the progress
+        layout = self.native.layout()
+        for anchor, widget in ((main.native, self.family_section), (self.family_section, advanced),
+                               (self.eta.native, self.plot.canvas)):
+            layout.removeWidget(widget)
+            layout.insertWidget(layout.indexOf(anchor) + 1, widget)
 
+        self.refresh_families()
+        self.family.changed.connect(self._family_changed)
+        self._family_changed(self.family.value)
         self.add_data.changed.connect(self._pick_data)
         self.data.changed.connect(self._validate_data)
         self.start_button.changed.connect(lambda *_: self.start())
@@ -224,9 +468,86 @@ class TrainWidget(Container):
         call_on_destroy(self, "shutdown")
         self._set_running(False)
 
+    def __getattr__(self, name: str) -> Any:
+        # ``w.netG``: a setting widget of the chosen family, unless the widget has an attribute
+        # of that name (``width``): ``setting(key)`` always finds it
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            widgets = self.__dict__.get("setting_widgets")
+            family = self.__dict__.get("family")
+            if widgets and family is not None and name in widgets.get(family.value, {}):
+                return widgets[family.value][name]
+            raise
+
     def _theme_changed(self, event: object) -> None:
         if not self._closing:
             self.plot.set_theme(str(getattr(event, "value", self.viewer.theme)))
+
+    # ----------------------------------------------------------------- families
+    def refresh_families(self) -> None:
+        """Offer every registered family (one registered after the dock opened too), building
+        the settings widgets of those not seen yet."""
+        names = list(families.names())
+        for name in names:
+            if name in self.family_boxes:
+                continue
+            fields = family_fields(families.get(name))
+            widgets = {f.key: setting_widget(f) for f in fields}
+            box = Container(widgets=list(widgets.values()))
+            box.margins = (0, 0, 0, 0)
+            if not widgets:
+                box.append(Label(value=f"{name} has no settings of its own here."))
+            box.visible = False
+            self.family_fields[name], self.setting_widgets[name] = fields, widgets
+            self.family_boxes[name] = box
+            self.family_box.append(box)
+        if list(self.family.choices) != names:
+            current = self.family.value
+            self.family.choices = names
+            if current in names:
+                self.family.value = current
+
+    def _family_changed(self, name: str | None = None) -> None:
+        """Show the chosen family's settings only, and its defaults of common settings."""
+        name = self.family.value if name is None else name
+        if name not in self.family_boxes:
+            return
+        for other, box in self.family_boxes.items():
+            box.visible = other == name
+        self.family_section.setText(f"Model settings ({name})")
+        previous, self._family_shown = self._family_shown, name
+        old = families.get(previous).defaults if previous in families.names() else {}
+        fam = families.get(name) if name in families.names() else None  # None: unregistered
+        new = fam.defaults if fam is not None else {}
+        for key in set(old) | set(new):  # only what the two families see differently
+            if key in self.common_widgets:
+                self._set_common(key, new.get(key, self._common_defaults[key]))
+        if self.worker is None or not self.worker.is_running:  # a run keeps its own order
+            self.plot.set_order(fam.loss_names if fam is not None else ())
+
+    def _set_common(self, key: str, value: Any) -> None:
+        widget = self.common_widgets[key]
+        if key == "stride" and value is None:
+            value = 0
+        if isinstance(widget, ComboBox) and value not in widget.choices:
+            widget.choices = [*widget.choices, value]
+        widget.value = value
+
+    def setting(self, key: str) -> Any:
+        """The widget of the chosen family's setting ``key``."""
+        widgets = self.setting_widgets.get(self.family.value, {})
+        if key not in widgets:
+            raise KeyError(f"the {self.family.value} family has no setting {key!r} here; its "
+                           f"settings are {', '.join(widgets) or 'none'}.")
+        return widgets[key]
+
+    def family_settings(self) -> dict[str, Any]:
+        """The chosen family's settings from its widgets (no other family's keys)."""
+        name = self.family.value
+        widgets = self.setting_widgets.get(name, {})
+        return {f.key: read_setting(f, widgets[f.key], name)
+                for f in self.family_fields.get(name, [])}
 
     # ----------------------------------------------------------------- data
     def data_folders(self) -> list[str]:
@@ -266,18 +587,18 @@ class TrainWidget(Container):
         return job.worker
 
     def config(self) -> TrainConfig:
-        """The training configuration from the widget's settings."""
+        """The training configuration from the widget: the common settings and the chosen
+        family's own (never another family's, which TrainConfig would refuse)."""
         val = str(self.val.value)
         return TrainConfig(
-            data=self.data_folders(), val=[val] if val not in ("", ".") else [],
-            out=str(self.out.value), family=self.family.value, steps=self.steps.value,
-            tile=self.tile.value, batch_size=self.batch.value, netG=self.netG.value,
-            ngf=self.ngf.value, device=self.device.value, stride=self.stride.value or None,
-            lr=self.lr.value, lambda_l1=self.lambda_l1.value, gan_mode=self.gan_mode.value,
-            flips=self.flips.value, rot90=self.rot90.value, norm=self.norm.value,
-            netD=self.netD.value, ndf=self.ndf.value, precision=self.precision.value,
+            family=self.family.value, data=self.data_folders(),
+            val=[val] if val not in ("", ".") else [], out=str(self.out.value),
+            steps=self.steps.value, tile=self.tile.value, batch_size=self.batch.value,
+            device=self.device.value, stride=self.stride.value or None, lr=self.lr.value,
+            flips=self.flips.value, rot90=self.rot90.value, precision=self.precision.value,
             checkpoint_every=self.checkpoint_every.value, sample_every=self.sample_every.value,
             seed=self.seed.value, encoding=self.encoding.value, log_every=1,
+            **self.family_settings(),
         )
 
     # ----------------------------------------------------------------- run
@@ -286,12 +607,17 @@ class TrainWidget(Container):
         if self.worker is not None and self.worker.is_running:
             show_info("Training is already running; Stop it first.")
             return None
+        try:
+            config = self.config()
+        except ConfigError as exc:
+            report_error(exc, "Training settings")
+            return None
         self.events = []
         self.plot.clear()
+        self.plot.set_order(families.get(config.family).loss_names)
         self.progress.value = 0
         self.process = None
         self._stop_requested = False
-        config = self.config()
 
         def read():  # thread: starts the child (imports torch) and reads its stdout
             # napari's first Image layer imports scipy.ndimage (0.5 s here): do it off the GUI
@@ -319,7 +645,8 @@ class TrainWidget(Container):
         self.worker = job.worker
         return self.worker
 
-    def _on_event(self, event: dict[str, Any]) -> None:
+    def _on_event(self, event: Mapping[str, Any]) -> None:
+        """Follow one training event (a training.events.Event, read as a mapping)."""
         if self._closing:
             if event["event"] == "process":  # napari closed while the child was starting
                 event["process"].stop(grace=CLOSE_GRACE_S)
@@ -332,6 +659,9 @@ class TrainWidget(Container):
             return
         self.events.append(event)
         if kind == "started":
+            family = (event.get("config") or {}).get("family")
+            if family in families.names():  # the run's own family (a resumed run keeps its)
+                self.plot.set_order(families.get(family).loss_names)
             self.progress.max = event["total"]
             self.progress.value = event["step"]
             self.eta.value = (f"{event['n_train_images']} training / {event['n_val_images']} "
@@ -344,7 +674,7 @@ class TrainWidget(Container):
             self.eta.value = (f"step {event['step']} / {event['total']} · ETA {eta} · "
                               f"{event['tiles_per_s']:.1f} tiles/s · lr {event['lr']:.2g}")
         elif kind == "sample":
-            self._show_preview(event["image"])
+            self._show_preview(event["image"], event.get("layout", "mask | generated | real"))
         elif kind == "checkpoint":
             self._set_checkpoint(event["path"], event["step"])
         elif kind == "finished":
@@ -361,7 +691,7 @@ class TrainWidget(Container):
         if not self._closing:  # the worker helper has shown the error to the user
             self.eta.value = f"<span style='color:#f66'>{exc}</span>"
 
-    def _show_preview(self, mosaic: Any) -> None:
+    def _show_preview(self, mosaic: Any, layout: str = "mask | generated | real") -> None:
         layer = next((lyr for lyr in self.viewer.layers if lyr.name == PREVIEW_LAYER), None)
         if layer is not None and layer.data.shape == mosaic.shape:
             layer.data = mosaic
@@ -369,7 +699,7 @@ class TrainWidget(Container):
             if layer is not None:
                 self.viewer.layers.remove(layer)
             self.viewer.add_image(mosaic, name=PREVIEW_LAYER, rgb=True,
-                                  metadata={"layout": "mask | generated | real"})
+                                  metadata={"layout": layout})
 
     def _set_checkpoint(self, path: str, step: int) -> None:
         self.checkpoint = path
