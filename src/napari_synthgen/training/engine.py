@@ -97,6 +97,14 @@ class _Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def finish(self) -> None:
+        """Wait until every rank is done before the group is torn down: a rank that destroys
+        its gloo group while another still writes its last checkpoint can abort at exit."""
+        if self.active and self._own_group:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def close(self) -> None:
         if self._own_group:
             import torch.distributed as dist
@@ -443,6 +451,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
         if run.dist.main:
             yield event
         yield from run.loop()
+        run.dist.finish()
     except (DataError, ConfigError, TrainingError, DeviceError) as exc:
         failure = _failed(run, type(exc).__name__, str(exc))
     except DiskFullError as exc:
