@@ -1,0 +1,434 @@
+"""Sampling a mask-conditioned diffusion model: any size, one seed per variation, no seams.
+
+The noisy image of the whole (padded) canvas is held at once. At every denoising step the
+overlapping tiles are run through the U-Net (in batches) and their model outputs are fused with
+the blend window (MultiDiffusion), then one scheduler step moves the whole canvas: the image is
+one sample, not a mosaic of samples. The initial noise is a pure function of (seed, slice,
+image position), drawn in fixed 64-px blocks, so the same seed gives the same image whatever
+the tile batch size, and two seeds differ. Samplers: DPM-Solver++ 2M and DDIM (eta 0), both
+deterministic given the noise.
+
+Cancelling: ``cancel()`` is called between steps (and between tile batches); when it returns
+True sampling stops by raising :class:`Cancelled`.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .devices import Precision, auto_precision, autocast, check_precision, resolve_device
+from .encoding import encode_masks, encoding_lut, unit_to_uint8
+from .masks import validate_mask
+from .models.diffusion import SAMPLERS, DiffusionSpec, cast_network, make_scheduler
+
+try:
+    from .tiling import blend_window, pad_mask, plan_tiles, tile_seed
+except ImportError:  # before tiling moved out of synthesis.py
+    from .synthesis import blend_window, pad_mask, plan_tiles, tile_seed
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+#: Side of the square noise blocks; each block has its own generator seeded by its position.
+NOISE_BLOCK = 64
+_OFFSET = 1 << 20  # keeps block indices of the padding (negative positions) non-negative
+DEFAULT_PREVIEW_STEPS = 8
+
+
+class Cancelled(RuntimeError):
+    """Sampling stopped because the caller's ``cancel()`` returned True."""
+
+
+class DiffusionSamplingError(ValueError):
+    """Sampling parameters that cannot work with this model or mask."""
+
+
+def noise_field(seed: int, z: int, y0: int, x0: int, height: int, width: int) -> torch.Tensor:
+    """Standard normal noise for image rows ``y0..`` and columns ``x0..`` of slice ``z``.
+
+    A pure function of (seed, z, position): each 64-px block draws from a generator seeded by
+    its block index, so any region (a tile, the canvas, a live-preview patch) gets the same
+    noise wherever and however it is computed. Positions may be negative (padding).
+    """
+    out = torch.empty(height, width)
+    b = NOISE_BLOCK
+    for by in range(math.floor(y0 / b), math.floor((y0 + height - 1) / b) + 1):
+        for bx in range(math.floor(x0 / b), math.floor((x0 + width - 1) / b) + 1):
+            g = torch.Generator().manual_seed(tile_seed(seed, z, by + _OFFSET, bx + _OFFSET))
+            block = torch.randn(b, b, generator=g)
+            ya, yb = max(by * b, y0), min((by + 1) * b, y0 + height)
+            xa, xb = max(bx * b, x0), min((bx + 1) * b, x0 + width)
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = block[ya - by * b : yb - by * b,
+                                                              xa - bx * b : xb - bx * b]
+    return out
+
+
+class Denoiser:
+    """The U-Net as run for inference: a copy on the device, in the chosen precision.
+
+    On the CPU in bf16 the copy holds bf16 weights (channels_last), as the pix2pix synthesizer
+    does; on CUDA reduced precision is autocast over float32 weights. On the CPU each tile runs
+    alone: batching gains nothing there (small config, 256 px: fp32 0.45 s per tile at batch 1
+    against 0.63 at batch 4; bf16 0.18 against 0.17) and oneDNN picks kernels by batch size,
+    whose rounding differs and grows over the steps; alone, a tile gives the same bits whatever
+    the batch. On CUDA tiles run batched (results may differ in the last bits by batch size).
+    """
+
+    def __init__(self, network: torch.nn.Module, spec: DiffusionSpec, device: torch.device,
+                 precision: Precision, *, copy_network: bool = True) -> None:
+        self.spec, self.device, self.precision = spec, device, precision
+        net = copy.deepcopy(network) if copy_network else network
+        net.eval().to(device)
+        cpu_bf16 = device.type == "cpu" and precision == "bf16"
+        self.dtype = torch.bfloat16 if cpu_bf16 else torch.float32
+        if cpu_bf16:
+            cast_network(net, torch.bfloat16)
+        self.memory_format = (torch.channels_last if cpu_bf16 or device.type == "cuda"
+                              else torch.contiguous_format)
+        net.to(memory_format=self.memory_format)
+        self.network = net
+        self.autocast = self.dtype == torch.float32 and precision != "fp32"
+        self.lut = encoding_lut(spec.encoding, device)
+        self.per_tile = device.type != "cuda"
+
+    def encode(self, masks: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) class masks -> (B, C, H, W) float32 conditioning on the device."""
+        return encode_masks(masks.to(self.device), self.lut)
+
+    @torch.inference_mode()
+    def __call__(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | int
+                 ) -> torch.Tensor:
+        """Model output (v or epsilon) for noisy images ``x_t`` (B, 1, H, W), as float32."""
+        inp = torch.cat([x_t, cond], 1).to(self.dtype).contiguous(
+            memory_format=self.memory_format)
+        steps = torch.full((1 if self.per_tile else inp.shape[0],), int(t), device=self.device,
+                           dtype=torch.long)
+        with autocast(self.device, self.precision if self.autocast else "fp32"):
+            if self.per_tile:
+                out = torch.cat([self.network(inp[i : i + 1], steps).sample
+                                 for i in range(inp.shape[0])])
+            else:
+                out = self.network(inp, steps).sample
+        return out.float()
+
+
+def denoise(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
+            spec: DiffusionSpec, *, steps: int, sampler: str = "dpm",
+            progress: Callable[[int], None] | None = None,
+            cancel: CancelFn | None = None) -> torch.Tensor:
+    """Run the sampler from ``noise``; ``predict(x_t, t)`` gives the model output for x_t.
+
+    Returns the denoised sample (same shape as ``noise``, float32, roughly in [-1, 1]).
+    Raises :class:`Cancelled` when ``cancel()`` is true between two steps.
+    """
+    if steps < 1:
+        raise DiffusionSamplingError(f"steps must be at least 1; got {steps}.")
+    scheduler = make_scheduler(spec, sampler)
+    scheduler.set_timesteps(steps, device=noise.device)
+    x = noise * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        if cancel is not None and cancel():
+            raise Cancelled(f"sampling cancelled before step {i + 1} of {steps}.")
+        out = predict(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(out, t, x).prev_sample
+        if progress is not None:
+            progress(i + 1)
+    return x
+
+
+def sample_batch(denoiser: Denoiser, masks: torch.Tensor, *, seed: int, steps: int,
+                 sampler: str = "dpm") -> torch.Tensor:
+    """Whole-tile samples for a batch of masks (B, H, W), as (B, H, W) in [-1, 1].
+
+    Sample ``b`` starts from ``noise_field(seed, b, ...)``: previews are deterministic.
+    """
+    cond = denoiser.encode(masks)
+    b, h, w = masks.shape
+    noise = torch.stack([noise_field(seed, i, 0, 0, h, w) for i in range(b)])[:, None]
+    x = denoise(lambda x_t, t: denoiser(x_t, cond, t), noise.to(denoiser.device),
+                denoiser.spec, steps=steps, sampler=sampler)
+    return x[:, 0].clamp(-1, 1).cpu()
+
+
+# --------------------------------------------------------------------------- canvas
+
+
+@dataclass
+class _Kept:
+    """What live preview keeps of one slice: the padded mask and the denoised canvas."""
+
+    grid: Any
+    seed: int
+    padded: np.ndarray
+    canvas: np.ndarray  # float32 (padded_height, padded_width), the final sample
+    image: np.ndarray  # uint8 (height, width)
+
+
+def _overlaps(a: tuple[int, int], b: tuple[int, int], t: int) -> bool:
+    return abs(a[0] - b[0]) < t and abs(a[1] - b[1]) < t
+
+
+class DiffusionSynthesizer:
+    """Synthesize uint8 EM images from class masks with a diffusion model (any size).
+
+    ``model`` is a :class:`~napari_synthgen.models.diffusion_files.LoadedDiffusion` or a path.
+    ``tile`` defaults to the model's; ``overlap`` to a quarter tile; ``steps`` and ``sampler``
+    (``dpm`` = DPM-Solver++ 2M, ``ddim``) set the full run, ``preview_steps`` live preview.
+    Call it with a 2-D mask or a 3-D stack (slice ``z`` uses seed ``(seed, z)``).
+    """
+
+    stochastic = True  # every seed is a different variation
+
+    def __init__(self, model: Any, *, device: str | torch.device = "auto",
+                 precision: str = "auto", tile: int | None = None, overlap: int | None = None,
+                 batch_size: int | None = None, steps: int = 20, sampler: str = "dpm",
+                 preview_steps: int = DEFAULT_PREVIEW_STEPS) -> None:
+        from .models.diffusion_files import LoadedDiffusion, load_diffusion
+
+        if not isinstance(model, LoadedDiffusion):
+            model = load_diffusion(Path(model))
+        self.model, self.spec, self.info = model, model.spec, model.info
+        self.encoding = self.spec.encoding
+        self.device = resolve_device(device)
+        div = self.spec.divisor
+        self.tile = int(tile or self.spec.tile)
+        if self.tile < div or self.tile % div:
+            raise DiffusionSamplingError(
+                f"tile {self.tile} does not fit this model, which needs tiles that are a "
+                f"multiple of {div} pixels.")
+        self.overlap = self.tile // 4 if overlap is None else int(overlap)
+        if not 0 <= self.overlap <= self.tile // 2:
+            raise DiffusionSamplingError(
+                f"overlap {self.overlap} must be between 0 and half the tile ({self.tile // 2}).")
+        if batch_size is None:
+            batch_size = 8 if self.device.type == "cuda" else 4
+        if batch_size < 1:
+            raise DiffusionSamplingError(f"batch size must be at least 1; got {batch_size}.")
+        if sampler not in SAMPLERS:
+            raise DiffusionSamplingError(f"unknown sampler {sampler!r}; use "
+                                         f"{' or '.join(SAMPLERS)}.")
+        for name, value in (("steps", steps), ("preview_steps", preview_steps)):
+            if int(value) < 1:
+                raise DiffusionSamplingError(f"{name} must be at least 1; got {value}.")
+        self.batch_size, self.steps, self.sampler = int(batch_size), int(steps), sampler
+        self.preview_steps = int(preview_steps)
+        self.requested_precision = str(precision).lower()
+        self.precision_note = ""
+        if self.requested_precision == "auto":
+            self.precision, self.precision_note = auto_precision(self.device, "inference")
+        else:
+            self.precision = check_precision(self.requested_precision, self.device)
+        self.denoiser = Denoiser(model.network, self.spec, self.device, self.precision)
+        self._windows: dict[tuple[int, int], torch.Tensor] = {}
+        self._kept: dict[int, _Kept] = {}
+
+    # ----------------------------------------------------------------- planning
+    def plan(self, height: int, width: int) -> Any:
+        """The tile grid of one slice; a slice smaller than the tile runs as one smaller tile."""
+        div = self.spec.divisor
+        side = max(height, width)
+        tile = min(self.tile, max(div, -(-side // div) * div))
+        return plan_tiles(height, width, tile, self.overlap if tile == self.tile else 0)
+
+    def _window(self, grid: Any) -> torch.Tensor:
+        key = (grid.tile, grid.overlap)
+        if key not in self._windows:
+            self._windows[key] = torch.from_numpy(blend_window(grid.tile, grid.overlap)).to(
+                self.device)
+        return self._windows[key]
+
+    # ----------------------------------------------------------------- MultiDiffusion
+    def _multidiffusion(self, padded: np.ndarray, grid: Any, tiles: list[tuple[int, int]],
+                        box: tuple[int, int, int, int], seed: int, z: int, steps: int,
+                        progress: Callable[[int], None] | None, cancel: CancelFn | None
+                        ) -> torch.Tensor:
+        """Denoise the canvas ``box`` = (y0, y1, x0, x1) (padded coordinates) covered by
+        ``tiles``, fusing the tiles' model outputs at every step. Returns the box's sample."""
+        y0, y1, x0, x1 = box
+        t, win = grid.tile, self._window(grid)
+        cond = self.denoiser.encode(torch.from_numpy(
+            np.ascontiguousarray(padded[y0:y1, x0:x1]))[None])[0]
+        noise = noise_field(seed, z, y0 - grid.top, x0 - grid.left, y1 - y0, x1 - x0)
+        local = [(y - y0, x - x0) for y, x in tiles]
+        den = torch.zeros(y1 - y0, x1 - x0, device=self.device)
+        for y, x in local:
+            den[y : y + t, x : x + t] += win
+        inv_den = torch.where(den > 0, 1.0 / den.clamp_min(1e-12), torch.zeros_like(den))
+
+        def predict(x_t: torch.Tensor, step_t: torch.Tensor) -> torch.Tensor:
+            num = torch.zeros_like(x_t)
+            for i in range(0, len(local), self.batch_size):
+                if cancel is not None and cancel():
+                    raise Cancelled("sampling cancelled during a denoising step.")
+                batch = local[i : i + self.batch_size]
+                xs = torch.stack([x_t[0, :, y : y + t, x : x + t] for y, x in batch])
+                cs = torch.stack([cond[:, y : y + t, x : x + t] for y, x in batch])
+                outs = self.denoiser(xs, cs, step_t)
+                for (y, x), o in zip(batch, outs, strict=True):
+                    num[0, :, y : y + t, x : x + t] += win * o
+            return num * inv_den
+
+        x = denoise(predict, noise[None, None].to(self.device), self.spec, steps=steps,
+                    sampler=self.sampler, progress=progress, cancel=cancel)
+        return x[0, 0]
+
+    # ----------------------------------------------------------------- full runs
+    def __call__(self, mask: np.ndarray, *, seed: int = 0, progress: ProgressFn | None = None,
+                 cancel: CancelFn | None = None, keep: bool = False,
+                 steps: int | None = None) -> np.ndarray:
+        """A uint8 image of the mask's shape (2-D, or a 3-D stack slice by slice).
+
+        ``progress(done, total)`` is called after every denoising step (total = steps x
+        slices); ``cancel()`` between steps raises :class:`Cancelled`. ``keep`` keeps the
+        result for :meth:`update` (live preview).
+        """
+        m = validate_mask(mask)
+        slices = [m] if m.ndim == 2 else list(m)
+        n_steps = int(steps or self.steps)
+        total = n_steps * len(slices)
+        out = np.empty(m.shape, dtype=np.uint8)
+        if keep:
+            self._kept.clear()
+        for z, s in enumerate(slices):
+            target = out if m.ndim == 2 else out[z]
+            base = z * n_steps
+
+            def step_done(i: int, base: int = base) -> None:
+                if progress is not None:
+                    progress(base + i, total)
+
+            kept = self._sample_slice(s, seed, z, n_steps, step_done, cancel)
+            target[...] = kept.image
+            if keep:
+                self._kept[z] = kept
+        return out
+
+    def _sample_slice(self, mask2d: np.ndarray, seed: int, z: int, steps: int,
+                      progress: Callable[[int], None] | None, cancel: CancelFn | None) -> _Kept:
+        grid = self.plan(*mask2d.shape)
+        padded = pad_mask(mask2d, grid)
+        box = (0, grid.padded_height, 0, grid.padded_width)
+        canvas = self._multidiffusion(padded, grid, grid.tiles, box, seed, z, steps,
+                                      progress, cancel).cpu().numpy()
+        return _Kept(grid, seed, padded, canvas, self._image(canvas, grid))
+
+    @staticmethod
+    def _image(canvas: np.ndarray, grid: Any) -> np.ndarray:
+        return unit_to_uint8(canvas[grid.top : grid.top + grid.height,
+                                    grid.left : grid.left + grid.width])
+
+    # ----------------------------------------------------------------- live preview
+    def update(self, mask: np.ndarray, *, seed: int | None = None, z: int = 0,
+               progress: ProgressFn | None = None, cancel: CancelFn | None = None
+               ) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+        """Live preview: sample again only where the mask changed since the last kept result.
+
+        Without a kept result for this shape and seed it samples the whole slice with
+        ``preview_steps`` and keeps it. Returns the image of slice ``z`` and the image regions
+        recomputed (pixels outside them are unchanged). See :meth:`resample_region`.
+        """
+        m = validate_mask(mask)
+        m2 = m if m.ndim == 2 else m[z]
+        kept = self._kept.get(z)
+        if (kept is None or (kept.grid.height, kept.grid.width) != m2.shape
+                or (seed is not None and seed != kept.seed)):
+            steps = self.preview_steps
+            kept = self._sample_slice(m2, kept.seed if seed is None and kept else (seed or 0),
+                                      z, steps, (lambda i: progress(i, steps)) if progress
+                                      else None, cancel)
+            self._kept[z] = kept
+            return kept.image.copy(), [(slice(0, m2.shape[0]), slice(0, m2.shape[1]))]
+        return self.resample_region(m2, z=z, progress=progress, cancel=cancel)
+
+    def resample_region(self, mask2d: np.ndarray, *, z: int = 0, steps: int | None = None,
+                        progress: ProgressFn | None = None, cancel: CancelFn | None = None
+                        ) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+        """Sample again the tiles a stroke touched, fused with the tiles overlapping them.
+
+        Touched tiles T are those whose padded mask changed. Fusion couples a tile to every
+        tile it overlaps, so the set R = T plus the tiles overlapping T is denoised together
+        (MultiDiffusion on R's bounding box, same noise as the full run). The new result
+        replaces the old one with weight (blend weight of T) / (blend weight of all tiles):
+        1 where only touched tiles cover a pixel (the stroke and its surroundings), falling
+        smoothly to 0 at the edge of T's footprint, so no seam shows.
+
+        Trade-off: R's own neighbours are not denoised again, so R is sampled without its
+        outer context and the preview is close to, not byte-identical with, a full run of the
+        new mask; with deterministic samplers fewer steps (``preview_steps``, default 8)
+        approximate the same sample as the full run. A final Synthesize run is exact.
+        """
+        kept = self._kept.get(z)
+        if kept is None:
+            raise DiffusionSamplingError("no kept result to update; call with keep=True or "
+                                         "use update() first.")
+        grid, t = kept.grid, kept.grid.tile
+        new_padded = pad_mask(mask2d, grid)
+        touched = [(y, x) for y, x in grid.tiles
+                   if not np.array_equal(new_padded[y : y + t, x : x + t],
+                                         kept.padded[y : y + t, x : x + t])]
+        if not touched:
+            kept.padded = new_padded
+            return kept.image.copy(), []
+        region = [o for o in grid.tiles if any(_overlaps(o, d, t) for d in touched)]
+        box = (min(y for y, _ in region), max(y for y, _ in region) + t,
+               min(x for _, x in region), max(x for _, x in region) + t)
+        n = int(steps or self.preview_steps)
+        sample = self._multidiffusion(
+            new_padded, grid, region, box, kept.seed, z, n,
+            (lambda i: progress(i, n)) if progress else None, cancel).cpu().numpy()
+        win = blend_window(grid.tile, grid.overlap)
+        w_touched = np.zeros_like(kept.canvas)
+        w_all = np.zeros_like(kept.canvas)
+        for y, x in grid.tiles:
+            w_all[y : y + t, x : x + t] += win
+            if (y, x) in touched:
+                w_touched[y : y + t, x : x + t] += win
+        y0, y1, x0, x1 = box
+        w = (w_touched / w_all)[y0:y1, x0:x1]
+        canvas = kept.canvas.copy()
+        canvas[y0:y1, x0:x1] = w * sample + (1.0 - w) * canvas[y0:y1, x0:x1]
+        kept.canvas, kept.padded = canvas, new_padded
+        kept.image = self._image(canvas, grid)
+        regions = [sl for sl in (grid.image_slices(y, x) for y, x in touched) if sl is not None]
+        return kept.image.copy(), regions
+
+    def kept(self, z: int = 0) -> bool:
+        """True when a result of slice ``z`` is kept for :meth:`update`."""
+        return z in self._kept
+
+    # ----------------------------------------------------------------- lifetime
+    def describe(self) -> dict[str, Any]:
+        """What this synthesizer runs: model, device, precision, tiling, sampler."""
+        return {
+            "family": "diffusion",
+            "model": self.info.to_dict(),
+            "device": str(self.device),
+            "precision": self.precision,
+            "precision_note": self.precision_note,
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "encoding": self.encoding,
+            "steps": self.steps,
+            "sampler": self.sampler,
+            "preview_steps": self.preview_steps,
+            "prediction_type": self.spec.prediction_type,
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+        }
+
+    def close(self) -> None:
+        """Free the network copy and kept results (and GPU memory)."""
+        self._kept.clear()
+        self.denoiser = None  # type: ignore[assignment]
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,207 @@
+"""Our file format for diffusion models: one ``.safetensors`` with the EMA weights and a header.
+
+The header key ``napari_synthgen`` holds JSON: ``format_version``, ``family: "diffusion"``, the
+``UNet2DModel`` config (``unet``), the noise ``scheduler`` config, the ``spec``, ``encoding``,
+``tile`` and free metadata (training config, steps, classes...), as the pix2pix format
+(``models/checkpoints/ours.py``) does, so that ``load_model`` can dispatch on ``family``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..io import atomic_path, sha256_file
+from ..masks import known_classes
+from .checkpoints.common import METADATA_KEY, CheckpointError
+from .checkpoints.ours import _json_default
+from .diffusion import (
+    FAMILY,
+    DiffusionSpec,
+    DiffusionSpecError,
+    build_unet,
+    count_parameters,
+    scheduler_config,
+    unet_config,
+)
+
+FORMAT_VERSION = 1
+_RESERVED = ("format_version", "family", "unet", "scheduler", "spec", "encoding", "tile")
+_RESAVE = "the file is incomplete or was altered; save the model again"
+
+
+@dataclass
+class DiffusionInfo:
+    """What a diffusion file holds (the diffusion counterpart of ``ModelInfo``)."""
+
+    family: str
+    config: str
+    encoding: str
+    tile: int
+    input_nc: int
+    output_nc: int
+    prediction_type: str
+    beta_schedule: str
+    num_train_timesteps: int
+    ema: bool
+    steps_trained: int | None
+    params: int
+    format: str
+    path: str
+    sha256: str
+    classes: dict[int, float] | None = None
+    notes: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedDiffusion:
+    """A denoiser ready for sampling (CPU, float32, eval mode) and what is known about it."""
+
+    network: nn.Module
+    spec: DiffusionSpec
+    info: DiffusionInfo
+
+
+def _tensors(network: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in network.state_dict().items():
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+        value = value.detach().cpu()
+        out[key] = (value.to(dtype) if value.is_floating_point() else value).contiguous()
+    return out
+
+
+def save_diffusion(
+    path: str | os.PathLike,
+    unet: nn.Module,
+    spec: DiffusionSpec,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write ``unet`` (the EMA weights, when training) and its spec to one file, atomically."""
+    from safetensors.torch import save_file
+
+    dest = Path(path)
+    if dest.suffix.lower() != ".safetensors":
+        raise CheckpointError(f"{dest}: napari-synthgen models are saved as .safetensors files.")
+    extra = dict(metadata or {})
+    clash = [k for k in _RESERVED if k in extra]
+    if clash:
+        raise CheckpointError(f"metadata may not set {', '.join(clash)}: save_diffusion writes "
+                              "these itself.")
+    doc = {"format_version": FORMAT_VERSION, "family": FAMILY, "unet": unet_config(spec),
+           "scheduler": scheduler_config(spec), "spec": spec.to_dict(),
+           "encoding": spec.encoding, "tile": spec.tile, **extra}
+    try:
+        header = json.dumps(doc, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"metadata cannot be stored as JSON: {exc}.") from None
+    tensors = _tensors(unet, dtype)
+    expected = build_unet(spec).state_dict()
+    if set(tensors) != set(expected) or any(
+            tensors[k].shape != expected[k].shape for k in expected):
+        raise CheckpointError(f"cannot save {dest.name}: the network does not match its spec "
+                              f"({spec.config}, widths {list(spec.block_out_channels)}).")
+    with atomic_path(dest) as tmp:
+        save_file(tensors, tmp, metadata={METADATA_KEY: header})
+    return dest
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The napari-synthgen header of a ``.safetensors`` file (None when it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error type for damaged files
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({exc}).") from None
+    text = meta.get(METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: its napari-synthgen header is not valid JSON; the file "
+                              "is damaged. Save the model again.") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path}: its napari-synthgen header is not a JSON object.")
+    return doc
+
+
+def _spec_of(doc: Mapping[str, Any], path: Path) -> DiffusionSpec:
+    version = doc.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: its header has no valid format_version "
+                              f"(found {version!r}); {_RESAVE}.")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer napari-synthgen (diffusion format "
+                              f"{version}; this version reads up to {FORMAT_VERSION}). Update "
+                              "napari-synthgen to load it.")
+    family = doc.get("family")
+    if family != FAMILY:
+        raise CheckpointError(f"{path}: it holds a {family!r} model, not a diffusion model; "
+                              "load it with napari_synthgen.models.checkpoints.load_model.")
+    spec_doc = doc.get("spec")
+    if not isinstance(spec_doc, Mapping):
+        raise CheckpointError(f"{path}: its header has no diffusion spec; {_RESAVE}.")
+    try:
+        spec = DiffusionSpec.from_dict(dict(spec_doc))
+    except (DiffusionSpecError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {str(exc).rstrip('.')}; {_RESAVE}.") from None
+    stored = doc.get("unet")
+    if stored is not None and stored != unet_config(spec):
+        raise CheckpointError(f"{path}: its U-Net config does not agree with its spec; "
+                              f"{_RESAVE}.")
+    return spec
+
+
+def load_diffusion(path: str | os.PathLike) -> LoadedDiffusion:
+    """Load a diffusion model saved by :func:`save_diffusion` (float32, CPU, eval mode)."""
+    from safetensors.torch import load_file
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file. Give a diffusion model (.safetensors).")
+    doc = read_header(p)
+    if doc is None:
+        raise CheckpointError(f"{p}: it has no napari-synthgen header, so it is not a diffusion "
+                              "model saved by napari-synthgen.")
+    spec = _spec_of(doc, p)
+    tensors = load_file(os.fspath(p))
+    net = build_unet(spec)
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in tensors.items()}, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise CheckpointError(f"{p}: its weights do not fit its spec ({' '.join(first)}); "
+                              f"{_RESAVE}.") from None
+    net.eval()
+    metadata = {k: v for k, v in doc.items() if k not in _RESERVED}
+    steps = metadata.get("steps_trained", metadata.get("step"))
+    info = DiffusionInfo(
+        family=FAMILY, config=spec.config, encoding=spec.encoding, tile=spec.tile,
+        input_nc=spec.mask_channels, output_nc=1, prediction_type=spec.prediction_type,
+        beta_schedule=spec.beta_schedule, num_train_timesteps=spec.num_train_timesteps,
+        ema=bool(metadata.get("ema", False)),
+        steps_trained=steps if isinstance(steps, int) else None,
+        params=count_parameters(net), format="synthgen-diffusion-safetensors", path=str(p),
+        sha256=sha256_file(p), classes=known_classes(metadata.get("classes")),
+        notes=[f"napari-synthgen diffusion model: {spec.config}, "
+               f"widths {list(spec.block_out_channels)}, {spec.prediction_type}"],
+        metadata=metadata,
+    )
+    return LoadedDiffusion(net, spec, info)
