@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--allow-float", action="store_true",
                      help="accept float mask files whose values are whole numbers")
     gen.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    gen.add_argument("--steps", type=_number(int, 1), default=None,
+                     help="denoising steps of a diffusion model (default 20; refused for "
+                     "pix2pix models)")
+    gen.add_argument("--sampler", choices=["dpm", "ddim"], default=None,
+                     help="diffusion sampler: dpm (DPM-Solver++, default) or ddim (refused for "
+                     "pix2pix models)")
     _add_synthesis_options(gen)
 
     from .training.cli import add_train_parser
@@ -361,8 +367,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.variations < 1:
         raise UsageError("--variations must be at least 1.")
+    model = resolve_model_source(args.model)
+    options = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler))
+               if v is not None}
+    if options:
+        from .models.checkpoints import model_family
+
+        family = model_family(model)
+        if family is not None and family != "diffusion":
+            flags = " and ".join(f"--{k}" for k in options)
+            verb = "apply" if len(options) > 1 else "applies"
+            raise UsageError(f"{flags} {verb} to diffusion models only; {args.model} is a "
+                             f"{family} model. Leave {flags} out.")
     job = GenerateJob(
-        model=resolve_model_source(args.model), masks=_mask_files(args.masks), out=args.out,
+        model=model, options=options, masks=_mask_files(args.masks), out=args.out,
         seed=args.seed, variations=args.variations,
         stochastic=args.stochastic or args.variations > 1, read_as=args.read_as,
         boundary_width=args.boundary_width, allow_float=args.allow_float,

@@ -17,9 +17,8 @@ from __future__ import annotations
 import copy
 import gc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,11 +28,7 @@ from .devices import Precision, auto_precision, autocast, check_precision, resol
 from .encoding import encode_masks, encoding_lut, unit_to_uint8
 from .masks import validate_mask
 from .models.diffusion import SAMPLERS, DiffusionSpec, cast_network, make_scheduler
-
-try:
-    from .tiling import blend_window, pad_mask, plan_tiles, tile_seed
-except ImportError:  # before tiling moved out of synthesis.py
-    from .synthesis import blend_window, pad_mask, plan_tiles, tile_seed
+from .tiling import blend_window, pad_mask, plan_tiles, tile_seed
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -120,14 +115,14 @@ class Denoiser:
         return out.float()
 
 
-def denoise(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
-            spec: DiffusionSpec, *, steps: int, sampler: str = "dpm",
-            progress: Callable[[int], None] | None = None,
-            cancel: CancelFn | None = None) -> torch.Tensor:
-    """Run the sampler from ``noise``; ``predict(x_t, t)`` gives the model output for x_t.
+def denoise_steps(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  noise: torch.Tensor, spec: DiffusionSpec, *, steps: int,
+                  sampler: str = "dpm") -> Generator[int, None, torch.Tensor]:
+    """Run the sampler from ``noise``, yielding the number of steps done after every step;
+    ``predict(x_t, t)`` gives the model output for x_t.
 
-    Returns the denoised sample (same shape as ``noise``, float32, roughly in [-1, 1]).
-    Raises :class:`Cancelled` when ``cancel()`` is true between two steps.
+    Returns (``StopIteration.value``) the denoised sample (same shape as ``noise``, float32,
+    roughly in [-1, 1]). Closing the generator stops between two steps.
     """
     if steps < 1:
         raise DiffusionSamplingError(f"steps must be at least 1; got {steps}.")
@@ -135,13 +130,39 @@ def denoise(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise
     scheduler.set_timesteps(steps, device=noise.device)
     x = noise * scheduler.init_noise_sigma
     for i, t in enumerate(scheduler.timesteps):
-        if cancel is not None and cancel():
-            raise Cancelled(f"sampling cancelled before step {i + 1} of {steps}.")
         out = predict(scheduler.scale_model_input(x, t), t)
         x = scheduler.step(out, t, x).prev_sample
-        if progress is not None:
-            progress(i + 1)
+        yield i + 1
     return x
+
+
+def drive(gen: Generator[Any, None, Any], total: int, *,
+          progress: Callable[[Any], None] | None = None, cancel: CancelFn | None = None
+          ) -> Any:
+    """Run a step generator to its end: ``cancel()`` before each of its ``total`` steps raises
+    :class:`Cancelled`, ``progress(item)`` after each; returns the generator's value."""
+    done = 0
+    while True:
+        if cancel is not None and done < total and cancel():
+            gen.close()
+            raise Cancelled(f"sampling cancelled before step {done + 1} of {total}.")
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        done += 1
+        if progress is not None:
+            progress(item)
+
+
+def denoise(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
+            spec: DiffusionSpec, *, steps: int, sampler: str = "dpm",
+            progress: Callable[[int], None] | None = None,
+            cancel: CancelFn | None = None) -> torch.Tensor:
+    """:func:`denoise_steps` run to its end, with ``progress(steps_done)`` after each step;
+    raises :class:`Cancelled` when ``cancel()`` is true between two steps."""
+    return drive(denoise_steps(predict, noise, spec, steps=steps, sampler=sampler), steps,
+                 progress=progress, cancel=cancel)
 
 
 def sample_batch(denoiser: Denoiser, masks: torch.Tensor, *, seed: int, steps: int,
@@ -176,26 +197,49 @@ def _overlaps(a: tuple[int, int], b: tuple[int, int], t: int) -> bool:
     return abs(a[0] - b[0]) < t and abs(a[1] - b[1]) < t
 
 
+def _diffusion_model(model: Any) -> Any:
+    """``model`` if it is a loaded diffusion model (a LoadedModel of the diffusion family or a
+    LoadedDiffusion), else what :func:`~napari_synthgen.models.checkpoints.load_model` loads
+    from it (a path or a bundled name); a model of another family is refused."""
+    from .models.checkpoints import LoadedModel, load_model
+
+    if not hasattr(model, "network") or not hasattr(model, "spec"):
+        model = load_model(model)
+    if not isinstance(model.spec, DiffusionSpec):
+        family = model.info.family if isinstance(model, LoadedModel) else "another"
+        raise DiffusionSamplingError(
+            f"{model.info.path} holds a {family} model, not a diffusion model; create the "
+            "synthesizer with napari_synthgen.synthesis.Synthesizer(model) instead.")
+    return model
+
+
 class DiffusionSynthesizer:
     """Synthesize uint8 EM images from class masks with a diffusion model (any size).
 
-    ``model`` is a :class:`~napari_synthgen.models.diffusion_files.LoadedDiffusion` or a path.
+    ``model`` is a loaded diffusion model (``load_model``'s LoadedModel, or a
+    :class:`~napari_synthgen.models.diffusion_files.LoadedDiffusion`) or a path.
     ``tile`` defaults to the model's; ``overlap`` to a quarter tile; ``steps`` and ``sampler``
     (``dpm`` = DPM-Solver++ 2M, ``ddim``) set the full run, ``preview_steps`` live preview.
-    Call it with a 2-D mask or a 3-D stack (slice ``z`` uses seed ``(seed, z)``).
+    ``encoding`` must be the model's own (a diffusion model is trained on one); ``stochastic``
+    is accepted for the common interface and always true (every seed is a variation). Call it
+    with a 2-D mask or a 3-D stack (slice ``z`` uses seed ``(seed, z)``); :meth:`run` yields
+    progress after every denoising step (stop iterating to cancel).
     """
 
+    family = "diffusion"
     stochastic = True  # every seed is a different variation
 
     def __init__(self, model: Any, *, device: str | torch.device = "auto",
                  precision: str = "auto", tile: int | None = None, overlap: int | None = None,
-                 batch_size: int | None = None, steps: int = 20, sampler: str = "dpm",
+                 batch_size: int | None = None, encoding: str | None = None,
+                 stochastic: bool = True, steps: int = 20, sampler: str = "dpm",
                  preview_steps: int = DEFAULT_PREVIEW_STEPS) -> None:
-        from .models.diffusion_files import LoadedDiffusion, load_diffusion
-
-        if not isinstance(model, LoadedDiffusion):
-            model = load_diffusion(Path(model))
+        model = _diffusion_model(model)
         self.model, self.spec, self.info = model, model.spec, model.info
+        if encoding is not None and encoding != self.spec.encoding:
+            raise DiffusionSamplingError(
+                f"this diffusion model was trained on {self.spec.encoding!r} masks; its "
+                f"encoding cannot be changed to {encoding!r} (leave the encoding unset).")
         self.encoding = self.spec.encoding
         self.device = resolve_device(device)
         div = self.spec.divisor
@@ -248,10 +292,10 @@ class DiffusionSynthesizer:
     # ----------------------------------------------------------------- MultiDiffusion
     def _multidiffusion(self, padded: np.ndarray, grid: Any, tiles: list[tuple[int, int]],
                         box: tuple[int, int, int, int], seed: int, z: int, steps: int,
-                        progress: Callable[[int], None] | None, cancel: CancelFn | None
-                        ) -> torch.Tensor:
+                        cancel: CancelFn | None) -> Generator[int, None, torch.Tensor]:
         """Denoise the canvas ``box`` = (y0, y1, x0, x1) (padded coordinates) covered by
-        ``tiles``, fusing the tiles' model outputs at every step. Returns the box's sample."""
+        ``tiles``, fusing the tiles' model outputs at every step; yields after every step and
+        returns the box's sample. ``cancel()`` is also asked between tile batches."""
         y0, y1, x0, x1 = box
         t, win = grid.tile, self._window(grid)
         cond = self.denoiser.encode(torch.from_numpy(
@@ -276,48 +320,69 @@ class DiffusionSynthesizer:
                     num[0, :, y : y + t, x : x + t] += win * o
             return num * inv_den
 
-        x = denoise(predict, noise[None, None].to(self.device), self.spec, steps=steps,
-                    sampler=self.sampler, progress=progress, cancel=cancel)
+        x = yield from denoise_steps(predict, noise[None, None].to(self.device), self.spec,
+                                     steps=steps, sampler=self.sampler)
         return x[0, 0]
 
     # ----------------------------------------------------------------- full runs
+    def run(self, mask: np.ndarray, *, seed: int = 0, keep: bool = False,
+            steps: int | None = None) -> Generator[tuple[int, int], None, np.ndarray]:
+        """Synthesize ``mask``, yielding ``(steps_done, steps_total)`` after every denoising
+        step (total = steps x slices); returns the uint8 image (``StopIteration.value``).
+
+        Closing the generator (stop iterating) cancels between two steps. ``keep`` keeps the
+        result for :meth:`update` (live preview).
+        """
+        return (yield from self._run(mask, seed, keep, steps, None))
+
     def __call__(self, mask: np.ndarray, *, seed: int = 0, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None, keep: bool = False,
                  steps: int | None = None) -> np.ndarray:
         """A uint8 image of the mask's shape (2-D, or a 3-D stack slice by slice).
 
         ``progress(done, total)`` is called after every denoising step (total = steps x
-        slices); ``cancel()`` between steps raises :class:`Cancelled`. ``keep`` keeps the
-        result for :meth:`update` (live preview).
+        slices); ``cancel()`` between steps (and tile batches) raises :class:`Cancelled`.
+        ``keep`` keeps the result for :meth:`update` (live preview).
         """
+        m = validate_mask(mask)
+        total = int(steps or self.steps) * (1 if m.ndim == 2 else m.shape[0])
+        return drive(self._run(m, seed, keep, steps, cancel), total, cancel=cancel,
+                     progress=(lambda item: progress(*item)) if progress else None)
+
+    def _run(self, mask: np.ndarray, seed: int, keep: bool, steps: int | None,
+             cancel: CancelFn | None) -> Generator[tuple[int, int], None, np.ndarray]:
         m = validate_mask(mask)
         slices = [m] if m.ndim == 2 else list(m)
         n_steps = int(steps or self.steps)
+        if n_steps < 1:
+            raise DiffusionSamplingError(f"steps must be at least 1; got {n_steps}.")
         total = n_steps * len(slices)
         out = np.empty(m.shape, dtype=np.uint8)
         if keep:
             self._kept.clear()
         for z, s in enumerate(slices):
             target = out if m.ndim == 2 else out[z]
-            base = z * n_steps
-
-            def step_done(i: int, base: int = base) -> None:
-                if progress is not None:
-                    progress(base + i, total)
-
-            kept = self._sample_slice(s, seed, z, n_steps, step_done, cancel)
+            gen = self._sample_slice(s, seed, z, n_steps, cancel)
+            while True:
+                try:
+                    i = next(gen)
+                except StopIteration as stop:
+                    kept = stop.value
+                    break
+                yield z * n_steps + i, total
             target[...] = kept.image
             if keep:
                 self._kept[z] = kept
         return out
 
     def _sample_slice(self, mask2d: np.ndarray, seed: int, z: int, steps: int,
-                      progress: Callable[[int], None] | None, cancel: CancelFn | None) -> _Kept:
+                      cancel: CancelFn | None) -> Generator[int, None, _Kept]:
         grid = self.plan(*mask2d.shape)
         padded = pad_mask(mask2d, grid)
         box = (0, grid.padded_height, 0, grid.padded_width)
-        canvas = self._multidiffusion(padded, grid, grid.tiles, box, seed, z, steps,
-                                      progress, cancel).cpu().numpy()
+        canvas = yield from self._multidiffusion(padded, grid, grid.tiles, box, seed, z, steps,
+                                                 cancel)
+        canvas = canvas.cpu().numpy()
         return _Kept(grid, seed, padded, canvas, self._image(canvas, grid))
 
     @staticmethod
@@ -341,9 +406,10 @@ class DiffusionSynthesizer:
         if (kept is None or (kept.grid.height, kept.grid.width) != m2.shape
                 or (seed is not None and seed != kept.seed)):
             steps = self.preview_steps
-            kept = self._sample_slice(m2, kept.seed if seed is None and kept else (seed or 0),
-                                      z, steps, (lambda i: progress(i, steps)) if progress
-                                      else None, cancel)
+            kept = drive(self._sample_slice(
+                m2, kept.seed if seed is None and kept else (seed or 0), z, steps, cancel),
+                steps, progress=(lambda i: progress(i, steps)) if progress else None,
+                cancel=cancel)
             self._kept[z] = kept
             return kept.image.copy(), [(slice(0, m2.shape[0]), slice(0, m2.shape[1]))]
         return self.resample_region(m2, z=z, progress=progress, cancel=cancel)
@@ -381,9 +447,10 @@ class DiffusionSynthesizer:
         box = (min(y for y, _ in region), max(y for y, _ in region) + t,
                min(x for _, x in region), max(x for _, x in region) + t)
         n = int(steps or self.preview_steps)
-        sample = self._multidiffusion(
-            new_padded, grid, region, box, kept.seed, z, n,
-            (lambda i: progress(i, n)) if progress else None, cancel).cpu().numpy()
+        sample = drive(self._multidiffusion(new_padded, grid, region, box, kept.seed, z, n,
+                                            cancel),
+                       n, progress=(lambda i: progress(i, n)) if progress else None,
+                       cancel=cancel).cpu().numpy()
         win = blend_window(grid.tile, grid.overlap)
         w_touched = np.zeros_like(kept.canvas)
         w_all = np.zeros_like(kept.canvas)
@@ -406,7 +473,8 @@ class DiffusionSynthesizer:
 
     # ----------------------------------------------------------------- lifetime
     def describe(self) -> dict[str, Any]:
-        """What this synthesizer runs: model, device, precision, tiling, sampler."""
+        """What this synthesizer runs: model, device, precision, tiling, and (also under
+        ``family_settings``) steps, sampler and live-preview steps."""
         return {
             "family": "diffusion",
             "model": self.info.to_dict(),
@@ -417,11 +485,15 @@ class DiffusionSynthesizer:
             "overlap": self.overlap,
             "batch_size": self.batch_size,
             "encoding": self.encoding,
+            "stochastic": self.stochastic,
             "steps": self.steps,
             "sampler": self.sampler,
             "preview_steps": self.preview_steps,
             "prediction_type": self.spec.prediction_type,
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            # what generate records with every image and GenerateJob.options passes back
+            "family_settings": {"steps": self.steps, "sampler": self.sampler,
+                                "preview_steps": self.preview_steps},
         }
 
     def close(self) -> None:

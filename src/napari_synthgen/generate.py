@@ -32,7 +32,7 @@ from .masks import (
     unseen_class_message,
     unseen_classes,
 )
-from .synthesis import Synthesizer, output_name
+from .synthesis import Synthesizer, output_name, synthesizer_class
 
 
 @dataclass
@@ -230,7 +230,24 @@ def run_generate(job: GenerateJob) -> Iterator[GenerateEvent]:
         group.close()
 
 
+def _check_options(job: GenerateJob) -> None:
+    """Refuse family settings the model's synthesizer does not take (e.g. diffusion ``steps``
+    for a pix2pix model), naming them, rather than fail deep inside with a TypeError."""
+    import inspect
+
+    if not job.options:
+        return
+    cls = synthesizer_class(job.model)
+    params = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in job.options if k not in params]
+    if unknown:
+        family = getattr(cls, "family", "") or cls.__name__
+        raise ValueError(f"the synthesis options {', '.join(unknown)} do not apply to "
+                         f"{family} models ({job.model}); leave them out.")
+
+
 def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[GenerateEvent]:
+    _check_options(job)
     synth = Synthesizer(
         job.model, device=_device_for(job.device, share), precision=job.precision,
         tile=job.tile, overlap=job.overlap, batch_size=job.batch_size, encoding=job.encoding,
@@ -247,7 +264,8 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
             f"model {synth.info.short()} ({synth.info.format}), encoding "
             f"{synth.encoding}, device {info['device']}, precision {synth.precision} "
             f"[{synth.precision_note or 'explicit'}], tile {synth.tile} overlap {synth.overlap}"
-            f"{procs}",
+            + "".join(f", {k} {v}" for k, v in info.get("family_settings", {}).items())
+            + procs,
             data=info,
         )
         if job.variations > 1 and not synth.stochastic:

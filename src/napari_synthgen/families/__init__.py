@@ -14,6 +14,7 @@ from .base import CliOption, Family, StepResult, Trainer
 #: built-in families: name -> module that registers it on import
 BUILTIN: dict[str, str] = {
     "pix2pix": "napari_synthgen.families.pix2pix",
+    "diffusion": "napari_synthgen.families.diffusion",
 }
 
 _REGISTRY: dict[str, Family] = {}

@@ -168,6 +168,29 @@ def _spec_of(doc: Mapping[str, Any], path: Path) -> DiffusionSpec:
     return spec
 
 
+def build_from(doc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], path: Path
+               ) -> tuple[nn.Module, DiffusionSpec, dict[str, Any]]:
+    """The network (float32, CPU, eval mode), spec and metadata of a diffusion header ``doc``
+    whose weights are ``tensors`` (the diffusion family's ``load`` and :func:`load_diffusion`)."""
+    spec = _spec_of(doc, path)
+    net = build_unet(spec)
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in tensors.items()}, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise CheckpointError(f"{path}: its weights do not fit its spec ({' '.join(first)}); "
+                              f"{_RESAVE}.") from None
+    net.eval()
+    return net, spec, {k: v for k, v in doc.items() if k not in _RESERVED}
+
+
+def steps_trained(metadata: Mapping[str, Any]) -> int | None:
+    """The optimisation steps a model file says it was trained for (None: it does not say)."""
+    steps = metadata.get("steps_trained", metadata.get("step"))
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
 def load_diffusion(path: str | os.PathLike) -> LoadedDiffusion:
     """Load a diffusion model saved by :func:`save_diffusion` (float32, CPU, eval mode)."""
     from safetensors.torch import load_file
@@ -179,29 +202,20 @@ def load_diffusion(path: str | os.PathLike) -> LoadedDiffusion:
     if doc is None:
         raise CheckpointError(f"{p}: it has no napari-synthgen header, so it is not a diffusion "
                               "model saved by napari-synthgen.")
-    spec = _spec_of(doc, p)
-    tensors = load_file(os.fspath(p))
-    net = build_unet(spec)
-    try:
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                             for k, v in tensors.items()}, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise CheckpointError(f"{p}: its weights do not fit its spec ({' '.join(first)}); "
-                              f"{_RESAVE}.") from None
-    net.eval()
-    metadata = {k: v for k, v in doc.items() if k not in _RESERVED}
-    steps = metadata.get("steps_trained", metadata.get("step"))
+    net, spec, metadata = build_from(doc, load_file(os.fspath(p)), p)
     info = DiffusionInfo(
         family=FAMILY, config=spec.config, encoding=spec.encoding, tile=spec.tile,
         input_nc=spec.mask_channels, output_nc=1, prediction_type=spec.prediction_type,
         beta_schedule=spec.beta_schedule, num_train_timesteps=spec.num_train_timesteps,
-        ema=bool(metadata.get("ema", False)),
-        steps_trained=steps if isinstance(steps, int) else None,
+        ema=bool(metadata.get("ema", False)), steps_trained=steps_trained(metadata),
         params=count_parameters(net), format="synthgen-diffusion-safetensors", path=str(p),
         sha256=sha256_file(p), classes=known_classes(metadata.get("classes")),
-        notes=[f"napari-synthgen diffusion model: {spec.config}, "
-               f"widths {list(spec.block_out_channels)}, {spec.prediction_type}"],
-        metadata=metadata,
+        notes=[describe_spec(spec)], metadata=metadata,
     )
     return LoadedDiffusion(net, spec, info)
+
+
+def describe_spec(spec: DiffusionSpec) -> str:
+    """One line on a diffusion model's architecture (for notes and ``inspect``)."""
+    return (f"napari-synthgen diffusion model: {spec.config}, widths "
+            f"{list(spec.block_out_channels)}, {spec.prediction_type}")

@@ -76,7 +76,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     for flag, key, _value, help_ in _FLAGS + flags:
         p.add_argument(flag, dest=key, action="store_const", const=_value, default=None,
                        help=help_)
-    p.add_argument("--config", type=Path, default=None, help="YAML or JSON configuration file")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML or JSON configuration file; for --family diffusion also small "
+                   "or base, the U-Net configuration (as --unet-config)")
     p.add_argument("--resume", nargs="?", const="", default=None,
                    help="resume from --out (or from the given folder / state file)")
     p.add_argument("--events", choices=["jsonl"], default=None,
@@ -90,7 +92,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < --config file < options given on the command line."""
-    values: dict[str, Any] = TrainConfig.load(args.config).to_dict() if args.config else {}
+    unet = _unet_config_name(args.config)
+    values: dict[str, Any] = (_file_values(args.config, args.family)
+                              if args.config and unet is None else {})
     for key in ("data", "val"):
         if getattr(args, key) is not None:
             values[key] = list(getattr(args, key))
@@ -100,11 +104,44 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for _flag, key, _typ, _help in _OPTIONS + options + _FLAGS + flags:
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
+    if unet is not None and getattr(args, "unet_config", None) is None:
+        values["unet_config"] = unet
     if values.get("steps") is not None and args.epochs is None and args.steps is not None:
         values["epochs"] = None
     if values.get("epochs") is not None and args.steps is None and args.epochs is not None:
         values["steps"] = None
     return TrainConfig.from_dict(values)
+
+
+def _file_values(path: Path, family: str | None) -> dict[str, Any]:
+    """The settings of a configuration file; ``--family`` (when given) decides the family, so
+    a file of diffusion settings needs no ``family:`` line when the command line says it."""
+    if family is None:
+        return TrainConfig.load(path).to_dict()
+    import json
+
+    import yaml
+
+    from .config import ConfigError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc}).") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a configuration file holds a mapping of keys to values.")
+    return TrainConfig.from_dict({**raw, "family": family}).to_dict()
+
+
+def _unet_config_name(config: Path | None) -> str | None:
+    """``--config small`` / ``--config base``: the diffusion U-Net configuration, not a file
+    (a file of that name, if there is one, is still read as a configuration file)."""
+    from ..families.diffusion import UNET_CONFIGS
+
+    if config is not None and str(config) in UNET_CONFIGS and not config.is_file():
+        return str(config)
+    return None
 
 
 class _StopFlag:

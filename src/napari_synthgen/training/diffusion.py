@@ -26,6 +26,7 @@ from torch import nn
 
 from ..devices import Precision, autocast
 from ..encoding import encode_masks, encoding_lut
+from ..families.base import StepResult
 from ..masks import BACKGROUND, BOUNDARY, INTERIOR
 from ..models.diffusion import (
     DiffusionSpec,
@@ -34,11 +35,7 @@ from ..models.diffusion import (
     make_spec,
     training_scheduler,
 )
-
-try:
-    from ..tiling import tile_seed
-except ImportError:  # before tiling moved out of synthesis.py
-    from ..synthesis import tile_seed
+from ..tiling import tile_seed
 
 _NOISE_STREAM = 0xD1FF  # keeps the trainer's generator apart from other uses of tile_seed
 _UNLABEL_STREAM = 0xCE11
@@ -85,14 +82,6 @@ class DiffusionConfig:
     def spec(self) -> DiffusionSpec:
         return make_spec(self.config, tile=self.tile, encoding=self.encoding,
                          prediction_type=self.prediction, **self.overrides)
-
-
-@dataclass
-class StepResult:
-    """Losses of one step (floats) and whether they were finite."""
-
-    losses: dict[str, float]
-    finite: bool
 
 
 def warmup_then(total_steps: int, warmup: int, schedule: str):

@@ -1,0 +1,190 @@
+"""Mask-conditioned diffusion as a model family: its settings, trainer, files and synthesizer.
+
+The parts live in ``models/diffusion.py`` (spec, U-Net, schedulers), ``models/diffusion_files.py``
+(our file format), ``training/diffusion.py`` (the step, EMA, previews) and
+``diffusion_sampling.py`` (the synthesizer); this module tells the shared machinery where they
+are. The common settings (lr, tile, encoding, seed, batch size) come from TrainConfig and are
+mapped onto the trainer's :class:`~napari_synthgen.training.diffusion.DiffusionConfig` here.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from . import register
+from .base import CliOption, Family
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+    from ..models.checkpoints import LoadedModel
+    from ..training.config import TrainConfig
+    from ..training.diffusion import DiffusionConfig
+
+UNET_CONFIGS = ("small", "base")
+PREDICTIONS = ("v_prediction", "epsilon")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class DiffusionSettings:
+    """Diffusion training settings beside the common ones (see DiffusionConfig for each)."""
+
+    unet_config: str = field(default="small", metadata={"choices": UNET_CONFIGS})
+    prediction: str = field(default="v_prediction", metadata={"choices": PREDICTIONS})
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = field(default="cosine", metadata={"choices": LR_SCHEDULES})
+    ema_decay: float = 0.999
+    min_snr_gamma: float | None = 5.0
+    grad_clip: float = 1.0
+    preview_steps: int = 10
+    unlabel_fraction: float = 0.0
+    #: other DiffusionSpec fields (block_out_channels, attention...; for tests and trials)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _plain(value: Any) -> Any:
+    """Lists for tuples, recursively: a setting compares equal after a YAML round trip."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+class DiffusionFamily(Family):
+    """A diffusers U-Net denoising the image with the encoded mask at every step, EMA weights,
+    DPM-Solver++ / DDIM sampling fused over tiles."""
+
+    name = "diffusion"
+    settings = DiffusionSettings
+    arch_keys = ("unet_config", "prediction", "overrides")
+    loss_names = ("mse",)
+    defaults: ClassVar[Mapping[str, Any]] = {
+        "encoding": "onehot", "batch_size": 4, "out": "runs/diffusion"}
+    cli_options = (
+        CliOption("--unet-config", "unet_config", str,
+                  "diffusion U-Net configuration: small (CPU) or base (GPU); "
+                  "--config small|base says the same"),
+        CliOption("--prediction", "prediction", str,
+                  "diffusion training target: v_prediction or epsilon"),
+        CliOption("--unlabel-fraction", "unlabel_fraction", float,
+                  "share of cells turned into background in each training mask, image kept "
+                  "(teaches class 0 as unlabelled tissue; diffusion)"),
+        CliOption("--ema-decay", "ema_decay", float, "EMA decay of the diffusion weights"),
+        CliOption("--warmup-steps", "warmup_steps", int,
+                  "learning-rate warmup steps (diffusion)"),
+        CliOption("--lr-schedule", "lr_schedule", str,
+                  "diffusion learning rate after warmup: cosine or constant"),
+        CliOption("--min-snr-gamma", "min_snr_gamma", float,
+                  "min-SNR loss weighting gamma (0: plain MSE; diffusion)"),
+        CliOption("--preview-steps", "preview_steps", int,
+                  "DPM-Solver++ steps of the EMA preview samples (diffusion)"),
+    )
+
+    # ----------------------------------------------------------------- settings
+    def make_settings(self, values: Mapping[str, Any]) -> DiffusionSettings:
+        values = dict(values)
+        if "overrides" in values:
+            if not isinstance(values["overrides"], Mapping):
+                raise ValueError(f"overrides is a mapping of DiffusionSpec fields; got "
+                                 f"{values['overrides']!r}.")
+            values["overrides"] = _plain(values["overrides"])
+        return DiffusionSettings(**values)
+
+    def diffusion_config(self, cfg: TrainConfig) -> DiffusionConfig:
+        """The trainer's configuration: the family's settings and the common lr, tile,
+        encoding, seed and batch size of ``cfg``."""
+        from ..training.diffusion import DiffusionConfig
+
+        own = asdict(cfg.settings)
+        own["config"] = own.pop("unet_config")
+        own["overrides"] = copy.deepcopy(own["overrides"])
+        return DiffusionConfig(**own, lr=cfg.lr, tile=cfg.tile, encoding=cfg.encoding,
+                               seed=cfg.seed, batch_size=cfg.batch_size)
+
+    def validate(self, cfg: TrainConfig) -> list[str]:
+        problems = []
+        s = cfg.settings
+        if s.unet_config not in UNET_CONFIGS:
+            problems.append(f"unet_config {s.unet_config!r} unknown; use small or base.")
+        if s.prediction not in PREDICTIONS:
+            problems.append(f"prediction {s.prediction!r} unknown; use v_prediction or epsilon.")
+        if s.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule {s.lr_schedule!r} unknown; use cosine or constant.")
+        if not 0.0 < s.ema_decay < 1.0:
+            problems.append(f"ema_decay must be between 0 and 1; got {s.ema_decay}.")
+        if not 0.0 <= s.unlabel_fraction <= 1.0:
+            problems.append(f"unlabel_fraction is a share of cells in [0, 1]; got "
+                            f"{s.unlabel_fraction}.")
+        for name in ("weight_decay", "warmup_steps", "grad_clip"):
+            if getattr(s, name) < 0:
+                problems.append(f"{name} must not be negative; got {getattr(s, name)}.")
+        if s.min_snr_gamma is not None and s.min_snr_gamma < 0:
+            problems.append(f"min_snr_gamma must be positive (0 or None: plain MSE); got "
+                            f"{s.min_snr_gamma}.")
+        if s.preview_steps < 1:
+            problems.append(f"preview_steps must be at least 1; got {s.preview_steps}.")
+        if not problems:
+            try:
+                self.diffusion_config(cfg).spec()
+            except (TypeError, ValueError) as exc:  # tile, encoding or overrides that do not fit
+                problems.append(f"diffusion: {exc}")
+        return problems
+
+    def summary(self, config: Mapping[str, Any]) -> str:
+        return f"{config.get('unet_config')} U-Net ({config.get('prediction')})"
+
+    # ----------------------------------------------------------------- training
+    def build_trainer(self, cfg: TrainConfig, device: torch.device, precision: str,
+                      total_steps: int, ddp: bool) -> Any:
+        from ..training.diffusion import DiffusionTrainer
+
+        return DiffusionTrainer(self.diffusion_config(cfg), device, precision, total_steps,
+                                ddp=ddp, rank=int(os.environ.get("RANK", "0")))
+
+    # ----------------------------------------------------------------- files and synthesis
+    def load(self, tensors: dict[str, torch.Tensor], doc: Mapping[str, Any] | None, *,
+             file: Path, kind: str, notes: list[str], encoding: str | None,
+             dropout: bool | None) -> LoadedModel:
+        from ..models.checkpoints import CheckpointError, LoadedModel, model_info
+        from ..models.diffusion_files import build_from, describe_spec, steps_trained
+
+        if doc is None or kind != "safetensors":
+            raise CheckpointError("a diffusion model is a .safetensors file with a "
+                                  "napari-synthgen header; save the model again.")
+        network, spec, metadata = build_from(doc, tensors, file)
+        if encoding is not None and encoding != spec.encoding:
+            raise CheckpointError(f"this diffusion model was trained on {spec.encoding!r} "
+                                  f"masks; its encoding cannot be changed to {encoding!r}.")
+        details = {
+            "architecture": f"{spec.config} U-Net",
+            "widths": list(spec.block_out_channels),
+            "schedule": spec.beta_schedule,
+            "prediction": spec.prediction_type,
+            "train_timesteps": spec.num_train_timesteps,
+            "ema": bool(metadata.get("ema", False)),
+            "ema_decay": metadata.get("ema_decay"),
+            "steps_trained": steps_trained(metadata),
+            "samplers": "dpm (DPM-Solver++ 2M), ddim",
+        }
+        info = model_info(
+            self.name, file, network, input_nc=spec.mask_channels, output_nc=1,
+            encoding=spec.encoding, encoding_source="metadata", tile=spec.tile,
+            format="synthgen-diffusion-safetensors", notes=[*notes, describe_spec(spec)],
+            metadata=metadata, details=details)
+        return LoadedModel(network=network, info=info, spec=spec)
+
+    def synthesizer_class(self) -> type:
+        from ..diffusion_sampling import DiffusionSynthesizer
+
+        return DiffusionSynthesizer
+
+
+DIFFUSION = register(DiffusionFamily())
