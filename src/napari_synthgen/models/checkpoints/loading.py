@@ -284,13 +284,14 @@ def model_family(source: str | os.PathLike) -> str | None:
     try:
         file, _ = _resolve_file(source)
         with open(file, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8 or head.startswith((b"PK", b"\x80")):  # torch zip or pickle
+            head = fh.read(9)
+            size = int.from_bytes(head[:8], "little")
+            # safetensors: an 8-byte header length, then a JSON object. Anything else (a torch
+            # zip or pickle) is a reference pix2pix file. Sniffing b"\x80" for a pickle would
+            # misread a header whose length happens to end in 0x80.
+            if len(head) < 9 or head[8:9] != b"{" or not 0 < size <= 100_000_000:
                 return "pix2pix"
-            size = int.from_bytes(head, "little")
-            if not 0 < size <= 100_000_000:
-                return "pix2pix"
-            header = json.loads(fh.read(size))
+            header = json.loads(head[8:] + fh.read(size - 1))
         text = header.get("__metadata__", {}).get(METADATA_KEY)
         if text is None:
             return "pix2pix"

@@ -73,10 +73,12 @@ def _sniff(path: Path) -> str:
         head = fh.read(16)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
-    if head.startswith(b"\x80"):
-        return "pickle"
+    # safetensors before pickle: a header length whose first byte is 0x80 (one file in 256)
+    # starts like a pickle, but a pickle never has "{" as its ninth byte and a fitting length
     if _looks_like_safetensors(head, size):
         return "safetensors"
+    if head.startswith(b"\x80"):
+        return "pickle"
     raise CheckpointError(
         f"{path}: not a model file; it looks like {_describe_bytes(head)}. Choose a pix2pix "
         f"generator checkpoint ({REFERENCE_NAME}) or a .safetensors model saved by "
