@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._triton_guard import keep_triton_out
 from ..encoding import n_channels
 
 PREDICTION_TYPES: tuple[str, ...] = ("v_prediction", "epsilon")
@@ -155,6 +156,7 @@ def unet_config(spec: DiffusionSpec) -> dict[str, Any]:
 
 def build_unet(spec: DiffusionSpec, config: dict[str, Any] | None = None) -> nn.Module:
     """A freshly initialised diffusers ``UNet2DModel`` for ``spec`` (or a stored config)."""
+    keep_triton_out()
     from diffusers import UNet2DModel
 
     return UNet2DModel(**(config if config is not None else unet_config(spec)))
@@ -171,6 +173,7 @@ def scheduler_config(spec: DiffusionSpec) -> dict[str, Any]:
 
 def make_scheduler(spec: DiffusionSpec, sampler: str = "dpm") -> Any:
     """A diffusers sampler: ``dpm`` (DPM-Solver++ 2M, deterministic) or ``ddim`` (eta 0)."""
+    keep_triton_out()
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     cfg = scheduler_config(spec)
@@ -185,6 +188,7 @@ def make_scheduler(spec: DiffusionSpec, sampler: str = "dpm") -> Any:
 
 def training_scheduler(spec: DiffusionSpec) -> Any:
     """The DDPM schedule that adds noise during training."""
+    keep_triton_out()
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(**scheduler_config(spec), clip_sample=False)

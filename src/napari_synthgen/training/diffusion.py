@@ -163,6 +163,9 @@ class DiffusionTrainer:
 
     def __init__(self, cfg: DiffusionConfig, device: torch.device, precision: Precision,
                  total_steps: int, ddp: bool = False, rank: int = 0) -> None:
+        from .._triton_guard import keep_triton_out
+
+        keep_triton_out()
         from diffusers.training_utils import EMAModel
 
         self.cfg, self.device, self.precision, self.rank = cfg, device, precision, rank

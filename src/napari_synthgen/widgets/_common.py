@@ -181,3 +181,10 @@ def fit_scroll_width(body: Any, widest: int = 460) -> None:
     body.native.layout().activate()
     need = body.native.minimumSizeHint().width() + 20
     body.root_native_widget.setMinimumWidth(min(need, widest))
+
+
+def keep_triton_out() -> bool:
+    """See :func:`napari_synthgen._triton_guard.keep_triton_out` (the core calls it too)."""
+    from .._triton_guard import keep_triton_out as guard
+
+    return guard()

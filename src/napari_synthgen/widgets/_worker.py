@@ -148,6 +148,11 @@ class Workers:
                 on_error(exc, context)
 
         def warned(args: tuple) -> None:
+            # a library's deprecation notes (diffusers' schedulers raise one at every run)
+            # are for developers: the user can do nothing about them
+            if isinstance(args[0] if args else None, (DeprecationWarning,
+                                                      PendingDeprecationWarning)):
+                return
             if live():
                 message = args[0] if args else "warning"
                 show_warning(f"{doing}: {message}")

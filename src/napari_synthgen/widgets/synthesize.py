@@ -6,11 +6,16 @@ starts and finishes with it. Changing a setting or the model only makes the next
 one; an old synthesizer is closed when no running work holds it any more. Live preview
 re-synthesizes only the tiles a brush stroke touched, debounced, and a stale result never
 overwrites a newer one.
+
+A family whose synthesizer takes settings of its own (diffusion: steps, sampler, preview steps)
+gets fields for them, read from its synthesizer's constructor, shown only while a model of that
+family is loaded; they are settings like the others (part of what a synthesizer is built with).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +28,9 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
     SpinBox,
 )
@@ -40,6 +47,7 @@ from ._common import (
     add_collapsible,
     call_on_destroy,
     fit_scroll_width,
+    keep_triton_out,
     report_error,
     scroll_body,
     show_info,
@@ -79,9 +87,80 @@ def _describe(info: Any) -> str:
     known = model_classes(info)
     classes = ("classes it knows: unknown (no record)" if known is None else "classes it knows: "
                + ", ".join(f"{CLASS_NAMES[c]} {f:.0%}" for c, f in sorted(known.items()) if f > 0))
-    return (f"{info.netG} · ngf {info.ngf} · {info.norm} norm · {info.input_nc}→{info.output_nc} "
+    if info.netG is not None:  # pix2pix
+        arch = f"{info.netG} · ngf {info.ngf} · {info.norm} norm"
+    else:  # another family describes itself in details (diffusion: prediction, schedule, EMA)
+        d = info.details or {}
+        arch = " · ".join(str(x) for x in (
+            info.short(), d.get("prediction"),
+            d.get("schedule") and f"{d['schedule']} schedule",
+            "EMA weights" if d.get("ema") else None) if x)
+    return (f"{arch} · {info.input_nc}→{info.output_nc} "
             f"channels · encoding {info.encoding} ({info.encoding_source}) · tile {tile}{steps}"
             f" · {classes}")
+
+
+#: constructor keywords every synthesizer takes; the widget's common fields set them
+_COMMON_KEYWORDS = frozenset({"self", "model", "device", "precision", "tile", "overlap",
+                              "batch_size", "encoding", "stochastic"})
+
+
+def _samplers() -> tuple[str, ...]:
+    from ..models.diffusion import SAMPLERS
+
+    return SAMPLERS
+
+
+#: label, tooltip and limits or choices of the family settings the widget knows by name; any
+#: other keyword of a family's synthesizer gets a plain field of its default's type
+_OPTION_UI: dict[str, dict[str, Any]] = {
+    "steps": {"label": "Steps", "min": 1, "max": 1000, "tooltip":
+              "Denoising steps of a Synthesize run: more give finer detail and take longer "
+              "(DPM-Solver++ needs about 20, DDIM about 50)."},
+    "sampler": {"label": "Sampler", "choices": _samplers, "tooltip":
+                "dpm: DPM-Solver++ 2M, good images in about 20 steps; ddim: DDIM, plain and "
+                "deterministic, needs more steps."},
+    "preview_steps": {"label": "Preview steps", "min": 1, "max": 1000, "tooltip":
+                      "Denoising steps of live preview: few keep strokes quick; Synthesize "
+                      "gives the full result."},
+}
+
+
+def family_options(model: Any) -> dict[str, Any]:
+    """The settings a model's family's synthesizer takes beyond the common ones (keyword ->
+    default), read from its constructor: empty for pix2pix, steps/sampler/preview_steps for
+    diffusion."""
+    from ..synthesis import synthesizer_class
+
+    params = inspect.signature(synthesizer_class(model).__init__).parameters
+    return {name: p.default for name, p in params.items()
+            if name not in _COMMON_KEYWORDS and p.default is not inspect.Parameter.empty
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _option_field(name: str, default: Any) -> Any:
+    """A field for a family setting (None when its default's type has no field)."""
+    ui = _OPTION_UI.get(name, {})
+    kw = {"label": ui.get("label", name.replace("_", " ").capitalize()), "value": default}
+    if "choices" in ui:
+        field = ComboBox(choices=list(ui["choices"]()), **kw)
+    elif isinstance(default, bool):
+        field = CheckBox(text=kw.pop("label"), value=default)
+    elif isinstance(default, int):
+        field = SpinBox(min=ui.get("min", 0), max=ui.get("max", 2**31 - 1), **kw)
+    elif isinstance(default, float):
+        field = FloatSpinBox(min=ui.get("min", 0.0), max=ui.get("max", 1e9), **kw)
+    elif isinstance(default, str):
+        field = LineEdit(**kw)
+    else:
+        return None
+    field.tooltip = ui.get("tooltip", f"{name} of this model family's synthesizer")
+    return field
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    """'steps 20, sampler dpm, preview steps 8' (empty for none)."""
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items())
 
 
 def _model_name(info: Any) -> str:
@@ -106,9 +185,17 @@ class _Run:
     t0: float = field(default_factory=time.perf_counter)
 
 
+def _previews_itself(synth: Any) -> bool:
+    """Whether ``synth.update`` makes the first live preview (and one for a new seed) itself,
+    taking the seed: a diffusion synthesizer samples it with its few preview steps, not a full
+    run's, and stops between steps when asked (``cancel``)."""
+    return {"seed", "cancel"} <= set(inspect.signature(synth.update).parameters)
+
+
 def _load(path: str, encoding: str | None) -> Any:
     from ..models.checkpoints import load_model
 
+    keep_triton_out()  # a diffusion model imports diffusers: no crash beside napari's OpenGL
     return load_model(path, encoding=encoding)
 
 
@@ -134,9 +221,12 @@ class SynthesizeWidget(Container):
         self._live_applied = 0  # id of the result on screen
         self._live_running = False
         self._live_pending = False
+        self._family_fields: dict[str, Any] = {}  # family setting -> field (made when needed)
+        self._family_shown: tuple[str, ...] = ()  # the loaded model's family settings
         self._jobs = Workers()
         self._lock = threading.Lock()  # one synthesis at a time (CPU cores, kept tiles)
         self._closed = False
+        self._stop = threading.Event()  # set when the widget closes: diffusion previews stop
 
         self.model_path = FileEdit(mode="r", label="Model", filter="*.safetensors *.pth *.pt")
         self.model_folder = PushButton(text="Folder...")
@@ -152,6 +242,10 @@ class SynthesizeWidget(Container):
         self.seed = SpinBox(value=0, min=0, max=2**31 - 1, label="Seed")
         self.variations = SpinBox(value=1, min=1, max=64, label="Variations")
         self.stochastic = CheckBox(value=False, text="Stochastic (dropout on, for variations)")
+        #: the loaded model's family settings (diffusion: steps, sampler, preview steps);
+        #: hidden while a model without any (pix2pix) is loaded
+        self.family_box = Container(labels=True)
+        self.family_box.visible = False
         self.tile = SpinBox(value=0, min=0, max=8192, step=64, label="Tile (0 = model's)")
         self.overlap = SpinBox(value=-1, min=-1, max=4096, label="Overlap (-1 = tile/4)")
         self.batch_size = SpinBox(value=0, min=0, max=256, label="Batch (0 = auto)")
@@ -170,6 +264,7 @@ class SynthesizeWidget(Container):
             self.model_info,
             Container(widgets=[self.encoding, self.device, self.precision, self.mask_layer,
                                self.seed, self.variations]),
+            self.family_box,
             self.stochastic,
         ])
         add_collapsible(body, "Advanced", [self.tile, self.overlap, self.batch_size])
@@ -218,6 +313,12 @@ class SynthesizeWidget(Container):
     def model(self) -> Any:
         """The loaded model (``LoadedModel``), or None while none is loaded."""
         return self._model
+
+    @property
+    def family_fields(self) -> dict[str, Any]:
+        """The fields of the loaded model's family settings (keyword -> field), e.g. diffusion's
+        ``steps``, ``sampler`` and ``preview_steps``; empty for pix2pix."""
+        return {name: self._family_fields[name] for name in self._family_shown}
 
     @property
     def busy(self) -> bool:
@@ -286,6 +387,7 @@ class SynthesizeWidget(Container):
             return
         self._model = model
         info = model.info
+        self._show_family_settings(model)
         self.model_info.value = _describe(info)
         self.model_info.tooltip = "\n".join(info.notes)
         if info.path:
@@ -308,6 +410,30 @@ class SynthesizeWidget(Container):
             self._model = None
             self.model_info.value = f"<span style='color:#f66'>Cannot use {Path(path).name}</span>"
 
+    def _show_family_settings(self, model: Any) -> None:
+        """Show the fields of ``model``'s family settings (made on first need, values kept
+        across models) and hide the others; hide Stochastic for families always stochastic."""
+        from ..synthesis import synthesizer_class
+
+        try:
+            options = family_options(model)
+            always = getattr(synthesizer_class(model), "stochastic", None) is True
+        except Exception:  # a family without a synthesizer: loading succeeded, runs will say
+            options, always = {}, False
+        for name, default in options.items():
+            if name not in self._family_fields:
+                field = _option_field(name, default)
+                if field is None:
+                    continue  # not a value a field edits: the synthesizer's default applies
+                field.changed.connect(self._settings_changed)
+                self._family_fields[name] = field
+                self.family_box.append(field)
+        self._family_shown = tuple(n for n in options if n in self._family_fields)
+        for name, field in self._family_fields.items():
+            field.visible = name in self._family_shown
+        self.family_box.visible = bool(self._family_shown)
+        self.stochastic.visible = not always
+
     def _synth_settings(self) -> dict[str, Any]:
         return {
             "device": self.device.value, "precision": self.precision.value,
@@ -315,6 +441,7 @@ class SynthesizeWidget(Container):
             "overlap": None if self.overlap.value < 0 else self.overlap.value,
             "batch_size": self.batch_size.value or None,
             "stochastic": bool(self.stochastic.value or self.variations.value > 1),
+            **{name: self._family_fields[name].value for name in self._family_shown},
         }
 
     def synthesizer(self) -> Any:
@@ -393,7 +520,7 @@ class SynthesizeWidget(Container):
         return {
             "source_mask": run.source, "source_mask_sha256": mask_sha,
             "model": info.path, "model_sha256": info.sha256, "family": info.family,
-            "architecture": info.netG, "seed": seed,
+            "architecture": info.architecture, "seed": seed,
             "params": {k: v for k, v in run.params.items() if k != "model"},
         }
 
@@ -447,8 +574,10 @@ class SynthesizeWidget(Container):
                         yield Progress(i * total + done, total * len(run.seeds))
             return images, sha256_array(run.mask), unseen_classes(run.mask, run.known)
 
+        own = _settings_text(run.params.get("family_settings", {}))
         job = self._jobs.start(work, run, doing="Synthesize", context=run,
-                               progress=f"Synthesizing {mask_layer.name}",
+                               progress=f"Synthesizing {mask_layer.name}"
+                               + (f" ({own})" if own else ""),
                                on_result=self._run_done, on_finish=self._run_finished,
                                kind="run")
         return job.worker
@@ -463,8 +592,10 @@ class SynthesizeWidget(Container):
         dt = time.perf_counter() - run.t0
         p = run.params
         note = p.get("precision_note") or "explicit"
+        own = _settings_text(p.get("family_settings", {}))
         self.status.value = (f"{len(images)} image(s) {run.mask.shape} in {dt:.2f} s on "
-                             f"{p['device']} ({p['precision']}; {note})")
+                             f"{p['device']} ({p['precision']}; {note})"
+                             + (f" · {own}" if own else ""))
         if run.keep and run.layer is self._live_layer:
             self._live_applied = max(self._live_applied, run.request)
         candidates = [Candidate(img, run.mask, self._provenance(run, mask_sha, s),
@@ -478,7 +609,9 @@ class SynthesizeWidget(Container):
         self._release(run.synth)
 
     def cancel(self, *_: object) -> None:
-        """Stop running syntheses at their next batch (live preview and model loads go on)."""
+        """Stop running syntheses at their next batch of tiles (pix2pix) or denoising step
+        (diffusion): the step under way finishes, no later one starts. Live preview and model
+        loads go on."""
         if self._jobs.cancel_all("run") and not self._closed:
             self.status.value = "Cancelled."
 
@@ -514,18 +647,23 @@ class SynthesizeWidget(Container):
         except Exception as exc:
             report_error(exc, "Live preview")
             return
-        lock = self._lock
+        lock, stop = self._lock, self._stop
 
         def work(run: _Run) -> tuple[np.ndarray, list | None, float, str, list[int]]:
             t0 = time.perf_counter()
             synth, mask, z = run.synth, run.mask, run.z
             with lock:
-                if not synth.kept(z):
+                if _previews_itself(synth):  # diffusion: first preview (or a new seed) with
+                    fresh = not synth.kept(z)  # few steps, then only what a stroke touched
+                    image, regions = synth.update(mask, seed=run.seeds[0], z=z,
+                                                  cancel=stop.is_set)
+                    regions = None if fresh else regions
+                elif synth.kept(z):
+                    image, regions = synth.update(mask, z=z)
+                else:
                     image = synth(mask, seed=run.seeds[0], keep=True)
                     image = image[z] if image.ndim == 3 else image
                     regions = None
-                else:
-                    image, regions = synth.update(mask, z=z)
             return (image, regions, time.perf_counter() - t0, sha256_array(mask),
                     unseen_classes(mask, run.known))
 
@@ -583,6 +721,7 @@ class SynthesizeWidget(Container):
     def teardown(self) -> None:
         """The widget was closed: stop listening to the other widgets and free the model."""
         self._closed = True
+        self._stop.set()  # a diffusion preview under way stops at its next step
         self._jobs.close()  # results of work still running are dropped
         bus.use_model.disconnect(self.set_model, missing_ok=True)
         withdraw_model(self._announced)
