@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test env sysdeps lint bench clean
+.PHONY: demo test env sysdeps lint bench clean docs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,14 @@ demo: env
 	  echo "  bash scripts/ensure-sysdeps.sh && xvfb-run -a $(VENV)/bin/napari-synthgen demo --screenshot demo.png"; \
 	  exit 1; fi
 	$(VENV)/bin/napari-synthgen demo
+
+# Regenerate docs/images/ (screenshots of real napari viewers, report and evaluate figures)
+# under Xvfb, then check every link and command in the README and docs.
+docs: env sysdeps
+	@mkdir -p .xdg-runtime && chmod 700 .xdg-runtime
+	XDG_RUNTIME_DIR=$(CURDIR)/.xdg-runtime QT_QPA_PLATFORM=xcb \
+	  xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) scripts/make_docs.py
+	$(PY) -m pytest -q -p no:xvfb tests/test_docs.py
 
 lint: env
 	$(VENV)/bin/ruff check src tests benchmarks examples scripts
