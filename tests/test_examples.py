@@ -74,3 +74,29 @@ def test_synthesize_and_curate(tmp_path: Path) -> None:
                .read_text().splitlines() if line.strip()]
     decided = [r for r in records if r.get("decision") in ("accept", "reject")]
     assert len(decided) == 2 and all(r["provenance"]["model"] == "demo" for r in decided)
+
+
+def test_utility_check_example(tmp_path: Path, isbi_dir: Path) -> None:
+    import shutil
+
+    folders = {"real": (0, 1), "synthetic": (2, 3), "test": (4,)}  # split by image
+    for name, slices in folders.items():
+        for sub in ("images", "masks"):
+            (tmp_path / name / sub).mkdir(parents=True)
+            for i in slices:
+                f = f"isbi2012_train_{i:02d}.tif"
+                shutil.copy(isbi_dir / sub / f, tmp_path / name / sub / f)
+    out = tmp_path / "out"
+    proc = _run("utility_check.py", str(tmp_path / "real"), str(tmp_path / "synthetic"),
+                str(tmp_path / "test"), str(out), "--steps", "6", "--seeds", "1", "--crop", "64")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| real |" in proc.stdout and "| synthetic |" in proc.stdout
+    assert {p.name for p in out.iterdir()} >= {"evaluation.csv", "evaluation.md",
+                                                "evaluation.png"}
+
+
+def test_train_from_python_example(tmp_path: Path, isbi_small: Path) -> None:
+    proc = _run("train_from_python.py", str(isbi_small), str(tmp_path / "run"), "--steps", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "step 2/2" in proc.stdout and "finished" in proc.stdout
+    assert list((tmp_path / "run").glob("G_step_*.safetensors"))
