@@ -204,3 +204,17 @@ def test_a_diffusion_model_loads_in_a_process_whose_viewer_came_first(
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ok (32, 32)" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+def test_both_bundled_models_are_offered(make_napari_viewer, qtbot) -> None:
+    """The Synthesize widget offers the pix2pix and the diffusion demo side by side."""
+    from napari_synthgen.sample_data import bundled_model_path
+
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Synthesize")
+    offered = [value for _label, value in w._recent_choices()]
+    assert "demo" in offered and "demo-diffusion" in offered
+    w.recent.value = "demo-diffusion"
+    path = str(bundled_model_path("demo-diffusion"))
+    qtbot.waitUntil(lambda: w.model is not None and w.model.info.path == path, timeout=30000)
+    assert w.model.info.family == "diffusion"

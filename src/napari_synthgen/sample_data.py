@@ -30,6 +30,7 @@ def sample_folder() -> Path:
 #: ``load_model("demo")`` open).
 BUNDLED_MODELS: dict[str, str] = {
     "demo": "demo_model/isbi2012_unet256_ngf16.safetensors",
+    "demo-diffusion": "demo_diffusion/isbi2012_diffusion_small.safetensors",
 }
 
 

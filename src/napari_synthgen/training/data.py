@@ -152,13 +152,19 @@ def intensity_stats(samples: Sequence[Sample]) -> dict[str, float]:
     }
 
 
-def class_stats(samples: Sequence[Sample]) -> dict[str, float]:
-    """Pixel fraction of each class in the training masks (stored with the model, so that
-    synthesis can warn about a class the model never saw)."""
-    counts = np.zeros(N_CLASSES, dtype=np.int64)
+def class_stats(samples: Sequence[Sample], unlabel_fraction: float = 0.0) -> dict[str, float]:
+    """Pixel fraction of each class the model sees in training (stored with the model, so that
+    synthesis can warn about a class the model never saw). With ``unlabel_fraction`` > 0 that
+    share of the cells (interior and ring) is shown as background, so background is seen: the
+    expected fractions are recorded."""
+    counts = np.zeros(N_CLASSES, dtype=np.float64)
     for s in samples:
         counts += np.bincount(s.mask.ravel(), minlength=N_CLASSES)[:N_CLASSES]
-    return class_record(counts.astype(np.float64))
+    if unlabel_fraction > 0:
+        moved = counts[1:] * float(unlabel_fraction)
+        counts[1:] -= moved
+        counts[0] += moved.sum()
+    return class_record(counts)
 
 
 def _positions(length: int, tile: int, stride: int) -> list[int]:

@@ -226,7 +226,7 @@ class _Run:
             TileSampler(val_s, tile=cfg.tile, stride=None, batch_size=1, seed=0)  # size check
         self.total = cfg.steps or cfg.epochs * self.sampler.steps_per_epoch()
         self.stats = intensity_stats(train_s)
-        self.classes = class_stats(train_s)
+        self.classes = class_stats(train_s, float(getattr(cfg, "unlabel_fraction", 0.0) or 0.0))
         from ..quality import reference_record
 
         # what the curation figures compare synthetic samples with, stored in the model

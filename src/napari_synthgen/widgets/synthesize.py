@@ -334,8 +334,13 @@ class SynthesizeWidget(Container):
         return str(demo) if demo is not None else None
 
     def _recent_choices(self, _w: object = None) -> list[tuple[str, str]]:
+        from ..sample_data import bundled_model_path
+
         recent = _settings.get("recent_models", [])
-        return [(_RECENT_HINT, _RECENT_HINT),
+        # the bundled models are always offered (pix2pix and diffusion demos), by name
+        bundled = [(f"{name}  (bundled)", name) for name in BUNDLED_MODELS
+                   if bundled_model_path(name).is_file()]
+        return [(_RECENT_HINT, _RECENT_HINT), *bundled,
                 *((f"{Path(p).name}  ({Path(p).parent})", p) for p in recent)]
 
     def _recent_picked(self, value: str) -> None:

@@ -1,0 +1,53 @@
+"""Pack a trained diffusion checkpoint as the bundled diffusion demo model (float16 weights).
+
+    python scripts/pack_diffusion_demo.py RUN_DIR_OR_FILE [--name isbi2012_diffusion_small]
+
+Writes ``src/napari_synthgen/resources/demo_diffusion/<name>.safetensors`` from the newest
+model file in RUN_DIR (its EMA weights) with the run's metadata, and prints its SHA-256 and
+size. ``--model demo-diffusion`` opens it; ``MODEL_CARD.md`` beside it says how it was trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from napari_synthgen.io import sha256_file
+from napari_synthgen.masks import N_CLASSES, class_record
+from napari_synthgen.models.checkpoints import load_model
+from napari_synthgen.models.diffusion_files import load_diffusion, save_diffusion
+
+DEST = (Path(__file__).resolve().parents[1] / "src" / "napari_synthgen" / "resources"
+        / "demo_diffusion")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="training run folder or model file")
+    parser.add_argument("--name", default="isbi2012_diffusion_small")
+    args = parser.parse_args()
+    source = Path(load_model(args.run).info.path)  # the newest model file of a run folder
+    model = load_diffusion(source)
+    meta = dict(model.info.metadata)
+    unlabel = float(meta.get("diffusion_config", {}).get("unlabel_fraction") or 0.0)
+    classes = meta.get("classes")
+    if unlabel > 0 and isinstance(classes, dict) and float(classes.get("0", 0.0)) == 0.0:
+        # runs made before training recorded it: with --unlabel-fraction the model saw that
+        # share of the cells as background (the engine now records the expected fractions)
+        f = [float(classes.get(str(c), 0.0)) for c in range(N_CLASSES)]
+        meta["classes"] = class_record([f[0] + unlabel * (f[1] + f[2]), f[1] * (1 - unlabel),
+                                        f[2] * (1 - unlabel)])
+    meta["packed_from"] = {"file": source.name, "sha256": sha256_file(source),
+                           "weights": "float16 copy of the float32 EMA weights"}
+    DEST.mkdir(parents=True, exist_ok=True)
+    for old in DEST.glob("*.safetensors"):
+        old.unlink()
+    out = save_diffusion(DEST / f"{args.name}.safetensors", model.network, model.spec, meta,
+                         dtype=torch.float16)
+    print(f"{out} {out.stat().st_size / 2**20:.1f} MB sha256 {sha256_file(out)}")
+
+
+if __name__ == "__main__":
+    main()
