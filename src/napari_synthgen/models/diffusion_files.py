@@ -21,7 +21,7 @@ from torch import nn
 from ..io import atomic_path, sha256_file
 from ..masks import known_classes
 from .checkpoints.common import METADATA_KEY, CheckpointError
-from .checkpoints.ours import _json_default
+from .checkpoints.ours import _json_default, header_document
 from .diffusion import (
     FAMILY,
     DiffusionSpec,
@@ -128,17 +128,10 @@ def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
             meta = fh.metadata() or {}
     except Exception as exc:  # safetensors raises its own error type for damaged files
         raise CheckpointError(f"{path}: not a readable .safetensors file ({exc}).") from None
-    text = meta.get(METADATA_KEY)
-    if text is None:
-        return None
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: its napari-synthgen header is not valid JSON; the file "
-                              "is damaged. Save the model again.") from None
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{path}: its napari-synthgen header is not a JSON object.")
-    return doc
+        return header_document(meta)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def _spec_of(doc: Mapping[str, Any], path: Path) -> DiffusionSpec:

@@ -229,8 +229,10 @@ class _Run:
         self.classes = class_stats(train_s, float(getattr(cfg, "unlabel_fraction", 0.0) or 0.0))
         from ..quality import reference_record
 
-        # what the curation figures compare synthetic samples with, stored in the model
-        self.reference = reference_record((s.image, s.mask) for s in train_s)
+        # what the curation figures compare synthetic samples with, stored in the model files
+        # that only rank 0 writes
+        self.reference = (reference_record((s.image, s.mask) for s in train_s)
+                          if self.dist.main else None)
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "checkpoints").mkdir(exist_ok=True)

@@ -206,9 +206,9 @@ def _guess(sd: dict[str, torch.Tensor]) -> str:
         return ""
 
 
-def our_header(header: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
-    """(family, header document) of a napari-synthgen file's safetensors header; None for
-    other files. The format version and the family entry are checked."""
+def header_document(header: Mapping[str, str]) -> dict[str, Any] | None:
+    """The napari-synthgen document in a safetensors header (its metadata mapping); None for
+    files without one. Damaged JSON is a :class:`CheckpointError`."""
     text = header.get(METADATA_KEY)
     if text is None:
         return None
@@ -219,7 +219,14 @@ def our_header(header: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
                               "damaged. Save the model again.") from None
     if not isinstance(doc, dict):
         raise CheckpointError("its napari-synthgen header is not a JSON object.")
-    return _check_doc(doc), doc
+    return doc
+
+
+def our_header(header: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
+    """(family, header document) of a napari-synthgen file's safetensors header; None for
+    other files. The format version and the family entry are checked."""
+    doc = header_document(header)
+    return None if doc is None else (_check_doc(doc), doc)
 
 
 def family_metadata(doc: Mapping[str, Any], entries: tuple[str, ...] = ()) -> dict[str, Any]:
