@@ -22,11 +22,8 @@ from napari_synthgen.models.checkpoints import CheckpointError
 from napari_synthgen.models.diffusion import DiffusionSpecError, make_spec
 from napari_synthgen.models.diffusion_files import load_diffusion, save_diffusion
 from napari_synthgen.training.data import TileSampler, load_samples
-from napari_synthgen.training.diffusion import (
-    DiffusionConfig,
-    DiffusionTrainer,
-    unlabel_cells,
-)
+from napari_synthgen.training.diffusion import DiffusionConfig, DiffusionTrainer
+from napari_synthgen.training.unlabel import unlabel_cells
 
 try:
     from napari_synthgen.tiling import plan_tiles

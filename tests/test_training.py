@@ -105,6 +105,28 @@ def test_stop_and_resume_ends_with_the_same_weights(tmp_path: Path, isbi_small: 
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
 
 
+def test_unlabel_fraction_shows_pix2pix_background_where_the_data_has_none(
+        tmp_path: Path, isbi_small: Path) -> None:
+    def run(name: str, fraction: float) -> Path:
+        cfg = TrainConfig(data=[str(isbi_small)], out=str(tmp_path / name), steps=3,
+                          netG="unet_128", ngf=4, ndf=4, tile=128, batch_size=2, seed=3,
+                          precision="fp32", checkpoint_every=100, sample_every=100,
+                          unlabel_fraction=fraction)
+        assert list(train(cfg))[-1]["event"] == "finished"
+        return tmp_path / name
+
+    plain, a, b = run("plain", 0.0), run("a", 0.5), run("b", 0.5)
+    assert load_model(plain).info.classes[0] == 0  # ISBI masks have no background
+    info = load_model(a).info
+    assert info.classes[0] == pytest.approx(0.5, abs=1e-6)  # the expected share, recorded
+    assert info.metadata["config"]["unlabel_fraction"] == 0.5
+    wa, wb, wp = _weights(a), _weights(b), _weights(plain)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "the unlabelled cells are seeded"
+    assert any(not torch.equal(wa[k], wp[k]) for k in wa), "the generator saw other masks"
+    with pytest.raises(ConfigError, match="unlabel_fraction is a share of cells"):
+        TrainConfig(data=["x"], steps=1, unlabel_fraction=1.5).validate()
+
+
 def test_nan_stops_with_a_clear_event_and_keeps_last_checkpoint(tmp_path: Path,
                                                                 isbi_small: Path) -> None:
     base = ["train", "--data", str(isbi_small), "--out", str(tmp_path), *TINY, "--norm", "none",

@@ -44,7 +44,6 @@ class DiffusionSettings:
     min_snr_gamma: float | None = 5.0
     grad_clip: float = 1.0
     preview_steps: int = 10
-    unlabel_fraction: float = 0.0
     #: other DiffusionSpec fields (block_out_channels, attention...; for tests and trials)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -74,9 +73,6 @@ class DiffusionFamily(Family):
                   "--config small|base says the same"),
         CliOption("--prediction", "prediction", str,
                   "diffusion training target: v_prediction or epsilon"),
-        CliOption("--unlabel-fraction", "unlabel_fraction", float,
-                  "share of cells turned into background in each training mask, image kept "
-                  "(teaches class 0 as unlabelled tissue; diffusion)"),
         CliOption("--ema-decay", "ema_decay", float, "EMA decay of the diffusion weights"),
         CliOption("--warmup-steps", "warmup_steps", int,
                   "learning-rate warmup steps (diffusion)"),
@@ -100,7 +96,8 @@ class DiffusionFamily(Family):
 
     def diffusion_config(self, cfg: TrainConfig) -> DiffusionConfig:
         """The trainer's configuration: the family's settings and the common lr, tile,
-        encoding, seed and batch size of ``cfg``."""
+        encoding, seed and batch size of ``cfg`` (``unlabel_fraction`` stays 0: the engine
+        applies the common setting for every family)."""
         from ..training.diffusion import DiffusionConfig
 
         own = asdict(cfg.settings)
@@ -120,9 +117,6 @@ class DiffusionFamily(Family):
             problems.append(f"lr_schedule {s.lr_schedule!r} unknown; use cosine or constant.")
         if not 0.0 < s.ema_decay < 1.0:
             problems.append(f"ema_decay must be between 0 and 1; got {s.ema_decay}.")
-        if not 0.0 <= s.unlabel_fraction <= 1.0:
-            problems.append(f"unlabel_fraction is a share of cells in [0, 1]; got "
-                            f"{s.unlabel_fraction}.")
         for name in ("weight_decay", "warmup_steps", "grad_clip"):
             if getattr(s, name) < 0:
                 problems.append(f"{name} must not be negative; got {getattr(s, name)}.")

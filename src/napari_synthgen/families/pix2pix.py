@@ -76,7 +76,7 @@ class Pix2PixFamily(Family):
         "output_nc", "netD", "ndf", "n_layers_D", "gan_mode", "lambda_l1", "lr", "beta1",
         "beta2", "decay_start", "init_type", "init_gain", "seed", "device", "precision",
         "channels_last", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
-        "n_preview",
+        "n_preview", "unlabel_fraction",
     )
 
     def validate(self, cfg: TrainConfig) -> list[str]:

@@ -33,6 +33,9 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--val-fraction", "val_fraction", float, "fraction of source images held out"),
     ("--encoding", "encoding", str, "mask encoding: rgb, onehot, label"),
     ("--lr", "lr", float, "learning rate"),
+    ("--unlabel-fraction", "unlabel_fraction", float,
+     "share of cells turned into background in each training mask, image kept "
+     "(teaches class 0 as unlabelled tissue)"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
     ("--precision", "precision", str, "auto, fp32, bf16, fp16"),

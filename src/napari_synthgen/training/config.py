@@ -11,6 +11,9 @@ CLI flags keep working; a key of another family is refused by name.
 pix2pix defaults follow the reference: U-Net 256 generator with batch norm and dropout,
 PatchGAN (``basic``) discriminator, Adam lr 2e-4 and beta1 0.5, L1 weight 100, a constant rate
 then a linear decay to zero over the second half, no flips.
+
+``unlabel_fraction`` (both families) turns that share of the cells of each training mask into
+background, image kept, so that a model learns to paint unlabelled tissue there.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class TrainConfig:
     log_every: int = 1
     keep_checkpoints: int = 3
     n_preview: int = 4
+    #: share of cells turned into background in each training mask, image kept (0: off)
+    unlabel_fraction: float = 0.0
     #: the family's own settings (its ``settings`` dataclass)
     settings: Any = None
 
@@ -174,6 +179,9 @@ class TrainConfig:
                 problems.append(f"{name} must be at least 1; got {getattr(self, name)}.")
         if self.lr <= 0:
             problems.append(f"lr must be positive; got {self.lr}.")
+        if not 0.0 <= self.unlabel_fraction <= 1.0:
+            problems.append(f"unlabel_fraction is a share of cells in [0, 1]; got "
+                            f"{self.unlabel_fraction}.")
         if problems:
             raise ConfigError(
                 "the training configuration has problems:\n  " + "\n  ".join(problems))

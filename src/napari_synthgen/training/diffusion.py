@@ -7,8 +7,8 @@ EMA of the weights (diffusers ``EMAModel``) that previews and saved files use. T
 pure function of (seed, step) given the data, so a stopped and resumed run ends with the
 weights of an uninterrupted one.
 
-``unlabel_cells`` ("teach class 0 where the data has none") turns random cells, interior and
-their boundary ring, into background in a mask while the image stays; both families can use it.
+The training engine applies ``--unlabel-fraction`` (training/unlabel.py) for both families;
+:class:`DiffusionConfig` keeps its own ``unlabel_fraction`` for a trainer used on its own.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +26,6 @@ from torch import nn
 from ..devices import Precision, autocast
 from ..encoding import encode_masks, encoding_lut
 from ..families.base import StepResult
-from ..masks import BACKGROUND, BOUNDARY, INTERIOR
 from ..models.diffusion import (
     DiffusionSpec,
     build_unet,
@@ -36,9 +34,9 @@ from ..models.diffusion import (
     training_scheduler,
 )
 from ..tiling import tile_seed
+from .unlabel import unlabel_batch
 
 _NOISE_STREAM = 0xD1FF  # keeps the trainer's generator apart from other uses of tile_seed
-_UNLABEL_STREAM = 0xCE11
 
 
 @dataclass
@@ -49,8 +47,8 @@ class DiffusionConfig:
     cosine | constant, both after ``warmup_steps``. ``min_snr_gamma``: min-SNR loss weight
     (None: plain MSE). ``preview_steps``: DPM-Solver++ steps of the EMA previews.
     ``unlabel_fraction``: the share of cells each training mask loses to background (0: off);
-    applied inside :meth:`DiffusionTrainer.step`, so leave it 0 here if the data pipeline
-    applies :func:`unlabel_cells` itself. ``tile`` None takes the config's tile.
+    applied inside :meth:`DiffusionTrainer.step`; the training engine applies the common
+    setting itself and leaves this 0. ``tile`` None takes the config's tile.
     """
 
     config: str = "small"
@@ -98,59 +96,6 @@ def warmup_then(total_steps: int, warmup: int, schedule: str):
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return rule
-
-
-# --------------------------------------------------------------------------- unlabel cells
-
-
-def unlabel_cells(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """A copy of a 2-D class mask in which each cell is set to background with ``fraction``
-    probability: its interior (a connected class-1 region) and its boundary ring.
-
-    A boundary pixel belongs to a cell's ring when that cell's interior is within the
-    membrane thickness of it; membranes shared with a kept cell stay (they bound that cell).
-    The image is not touched: the model learns to paint unlabelled tissue where the mask says 0.
-    """
-    from scipy import ndimage
-
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"unlabel_cells takes one 2-D mask; got shape {m.shape}.")
-    out = m.copy()
-    if fraction <= 0:
-        return out
-    labels, n = ndimage.label(m == INTERIOR)
-    if n == 0:
-        return out
-    drop = np.concatenate([[False], rng.random(n) < fraction])
-    if not drop.any():
-        return out
-    boundary = m == BOUNDARY
-    # membrane width from its ridge (chessboard distance to the nearest interior, so that a
-    # cell's corner junctions are as near as its sides); a wall of width w has half-width
-    # (w + 1) / 2 on its ridge
-    d_any = ndimage.distance_transform_cdt(labels == 0, metric="chessboard")
-    ridge = boundary & (d_any == ndimage.maximum_filter(d_any, size=3))
-    reach = 2 * float(np.median(d_any[ridge])) - 1 if ridge.any() else 0.0
-    kept_interior = (labels > 0) & ~drop[labels]
-    dropped_interior = drop[labels]
-    far = m.shape[0] + m.shape[1]
-    d_kept = (ndimage.distance_transform_cdt(~kept_interior, metric="chessboard")
-              if kept_interior.any() else np.full(m.shape, far))
-    d_drop = ndimage.distance_transform_cdt(~dropped_interior, metric="chessboard")
-    ring = boundary & (d_drop <= reach) & (d_kept > reach)
-    out[dropped_interior | ring] = BACKGROUND
-    return out
-
-
-def unlabel_batch(masks: torch.Tensor, fraction: float, seed: int, step: int, rank: int
-                  ) -> torch.Tensor:
-    """:func:`unlabel_cells` on each mask of a batch, seeded by (seed, step, rank, index)."""
-    out = masks.clone()
-    for i in range(masks.shape[0]):
-        rng = np.random.default_rng([seed, _UNLABEL_STREAM, step, rank, i])
-        out[i] = torch.from_numpy(unlabel_cells(masks[i].cpu().numpy(), fraction, rng))
-    return out
 
 
 # --------------------------------------------------------------------------- trainer

@@ -48,6 +48,7 @@ from .data import (
     load_samples,
     split_validation,
 )
+from .unlabel import unlabel_batch
 
 Event = ev.Event
 STATE_SUFFIX = ".state.pt"
@@ -226,7 +227,7 @@ class _Run:
             TileSampler(val_s, tile=cfg.tile, stride=None, batch_size=1, seed=0)  # size check
         self.total = cfg.steps or cfg.epochs * self.sampler.steps_per_epoch()
         self.stats = intensity_stats(train_s)
-        self.classes = class_stats(train_s, float(getattr(cfg, "unlabel_fraction", 0.0) or 0.0))
+        self.classes = class_stats(train_s, cfg.unlabel_fraction)
         from ..quality import reference_record
 
         # what the curation figures compare synthetic samples with, stored in the model files
@@ -396,6 +397,9 @@ class _Run:
                 return
             t0 = time.perf_counter()
             masks, images = self.sampler.batch(self.step)
+            if cfg.unlabel_fraction > 0:
+                masks = unlabel_batch(masks, cfg.unlabel_fraction, cfg.seed, self.step,
+                                      self.dist.rank)
             result = self.model.step(masks, images)
             if self.dist.any(not result.finite):
                 if not main:

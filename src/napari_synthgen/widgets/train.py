@@ -395,13 +395,19 @@ class TrainWidget(Container):
         self.seed = SpinBox(value=common["seed"], min=0, max=2**31 - 1, label="Seed")
         self.encoding = ComboBox(choices=["rgb", "onehot", "label"], value=common["encoding"],
                                  label="Mask encoding")
+        self.unlabel = FloatSpinBox(value=0.0, min=0.0, max=1.0, step=0.05,
+                                    label="Unlabel cells")
+        self.unlabel.tooltip = (
+            "Share of the cells (interior and boundary) turned into background in each "
+            "training mask, the image kept: the model learns to paint unlabelled tissue where "
+            "a mask says background. 0.3 suits data whose masks have no background.")
         #: config key -> the widget of a common setting (a family's ``defaults`` may set them)
         self.common_widgets: dict[str, Any] = {
             "steps": self.steps, "tile": self.tile, "batch_size": self.batch,
             "device": self.device, "stride": self.stride, "lr": self.lr, "flips": self.flips,
             "rot90": self.rot90, "precision": self.precision,
             "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every,
-            "seed": self.seed, "encoding": self.encoding}
+            "seed": self.seed, "encoding": self.encoding, "unlabel_fraction": self.unlabel}
         self._common_defaults = {k: w.value for k, w in self.common_widgets.items()}
         #: family -> its settings (fields, and widgets by key), built once per family
         self.family_fields: dict[str, list[SettingField]] = {}
@@ -423,7 +429,7 @@ class TrainWidget(Container):
             wrap_label(lab)
 
         main = Container(widgets=[self.val, self.out, self.family, self.steps, self.tile,
-                                  self.batch, self.device])
+                                  self.batch, self.device, self.unlabel])
         self.extend([
             Container(widgets=[self.data]),
             self.add_data,
@@ -598,6 +604,7 @@ class TrainWidget(Container):
             flips=self.flips.value, rot90=self.rot90.value, precision=self.precision.value,
             checkpoint_every=self.checkpoint_every.value, sample_every=self.sample_every.value,
             seed=self.seed.value, encoding=self.encoding.value, log_every=1,
+            unlabel_fraction=self.unlabel.value,
             **self.family_settings(),
         )
 
