@@ -5,7 +5,9 @@
 # segmenters or the curation reference).  Usage: bash scripts/utility_run_isbi.sh RUN_DIR
 # Each step is skipped when its output exists, so a stopped run continues where it was.
 # FAMILY=diffusion runs the same protocol with a diffusion generator (same masks, same seeds);
-# GEN_STEPS sets its DPM-Solver++ steps, DIFF_STEPS its training steps.
+# GEN_STEPS sets its DPM-Solver++ steps, DIFF_STEPS its training steps. N_VAR (variations per
+# real mask, 40) and N_DENSE (dense layouts, 60) size the mask set; smaller sets are subsets of
+# the full one (mask i of a set is seeded by (seed, i) alone).
 set -euo pipefail
 R=${1:?usage: $0 RUN_DIR}
 D=$(cd "$(dirname "$0")/../.." && pwd)/shared/data/isbi2012
@@ -14,6 +16,8 @@ STEPS=${STEPS:-300}
 FAMILY=${FAMILY:-pix2pix}
 GEN_STEPS=${GEN_STEPS:-20}
 DIFF_STEPS=${DIFF_STEPS:-2500}
+N_VAR=${N_VAR:-40}
+N_DENSE=${N_DENSE:-60}
 mkdir -p "$R"/{real,test}/{images,masks}
 for i in 00 01 02 03 04; do for s in images masks; do cp -n "$D/$s/isbi2012_train_$i.tif" "$R/real/$s/"; done; done
 for i in 25 26 27 28 29; do for s in images masks; do cp -n "$D/$s/isbi2012_train_$i.tif" "$R/test/$s/"; done; done
@@ -34,8 +38,8 @@ else
   GEN_ARGS=(--steps "$GEN_STEPS" --sampler dpm)
 fi
 [ -e "$R/masks/masks.jsonl" ] || {
-  $NS masks --variations-of "$R/real" --n 40 --seed 1 --out "$R/masks"
-  $NS masks --layout dense --n 60 --size 512 512 --seed 2 --out "$R/masks/dense"
+  $NS masks --variations-of "$R/real" --n "$N_VAR" --seed 1 --out "$R/masks"
+  $NS masks --layout dense --n "$N_DENSE" --size 512 512 --seed 2 --out "$R/masks/dense"
   mv "$R"/masks/dense/*.tif "$R/masks/" && rm -r "$R/masks/dense"; }
 [ -e "$R/syn/generate.jsonl" ] || $NS generate --model "$R/gen" --masks "$R/masks" --out "$R/syn" --seed 0 "${GEN_ARGS[@]}"
 [ -e "$R/report/report.csv" ] || $NS report --samples "$R/syn" --reference "$R/real" --out "$R/report"
