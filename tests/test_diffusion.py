@@ -86,8 +86,8 @@ def test_training_loss_falls_and_the_file_samples_identically(trained: tuple) ->
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert last < 0.7 * first, f"loss did not fall: {first:.4f} -> {last:.4f}"
     loaded = load_diffusion(path)
-    assert loaded.info.family == "diffusion" and loaded.info.ema
-    assert loaded.info.steps_trained == TRAIN_STEPS and loaded.info.classes == {
+    assert loaded.info.family == "diffusion" and loaded.info.details["ema"]
+    assert loaded.info.details["steps_trained"] == TRAIN_STEPS and loaded.info.classes == {
         0: 0.0, 1: 0.7, 2: 0.3}
     assert loaded.spec == trainer.spec
     ema = trainer.ema_network()

@@ -198,15 +198,15 @@ def _overlaps(a: tuple[int, int], b: tuple[int, int], t: int) -> bool:
 
 
 def _diffusion_model(model: Any) -> Any:
-    """``model`` if it is a loaded diffusion model (a LoadedModel of the diffusion family or a
-    LoadedDiffusion), else what :func:`~napari_synthgen.models.checkpoints.load_model` loads
+    """``model`` if it is a loaded diffusion model (a LoadedModel of the diffusion family),
+    else what :func:`~napari_synthgen.models.checkpoints.load_model` loads
     from it (a path or a bundled name); a model of another family is refused."""
-    from .models.checkpoints import LoadedModel, load_model
+    from .models.checkpoints import load_model
 
     if not hasattr(model, "network") or not hasattr(model, "spec"):
         model = load_model(model)
     if not isinstance(model.spec, DiffusionSpec):
-        family = model.info.family if isinstance(model, LoadedModel) else "another"
+        family = model.info.family
         raise DiffusionSamplingError(
             f"{model.info.path} holds a {family} model, not a diffusion model; create the "
             "synthesizer with napari_synthgen.synthesis.Synthesizer(model) instead.")
@@ -216,8 +216,7 @@ def _diffusion_model(model: Any) -> Any:
 class DiffusionSynthesizer:
     """Synthesize uint8 EM images from class masks with a diffusion model (any size).
 
-    ``model`` is a loaded diffusion model (``load_model``'s LoadedModel, or a
-    :class:`~napari_synthgen.models.diffusion_files.LoadedDiffusion`) or a path.
+    ``model`` is a loaded diffusion model (``load_model``'s LoadedModel) or a path.
     ``tile`` defaults to the model's; ``overlap`` to a quarter tile; ``steps`` and ``sampler``
     (``dpm`` = DPM-Solver++ 2M, ``ddim``) set the full run, ``preview_steps`` live preview.
     ``encoding`` must be the model's own (a diffusion model is trained on one); ``stochastic``
@@ -475,22 +474,15 @@ class DiffusionSynthesizer:
     def describe(self) -> dict[str, Any]:
         """What this synthesizer runs: model, device, precision, tiling, and (also under
         ``family_settings``) steps, sampler and live-preview steps."""
+        from .synthesis import describe_common
+
         return {
             "family": "diffusion",
-            "model": self.info.to_dict(),
-            "device": str(self.device),
-            "precision": self.precision,
-            "precision_note": self.precision_note,
-            "tile": self.tile,
-            "overlap": self.overlap,
-            "batch_size": self.batch_size,
-            "encoding": self.encoding,
-            "stochastic": self.stochastic,
+            **describe_common(self),
             "steps": self.steps,
             "sampler": self.sampler,
             "preview_steps": self.preview_steps,
             "prediction_type": self.spec.prediction_type,
-            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             # what generate records with every image and GenerateJob.options passes back
             "family_settings": {"steps": self.steps, "sampler": self.sampler,
                                 "preview_steps": self.preview_steps},

@@ -330,18 +330,7 @@ class Synthesizer:
     # ----------------------------------------------------------------- lifetime
     def describe(self) -> dict[str, Any]:
         """What this synthesizer runs: model, device, precision, tiling."""
-        return {
-            "model": self.info.to_dict(),
-            "device": str(self.device),
-            "precision": self.precision,
-            "precision_note": self.precision_note,
-            "tile": self.tile,
-            "overlap": self.overlap,
-            "batch_size": self.batch_size,
-            "encoding": self.encoding,
-            "stochastic": self.stochastic,
-            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
-        }
+        return describe_common(self)
 
     def close(self) -> None:
         """Free the model and kept tiles (and GPU memory)."""
@@ -350,6 +339,23 @@ class Synthesizer:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def describe_common(synth: Any) -> dict[str, Any]:
+    """What every family's synthesizer records (generate.jsonl, the widgets): model, device,
+    precision and the rule behind it, tiling, encoding, threads."""
+    return {
+        "model": synth.info.to_dict(),
+        "device": str(synth.device),
+        "precision": synth.precision,
+        "precision_note": synth.precision_note,
+        "tile": synth.tile,
+        "overlap": synth.overlap,
+        "batch_size": synth.batch_size,
+        "encoding": synth.encoding,
+        "stochastic": synth.stochastic,
+        "threads": torch.get_num_threads() if synth.device.type == "cpu" else None,
+    }
 
 
 class Pix2PixSynthesizer(Synthesizer):

@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..io import atomic_path, sha256_file
-from ..masks import known_classes
+from ..io import atomic_path
 from .checkpoints.common import METADATA_KEY, CheckpointError
 from .checkpoints.ours import _json_default, header_document
 from .diffusion import (
@@ -27,50 +25,16 @@ from .diffusion import (
     DiffusionSpec,
     DiffusionSpecError,
     build_unet,
-    count_parameters,
     scheduler_config,
     unet_config,
 )
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .checkpoints import LoadedModel
+
 FORMAT_VERSION = 1
 _RESERVED = ("format_version", "family", "unet", "scheduler", "spec", "encoding", "tile")
 _RESAVE = "the file is incomplete or was altered; save the model again"
-
-
-@dataclass
-class DiffusionInfo:
-    """What a diffusion file holds (the diffusion counterpart of ``ModelInfo``)."""
-
-    family: str
-    config: str
-    encoding: str
-    tile: int
-    input_nc: int
-    output_nc: int
-    prediction_type: str
-    beta_schedule: str
-    num_train_timesteps: int
-    ema: bool
-    steps_trained: int | None
-    params: int
-    format: str
-    path: str
-    sha256: str
-    classes: dict[int, float] | None = None
-    notes: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class LoadedDiffusion:
-    """A denoiser ready for sampling (CPU, float32, eval mode) and what is known about it."""
-
-    network: nn.Module
-    spec: DiffusionSpec
-    info: DiffusionInfo
 
 
 def _tensors(network: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -184,9 +148,10 @@ def steps_trained(metadata: Mapping[str, Any]) -> int | None:
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
-def load_diffusion(path: str | os.PathLike) -> LoadedDiffusion:
-    """Load a diffusion model saved by :func:`save_diffusion` (float32, CPU, eval mode)."""
-    from safetensors.torch import load_file
+def load_diffusion(path: str | os.PathLike) -> LoadedModel:
+    """Load a diffusion model saved by :func:`save_diffusion` (float32, CPU, eval mode): what
+    ``load_model`` gives, after refusing a file that is not a diffusion model, by name."""
+    from .checkpoints import load_model
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -195,17 +160,8 @@ def load_diffusion(path: str | os.PathLike) -> LoadedDiffusion:
     if doc is None:
         raise CheckpointError(f"{p}: it has no napari-synthgen header, so it is not a diffusion "
                               "model saved by napari-synthgen.")
-    net, spec, metadata = build_from(doc, load_file(os.fspath(p)), p)
-    info = DiffusionInfo(
-        family=FAMILY, config=spec.config, encoding=spec.encoding, tile=spec.tile,
-        input_nc=spec.mask_channels, output_nc=1, prediction_type=spec.prediction_type,
-        beta_schedule=spec.beta_schedule, num_train_timesteps=spec.num_train_timesteps,
-        ema=bool(metadata.get("ema", False)), steps_trained=steps_trained(metadata),
-        params=count_parameters(net), format="synthgen-diffusion-safetensors", path=str(p),
-        sha256=sha256_file(p), classes=known_classes(metadata.get("classes")),
-        notes=[describe_spec(spec)], metadata=metadata,
-    )
-    return LoadedDiffusion(net, spec, info)
+    _spec_of(doc, p)  # another family, a newer format or a damaged spec: said before loading
+    return load_model(p)
 
 
 def describe_spec(spec: DiffusionSpec) -> str:
