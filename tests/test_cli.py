@@ -106,3 +106,31 @@ def test_demo_screenshot_shows_mask_colours_beside_em(tmp_path: Path) -> None:
     # an EM image (grey, textured) sits to the right of the coloured mask
     cols = np.nonzero(grey.sum(axis=0) > 0.3 * image.shape[0] * 0.2)[0]
     assert cols.size and np.median(cols) > np.median(np.nonzero(green)[1])
+
+
+_POLICY_PROBE = """
+import json, os, sys
+import napari_synthgen  # the package chooses PASSIVE before torch can load
+chosen = os.environ.get("OMP_WAIT_POLICY")
+from napari_synthgen.cli import main
+assert main(["masks", "--layout", "dense", "--n", "1", "--size", "128", "128",
+             "--out", sys.argv[1]]) == 0
+print(json.dumps([chosen, os.environ.get("OMP_WAIT_POLICY")]))
+"""
+
+
+@pytest.mark.parametrize(("user", "expected"), [
+    (None, ["PASSIVE", None]),           # a batch command gets OpenMP's default waiting back
+    ("PASSIVE", ["PASSIVE", "PASSIVE"]),  # the user's (or the Train widget's child's) value stays
+    ("ACTIVE", ["ACTIVE", "ACTIVE"]),
+])
+def test_batch_commands_choose_openmp_waiting_before_torch_loads(
+        tmp_path: Path, user: str | None, expected: list) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user is not None:
+        env["OMP_WAIT_POLICY"] = user
+    proc = subprocess.run([sys.executable, "-c", _POLICY_PROBE, str(tmp_path / "m")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
+    assert len(list((tmp_path / "m").glob("*.tif"))) == 1

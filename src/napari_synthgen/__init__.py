@@ -6,16 +6,11 @@ torch-backed parts are imported on first use.
 
 from __future__ import annotations
 
-import os
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-# PyTorch's OpenMP runtime (libgomp) keeps idle threads spinning by default. When synthesis in
-# napari and a training child process share the cores, the spinning made a tiny model run about
-# 100x slower here (120 s instead of 1.1 s). Passive waiting must be chosen before torch loads,
-# hence here; a value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from . import _omp_policy  # noqa: F401  (first: chooses OpenMP waiting before torch loads)
 
 try:
     __version__ = version("napari-synthgen")

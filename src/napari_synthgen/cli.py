@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._omp_policy import batch_default
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -197,9 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands that compute in a process of their own: OpenMP's default waiting (_omp_policy.py)
+BATCH_COMMANDS = ("generate", "train", "evaluate", "report", "masks", "export", "inspect")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-synthgen`` command."""
     args = build_parser().parse_args(argv)
+    if args.command in BATCH_COMMANDS:
+        batch_default()
     try:
         if args.command == "demo":
             from .widgets.demo import run_demo
