@@ -31,7 +31,9 @@ def main() -> None:
     source = Path(load_model(args.run).info.path)  # the newest model file of a run folder
     model = load_diffusion(source)
     meta = dict(model.info.metadata)
-    unlabel = float(meta.get("diffusion_config", {}).get("unlabel_fraction") or 0.0)
+    # the run's configuration records it (runs before 3 December: the diffusion_config)
+    unlabel = float(meta.get("config", {}).get("unlabel_fraction")
+                    or meta.get("diffusion_config", {}).get("unlabel_fraction") or 0.0)
     classes = meta.get("classes")
     if unlabel > 0 and isinstance(classes, dict) and float(classes.get("0", 0.0)) == 0.0:
         # runs made before training recorded it: with --unlabel-fraction the model saw that

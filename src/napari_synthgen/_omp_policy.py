@@ -4,8 +4,8 @@ PyTorch's OpenMP runtime (libgomp) keeps idle threads spinning for a while. When
 napari and a training child process share the cores, the spinning made a tiny model run about
 100x slower here (120 s instead of 1.1 s), so the package sets ``OMP_WAIT_POLICY=PASSIVE``
 unless the user set a value. In a process of its own, PASSIVE costs instead: threads sleep in
-the kernel at every barrier and small per-tile work pays for it (diffusion sampling at
-512 x 512 took 26-32 s instead of 17-19 s on a 2-core EPYC), so the command line gives its
+the kernel at every barrier and small per-tile work pays for it (benchmarks/omp_policy.py:
+a 512 x 512 diffusion sample 39 s instead of 25 s on a 2-core EPYC), so the command line gives its
 batch commands the default back (:func:`batch_default`). Only speed changes: the threads and
 the arithmetic are the same, so are the bytes.
 """

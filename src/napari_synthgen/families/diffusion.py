@@ -96,8 +96,7 @@ class DiffusionFamily(Family):
 
     def diffusion_config(self, cfg: TrainConfig) -> DiffusionConfig:
         """The trainer's configuration: the family's settings and the common lr, tile,
-        encoding, seed and batch size of ``cfg`` (``unlabel_fraction`` stays 0: the engine
-        applies the common setting for every family)."""
+        encoding, seed and batch size of ``cfg``."""
         from ..training.diffusion import DiffusionConfig
 
         own = asdict(cfg.settings)

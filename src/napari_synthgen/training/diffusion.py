@@ -7,8 +7,8 @@ EMA of the weights (diffusers ``EMAModel``) that previews and saved files use. T
 pure function of (seed, step) given the data, so a stopped and resumed run ends with the
 weights of an uninterrupted one.
 
-The training engine applies ``--unlabel-fraction`` (training/unlabel.py) for both families;
-:class:`DiffusionConfig` keeps its own ``unlabel_fraction`` for a trainer used on its own.
+``--unlabel-fraction`` is applied by the training engine for both families (training/unlabel.py),
+before a batch reaches :meth:`DiffusionTrainer.step`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from ..models.diffusion import (
     training_scheduler,
 )
 from ..tiling import tile_seed
-from .unlabel import unlabel_batch
 
 _NOISE_STREAM = 0xD1FF  # keeps the trainer's generator apart from other uses of tile_seed
 
@@ -46,9 +45,8 @@ class DiffusionConfig:
     ``config``: small | base. ``prediction``: v_prediction | epsilon. ``lr_schedule``:
     cosine | constant, both after ``warmup_steps``. ``min_snr_gamma``: min-SNR loss weight
     (None: plain MSE). ``preview_steps``: DPM-Solver++ steps of the EMA previews.
-    ``unlabel_fraction``: the share of cells each training mask loses to background (0: off);
-    applied inside :meth:`DiffusionTrainer.step`; the training engine applies the common
-    setting itself and leaves this 0. ``tile`` None takes the config's tile.
+    ``tile`` None takes the config's tile. (``unlabel_fraction`` is a common setting that
+    the training engine applies, not one of these.)
     """
 
     config: str = "small"
@@ -61,7 +59,6 @@ class DiffusionConfig:
     min_snr_gamma: float | None = 5.0
     grad_clip: float = 1.0
     preview_steps: int = 10
-    unlabel_fraction: float = 0.0
     tile: int | None = None
     encoding: str = "onehot"
     seed: int = 0
@@ -73,9 +70,6 @@ class DiffusionConfig:
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is unknown; use cosine or "
                              "constant.")
-        if not 0.0 <= self.unlabel_fraction <= 1.0:
-            raise ValueError(f"unlabel_fraction must be between 0 and 1; got "
-                             f"{self.unlabel_fraction}.")
 
     def spec(self) -> DiffusionSpec:
         return make_spec(self.config, tile=self.tile, encoding=self.encoding,
@@ -153,9 +147,6 @@ class DiffusionTrainer:
 
     def step(self, masks: torch.Tensor, images: torch.Tensor) -> StepResult:
         """One optimisation step on masks (B, H, W) and images (B, 1, H, W) in [-1, 1]."""
-        if self.cfg.unlabel_fraction > 0:
-            masks = unlabel_batch(masks, self.cfg.unlabel_fraction, self.cfg.seed,
-                                  self.step_index, self.rank)
         b = masks.shape[0]
         t, g = self._draws(b)
         noise = torch.randn(images.shape, generator=g).to(self.device)
