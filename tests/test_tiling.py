@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from napari_synthgen.synthesis import Synthesizer
 from napari_synthgen.tiling import (
@@ -100,58 +99,49 @@ def test_tile_seeds_do_not_depend_on_batching_and_differ_between_tiles() -> None
         np.random.SeedSequence([0, 0, 0, 0]).generate_state(1)[0])
 
 
-def _h(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+RECORDED = Path(__file__).parent / "data" / "pix2pix_before_family_seam.npz"
+# Outputs of the conftest tiny models (fp32, CPU), recorded before tiling moved out of
+# synthesis.py, on an AMD EPYC with avx512_bf16 (the uint8 images were the same on an Intel
+# Xeon with AMX). Another CPU computes the same convolutions with other kernels (AVX2 only,
+# SSE, another oneDNN), summing in another order: a float32 rounding of about 1e-6 moves a
+# value across a rounding boundary now and then. Measured with oneDNN and ATen limited to
+# AVX2 and to SSE4.1 on that EPYC (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY): at most 1 grey
+# level, on at most 0.009 % of the pixels. The tolerance is 1 grey level on at most 0.1 % of
+# the pixels: a real change (a blend, a tile origin, a seed, a padding) moves thousands of
+# pixels by many levels, which this still catches.
+MAX_LEVELS = 1
+MAX_FRACTION = 1e-3
 
 
-# outputs of the conftest tiny models (torch 2.x, fp32, CPU), recorded before tiling moved out of
-# synthesis.py. The canaries are raw network outputs on one tile: a machine whose raw outputs
-# are not among them computes convolutions differently (another kernel library or instruction
-# set), and its images may differ for that reason alone. Raw outputs differ between an Intel
-# Xeon with AMX and an AMD EPYC without it, but the uint8 images agree on both.
-CANARIES = {
-    "tiny": {"36939ec9f6211aef": "Intel Xeon, AMX", "10201c1dd97a7c94": "AMD EPYC, avx512_bf16"},
-    "unet": {"048d90244f6944d9": "Intel Xeon, AMX", "adec1cd2fbd80faf": "AMD EPYC, avx512_bf16"},
-}
-RECORDED = {
-    "tiny": {"full": "5476aa9e9f3ba0a1", "crop": "c5241683fb71f8fe",
-             "stack": "d812dc5bc34adaec", "update": "9244c868b1be2455"},
-    "unet": {"full": "28b59bf3783128d7", "crop": "18ee79158472d5ec",
-             "stack": "89a6d013e2953a32", "update": "c9943f005a76161f"},
-}
-
-
-def _outputs(synth: Synthesizer, isbi_mask: np.ndarray) -> dict[str, str]:
-    """Hashes of a full image, a crop, a stack and a live-preview update."""
-    out = {"full": _h(synth(isbi_mask, seed=3)),
-           "crop": _h(synth(isbi_mask[:300, 17:217], seed=5)),
-           "stack": _h(synth(np.stack([isbi_mask[:200, :250], isbi_mask[100:300, 50:300]]),
-                             seed=1))}
+def _outputs(synth: Synthesizer, isbi_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """A full image, a crop, a stack and a live-preview update."""
+    out = {"full": synth(isbi_mask, seed=3),
+           "crop": synth(isbi_mask[:300, 17:217], seed=5),
+           "stack": synth(np.stack([isbi_mask[:200, :250], isbi_mask[100:300, 50:300]]),
+                          seed=1)}
     synth(isbi_mask, seed=2, keep=True)
     edited = isbi_mask.copy()
     edited[100:120, 200:260] = 0
     image, regions = synth.update(edited)
     assert len(regions) == 4
-    out["update"] = _h(image)
+    out["update"] = image
     return out
 
 
 @pytest.mark.parametrize("name", ["tiny", "unet"])
-def test_pix2pix_outputs_are_byte_identical_to_before_the_family_seam(
+def test_pix2pix_outputs_match_those_from_before_the_family_seam(
     name: str, tiny_model, tiny_unet, isbi_mask: np.ndarray
 ) -> None:
-    from napari_synthgen.encoding import encode_mask
-    from napari_synthgen.models.checkpoints import load_model
-
-    path, tile = (tiny_model, 64) if name == "tiny" else (tiny_unet, 128)
-    net = load_model(path).network
-    with torch.inference_mode():
-        raw = net(torch.from_numpy(encode_mask(isbi_mask[:tile, :tile], "rgb"))[None]).numpy()
+    path = tiny_model if name == "tiny" else tiny_unet
     synth = Synthesizer(path, device="cpu", precision="fp32", stochastic=name == "unet")
     got = _outputs(synth, isbi_mask)
-    canary = _h(raw)
-    if canary not in CANARIES[name] and got != RECORDED[name]:
-        pytest.skip(f"this machine computes the network itself differently from the ones the "
-                    f"hashes were recorded on (canary {canary}, images {got}); the tiling "
-                    "tests above still check the blend")
-    assert got == RECORDED[name], f"{name} on {CANARIES[name].get(canary, canary)}"
+    # on one machine, the same inputs and seed give the same bytes
+    np.testing.assert_array_equal(synth(isbi_mask, seed=3), got["full"])
+    recorded = np.load(RECORDED)
+    for key, image in got.items():
+        expected = recorded[f"{name}_{key}"]
+        assert image.shape == expected.shape and image.dtype == expected.dtype, key
+        diff = np.abs(image.astype(np.int16) - expected.astype(np.int16))
+        assert diff.max() <= MAX_LEVELS and (diff > 0).mean() <= MAX_FRACTION, (
+            f"{name} {key}: {int((diff > 0).sum())} pixels differ from the recorded image, "
+            f"by up to {int(diff.max())} grey levels")
