@@ -32,12 +32,16 @@ import torch
 import torch.nn.functional as F
 
 from napari_synthgen.devices import auto_precision
-from napari_synthgen.diffusion_sampling import DiffusionSynthesizer
+from napari_synthgen.families.diffusion.files import load_diffusion
+from napari_synthgen.families.diffusion.networks import (
+    build_unet,
+    count_parameters,
+    training_scheduler,
+)
+from napari_synthgen.families.diffusion.sampling import DiffusionSynthesizer
+from napari_synthgen.families.diffusion.training import DiffusionConfig, DiffusionTrainer
 from napari_synthgen.layouts import make_layout
-from napari_synthgen.models.diffusion import build_unet, count_parameters, training_scheduler
-from napari_synthgen.models.diffusion_files import load_diffusion
 from napari_synthgen.training.data import TileSampler, load_samples
-from napari_synthgen.training.diffusion import DiffusionConfig, DiffusionTrainer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 CPU = torch.device("cpu")

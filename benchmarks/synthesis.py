@@ -35,11 +35,12 @@ import torch
 
 from napari_synthgen.devices import cpu_bf16_flags
 from napari_synthgen.encoding import encode_mask
+from napari_synthgen.families.pix2pix.files import save_model
+from napari_synthgen.families.pix2pix.networks import GeneratorSpec, build_generator
+from napari_synthgen.families.pix2pix.synthesizer import prepare_network
 from napari_synthgen.layouts import make_layout
-from napari_synthgen.models.checkpoints import load_model, save_model
-from napari_synthgen.models.pix2pix import GeneratorSpec, build_generator
+from napari_synthgen.registry import load_model, make_synthesizer
 from napari_synthgen.sample_data import demo_model_path
-from napari_synthgen.synthesis import Synthesizer, prepare_network
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 
@@ -84,8 +85,8 @@ def speed_and_error(model_path: Path) -> list[tuple[str, str]]:
     rows = []
     model = load_model(model_path)
     net = model.network.eval()
-    ours = Synthesizer(model, device="cpu")  # the default path
-    exact = Synthesizer(load_model(model_path), device="cpu", precision="fp32")
+    ours = make_synthesizer(model, device="cpu")  # the default path
+    exact = make_synthesizer(load_model(model_path), device="cpu", precision="fp32")
     rows.append(("CPU bf16 flags", " ".join(sorted(cpu_bf16_flags() or [])) or "none"))
     rows.append(("default precision", f"{ours.precision} ({ours.precision_note})"))
     rows += forward_by_precision(model)
@@ -109,8 +110,8 @@ def speed_and_error(model_path: Path) -> list[tuple[str, str]]:
     demo = demo_model_path()
     if demo is not None:
         mask = make_layout("dense", (512, 512), seed=11)
-        fast = Synthesizer(demo, device="cpu")(mask)
-        ref = Synthesizer(demo, device="cpu", precision="fp32")(mask)
+        fast = make_synthesizer(demo, device="cpu")(mask)
+        ref = make_synthesizer(demo, device="cpu", precision="fp32")(mask)
         rows.append(("512x512: relative error, demo model",
                      f"{relative_error(fast, ref):.2e} (image std {ref.std():.0f})"))
     return rows
@@ -141,13 +142,13 @@ def forward_by_precision(model) -> list[tuple[str, str]]:
 
 
 def stroke_update(model_path: Path) -> list[tuple[str, str]]:
-    synth = Synthesizer(model_path, device="cpu")
+    synth = make_synthesizer(model_path, device="cpu")
     mask = make_layout("dense", (2048, 2048), seed=3)
     t0 = time.perf_counter()
     synth(mask, keep=True)
     t_full = time.perf_counter() - t0
     one = make_layout("dense", (synth.tile, synth.tile), seed=4)
-    single = Synthesizer(load_model(model_path), device="cpu", overlap=0)
+    single = make_synthesizer(load_model(model_path), device="cpu", overlap=0)
     t_tile = best_time(lambda: single(one))
     rng = np.random.default_rng(0)
     times, tiles = [], []
@@ -179,9 +180,9 @@ def rss_mb():  # current resident memory
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
-from napari_synthgen.synthesis import Synthesizer, prepare_network
+from napari_synthgen.registry import make_synthesizer
 after_import = rss_mb()
-synth = Synthesizer(sys.argv[1], device="cpu")
+synth = make_synthesizer(sys.argv[1], device="cpu")
 loaded = rss_mb()
 mask = np.ones((8192, 8192), np.uint8)
 mask[::97] = 2

@@ -23,15 +23,15 @@ import torch.nn.functional as F
 
 from napari_synthgen.devices import cpu_bf16_flags
 from napari_synthgen.encoding import encode_masks, encoding_lut
-from napari_synthgen.models.pix2pix import (
+from napari_synthgen.families.pix2pix.networks import (
     GeneratorSpec,
     build_discriminator,
     build_generator,
 )
-from napari_synthgen.training.config import TrainConfig
+from napari_synthgen.families.pix2pix.training import Pix2PixModel
+from napari_synthgen.registry import make_config
 from napari_synthgen.training.data import TileSampler, load_samples
 from napari_synthgen.training.engine import resolve_training_precision
-from napari_synthgen.training.pix2pix import Pix2PixModel
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 
@@ -95,7 +95,7 @@ def main() -> None:
     rows = []
     for batch in args.batches:
         sampler = TileSampler(samples, tile=256, stride=None, batch_size=batch, seed=0)
-        cfg = TrainConfig(data=[str(SHARED)], steps=1000, ngf=args.ngf, ndf=args.ndf,
+        cfg = make_config(data=[str(SHARED)], steps=1000, ngf=args.ngf, ndf=args.ndf,
                           batch_size=batch, tile=256)
         auto, note = resolve_training_precision(cfg, torch.device("cpu"))
         plain = PlainStep(args.ngf, args.ndf)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_synthgen import ExportSession, Synthesizer
+from napari_synthgen import ExportSession, make_synthesizer
 from napari_synthgen.layouts import make_layout, variation
 from napari_synthgen.quality import basic_figures
 
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="masks to make")
     args = parser.parse_args()
 
-    synth = Synthesizer(args.model)  # device and precision: auto
+    synth = make_synthesizer(args.model)  # device and precision: auto
     print(synth.describe()["precision_note"] or synth.precision)
     with ExportSession(args.out) as session:
         for i in range(args.n):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from napari_synthgen.training.config import TrainConfig
+from napari_synthgen.registry import make_config
 from napari_synthgen.training.engine import train
 
 
@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
-    cfg = TrainConfig(data=[args.data], out=args.out, steps=args.steps, ngf=16, ndf=32,
+    cfg = make_config(data=[args.data], out=args.out, steps=args.steps, ngf=16, ndf=32,
                       batch_size=4, flips=True, rot90=True, sample_every=50,
                       checkpoint_every=100, log_every=10)
     for event in train(cfg):

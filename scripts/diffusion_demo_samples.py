@@ -17,7 +17,7 @@ import numpy as np
 
 from napari_synthgen.layouts import make_layout
 from napari_synthgen.masks import BACKGROUND, BOUNDARY, INTERIOR, to_palette
-from napari_synthgen.synthesis import Synthesizer
+from napari_synthgen.registry import make_synthesizer
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
-    synth = Synthesizer(args.model, steps=args.steps)
+    synth = make_synthesizer(args.model, steps=args.steps)
     rows = []
     print(f"{'layout':<8} {'seed':>4} {'boundary':>8} {'interior':>8} {'background':>10}")
     for layout in ("dense", "sparse"):

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_synthgen.families.pix2pix.files import save_model
 from napari_synthgen.io import atomic_path, find_pairs, read_image, read_mask, sha256_file
 from napari_synthgen.masks import N_CLASSES, class_record
-from napari_synthgen.models.checkpoints import METADATA_KEY, load_model, save_model
+from napari_synthgen.models.checkpoints import METADATA_KEY
 from napari_synthgen.quality import REFERENCE_KEY, reference_record
+from napari_synthgen.registry import load_model
 
 DEST = Path(__file__).resolve().parents[1] / "src" / "napari_synthgen" / "resources" / "demo_model"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from napari_synthgen.families.diffusion.files import load_diffusion, save_diffusion
 from napari_synthgen.io import sha256_file
 from napari_synthgen.masks import N_CLASSES, class_record
-from napari_synthgen.models.checkpoints import load_model
-from napari_synthgen.models.diffusion_files import load_diffusion, save_diffusion
+from napari_synthgen.registry import load_model
 
 DEST = (Path(__file__).resolve().parents[1] / "src" / "napari_synthgen" / "resources"
         / "demo_diffusion")

@@ -74,8 +74,8 @@ def make_tiny_model(path: Path, *, netG: str = "resnet_6blocks", ngf: int = 4,
     """A tiny real generator with random weights, saved in our format (runs in milliseconds)."""
     import torch
 
-    from napari_synthgen.models.checkpoints import save_model
-    from napari_synthgen.models.pix2pix import GeneratorSpec, build_generator
+    from napari_synthgen.families.pix2pix.files import save_model
+    from napari_synthgen.families.pix2pix.networks import GeneratorSpec, build_generator
 
     torch.manual_seed(seed)
     spec = GeneratorSpec(netG=netG, input_nc=3, output_nc=1, ngf=ngf, norm=norm, dropout=dropout)

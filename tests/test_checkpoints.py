@@ -16,21 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from napari_synthgen.io import sha256_file
-from napari_synthgen.masks import class_record
-from napari_synthgen.models.checkpoints import (
-    CONTAINER_KEYS,
-    CheckpointError,
-    default_encoding,
-    detect_generator,
-    inspect_model,
-    load_model,
-    read_state_dict,
-    read_training_state,
-    save_model,
-    validate_encoding,
-)
-from napari_synthgen.models.pix2pix import (
+from napari_synthgen.families.pix2pix.files import save_model
+from napari_synthgen.families.pix2pix.networks import (
     GeneratorSpec,
     ResnetGenerator,
     UnetGenerator,
@@ -38,6 +25,18 @@ from napari_synthgen.models.pix2pix import (
     build_generator,
     init_weights,
 )
+from napari_synthgen.families.pix2pix.reference import detect_generator
+from napari_synthgen.io import sha256_file
+from napari_synthgen.masks import class_record
+from napari_synthgen.models.checkpoints import (
+    CONTAINER_KEYS,
+    CheckpointError,
+    default_encoding,
+    read_state_dict,
+    read_training_state,
+    validate_encoding,
+)
+from napari_synthgen.registry import inspect_model, load_model
 from napari_synthgen.sample_data import demo_model_path
 
 SIDE = {"unet_128": 128, "unet_256": 256, "resnet_6blocks": 32, "resnet_9blocks": 32}
@@ -100,7 +99,8 @@ def test_reference_fixture_loads_and_reproduces_outputs(
     loaded = load_model(reference_fixtures / name / "latest_net_G.pth")
     info = loaded.info
     netG, norm, dropout = FIXTURES[name]
-    assert (info.netG, info.ngf, info.norm, info.input_nc, info.output_nc, info.dropout) == (
+    assert (*(info.details[k] for k in ("netG", "ngf", "norm")), info.input_nc, info.output_nc,
+            info.details["dropout"]) == (
         netG, 8, norm, 3, 3, dropout
     )
     assert (info.format, info.family, info.encoding, info.encoding_source) == (
@@ -129,9 +129,10 @@ def test_reference_folder_takes_latest_net_g(reference_fixtures: Path) -> None:
 def test_inspect_model_is_json(reference_fixtures: Path) -> None:
     data = inspect_model(reference_fixtures / "unet256_batch_ngf8")
     json.dumps(data)
-    for key in ("family", "netG", "ngf", "norm", "input_nc", "output_nc", "encoding", "params"):
+    for key in ("family", "input_nc", "output_nc", "encoding", "params", "details"):
         assert key in data
-    assert data["dropout"] == "unknown"
+    assert {"netG", "ngf", "norm", "architecture"} <= set(data["details"])
+    assert data["details"]["dropout"] == "unknown"
     assert any("dropout cannot be told" in n for n in data["notes"])
 
 
@@ -164,10 +165,11 @@ def test_detects_every_generator(
     loaded = load_model(path)
     info = loaded.info
     resnet = netG.startswith("resnet")
-    assert (info.netG, info.ngf, info.norm, info.input_nc, info.output_nc) == (
+    assert (*(info.details[k] for k in ("netG", "ngf", "norm")), info.input_nc,
+            info.output_nc) == (
         netG, ngf, norm, input_nc, output_nc
     )
-    assert info.dropout == (dropout if resnet else "unknown")
+    assert info.details["dropout"] == (dropout if resnet else "unknown")
     assert loaded.spec == (spec if resnet else replace(spec, dropout=True))
     assert info.encoding == {1: "label", 3: "rgb"}[input_nc]
     assert detect_generator(net.state_dict())[0] == loaded.spec
@@ -211,7 +213,7 @@ def test_old_instance_norm_running_stats_are_dropped(tmp_path: Path, netG: str) 
     stats = [k for k in old.state_dict() if k.rpartition(".")[2].startswith(("running", "num"))]
     torch.save(old.state_dict(), tmp_path / "old.pth")
     loaded = load_model(tmp_path / "old.pth")
-    assert loaded.info.norm == "instance" and loaded.info.netG == netG
+    assert loaded.info.details["norm"] == "instance" and loaded.info.details["netG"] == netG
     assert f"stale InstanceNorm running statistics dropped ({len(stats)} keys)" in " ".join(
         loaded.info.notes)
     with torch.inference_mode():
@@ -225,7 +227,7 @@ def test_batchnorm_without_num_batches_tracked_loads(tmp_path: Path) -> None:
     sd = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     torch.save(sd, tmp_path / "old_bn.pth")
     loaded = load_model(tmp_path / "old_bn.pth")
-    assert loaded.info.norm == "batch"
+    assert loaded.info.details["norm"] == "batch"
     assert _same_outputs(loaded.network, net, spec)
 
 
@@ -291,7 +293,7 @@ def test_our_format_round_trips(tmp_path: Path) -> None:
     assert dtypes == {torch.float32, torch.int64}
     loaded = load_model(path)
     info = loaded.info
-    assert loaded.spec == spec and info.dropout is False
+    assert loaded.spec == spec and info.details["dropout"] is False
     assert (info.format, info.encoding, info.encoding_source, info.tile) == (
         "synthgen-safetensors", "onehot", "metadata", 128
     )
@@ -557,7 +559,7 @@ def test_dropout_option(tmp_path: Path) -> None:
     spec = GeneratorSpec("unet_128", 3, 3, 4, "batch", True)
     torch.save(_random_generator(spec).state_dict(), tmp_path / "u.pth")
     loaded = load_model(tmp_path / "u.pth", dropout=False)
-    assert loaded.info.dropout is False and loaded.spec.dropout is False
+    assert loaded.info.details["dropout"] is False and loaded.spec.dropout is False
     assert not any(isinstance(m, nn.Dropout) for m in loaded.network.modules())
     _, net = _tiny_resnet()
     torch.save(net.state_dict(), tmp_path / "r.pth")

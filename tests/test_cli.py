@@ -22,6 +22,7 @@ def test_inspect_json_for_every_reference_fixture(reference_fixtures: Path, caps
                              ("resnet9_instance_ngf8", "resnet_9blocks", "instance")):
         assert main(["inspect", str(reference_fixtures / name), "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
+        info = {**info, **info["details"]}  # pix2pix's own fields are the family's details
         assert {k: info[k] for k in ("family", "netG", "ngf", "norm", "input_nc", "output_nc",
                                      "encoding")} == {
             "family": "pix2pix", "netG": netG, "ngf": 8, "norm": norm, "input_nc": 3,
@@ -29,7 +30,7 @@ def test_inspect_json_for_every_reference_fixture(reference_fixtures: Path, caps
         assert info["params"] > 100_000
     assert info["dropout"] is False  # a ResNet shows whether it had dropout
     main(["inspect", str(reference_fixtures / "unet256_batch_ngf8"), "--json"])
-    assert json.loads(capsys.readouterr().out)["dropout"] == "unknown"
+    assert json.loads(capsys.readouterr().out)["details"]["dropout"] == "unknown"
     assert main(["inspect", str(reference_fixtures / "unet256_batch_ngf8")]) == 0
     text = capsys.readouterr().out
     assert "unet_256" in text and "note: dropout cannot be told" in text

@@ -10,25 +10,25 @@ import numpy as np
 import pytest
 import torch
 
-from napari_synthgen.diffusion_sampling import (
+from napari_synthgen.families.diffusion.files import load_diffusion, save_diffusion
+from napari_synthgen.families.diffusion.networks import DiffusionSpecError, make_spec
+from napari_synthgen.families.diffusion.sampling import (
     Cancelled,
     DiffusionSamplingError,
     DiffusionSynthesizer,
     noise_field,
 )
+from napari_synthgen.families.diffusion.training import DiffusionConfig, DiffusionTrainer
 from napari_synthgen.layouts import make_layout
 from napari_synthgen.masks import BACKGROUND, BOUNDARY, INTERIOR
 from napari_synthgen.models.checkpoints import CheckpointError
-from napari_synthgen.models.diffusion import DiffusionSpecError, make_spec
-from napari_synthgen.models.diffusion_files import load_diffusion, save_diffusion
 from napari_synthgen.training.data import TileSampler, load_samples
-from napari_synthgen.training.diffusion import DiffusionConfig, DiffusionTrainer
 from napari_synthgen.training.unlabel import unlabel_cells
 
 try:
     from napari_synthgen.tiling import plan_tiles
 except ImportError:  # before tiling moved out of synthesis.py
-    from napari_synthgen.synthesis import plan_tiles
+    from napari_synthgen.tiling import plan_tiles
 
 CPU = torch.device("cpu")
 TINY = {"block_out_channels": (16, 32), "attention": (False, True), "attention_head_dim": 16}

@@ -15,12 +15,16 @@ import pytest
 import torch
 import yaml
 
-from napari_synthgen import families
+from napari_synthgen import registry
 from napari_synthgen.cli import main
-from napari_synthgen.diffusion_sampling import DiffusionSynthesizer
+from napari_synthgen.families.diffusion.sampling import DiffusionSynthesizer
 from napari_synthgen.layouts import make_layout
-from napari_synthgen.models.checkpoints import load_model
-from napari_synthgen.synthesis import Synthesizer
+from napari_synthgen.registry import (
+    known_keys,
+    load_model,
+    make_config,
+    make_synthesizer,
+)
 from napari_synthgen.training.cli import add_train_parser, config_from_args
 from napari_synthgen.training.config import ConfigError, TrainConfig
 from napari_synthgen.training.engine import latest_checkpoint, train
@@ -55,13 +59,13 @@ def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
     values = {"data": [str(data)], "out": str(out), "steps": 4, "tile": 32, "batch_size": 2,
               "device": "cpu", "precision": "fp32", "preview_steps": 2, "warmup_steps": 1,
               "overrides": TINY, "checkpoint_every": 100, "sample_every": 100, **kw}
-    return TrainConfig(family="diffusion", **values)
+    return make_config(family="diffusion", **values)
 
 
 def test_settings_map_onto_the_trainer_config_without_repeating_common_keys(
         tmp_path: Path, isbi_small: Path) -> None:
-    fam = families.get("diffusion")
-    common = set(TrainConfig.known_keys()) - set(families.get("pix2pix").setting_names())
+    fam = registry.get("diffusion")
+    common = set(known_keys()) - set(registry.get("pix2pix").setting_names())
     assert not set(fam.setting_names()) & common
     cfg = _cfg(isbi_small, tmp_path, lr=1e-3, seed=5)
     dc = fam.diffusion_config(cfg)
@@ -86,7 +90,7 @@ def test_cli_train_load_inspect_and_generate(cli_run: Path, tmp_path: Path,
                                              tiny_model: Path) -> None:
     model = load_model(cli_run)
     info = model.info
-    assert info.family == "diffusion" and info.netG is None
+    assert info.family == "diffusion" and "netG" not in info.details
     assert info.details["prediction"] == "epsilon" and info.details["ema"] is True
     assert info.details["steps_trained"] == 3 and info.tile == 32
     assert info.metadata["config"]["unlabel_fraction"] == 0.3
@@ -124,7 +128,7 @@ def test_cli_train_load_inspect_and_generate(cli_run: Path, tmp_path: Path,
 
 def test_synthesizer_factory_runs_per_denoising_step(cli_run: Path) -> None:
     model = load_model(cli_run)
-    synth = Synthesizer(model, device="cpu", precision="fp32", steps=3, stochastic=False)
+    synth = make_synthesizer(model, device="cpu", precision="fp32", steps=3, stochastic=False)
     assert isinstance(synth, DiffusionSynthesizer) and synth.stochastic
     described = synth.describe()
     assert described["stochastic"] is True
@@ -145,7 +149,7 @@ def test_synthesizer_factory_runs_per_denoising_step(cli_run: Path) -> None:
     assert next(gen) == (1, 6)
     gen.close()  # the widget cancels by no longer iterating: nothing else runs
     with pytest.raises(ValueError, match="encoding cannot be changed"):
-        Synthesizer(model, device="cpu", encoding="rgb")
+        make_synthesizer(model, device="cpu", encoding="rgb")
     synth.close()
 
 
@@ -195,9 +199,9 @@ def test_two_processes_train_the_diffusion_family(tmp_path: Path, isbi_small: Pa
 
 def test_family_is_read_from_any_header_length(tmp_path: Path) -> None:
     """A header whose length's first byte is 0x80 (a pickle's opcode) is still read as ours."""
-    from napari_synthgen.models.checkpoints.loading import model_family
-    from napari_synthgen.models.diffusion import build_unet, make_spec
-    from napari_synthgen.models.diffusion_files import save_diffusion
+    from napari_synthgen.families.diffusion.files import save_diffusion
+    from napari_synthgen.families.diffusion.networks import build_unet, make_spec
+    from napari_synthgen.models.checkpoints.locate import model_family
 
     spec = make_spec("small", tile=32, **TINY)
     net = build_unet(spec)
@@ -208,7 +212,7 @@ def test_family_is_read_from_any_header_length(tmp_path: Path) -> None:
     else:
         pytest.fail("no padding gave a header length ending in 0x80")
     assert model_family(path) == "diffusion"
-    assert type(Synthesizer(path, device="cpu", precision="fp32")).__name__ == \
+    assert type(make_synthesizer(path, device="cpu", precision="fp32")).__name__ == \
         "DiffusionSynthesizer"
 
 
@@ -222,7 +226,7 @@ def test_bundled_diffusion_model_draws_dark_membranes_and_varies_with_the_seed()
     assert info.family == "diffusion" and path.stat().st_size < 25 * 2**20
     assert info.classes[0] > 0  # trained with --unlabel-fraction: background is known
     mask = make_layout("dense", (128, 128), seed=3)
-    synth = Synthesizer("demo-diffusion", device="cpu", steps=8)
+    synth = make_synthesizer("demo-diffusion", device="cpu", steps=8)
     a, b = synth(mask, seed=0), synth(mask, seed=1)
     for img in (a, b):
         assert img[mask == 2].mean() < img[mask == 1].mean() - 20

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from napari_synthgen import families
+from napari_synthgen import registry
 from napari_synthgen.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,8 +233,8 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def _family_flags() -> dict[str, set[str]]:
     """flag -> the families whose settings it belongs to (train options of one family)."""
     owners: dict[str, set[str]] = {}
-    for name in families.names():
-        for opt in families.get(name).cli_options:
+    for name in registry.names():
+        for opt in registry.get(name).cli_options:
             owners.setdefault(opt.flag, set()).add(name)
     return owners
 
@@ -330,7 +330,7 @@ def command_problems(cmd: Command, parser: argparse.ArgumentParser) -> list[str]
                 problems.append(f"{where}: `{name}` has no option {flag}")
     if name == "train":
         family = _train_family([w.strip("[]") for w in words[1:]])
-        if family is not None and family not in families.names():
+        if family is not None and family not in registry.names():
             problems.append(f"{where}: no model family {family!r}")
         elif family is not None:
             owners = _family_flags()

@@ -26,8 +26,8 @@ def _tiny(path: Path, *, classes: list[float] | None, netG: str = "unet_128",
     """A tiny real U-Net (dropout for seeded variations) with or without a class record."""
     import torch
 
-    from napari_synthgen.models.checkpoints import save_model
-    from napari_synthgen.models.pix2pix import GeneratorSpec, build_generator
+    from napari_synthgen.families.pix2pix.files import save_model
+    from napari_synthgen.families.pix2pix.networks import GeneratorSpec, build_generator
 
     torch.manual_seed(0)
     spec = GeneratorSpec(netG=netG, input_nc=3, output_nc=1, ngf=4, norm="batch",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_synthgen.models.pix2pix import (
+from napari_synthgen.families.pix2pix.networks import (
     DISCRIMINATORS,
     GENERATORS,
     NORMS,

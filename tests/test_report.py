@@ -121,9 +121,9 @@ def test_reference_from_a_model_checkpoint_metadata(tmp_path: Path, report_dirs)
     import torch
 
     from napari_synthgen import quality as q
+    from napari_synthgen.families.pix2pix.files import save_model
+    from napari_synthgen.families.pix2pix.networks import GeneratorSpec, build_generator
     from napari_synthgen.io import find_pairs, read_image, read_mask
-    from napari_synthgen.models.checkpoints import save_model
-    from napari_synthgen.models.pix2pix import GeneratorSpec, build_generator
     from napari_synthgen.report import load_reference
 
     pairs = [(read_image(p.image), read_mask(p.mask))

@@ -22,8 +22,10 @@ import torch
 from napari_synthgen import devices
 from napari_synthgen.devices import TRAIN_BF16_MIN_BATCH, auto_precision
 from napari_synthgen.layouts import make_layout
-from napari_synthgen.models.checkpoints import load_model
-from napari_synthgen.training.config import TrainConfig
+from napari_synthgen.registry import (
+    load_model,
+    make_config,
+)
 from napari_synthgen.training.engine import train
 
 CPU = torch.device("cpu")
@@ -80,7 +82,7 @@ def test_rule_reads_this_cpu_without_timing_anything(monkeypatch: pytest.MonkeyP
 def test_training_records_the_rule(tmp_path: Path, isbi_small: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: EPYC)
-    cfg = TrainConfig(data=[str(isbi_small)], out=str(tmp_path / "run"), steps=1,
+    cfg = make_config(data=[str(isbi_small)], out=str(tmp_path / "run"), steps=1,
                       netG="unet_128", ngf=4, ndf=4, tile=128, batch_size=1,
                       checkpoint_every=100, sample_every=100)
     events = list(train(cfg))
@@ -127,7 +129,7 @@ def test_training_gives_the_same_weights_on_a_busy_machine(tmp_path: Path, isbi_
                                                            ) -> None:
     # batch 4: where the CPU has bf16 the rule trains in bf16, so both paths are covered
     def run(out: Path) -> tuple[str, dict[str, torch.Tensor]]:
-        cfg = TrainConfig(data=[str(isbi_small)], out=str(out), steps=3, netG="unet_128",
+        cfg = make_config(data=[str(isbi_small)], out=str(out), steps=3, netG="unet_128",
                           ngf=4, ndf=4, tile=128, batch_size=4, flips=True,
                           checkpoint_every=100, sample_every=100, seed=5)
         events = list(train(cfg))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_synthgen.registry import make_synthesizer
 from napari_synthgen.synthesis import Synthesizer
 from napari_synthgen.tiling import (
     RowBlender,
@@ -133,7 +134,7 @@ def test_pix2pix_outputs_match_those_from_before_the_family_seam(
     name: str, tiny_model, tiny_unet, isbi_mask: np.ndarray
 ) -> None:
     path = tiny_model if name == "tiny" else tiny_unet
-    synth = Synthesizer(path, device="cpu", precision="fp32", stochastic=name == "unet")
+    synth = make_synthesizer(path, device="cpu", precision="fp32", stochastic=name == "unet")
     got = _outputs(synth, isbi_mask)
     # on one machine, the same inputs and seed give the same bytes
     np.testing.assert_array_equal(synth(isbi_mask, seed=3), got["full"])

@@ -16,8 +16,12 @@ import torch
 
 from napari_synthgen import io
 from napari_synthgen.masks import to_palette
-from napari_synthgen.models.checkpoints import load_model
-from napari_synthgen.synthesis import Synthesizer
+from napari_synthgen.registry import (
+    load_config,
+    load_model,
+    make_config,
+    make_synthesizer,
+)
 from napari_synthgen.training.config import ConfigError, TrainConfig
 from napari_synthgen.training.data import DataError, TileSampler, load_samples
 from napari_synthgen.training.engine import latest_checkpoint, train
@@ -58,7 +62,7 @@ def test_cli_trains_on_isbi_and_generate_uses_the_checkpoint(tmp_path: Path, isb
     model = load_model(out)
     assert model.info.tile == 256 and model.info.metadata["step"] == 36
     assert model.info.metadata["intensity"]["mean"] > 50
-    image = Synthesizer(model, device="cpu")(io.read_mask(isbi_dir / "masks" /
+    image = make_synthesizer(model, device="cpu")(io.read_mask(isbi_dir / "masks" /
                                                           "isbi2012_train_29.tif"))
     assert image.shape == (512, 512) and image.std() > 1
     # and `generate` uses it
@@ -78,7 +82,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_stop_and_resume_ends_with_the_same_weights(tmp_path: Path, isbi_small: Path) -> None:
     def cfg(out: Path) -> TrainConfig:
-        return TrainConfig(data=[str(isbi_small)], out=str(out), steps=12, netG="unet_128",
+        return make_config(data=[str(isbi_small)], out=str(out), steps=12, netG="unet_128",
                            ngf=4, ndf=4, tile=128, batch_size=2, flips=True, rot90=True,
                            checkpoint_every=100, sample_every=100, seed=3)
 
@@ -108,7 +112,7 @@ def test_stop_and_resume_ends_with_the_same_weights(tmp_path: Path, isbi_small: 
 def test_unlabel_fraction_shows_pix2pix_background_where_the_data_has_none(
         tmp_path: Path, isbi_small: Path) -> None:
     def run(name: str, fraction: float) -> Path:
-        cfg = TrainConfig(data=[str(isbi_small)], out=str(tmp_path / name), steps=3,
+        cfg = make_config(data=[str(isbi_small)], out=str(tmp_path / name), steps=3,
                           netG="unet_128", ngf=4, ndf=4, tile=128, batch_size=2, seed=3,
                           precision="fp32", checkpoint_every=100, sample_every=100,
                           unlabel_fraction=fraction)
@@ -124,7 +128,7 @@ def test_unlabel_fraction_shows_pix2pix_background_where_the_data_has_none(
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "the unlabelled cells are seeded"
     assert any(not torch.equal(wa[k], wp[k]) for k in wa), "the generator saw other masks"
     with pytest.raises(ConfigError, match="unlabel_fraction is a share of cells"):
-        TrainConfig(data=["x"], steps=1, unlabel_fraction=1.5).validate()
+        make_config(data=["x"], steps=1, unlabel_fraction=1.5).validate()
 
 
 def test_nan_stops_with_a_clear_event_and_keeps_last_checkpoint(tmp_path: Path,
@@ -184,7 +188,7 @@ def test_resume_from_a_state_without_config_is_a_clear_failure(tmp_path: Path,
                                                                 isbi_small: Path) -> None:
     state = tmp_path / "old.state.pt"
     torch.save({"model": {}, "step": 3}, state)
-    cfg = TrainConfig(data=[str(isbi_small)], out=str(tmp_path / "run"), steps=4,
+    cfg = make_config(data=[str(isbi_small)], out=str(tmp_path / "run"), steps=4,
                       netG="unet_128", ngf=4, ndf=4, tile=128)
     events = list(train(cfg, resume=state))
     assert events[-1]["event"] == "failed" and events[-1]["reason"] == "TrainingError"
@@ -302,7 +306,7 @@ def test_full_disk_keeps_the_last_checkpoint(tmp_path: Path, isbi_small: Path,
         real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(engine.torch, "save", filling_disk)
-    cfg = TrainConfig(data=[str(isbi_small)], out=str(tmp_path), steps=8, netG="unet_128",
+    cfg = make_config(data=[str(isbi_small)], out=str(tmp_path), steps=8, netG="unet_128",
                       ngf=4, ndf=4, tile=128, checkpoint_every=3, sample_every=100)
     events = list(train(cfg))
     failed = events[-1]
@@ -322,12 +326,12 @@ def test_config_file_and_overrides(tmp_path: Path, isbi_small: Path) -> None:
     code, _events, err = run_cli("train", "--config", str(cfg_file), "--out", str(out),
                                 "--lr", "0.0005", "--events", "jsonl")
     assert code == 0, err
-    saved = TrainConfig.load(out / "config.yaml")
+    saved = load_config(out / "config.yaml")
     assert saved.lr == 0.0005 and saved.ngf == 4 and saved.steps == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: x\nsteps: 1\nlearning_rate: 3\n")
     with pytest.raises(ConfigError, match="unknown configuration keys: learning_rate"):
-        TrainConfig.load(bad)
+        load_config(bad)
 
 
 def test_reference_aligned_layout(tmp_path: Path, isbi_dir: Path) -> None:

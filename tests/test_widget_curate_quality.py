@@ -42,8 +42,8 @@ def model_with_reference(tmp_path_factory: pytest.TempPathFactory, isbi_image: n
     (as training stores them)."""
     import torch
 
-    from napari_synthgen.models.checkpoints import save_model
-    from napari_synthgen.models.pix2pix import GeneratorSpec, build_generator
+    from napari_synthgen.families.pix2pix.files import save_model
+    from napari_synthgen.families.pix2pix.networks import GeneratorSpec, build_generator
     from napari_synthgen.quality import REFERENCE_KEY, reference_record
 
     torch.manual_seed(0)

@@ -23,8 +23,8 @@ def tiny_diffusion(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-level U-Net of 8/16 channels, tile 32: milliseconds per tile on the CPU."""
     import torch
 
-    from napari_synthgen.models.diffusion import build_unet, make_spec
-    from napari_synthgen.models.diffusion_files import save_diffusion
+    from napari_synthgen.families.diffusion.files import save_diffusion
+    from napari_synthgen.families.diffusion.networks import build_unet, make_spec
     from napari_synthgen.widgets._common import keep_triton_out
 
     keep_triton_out()  # viewers of earlier tests loaded Mesa's LLVM: diffusers comes after
@@ -68,8 +68,8 @@ def _n_notes() -> int:
 
 def test_steps_and_sampler_shown_used_and_hidden_for_pix2pix(
         make_napari_viewer, qtbot, tiny_diffusion: Path, tiny_model: Path) -> None:
-    from napari_synthgen.models.diffusion import SAMPLERS
-    from napari_synthgen.synthesis import Synthesizer
+    from napari_synthgen.families.diffusion.networks import SAMPLERS
+    from napari_synthgen.registry import make_synthesizer
 
     viewer, w, layer = _widget(make_napari_viewer, qtbot, tiny_diffusion)
     notes = _n_notes()
@@ -92,7 +92,7 @@ def test_steps_and_sampler_shown_used_and_hidden_for_pix2pix(
     assert "steps 3" in bar.desc and "ddim" in bar.desc
     params = outputs[0].provenance["params"]
     assert (params["steps"], params["sampler"], params["family"]) == (3, "ddim", "diffusion")
-    direct = Synthesizer(tiny_diffusion, device="cpu", precision="fp32", steps=3,
+    direct = make_synthesizer(tiny_diffusion, device="cpu", precision="fp32", steps=3,
                          sampler="ddim")(layer.data, seed=0)
     assert np.array_equal(viewer.layers["m_synth"].data, direct)
     assert "steps 3, sampler ddim" in w.status.value

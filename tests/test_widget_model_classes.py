@@ -44,8 +44,8 @@ def _model_with_classes(path: Path, fractions: list[float]) -> Path:
     """A tiny real generator whose metadata records the classes it was trained on."""
     import torch
 
-    from napari_synthgen.models.checkpoints import save_model
-    from napari_synthgen.models.pix2pix import GeneratorSpec, build_generator
+    from napari_synthgen.families.pix2pix.files import save_model
+    from napari_synthgen.families.pix2pix.networks import GeneratorSpec, build_generator
 
     torch.manual_seed(0)
     spec = GeneratorSpec(netG="resnet_6blocks", input_nc=3, output_nc=1, ngf=4, norm="instance")

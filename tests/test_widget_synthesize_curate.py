@@ -91,14 +91,14 @@ def test_live_preview_updates_only_touched_tiles(make_napari_viewer, qtbot,
 
 def test_live_preview_never_shows_a_stale_result(make_napari_viewer, qtbot,
                                                  tiny_model: Path) -> None:
-    from napari_synthgen.synthesis import Synthesizer
+    from napari_synthgen.registry import make_synthesizer
 
     viewer, synth, mask = _live(make_napari_viewer, qtbot, tiny_model,
                                 make_layout("sparse", (200, 200), seed=2))
     for i in range(6):  # strokes faster than the debounce and the model
         mask.paint((30 + 25 * i, 40 + 20 * i), 1 + i % 2)
     synth.wait_idle()
-    final = Synthesizer(tiny_model, device="cpu", precision=synth._synth.precision)(mask.data)
+    final = make_synthesizer(tiny_model, device="cpu", precision=synth._synth.precision)(mask.data)
     assert np.abs(viewer.layers["m_synth"].data.astype(int) - final).max() <= 1
 
 

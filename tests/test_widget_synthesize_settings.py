@@ -35,13 +35,13 @@ def _errors(start: int) -> list[str]:
 
 def _expected(cache: dict, prov: dict, mask: np.ndarray) -> np.ndarray:
     """The image a direct Synthesizer run with the settings in ``prov`` gives for ``mask``."""
-    from napari_synthgen.synthesis import Synthesizer
+    from napari_synthgen.registry import make_synthesizer
 
     p = prov["params"]
     key = (prov["model"], p["device"], p["precision"], p["tile"], p["overlap"],
            p["batch_size"], p["stochastic"])
     if key not in cache:
-        cache[key] = Synthesizer(prov["model"], device=p["device"], precision=p["precision"],
+        cache[key] = make_synthesizer(prov["model"], device=p["device"], precision=p["precision"],
                                  tile=p["tile"], overlap=p["overlap"],
                                  batch_size=p["batch_size"], stochastic=p["stochastic"])
     return cache[key](mask, seed=prov["seed"])

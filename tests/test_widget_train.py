@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_synthgen.models.checkpoints import load_model
+from napari_synthgen.registry import load_model
 from napari_synthgen.training.engine import latest_checkpoint
 
 PLUGIN = "napari-synthgen"

@@ -37,9 +37,13 @@ from .masks import (
 # name -> module for the lazily imported (torch-backed) public API
 _LAZY = {
     "Synthesizer": "synthesis",
-    "load_model": "models.checkpoints",
-    "save_model": "models.checkpoints",
-    "inspect_model": "models.checkpoints",
+    "make_synthesizer": "registry",
+    "synthesize": "registry",
+    "load_model": "registry",
+    "inspect_model": "registry",
+    "make_config": "registry",
+    "load_config": "registry",
+    "save_model": "families.pix2pix.files",
     "ExportSession": "curation",
     "train": "training.engine",
     "TrainConfig": "training.config",

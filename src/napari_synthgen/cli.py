@@ -267,7 +267,7 @@ def cli_message(message: str) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print what a checkpoint holds (architecture, encoding, size) and what could not be told."""
     from .generate import model_classes
-    from .models.checkpoints import load_model
+    from .registry import load_model
 
     info = load_model(args.path, encoding=args.encoding).info
     data = info.to_dict()
@@ -279,14 +279,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{args.path}")
     width = max(len(k) for k in data)
     for key, value in data.items():
-        if key in ("notes", "metadata", "details") or (value is None and key in (
-                "netG", "ngf", "norm", "dropout")):  # pix2pix fields of another family
+        if key in ("notes", "metadata", "details"):
             continue
         if key == "classes":
             value = _describe_classes(known)
         print(f"  {key:<{width}}  {value}")
     for key, value in info.details.items():  # what the family says of itself
-        print(f"  {key:<{width}}  {value}")
+        if key not in ("short", "summary"):  # the same again, in other words
+            print(f"  {key:<{width}}  {value}")
     for note in info.notes:
         print(f"  note: {note}")
     return 0
@@ -379,7 +379,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     options = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler))
                if v is not None}
     if options:
-        from .models.checkpoints import model_family
+        from .models.checkpoints.locate import model_family
 
         family = model_family(model)
         if family is not None and family != "diffusion":

@@ -32,7 +32,8 @@ from .masks import (
     unseen_class_message,
     unseen_classes,
 )
-from .synthesis import Synthesizer, output_name, synthesizer_class
+from .registry import make_synthesizer, synthesizer_class
+from .synthesis import output_name
 
 
 @dataclass
@@ -248,7 +249,7 @@ def _check_options(job: GenerateJob) -> None:
 
 def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[GenerateEvent]:
     _check_options(job)
-    synth = Synthesizer(
+    synth = make_synthesizer(
         job.model, device=_device_for(job.device, share), precision=job.precision,
         tile=job.tile, overlap=job.overlap, batch_size=job.batch_size, encoding=job.encoding,
         stochastic=job.stochastic, **job.options,

@@ -99,7 +99,7 @@ def load_reference(source: str | Path
         real = _read_folder(source)
         return quality.reference_from_pairs(((im, m) for _, im, m in real),
                                             sources=[n for n, _, _ in real]), real
-    from .models.checkpoints import load_model
+    from .registry import load_model
 
     try:
         meta = load_model(source).info.metadata

@@ -1,8 +1,9 @@
 """What a model family supplies, and what the shared machinery expects of its parts.
 
-A :class:`Family` is registered once (``families.register``) and then asked by the training
-engine, the train CLI, checkpoint loading, ``inspect`` and the synthesizer factory. Importing a
-family module must stay light (no torch): heavy parts are imported inside its methods.
+A :class:`Family` is listed once in :mod:`napari_synthgen.registry` and then asked by the
+training engine, the train CLI, checkpoint loading, ``inspect`` and the synthesizer factory.
+Importing a family's entry must stay light (no torch): heavy parts are imported inside its
+methods.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-    from ..models.checkpoints import LoadedModel
+    from ..models.checkpoints.info import LoadedModel
     from ..training.config import TrainConfig
 
 
@@ -94,6 +95,8 @@ class Family:
     defaults: ClassVar[Mapping[str, Any]] = {}
     #: train CLI options for its settings
     cli_options: ClassVar[tuple[CliOption, ...]] = ()
+    #: ``train --config NAME`` presets: NAME -> the settings it stands for
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: order of keys in a saved configuration (None: common keys, then the family's)
     config_order: ClassVar[tuple[str, ...] | None] = None
 
@@ -126,7 +129,7 @@ class Family:
         only pix2pix reads), ``tensors`` its weights, ``kind`` 'safetensors', 'zip' or
         'pickle'. Raise CheckpointError saying what is wrong; ``notes`` are what reading
         found so far (the returned ModelInfo carries them and yours); build the info with
-        :func:`~napari_synthgen.models.checkpoints.model_info`. ``dropout`` is pix2pix's."""
+        :func:`~napari_synthgen.models.checkpoints.info.model_info`. ``dropout`` is pix2pix's."""
         raise NotImplementedError(f"family {self.name!r} cannot load models")
 
     def synthesizer_class(self) -> type:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import families
+from .. import registry
 from .config import TrainConfig
 from .events import Event, Failed
 
@@ -55,8 +55,8 @@ def _family_options() -> tuple[list[tuple[str, str, Any, str]], list[tuple[str, 
     """(options, flags) of every registered family, each flag once (families may share one)."""
     options: dict[str, tuple[str, str, Any, str]] = {}
     flags: dict[str, tuple[str, str, Any, str]] = {}
-    for name in families.names():
-        for opt in families.get(name).cli_options:
+    for name in registry.names():
+        for opt in registry.get(name).cli_options:
             target = flags if opt.is_flag else options
             if opt.flag in options or opt.flag in flags:
                 continue
@@ -71,8 +71,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--data", nargs="+", default=None,
                    help="paired folders (images/ + masks/) or reference aligned folders")
     p.add_argument("--val", nargs="+", default=None, help="validation folders (else a split)")
-    p.add_argument("--family", default=None, choices=families.names(),
-                   help=f"model family ({', '.join(families.names())}; default pix2pix)")
+    p.add_argument("--family", default=None, choices=registry.names(),
+                   help=f"model family ({', '.join(registry.names())}; default pix2pix)")
     options, flags = _family_options()
     for flag, key, typ, help_ in _OPTIONS + options:
         p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
@@ -95,9 +95,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < --config file < options given on the command line."""
-    unet = _unet_config_name(args.config)
+    preset = _preset(args.config)
     values: dict[str, Any] = (_file_values(args.config, args.family)
-                              if args.config and unet is None else {})
+                              if args.config and preset is None else {})
     for key in ("data", "val"):
         if getattr(args, key) is not None:
             values[key] = list(getattr(args, key))
@@ -107,43 +107,36 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for _flag, key, _typ, _help in _OPTIONS + options + _FLAGS + flags:
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
-    if unet is not None and getattr(args, "unet_config", None) is None:
-        values["unet_config"] = unet
+    for key, value in (preset or {}).items():
+        if getattr(args, key, None) is None:
+            values[key] = value
     if values.get("steps") is not None and args.epochs is None and args.steps is not None:
         values["epochs"] = None
     if values.get("epochs") is not None and args.steps is None and args.epochs is not None:
         values["steps"] = None
-    return TrainConfig.from_dict(values)
+    return registry.config_from_dict(values)
 
 
 def _file_values(path: Path, family: str | None) -> dict[str, Any]:
     """The settings of a configuration file; ``--family`` (when given) decides the family, so
     a file of diffusion settings needs no ``family:`` line when the command line says it."""
     if family is None:
-        return TrainConfig.load(path).to_dict()
-    import json
+        return registry.load_config(path).to_dict()
+    from .config import read_config_file
 
-    import yaml
-
-    from .config import ConfigError
-
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the configuration ({exc}).") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a configuration file holds a mapping of keys to values.")
-    return TrainConfig.from_dict({**raw, "family": family}).to_dict()
+    raw = read_config_file(path)
+    return registry.config_from_dict({**raw, "family": family}).to_dict()
 
 
-def _unet_config_name(config: Path | None) -> str | None:
-    """``--config small`` / ``--config base``: the diffusion U-Net configuration, not a file
-    (a file of that name, if there is one, is still read as a configuration file)."""
-    from ..families.diffusion import UNET_CONFIGS
-
-    if config is not None and str(config) in UNET_CONFIGS and not config.is_file():
-        return str(config)
+def _preset(config: Path | None) -> dict[str, Any] | None:
+    """``--config NAME`` where NAME is a family's preset (diffusion: small, base): the
+    settings it stands for. A file of that name, if there is one, is still read as a file."""
+    if config is None or config.is_file():
+        return None
+    for name in registry.names():
+        preset = registry.get(name).presets.get(str(config))
+        if preset is not None:
+            return dict(preset)
     return None
 
 
@@ -173,8 +166,8 @@ def _print_human(event: Event, bar: Any) -> None:
     if kind == "started":
         cfg = event["config"]
         try:
-            arch = families.get(cfg["family"]).summary(cfg)
-        except families.FamilyError:
+            arch = registry.get(cfg["family"]).summary(cfg)
+        except registry.FamilyError:
             arch = ""
         bar.reset(total=event["total"])
         bar.update(event["step"])

@@ -6,7 +6,10 @@ flips, learning rate, seed, device, precision, checkpoint cadence...) as datacla
 the family's own settings (a dataclass the family registry supplies, e.g. pix2pix's netG, ngf,
 netD...) as ``cfg.settings``. Both read and write flat: ``TrainConfig(netG="unet_128")``,
 ``cfg.netG`` and config.yaml files look as they did before families existed, so old files and
-CLI flags keep working; a key of another family is refused by name.
+CLI flags keep working; a key of another family is refused by name. A TrainConfig is built
+from the family's entry; to build one from a family *name* (or a file), ask
+:mod:`napari_synthgen.registry` (``make_config``, ``load_config``), which sits above the
+families, so that this type never looks a family up.
 
 pix2pix defaults follow the reference: U-Net 256 generator with batch norm and dropout,
 PatchGAN (``basic``) discriminator, Adam lr 2e-4 and beta1 0.5, L1 weight 100, a constant rate
@@ -21,44 +24,32 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..families.pix2pix import GAN_MODES
-
-#: kept for callers that listed the families from here; ask ``families.names()`` instead
-FAMILIES = ("pix2pix",)
-DEFAULT_FAMILY = "pix2pix"
-
 
 class ConfigError(ValueError):
     """A training configuration that cannot run, with what to change."""
-
-
-def _family(name: str) -> Any:
-    from .. import families
-
-    try:
-        return families.get(name)
-    except families.FamilyError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 @dataclass(init=False)
 class TrainConfig:
     """Everything a training run needs; saved beside its checkpoints.
 
-    Construct it flat: ``TrainConfig(data=[...], family="pix2pix", netG="unet_128", ...)``;
-    the family's keys go to ``settings``, and the family may change common defaults (its
-    ``defaults``, e.g. another encoding).
+    Construct it flat from a family entry: ``TrainConfig(PIX2PIX, data=[...],
+    netG="unet_128", ...)`` (by name: ``registry.make_config("pix2pix", ...)``); the family's
+    keys go to ``settings``, and the family may change common defaults (its ``defaults``,
+    e.g. another encoding).
     """
 
     data: list[str] = field(default_factory=list)
-    out: str = "runs/pix2pix"
-    family: str = DEFAULT_FAMILY
+    out: str = "runs/run"
+    #: the family's name (set from the entry the configuration is built from)
+    family: str = ""
     val: list[str] = field(default_factory=list)
     val_fraction: float = 0.1
     steps: int | None = None
@@ -84,14 +75,18 @@ class TrainConfig:
     #: the family's own settings (its ``settings`` dataclass)
     settings: Any = None
 
-    def __init__(self, family: str = DEFAULT_FAMILY, **values: Any) -> None:
-        fam = _family(family)
+    def __init__(self, family: Any, *, owners: Mapping[str, list[str]] | None = None,
+                 **values: Any) -> None:
+        """``family``: the family's entry (a ``families.base.Family``); ``owners``: for keys
+        of other families, their names (the registry says, for a clearer refusal)."""
+        fam = family
         common = {f.name: f for f in dataclasses.fields(self) if f.name != "settings"}
         own = fam.setting_names()
         unknown = sorted(k for k in values if k not in common and k not in own)
         if unknown:
-            raise ConfigError(_unknown_message(unknown, fam, tuple(common)))
-        object.__setattr__(self, "family", family)
+            raise ConfigError(_unknown_message(unknown, fam, tuple(common), owners or {}))
+        object.__setattr__(self, "family", fam.name)
+        object.__setattr__(self, "_entry", fam)
         for name, f in common.items():
             if name == "family":
                 continue
@@ -148,8 +143,8 @@ class TrainConfig:
 
     @property
     def family_entry(self) -> Any:
-        """The registry entry of this configuration's family."""
-        return _family(self.family)
+        """The entry of this configuration's family (a ``families.base.Family``)."""
+        return self.__dict__["_entry"]
 
     # ----------------------------------------------------------------- checks
     def validate(self) -> TrainConfig:
@@ -207,34 +202,22 @@ class TrainConfig:
             tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
         return dest
 
-    @classmethod
-    def known_keys(cls, family: str = DEFAULT_FAMILY) -> tuple[str, ...]:
-        """The keys a configuration of ``family`` accepts."""
-        common = tuple(f.name for f in dataclasses.fields(cls) if f.name != "settings")
-        return common + _family(family).setting_names()
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a flat mapping, refusing unknown keys by name."""
-        values = dict(values)
-        family = values.pop("family", DEFAULT_FAMILY)
-        for key in ("data", "val"):
-            if isinstance(values.get(key), str):
-                values[key] = [values[key]]
-        return cls(family=family, **values)
+def common_keys() -> tuple[str, ...]:
+    """The keys every family's configuration has."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "settings")
 
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        """Read a YAML or JSON configuration file."""
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-            values = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{p}: cannot read the configuration ({exc}).") from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f"{p}: a configuration file holds a mapping of keys to values.")
-        return cls.from_dict(values)
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping a YAML or JSON configuration file holds (no family is looked up here)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc}).") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a configuration file holds a mapping of keys to values.")
+    return values
 
 
 def _plain(value: Any) -> Any:
@@ -242,20 +225,15 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _unknown_message(unknown: list[str], fam: Any, common: tuple[str, ...]) -> str:
+def _unknown_message(unknown: list[str], fam: Any, common: tuple[str, ...],
+                     owners: Mapping[str, list[str]]) -> str:
     """Unknown keys, saying which family a key belongs to when it is another family's."""
-    from .. import families
-
-    others = []
-    for key in unknown:
-        owners = [n for n in families.names()
-                  if n != fam.name and key in families.get(n).setting_names()]
-        if owners:
-            others.append(f"{key} is a {' / '.join(owners)} setting")
+    others = [f"{key} is a {' / '.join(owners[key])} setting" for key in unknown
+              if owners.get(key)]
     where = f" ({'; '.join(others)}; this configuration is {fam.name})" if others else ""
     known = sorted(common + fam.setting_names())
     return (f"unknown configuration keys: {', '.join(unknown)}{where}; known keys are "
             f"{', '.join(known)}.")
 
 
-__all__ = ["DEFAULT_FAMILY", "FAMILIES", "GAN_MODES", "ConfigError", "TrainConfig"]
+__all__ = ["ConfigError", "TrainConfig", "common_keys", "read_config_file"]

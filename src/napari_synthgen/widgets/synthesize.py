@@ -87,14 +87,8 @@ def _describe(info: Any) -> str:
     known = model_classes(info)
     classes = ("classes it knows: unknown (no record)" if known is None else "classes it knows: "
                + ", ".join(f"{CLASS_NAMES[c]} {f:.0%}" for c, f in sorted(known.items()) if f > 0))
-    if info.netG is not None:  # pix2pix
-        arch = f"{info.netG} · ngf {info.ngf} · {info.norm} norm"
-    else:  # another family describes itself in details (diffusion: prediction, schedule, EMA)
-        d = info.details or {}
-        arch = " · ".join(str(x) for x in (
-            info.short(), d.get("prediction"),
-            d.get("schedule") and f"{d['schedule']} schedule",
-            "EMA weights" if d.get("ema") else None) if x)
+    # each family describes its network in a line (pix2pix: generator, width, norm)
+    arch = (info.details or {}).get("summary") or info.short()
     return (f"{arch} · {info.input_nc}→{info.output_nc} "
             f"channels · encoding {info.encoding} ({info.encoding_source}) · tile {tile}{steps}"
             f" · {classes}")
@@ -105,19 +99,13 @@ _COMMON_KEYWORDS = frozenset({"self", "model", "device", "precision", "tile", "o
                               "batch_size", "encoding", "stochastic"})
 
 
-def _samplers() -> tuple[str, ...]:
-    from ..models.diffusion import SAMPLERS
-
-    return SAMPLERS
-
-
 #: label, tooltip and limits or choices of the family settings the widget knows by name; any
 #: other keyword of a family's synthesizer gets a plain field of its default's type
 _OPTION_UI: dict[str, dict[str, Any]] = {
     "steps": {"label": "Steps", "min": 1, "max": 1000, "tooltip":
               "Denoising steps of a Synthesize run: more give finer detail and take longer "
               "(DPM-Solver++ needs about 20, DDIM about 50)."},
-    "sampler": {"label": "Sampler", "choices": _samplers, "tooltip":
+    "sampler": {"label": "Sampler", "tooltip":
                 "dpm: DPM-Solver++ 2M, good images in about 20 steps; ddim: DDIM, plain and "
                 "deterministic, needs more steps."},
     "preview_steps": {"label": "Preview steps", "min": 1, "max": 1000, "tooltip":
@@ -130,7 +118,7 @@ def family_options(model: Any) -> dict[str, Any]:
     """The settings a model's family's synthesizer takes beyond the common ones (keyword ->
     default), read from its constructor: empty for pix2pix, steps/sampler/preview_steps for
     diffusion."""
-    from ..synthesis import synthesizer_class
+    from ..registry import synthesizer_class
 
     params = inspect.signature(synthesizer_class(model).__init__).parameters
     return {name: p.default for name, p in params.items()
@@ -138,12 +126,13 @@ def family_options(model: Any) -> dict[str, Any]:
             and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def _option_field(name: str, default: Any) -> Any:
-    """A field for a family setting (None when its default's type has no field)."""
+def _option_field(name: str, default: Any, choices: Any = None) -> Any:
+    """A field for a family setting (None when its default's type has no field); ``choices``
+    from the synthesizer class's ``choices`` make a drop-down."""
     ui = _OPTION_UI.get(name, {})
     kw = {"label": ui.get("label", name.replace("_", " ").capitalize()), "value": default}
-    if "choices" in ui:
-        field = ComboBox(choices=list(ui["choices"]()), **kw)
+    if choices:
+        field = ComboBox(choices=list(choices), **kw)
     elif isinstance(default, bool):
         field = CheckBox(text=kw.pop("label"), value=default)
     elif isinstance(default, int):
@@ -193,7 +182,7 @@ def _previews_itself(synth: Any) -> bool:
 
 
 def _load(path: str, encoding: str | None) -> Any:
-    from ..models.checkpoints import load_model
+    from ..registry import load_model
 
     keep_triton_out()  # a diffusion model imports diffusers: no crash beside napari's OpenGL
     return load_model(path, encoding=encoding)
@@ -418,16 +407,18 @@ class SynthesizeWidget(Container):
     def _show_family_settings(self, model: Any) -> None:
         """Show the fields of ``model``'s family settings (made on first need, values kept
         across models) and hide the others; hide Stochastic for families always stochastic."""
-        from ..synthesis import synthesizer_class
+        from ..registry import synthesizer_class
 
         try:
             options = family_options(model)
-            always = getattr(synthesizer_class(model), "stochastic", None) is True
+            cls = synthesizer_class(model)
+            always = getattr(cls, "stochastic", None) is True
+            choices = dict(getattr(cls, "choices", {}))
         except Exception:  # a family without a synthesizer: loading succeeded, runs will say
-            options, always = {}, False
+            options, always, choices = {}, False, {}
         for name, default in options.items():
             if name not in self._family_fields:
-                field = _option_field(name, default)
+                field = _option_field(name, default, choices.get(name))
                 if field is None:
                     continue  # not a value a field edits: the synthesizer's default applies
                 field.changed.connect(self._settings_changed)
@@ -459,9 +450,9 @@ class SynthesizeWidget(Container):
         settings = self._synth_settings()
         if (self._synth is None or self._synth_for is None or self._synth_for[0] is not self._model
                 or self._synth_for[1] != settings):
-            from ..synthesis import Synthesizer
+            from ..registry import make_synthesizer
 
-            new = Synthesizer(self._model, **settings)
+            new = make_synthesizer(self._model, **settings)
             self._retire()
             self._synth, self._synth_for = new, (self._model, settings)
         return self._synth
@@ -561,7 +552,7 @@ class SynthesizeWidget(Container):
         except Exception as exc:
             report_error(exc, "Synthesize")
             return None
-        if len(seeds) > 1 and run.model.info.dropout is False:
+        if len(seeds) > 1 and run.model.info.details.get("dropout") is False:
             show_warning("This model has no dropout: its variations are identical images.")
         lock = self._lock
 

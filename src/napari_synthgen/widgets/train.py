@@ -36,8 +36,8 @@ from magicgui.widgets import (
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
-from .. import families
-from ..families.pix2pix import GAN_MODES
+from .. import registry
+from ..families.base import CliOption, Family
 from ..io import read_array
 from ..training.config import ConfigError, TrainConfig
 from ._bus import bus
@@ -66,17 +66,6 @@ PLOT_MAX_POINTS = 2000  # longer series are drawn as this many block means
 SERIES_COLOURS = ("#4ea8de", "#f4a261", "#5ec27a", "#e76f9a", "#b392f0", "#2ec4b6",
                   "#d4a72c", "#9aa5b1")
 
-#: Choices of string settings a family does not declare itself (a family declares them as
-#: ``field(metadata={"choices": ...})``, a ``choices`` attribute of its CLI option, or a
-#: ``choices`` mapping on the family). pix2pix's live in models/pix2pix.py, which imports torch,
-#: so they are repeated here (tests/test_widget_train_families.py keeps them in step).
-KNOWN_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("pix2pix", "netG"): ("unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks"),
-    ("pix2pix", "norm"): ("batch", "instance", "none"),
-    ("pix2pix", "netD"): ("basic", "n_layers", "pixel"),
-    ("pix2pix", "gan_mode"): GAN_MODES,
-    ("pix2pix", "init_type"): ("normal", "xavier", "kaiming", "orthogonal"),
-}
 #: Where this dock suggests other values than a family's defaults: a pix2pix that trains on a
 #: laptop (the CLI keeps the reference width 64).
 WIDGET_DEFAULTS: dict[str, dict[str, Any]] = {"pix2pix": {"ngf": 32}}
@@ -111,7 +100,7 @@ class SettingField:
     inner: type | None = None
 
 
-def family_fields(fam: families.Family) -> list[SettingField]:
+def family_fields(fam: Family) -> list[SettingField]:
     """The settings of ``fam`` the dock offers, in the order of its settings dataclass: those
     with a train CLI option (all when it declares none) whose type a widget can hold (bool,
     int, float, str, a choice, or one of these or None); the others keep their defaults."""
@@ -162,12 +151,11 @@ def _kind(hint: Any, default: Any) -> tuple[str | None, type | None, tuple[Any, 
     return None, None, ()
 
 
-def _declared_choices(fam: families.Family, f: dataclasses.Field,
-                      opt: families.CliOption | None) -> tuple[Any, ...]:
+def _declared_choices(fam: Family, f: dataclasses.Field,
+                      opt: CliOption | None) -> tuple[Any, ...]:
     family_choices = getattr(fam, "choices", None)
     for found in (f.metadata.get("choices"), getattr(opt, "choices", None),
-                  family_choices.get(f.name) if isinstance(family_choices, Mapping) else None,
-                  KNOWN_CHOICES.get((fam.name, f.name))):
+                  family_choices.get(f.name) if isinstance(family_choices, Mapping) else None):
         if found:
             return tuple(found)
     return ()
@@ -376,7 +364,7 @@ class TrainWidget(Container):
         self.data_status = Label(value="Paired folders (images/ + masks/) or aligned A|B images.")
         self.val = FileEdit(mode="d", label="Validation (optional)")
         self.out = FileEdit(mode="d", label="Checkpoints", value=str(default_out))
-        self.family = ComboBox(choices=list(families.names()), label="Family")
+        self.family = ComboBox(choices=list(registry.names()), label="Family")
         self.steps = SpinBox(value=common["steps"], min=1, max=10_000_000, label="Steps")
         self.tile = SpinBox(value=common["tile"], min=64, max=4096, step=64, label="Tile")
         self.batch = SpinBox(value=common["batch_size"], min=1, max=512, label="Batch size")
@@ -494,11 +482,11 @@ class TrainWidget(Container):
     def refresh_families(self) -> None:
         """Offer every registered family (one registered after the dock opened too), building
         the settings widgets of those not seen yet."""
-        names = list(families.names())
+        names = list(registry.names())
         for name in names:
             if name in self.family_boxes:
                 continue
-            fields = family_fields(families.get(name))
+            fields = family_fields(registry.get(name))
             widgets = {f.key: setting_widget(f) for f in fields}
             box = Container(widgets=list(widgets.values()))
             box.margins = (0, 0, 0, 0)
@@ -523,8 +511,8 @@ class TrainWidget(Container):
             box.visible = other == name
         self.family_section.setText(f"Model settings ({name})")
         previous, self._family_shown = self._family_shown, name
-        old = families.get(previous).defaults if previous in families.names() else {}
-        fam = families.get(name) if name in families.names() else None  # None: unregistered
+        old = registry.get(previous).defaults if previous in registry.names() else {}
+        fam = registry.get(name) if name in registry.names() else None  # None: unregistered
         new = fam.defaults if fam is not None else {}
         for key in set(old) | set(new):  # only what the two families see differently
             if key in self.common_widgets:
@@ -596,8 +584,8 @@ class TrainWidget(Container):
         """The training configuration from the widget: the common settings and the chosen
         family's own (never another family's, which TrainConfig would refuse)."""
         val = str(self.val.value)
-        return TrainConfig(
-            family=self.family.value, data=self.data_folders(),
+        return registry.make_config(
+            self.family.value, data=self.data_folders(),
             val=[val] if val not in ("", ".") else [], out=str(self.out.value),
             steps=self.steps.value, tile=self.tile.value, batch_size=self.batch.value,
             device=self.device.value, stride=self.stride.value or None, lr=self.lr.value,
@@ -621,7 +609,7 @@ class TrainWidget(Container):
             return None
         self.events = []
         self.plot.clear()
-        self.plot.set_order(families.get(config.family).loss_names)
+        self.plot.set_order(registry.get(config.family).loss_names)
         self.progress.value = 0
         self.process = None
         self._stop_requested = False
@@ -667,8 +655,8 @@ class TrainWidget(Container):
         self.events.append(event)
         if kind == "started":
             family = (event.get("config") or {}).get("family")
-            if family in families.names():  # the run's own family (a resumed run keeps its)
-                self.plot.set_order(families.get(family).loss_names)
+            if family in registry.names():  # the run's own family (a resumed run keeps its)
+                self.plot.set_order(registry.get(family).loss_names)
             self.progress.max = event["total"]
             self.progress.value = event["step"]
             self.eta.value = (f"{event['n_train_images']} training / {event['n_val_images']} "

@@ -1,17 +1,19 @@
-"""Read, recognise, load and save model checkpoints of every family, without running their code.
+"""Reading model files of every family without running their code, and our file format.
 
-Two formats are understood. Reference checkpoints (``latest_net_G.pth`` from
-junyanz/pytorch-CycleGAN-and-pix2pix) hold a bare state dict; the generator, its width, norm
-and channels are detected from the key names and shapes. napari-synthgen's own format is one
-``.safetensors`` file whose header carries the generator spec, the mask encoding and training
-metadata. Pickles are only opened with ``torch.load(weights_only=True)``: a file that needs
-to run code to load is refused, never executed. Our header names the model family (reference
-files are pix2pix); the family registry (:mod:`napari_synthgen.families`) builds the network,
-and other families save with ``save_family_model``.
+Two kinds of file are read. Reference checkpoints (``latest_net_G.pth`` from
+junyanz/pytorch-CycleGAN-and-pix2pix) hold a bare state dict; pickles are only opened with
+``torch.load(weights_only=True)``: a file that needs to run code to load is refused, never
+executed. napari-synthgen's own format is one ``.safetensors`` file whose header names the
+model family and holds what rebuilds its network, the mask encoding and metadata.
+
+This package is below the families and never picks one: each family's ``files`` module builds
+its networks (:mod:`napari_synthgen.families.pix2pix.files`,
+:mod:`napari_synthgen.families.diffusion.files`), and :func:`napari_synthgen.registry.load_model`
+hands a file to the family its header names.
 
 Modules: ``common`` (the error, constants, encodings), ``reading`` (safe reading and
-unwrapping), ``reference`` (architecture detection), ``ours`` (our format), ``loading``
-(load_model, inspect_model, ModelInfo).
+unwrapping), ``ours`` (our header format), ``locate`` (the file a path, folder or bundled name
+means, and its family), ``info`` (ModelInfo, LoadedModel).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from .common import (
     CONTAINER_KEYS,
     ENCODING_CHANNELS,
     ENCODINGS,
-    FAMILY,
     FORMAT_VERSION,
     GENERATOR_PREFIXES,
     METADATA_KEY,
@@ -30,24 +31,16 @@ from .common import (
     default_encoding,
     validate_encoding,
 )
-from .loading import (
-    LoadedModel,
-    ModelInfo,
-    inspect_model,
-    load_model,
-    load_pix2pix,
-    model_family,
-    model_info,
-)
-from .ours import family_metadata, our_header, save_family_model, save_model
+from .info import LoadedModel, ModelInfo, model_info
+from .locate import FOREIGN_FAMILY, ModelFile, model_family, read_model_file
+from .ours import family_metadata, our_header, save_family_model
 from .reading import read_state_dict, read_training_state
-from .reference import describe_spec, detect_generator
 
 __all__ = [
     "CONTAINER_KEYS",
     "ENCODINGS",
     "ENCODING_CHANNELS",
-    "FAMILY",
+    "FOREIGN_FAMILY",
     "FORMAT_VERSION",
     "GENERATOR_PREFIXES",
     "METADATA_KEY",
@@ -55,20 +48,16 @@ __all__ = [
     "WRAPPER_PREFIXES",
     "CheckpointError",
     "LoadedModel",
+    "ModelFile",
     "ModelInfo",
     "default_encoding",
-    "describe_spec",
-    "detect_generator",
     "family_metadata",
-    "inspect_model",
-    "load_model",
-    "load_pix2pix",
     "model_family",
     "model_info",
     "our_header",
+    "read_model_file",
     "read_state_dict",
     "read_training_state",
     "save_family_model",
-    "save_model",
     "validate_encoding",
 ]

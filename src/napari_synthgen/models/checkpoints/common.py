@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-
-from ..pix2pix import GeneratorSpec
-
-FAMILY = "pix2pix"
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_synthgen"
 ENCODINGS: tuple[str, ...] = ("rgb", "onehot", "label")
@@ -23,7 +15,7 @@ WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 #: Key prefixes under which a training module keeps its generator beside other networks.
 GENERATOR_PREFIXES: tuple[str, ...] = ("netG.", "net_G.", "generator.", "G.")
 
-_RESERVED = ("format_version", "family", "generator", "encoding", "tile")
+_RESERVED = ("format_version", "family", "encoding", "tile")
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
 _NBT = "num_batches_tracked"
 _LIST_LIMIT = 10
@@ -31,20 +23,6 @@ _LIST_LIMIT = 10
 
 class CheckpointError(ValueError):
     """A model file that cannot be used, with a message that says what is wrong and what to do."""
-
-
-@dataclass
-class _Resolved:
-    """A state dict matched to a generator spec, ready to be loaded."""
-
-    spec: GeneratorSpec
-    dropout_known: bool
-    state_dict: dict[str, torch.Tensor]
-    format: str
-    notes: list[str]
-    encoding: str | None = None
-    tile: int | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- encodings

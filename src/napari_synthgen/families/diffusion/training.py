@@ -23,17 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import Precision, autocast
-from ..encoding import encode_masks, encoding_lut
-from ..families.base import StepResult
-from ..models.diffusion import (
+from ...devices import Precision, autocast
+from ...encoding import encode_masks, encoding_lut
+from ...tiling import tile_seed
+from ..base import StepResult
+from .networks import (
     DiffusionSpec,
     build_unet,
     count_parameters,
     make_spec,
     training_scheduler,
 )
-from ..tiling import tile_seed
 
 _NOISE_STREAM = 0xD1FF  # keeps the trainer's generator apart from other uses of tile_seed
 
@@ -102,7 +102,7 @@ class DiffusionTrainer:
 
     def __init__(self, cfg: DiffusionConfig, device: torch.device, precision: Precision,
                  total_steps: int, ddp: bool = False, rank: int = 0) -> None:
-        from .._triton_guard import keep_triton_out
+        from ..._triton_guard import keep_triton_out
 
         keep_triton_out()
         from diffusers.training_utils import EMAModel
@@ -210,7 +210,7 @@ class DiffusionTrainer:
     def generate(self, masks: torch.Tensor) -> torch.Tensor:
         """EMA samples for masks (B, H, W), as (B, H, W) in [-1, 1]: a fixed seed and
         ``preview_steps`` DPM-Solver++ steps, so previews of one run are comparable."""
-        from ..diffusion_sampling import Denoiser, sample_batch
+        from .sampling import Denoiser, sample_batch
 
         prec = self.precision if self.device.type == "cuda" else "fp32"
         den = Denoiser(self.ema_network(), self.spec, self.device, prec, copy_network=False)
@@ -237,7 +237,7 @@ class DiffusionTrainer:
 
     def save_model(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write the synthesis file (EMA weights) with the training config and metadata."""
-        from ..models.diffusion_files import save_diffusion
+        from .files import save_diffusion
 
         meta = {"ema": True, "ema_decay": self.cfg.ema_decay, "steps_trained": self.step_index,
                 "diffusion_config": asdict(self.cfg), **(metadata or {})}

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import Precision, autocast
-from ..encoding import encode_masks, encoding_lut, n_channels
-from ..families.base import StepResult
-from ..models.pix2pix import GeneratorSpec, build_discriminator, build_generator, init_weights
-from .config import TrainConfig
+from ...devices import Precision, autocast
+from ...encoding import encode_masks, encoding_lut, n_channels
+from ...training.config import TrainConfig
+from ..base import StepResult
+from .networks import GeneratorSpec, build_discriminator, build_generator, init_weights
 
 
 def gan_loss(pred: torch.Tensor, real: bool, mode: str, *, for_generator: bool = False
@@ -216,7 +216,7 @@ class Pix2PixModel:
 
     def save_model(self, path: str | os.PathLike, metadata: Mapping[str, Any]) -> Path:
         """Write the generator file synthesis loads (its spec, encoding and tile in the header)."""
-        from ..models.checkpoints import save_model
+        from .files import save_model
 
         return save_model(path, self.G_raw, self.spec, encoding=self.cfg.encoding,
                           tile=self.cfg.tile, metadata=metadata)

@@ -19,16 +19,16 @@ import gc
 import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from .devices import Precision, auto_precision, autocast, check_precision, resolve_device
-from .encoding import encode_masks, encoding_lut, unit_to_uint8
-from .masks import validate_mask
-from .models.diffusion import SAMPLERS, DiffusionSpec, cast_network, make_scheduler
-from .tiling import blend_window, pad_mask, plan_tiles, tile_seed
+from ...devices import Precision, auto_precision, autocast, check_precision, resolve_device
+from ...encoding import encode_masks, encoding_lut, unit_to_uint8
+from ...masks import validate_mask
+from ...tiling import blend_window, pad_mask, plan_tiles, tile_seed
+from .networks import SAMPLERS, DiffusionSpec, cast_network, make_scheduler
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -199,17 +199,17 @@ def _overlaps(a: tuple[int, int], b: tuple[int, int], t: int) -> bool:
 
 def _diffusion_model(model: Any) -> Any:
     """``model`` if it is a loaded diffusion model (a LoadedModel of the diffusion family),
-    else what :func:`~napari_synthgen.models.checkpoints.load_model` loads
-    from it (a path or a bundled name); a model of another family is refused."""
-    from .models.checkpoints import load_model
+    else the diffusion model file it names (a path or a bundled name); a model of another
+    family is refused."""
+    from .files import load_diffusion
 
     if not hasattr(model, "network") or not hasattr(model, "spec"):
-        model = load_model(model)
+        model = load_diffusion(model)
     if not isinstance(model.spec, DiffusionSpec):
         family = model.info.family
         raise DiffusionSamplingError(
             f"{model.info.path} holds a {family} model, not a diffusion model; create the "
-            "synthesizer with napari_synthgen.synthesis.Synthesizer(model) instead.")
+            "synthesizer with napari_synthgen.registry.make_synthesizer(model) instead.")
     return model
 
 
@@ -227,6 +227,8 @@ class DiffusionSynthesizer:
 
     family = "diffusion"
     stochastic = True  # every seed is a different variation
+    #: values a setting may take (the Synthesize widget makes drop-downs of them)
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"sampler": SAMPLERS}
 
     def __init__(self, model: Any, *, device: str | torch.device = "auto",
                  precision: str = "auto", tile: int | None = None, overlap: int | None = None,
@@ -474,7 +476,7 @@ class DiffusionSynthesizer:
     def describe(self) -> dict[str, Any]:
         """What this synthesizer runs: model, device, precision, tiling, and (also under
         ``family_settings``) steps, sampler and live-preview steps."""
-        from .synthesis import describe_common
+        from ...synthesis import describe_common
 
         return {
             "family": "diffusion",

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..io import atomic_path
-from .checkpoints.common import METADATA_KEY, CheckpointError
-from .checkpoints.ours import _json_default, header_document
-from .diffusion import (
+from ...io import atomic_path
+from ...models.checkpoints.common import METADATA_KEY, CheckpointError
+from ...models.checkpoints.ours import _json_default, header_document
+from .networks import (
     FAMILY,
     DiffusionSpec,
     DiffusionSpecError,
@@ -30,7 +30,7 @@ from .diffusion import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .checkpoints import LoadedModel
+    from ...models.checkpoints.info import LoadedModel
 
 FORMAT_VERSION = 1
 _RESERVED = ("format_version", "family", "unet", "scheduler", "spec", "encoding", "tile")
@@ -110,7 +110,7 @@ def _spec_of(doc: Mapping[str, Any], path: Path) -> DiffusionSpec:
     family = doc.get("family")
     if family != FAMILY:
         raise CheckpointError(f"{path}: it holds a {family!r} model, not a diffusion model; "
-                              "load it with napari_synthgen.models.checkpoints.load_model.")
+                              "load it with napari_synthgen.registry.load_model.")
     spec_doc = doc.get("spec")
     if not isinstance(spec_doc, Mapping):
         raise CheckpointError(f"{path}: its header has no diffusion spec; {_RESAVE}.")
@@ -149,19 +149,21 @@ def steps_trained(metadata: Mapping[str, Any]) -> int | None:
 
 
 def load_diffusion(path: str | os.PathLike) -> LoadedModel:
-    """Load a diffusion model saved by :func:`save_diffusion` (float32, CPU, eval mode): what
-    ``load_model`` gives, after refusing a file that is not a diffusion model, by name."""
-    from .checkpoints import load_model
+    """Load a diffusion model saved by :func:`save_diffusion` (float32, CPU, eval mode), or a
+    bundled one by name; a file that is not a diffusion model is refused by name."""
+    from ...models.checkpoints.locate import read_model_file
+    from . import DIFFUSION
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such file. Give a diffusion model (.safetensors).")
-    doc = read_header(p)
-    if doc is None:
-        raise CheckpointError(f"{p}: it has no napari-synthgen header, so it is not a diffusion "
-                              "model saved by napari-synthgen.")
-    _spec_of(doc, p)  # another family, a newer format or a damaged spec: said before loading
-    return load_model(p)
+    found = read_model_file(path)
+    if found.doc is None:
+        raise CheckpointError(f"{found.file}: it has no napari-synthgen header, so it is not a "
+                              "diffusion model saved by napari-synthgen.")
+    _spec_of(found.doc, found.file)  # another family, a newer format or a damaged spec
+    try:
+        return DIFFUSION.load(found.tensors, found.doc, file=found.file, kind=found.kind,
+                              notes=found.notes, encoding=None, dropout=None)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{found.file}: {exc}") from None
 
 
 def describe_spec(spec: DiffusionSpec) -> str:

@@ -1,46 +1,54 @@
-"""pix2pix as a model family: today's generator + PatchGAN, its settings, files and synthesizer.
+"""pix2pix as a model family: a U-Net/ResNet generator trained against a PatchGAN (+ L1).
 
-Nothing here changes what pix2pix does; this module only tells the shared machinery where the
-pix2pix parts are (training/pix2pix.py, models/checkpoints, synthesis.Pix2PixSynthesizer).
+The folder holds the family's parts: ``networks`` (generators and discriminators, with the
+reference implementation's keys), ``training`` (the GAN step), ``files`` (our format and
+reference checkpoints, with ``reference``'s detection) and ``synthesizer``. This module is
+the family's entry, light to import (no torch): it tells the shared machinery where the parts
+are, and :mod:`napari_synthgen.registry` lists it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import register
-from .base import CliOption, Family
+from ..base import CliOption, Family
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-    from ..models.checkpoints import LoadedModel
-    from ..training.config import TrainConfig
+    from ...models.checkpoints.info import LoadedModel
+    from ...training.config import TrainConfig
 
 GAN_MODES = ("lsgan", "vanilla", "hinge")
+# the names ``networks`` builds, repeated here so that this entry stays light (no torch);
+# tests/test_families.py keeps them in step with networks.py
+GENERATOR_NAMES = ("unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks")
+NORM_NAMES = ("batch", "instance", "none")
+DISCRIMINATOR_NAMES = ("basic", "n_layers", "pixel")
+INIT_NAMES = ("normal", "xavier", "kaiming", "orthogonal")
 
 
 @dataclass
 class Pix2PixSettings:
     """pix2pix training settings; defaults follow the reference implementation."""
 
-    netG: str = "unet_256"
+    netG: str = field(default="unet_256", metadata={"choices": GENERATOR_NAMES})
     ngf: int = 64
-    norm: str = "batch"
+    norm: str = field(default="batch", metadata={"choices": NORM_NAMES})
     dropout: bool = True
     output_nc: int = 1
-    netD: str = "basic"
+    netD: str = field(default="basic", metadata={"choices": DISCRIMINATOR_NAMES})
     ndf: int = 64
     n_layers_D: int = 3
-    gan_mode: str = "lsgan"
+    gan_mode: str = field(default="lsgan", metadata={"choices": GAN_MODES})
     lambda_l1: float = 100.0
     beta1: float = 0.5
     beta2: float = 0.999
     decay_start: float = 0.5
-    init_type: str = "normal"
+    init_type: str = field(default="normal", metadata={"choices": INIT_NAMES})
     init_gain: float = 0.02
 
 
@@ -51,6 +59,7 @@ class Pix2PixFamily(Family):
     settings = Pix2PixSettings
     arch_keys = ("netG", "ngf", "norm", "dropout", "output_nc", "netD", "ndf", "n_layers_D")
     loss_names = ("G_GAN", "G_L1", "D_real", "D_fake")
+    defaults: ClassVar[Mapping[str, Any]] = {"out": "runs/pix2pix"}
     cli_options = (
         CliOption("--netG", "netG", str,
                   "pix2pix generator: unet_256, unet_128, resnet_9blocks, resnet_6blocks"),
@@ -80,7 +89,7 @@ class Pix2PixFamily(Family):
     )
 
     def validate(self, cfg: TrainConfig) -> list[str]:
-        from ..models.pix2pix import DISCRIMINATORS, GENERATORS, NORMS, size_divisor
+        from .networks import DISCRIMINATORS, GENERATORS, NORMS, size_divisor
 
         problems = []
         if cfg.netG not in GENERATORS:
@@ -109,22 +118,22 @@ class Pix2PixFamily(Family):
 
     def build_trainer(self, cfg: TrainConfig, device: torch.device, precision: str,
                       total_steps: int, ddp: bool) -> Any:
-        from ..training.pix2pix import Pix2PixModel
+        from .training import Pix2PixModel
 
         return Pix2PixModel(cfg, device, precision, total_steps, ddp=ddp)
 
     def load(self, tensors: dict[str, torch.Tensor], doc: Mapping[str, Any] | None, *,
              file: Path, kind: str, notes: list[str], encoding: str | None,
              dropout: bool | None) -> LoadedModel:
-        from ..models.checkpoints.loading import load_pix2pix
+        from .files import load_pix2pix
 
         return load_pix2pix(tensors, doc, file=file, kind=kind, notes=notes,
                             encoding=encoding, dropout=dropout)
 
     def synthesizer_class(self) -> type:
-        from ..synthesis import Pix2PixSynthesizer
+        from .synthesizer import Pix2PixSynthesizer
 
         return Pix2PixSynthesizer
 
 
-PIX2PIX = register(Pix2PixFamily())
+PIX2PIX = Pix2PixFamily()

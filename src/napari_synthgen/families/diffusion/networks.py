@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._triton_guard import keep_triton_out
-from ..encoding import n_channels
+from ..._triton_guard import keep_triton_out
+from ...encoding import n_channels
 
 PREDICTION_TYPES: tuple[str, ...] = ("v_prediction", "epsilon")
 SAMPLERS: tuple[str, ...] = ("dpm", "ddim")

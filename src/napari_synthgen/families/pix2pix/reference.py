@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from ..pix2pix import (
+from ...models.checkpoints.common import (
+    _LIST_LIMIT,
+    _NBT,
+    _STATS,
+    REFERENCE_NAME,
+    CheckpointError,
+)
+from .networks import (
     GENERATORS,
     NORMS,
     RESNET_BLOCKS,
@@ -18,7 +27,20 @@ from ..pix2pix import (
     build_generator,
     norm_layer_factory,
 )
-from .common import _LIST_LIMIT, _NBT, _STATS, REFERENCE_NAME, CheckpointError, _Resolved
+
+
+@dataclass
+class _Resolved:
+    """A state dict matched to a generator spec, ready to be loaded."""
+
+    spec: GeneratorSpec
+    dropout_known: bool
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    notes: list[str]
+    encoding: str | None = None
+    tile: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _candidates() -> list[tuple[str, str, bool]]:

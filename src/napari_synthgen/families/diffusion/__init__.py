@@ -1,10 +1,11 @@
 """Mask-conditioned diffusion as a model family: its settings, trainer, files and synthesizer.
 
-The parts live in ``models/diffusion.py`` (spec, U-Net, schedulers), ``models/diffusion_files.py``
-(our file format), ``training/diffusion.py`` (the step, EMA, previews) and
-``diffusion_sampling.py`` (the synthesizer); this module tells the shared machinery where they
-are. The common settings (lr, tile, encoding, seed, batch size) come from TrainConfig and are
-mapped onto the trainer's :class:`~napari_synthgen.training.diffusion.DiffusionConfig` here.
+The folder holds the family's parts: ``networks`` (spec, U-Net, schedulers), ``files`` (its
+header in our file format), ``training`` (the step, EMA, previews) and ``sampling`` (the
+synthesizer); this module is the family's entry, light to import (no torch), and tells the
+shared machinery where they are. The common settings (lr, tile, encoding, seed, batch
+size) come from TrainConfig and are mapped onto the trainer's
+:class:`~napari_synthgen.families.diffusion.training.DiffusionConfig` here.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import register
-from .base import CliOption, Family
+from ..base import CliOption, Family
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-    from ..models.checkpoints import LoadedModel
-    from ..training.config import TrainConfig
-    from ..training.diffusion import DiffusionConfig
+    from ...models.checkpoints.info import LoadedModel
+    from ...training.config import TrainConfig
+    from .training import DiffusionConfig
 
 UNET_CONFIGS = ("small", "base")
 PREDICTIONS = ("v_prediction", "epsilon")
@@ -67,6 +67,8 @@ class DiffusionFamily(Family):
     loss_names = ("mse",)
     defaults: ClassVar[Mapping[str, Any]] = {
         "encoding": "onehot", "batch_size": 4, "out": "runs/diffusion"}
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        name: {"unet_config": name} for name in UNET_CONFIGS}
     cli_options = (
         CliOption("--unet-config", "unet_config", str,
                   "diffusion U-Net configuration: small (CPU) or base (GPU); "
@@ -97,7 +99,7 @@ class DiffusionFamily(Family):
     def diffusion_config(self, cfg: TrainConfig) -> DiffusionConfig:
         """The trainer's configuration: the family's settings and the common lr, tile,
         encoding, seed and batch size of ``cfg``."""
-        from ..training.diffusion import DiffusionConfig
+        from .training import DiffusionConfig
 
         own = asdict(cfg.settings)
         own["config"] = own.pop("unet_config")
@@ -137,7 +139,7 @@ class DiffusionFamily(Family):
     # ----------------------------------------------------------------- training
     def build_trainer(self, cfg: TrainConfig, device: torch.device, precision: str,
                       total_steps: int, ddp: bool) -> Any:
-        from ..training.diffusion import DiffusionTrainer
+        from .training import DiffusionTrainer
 
         return DiffusionTrainer(self.diffusion_config(cfg), device, precision, total_steps,
                                 ddp=ddp, rank=int(os.environ.get("RANK", "0")))
@@ -146,8 +148,9 @@ class DiffusionFamily(Family):
     def load(self, tensors: dict[str, torch.Tensor], doc: Mapping[str, Any] | None, *,
              file: Path, kind: str, notes: list[str], encoding: str | None,
              dropout: bool | None) -> LoadedModel:
-        from ..models.checkpoints import CheckpointError, LoadedModel, model_info
-        from ..models.diffusion_files import build_from, describe_spec, steps_trained
+        from ...models.checkpoints.common import CheckpointError
+        from ...models.checkpoints.info import LoadedModel, model_info
+        from .files import build_from, describe_spec, steps_trained
 
         if doc is None or kind != "safetensors":
             raise CheckpointError("a diffusion model is a .safetensors file with a "
@@ -158,6 +161,7 @@ class DiffusionFamily(Family):
                                   f"masks; its encoding cannot be changed to {encoding!r}.")
         details = {
             "architecture": f"{spec.config} U-Net",
+            "short": f"diffusion {spec.config} U-Net",
             "widths": list(spec.block_out_channels),
             "schedule": spec.beta_schedule,
             "prediction": spec.prediction_type,
@@ -167,6 +171,9 @@ class DiffusionFamily(Family):
             "steps_trained": steps_trained(metadata),
             "samplers": "dpm (DPM-Solver++ 2M), ddim",
         }
+        details["summary"] = " · ".join(str(x) for x in (
+            details["short"], spec.prediction_type, f"{spec.beta_schedule} schedule",
+            "EMA weights" if details["ema"] else None) if x)
         info = model_info(
             self.name, file, network, input_nc=spec.mask_channels, output_nc=1,
             encoding=spec.encoding, encoding_source="metadata", tile=spec.tile,
@@ -175,9 +182,9 @@ class DiffusionFamily(Family):
         return LoadedModel(network=network, info=info, spec=spec)
 
     def synthesizer_class(self) -> type:
-        from ..diffusion_sampling import DiffusionSynthesizer
+        from .sampling import DiffusionSynthesizer
 
         return DiffusionSynthesizer
 
 
-DIFFUSION = register(DiffusionFamily())
+DIFFUSION = DiffusionFamily()
