@@ -31,6 +31,22 @@ class DiskFullError(OSError):
     """The disk filled up while writing; nothing under the final name was touched."""
 
 
+class DamagedFileError(ValueError):
+    """An image or mask file that exists but cannot be decoded (truncated, corrupt).
+
+    One class for every decoder's failure (``zlib.error``, ``struct.error``, PIL's errors...),
+    with a message that names the file and says what to do.
+    """
+
+    def __init__(self, path: str | os.PathLike, detail: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path}: the file is damaged or truncated and cannot be read ({detail}). "
+            "Replace it with an intact copy (write or copy it again), or move it out of the "
+            "folder."
+        )
+
+
 def _check_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -41,12 +57,15 @@ def _check_suffix(path: Path) -> str:
 
 
 def read_array(path: str | os.PathLike) -> np.ndarray:
-    """Read a TIFF or PNG file into an array, with errors that name the file."""
+    """Read a TIFF or PNG file into an array, with errors that name the file.
+
+    A file that exists but cannot be decoded raises :class:`DamagedFileError`.
+    """
     p = Path(path)
     suffix = _check_suffix(p)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file.")
-    try:
+    with decoding(p):
         if suffix in (".tif", ".tiff"):
             import tifffile
 
@@ -54,10 +73,23 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
         import imageio.v3 as iio
 
         return np.asarray(iio.imread(p))
-    except (OSError, ValueError, SyntaxError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"{p}: cannot be read as an image ({exc}); is the file corrupt?") from exc
+
+
+@contextlib.contextmanager
+def decoding(path: str | os.PathLike) -> Iterator[None]:
+    """Turn any decoder failure while reading ``path`` into :class:`DamagedFileError`.
+
+    Missing files and permission errors pass through unchanged: the file is not damaged.
+    """
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError, MemoryError):
+        raise
+    except DamagedFileError:
+        raise
+    except Exception as exc:  # zlib.error, struct.error, ValueError, OSError, SyntaxError...
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise DamagedFileError(path, detail) from exc
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -107,6 +139,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 (and some writers replace the file, e.g. safetensors): outputs
+        # get what open() would give them, 0666 minus the umask, so a lab can share them
+        os.chmod(tmp, new_file_mode())
         _fsync_file(tmp)
         if overwrite:
             os.replace(tmp, dest)
@@ -129,6 +164,28 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode a new output file gets: ``0o666`` minus the umask, as ``open()`` would give.
+
+    A replaced file gets it too (not the old file's mode): outputs follow the user's umask.
+    """
+    return 0o666 & ~current_umask()
 
 
 def _fsync_file(path: Path) -> None:
