@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import os
 import tempfile
@@ -210,23 +211,69 @@ def fsync_dir(folder: Path) -> None:
 def write_array(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = True) -> Path:
     """Write an array as TIFF (deflate-compressed) or PNG, atomically. Returns the path."""
     dest = Path(path)
+    _check_suffix(dest)
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        _encode(tmp, array, dest)
+    return dest
+
+
+def _encode(tmp: Path, array: np.ndarray, dest: Path) -> None:
+    """Encode ``array`` into the file ``tmp`` in the format ``dest``'s suffix names."""
     suffix = _check_suffix(dest)
     arr = np.ascontiguousarray(array)
-    with atomic_path(dest, overwrite=overwrite) as tmp:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
+    if suffix in (".tif", ".tiff"):
+        import tifffile
 
-            tifffile.imwrite(tmp, arr, compression="zlib" if arr.dtype == np.uint8 else None)
-        else:
-            if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
-                raise ValueError(
-                    f"{dest.name}: PNG holds 2-D 8- or 16-bit images; got {arr.dtype} {arr.shape}."
-                    " Save as .tif instead."
-                )
-            import imageio.v3 as iio
+        tifffile.imwrite(tmp, arr, compression="zlib" if arr.dtype == np.uint8 else None)
+        return
+    if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
+        raise ValueError(
+            f"{dest.name}: PNG holds 2-D 8- or 16-bit images; got {arr.dtype} {arr.shape}."
+            " Save as .tif instead."
+        )
+    import imageio.v3 as iio
 
-            iio.imwrite(tmp, arr, extension=".png")
-    return dest
+    iio.imwrite(tmp, arr, extension=".png")
+
+
+def write_pair(image_path: str | os.PathLike, image: np.ndarray,
+               mask_path: str | os.PathLike, mask: np.ndarray) -> tuple[Path, Path]:
+    """Write an image and its mask all-or-nothing (as far as a crash goes).
+
+    Both are encoded to temporary files first; then the mask is renamed into place, then the
+    image. An error before the renames leaves neither; a crash between the two renames leaves
+    a mask without its image, which :func:`pair_complete` reports as not done.
+    """
+    img_dest, mask_dest = Path(image_path), Path(mask_path)
+    valid = validate_mask(mask)
+    # contexts exit innermost first: the mask's rename, then the image's
+    with atomic_path(img_dest) as tmp_img, atomic_path(mask_dest) as tmp_mask:
+        _encode(tmp_img, image, img_dest)
+        _encode(tmp_mask, valid, mask_dest)
+    return img_dest, mask_dest
+
+
+def pair_complete(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> bool:
+    """True when both files exist and decode: a pair a killed run may not have finished is
+    not complete."""
+    for path in (image_path, mask_path):
+        try:
+            read_array(path)
+        except (ValueError, OSError):
+            return False
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_path` left for ``path``."""
+    dest = Path(path)
+    if not dest.parent.is_dir():
+        return []
+    stale = [p for p in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp") if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(OSError):
+            p.unlink()
+    return stale
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = True) -> Path:

@@ -149,6 +149,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run the utility check with a progress bar; print the table. Exit 2 on a leaked image."""
     from .evaluation import LeakError, evaluate, markdown_table, write_outputs
+    from .io import DamagedFileError
 
     bar = _bar("evaluate")
 
@@ -168,6 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         bar.close()
         print(f"napari-synthgen evaluate: error: {exc}", file=sys.stderr)
         return 2
+    except DamagedFileError:
+        raise  # main() says which file, exit 2
     except ValueError as exc:
         bar.close()
         print(f"error: {str(exc).replace('min_score', '--min-score')}", file=sys.stderr)
