@@ -55,7 +55,9 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--reference", type=Path, required=True,
                    help="paired folder of real images and masks; or a model checkpoint whose "
                    "metadata holds reference statistics (then no SSIM and no consistency)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the report files")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for the report files; scored samples are kept there, so a "
+                   "rerun with the same settings resumes")
     p.add_argument("--consistency-steps", type=int, default=DEFAULT_CONSISTENCY_STEPS,
                    help="training steps of the mask-consistency segmenter (0: skip; default "
                    f"{DEFAULT_CONSISTENCY_STEPS})")
@@ -102,7 +104,8 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: the project's rule for training at this batch size")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
-                   help="folder for the result files (default ./evaluation)")
+                   help="folder for the result files (default ./evaluation); each finished "
+                   "run is kept there, so a rerun with the same settings resumes")
     p.set_defaults(func=cmd_evaluate)
     return p
 
@@ -164,7 +167,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           seeds=args.seeds, mix=args.mix,
                           pretrain_synthetic=args.pretrain_synthetic, min_score=args.min_score,
                           batch_size=args.batch_size, crop=args.crop, device=args.device,
-                          precision=args.precision, tolerance=args.tolerance, progress=progress)
+                          precision=args.precision, tolerance=args.tolerance, progress=progress,
+                          out=args.out)
     except LeakError as exc:
         bar.close()
         print(f"napari-synthgen evaluate: error: {exc}", file=sys.stderr)
