@@ -89,7 +89,10 @@ def decoding(path: str | os.PathLike) -> Iterator[None]:
     except DamagedFileError:
         raise
     except Exception as exc:  # zlib.error, struct.error, ValueError, OSError, SyntaxError...
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        kind = type(exc).__name__
+        if type(exc).__module__ not in ("builtins", "__main__"):
+            kind = f"{type(exc).__module__.split('.')[0]}.{kind}"  # zlib.error, not error
+        detail = f"{kind}: {exc}" if str(exc) else kind
         raise DamagedFileError(path, detail) from exc
 
 
