@@ -140,6 +140,14 @@ def test_find_pairs_lists_everything_unpaired(tmp_path: Path) -> None:
     assert [p.stem for p in io.find_pairs(tmp_path)] == ["a", "b", "c", "d", "e"]
 
 
+def test_find_pairs_refuses_names_that_differ_only_by_extension(tmp_path: Path) -> None:
+    for sub in ("images", "masks"):
+        io.write_mask(tmp_path / sub / "a.tif", np.ones((4, 4), np.uint8))
+    io.write_mask(tmp_path / "masks" / "a.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(io.PairingError, match=r"masks/ differ only by extension.*a\.png and"):
+        io.find_pairs(tmp_path)
+
+
 def test_find_pairs_missing_subfolder(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     with pytest.raises(io.PairingError, match="missing masks/"):

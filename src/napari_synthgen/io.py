@@ -340,8 +340,8 @@ def find_pairs(folder: str | os.PathLike) -> list[Pair]:
             f"{root}: a paired folder holds images/ and masks/ with matching file names; "
             f"missing {', '.join(missing)}."
         )
-    images = {f.stem: f for f in list_images(img_dir)}
-    masks = {f.stem: f for f in list_images(mask_dir)}
+    images = _by_stem(root, img_dir)
+    masks = _by_stem(root, mask_dir)
     if not images and not masks:
         raise PairingError(f"{root}: images/ and masks/ hold no .tif/.tiff/.png files.")
     lonely_img = sorted(set(images) - set(masks))
@@ -355,6 +355,21 @@ def find_pairs(folder: str | os.PathLike) -> list[Pair]:
             lines.append(f"  ... and {extra} more")
         raise PairingError("\n".join(lines))
     return [Pair(s, images[s], masks[s]) for s in sorted(images)]
+
+
+def _by_stem(root: Path, folder: Path) -> dict[str, Path]:
+    """The files of ``folder`` by stem; two files with one stem (``a.tif``, ``a.png``) are a
+    :class:`PairingError`, as either could be the partner."""
+    found: dict[str, list[Path]] = {}
+    for f in list_images(folder):
+        found.setdefault(f.stem, []).append(f)
+    clashes = [files for files in found.values() if len(files) > 1]
+    if clashes:
+        raise PairingError(
+            f"{root}: files in {folder.name}/ differ only by extension, so which one pairs is "
+            "unclear: " + "; ".join(" and ".join(f.name for f in c) for c in clashes[:20])
+            + ". Rename or remove one of each.")
+    return {stem: files[0] for stem, files in found.items()}
 
 
 def is_paired_folder(folder: str | os.PathLike) -> bool:
