@@ -1,8 +1,9 @@
 """``napari-synthgen``: demo, inspect, masks, generate, train, report, evaluate, export.
 
 The commands call the same core functions the napari widgets call. Exit codes: 0 success,
-1 something failed (the summary says what), 2 bad usage. Core functions word their errors for
-Python callers; :func:`cli_message` rewrites the Python names in them into this command's flags.
+1 something failed (the summary says what), 2 bad usage or a damaged input file. Core
+functions word their errors for Python callers; :func:`cli_message` rewrites the Python names in
+them into this command's flags.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``add_report_parser(sub)`` / ``add_evaluate_parser(sub)`` add the sub-parsers and set
 ``func`` to :func:`cmd_report` / :func:`cmd_evaluate`, which return the exit code (0 done,
-1 failed, 2 bad usage or a leaked test image).
+1 failed, 2 bad usage, a leaked test image or a damaged input file).
 """
 
 from __future__ import annotations
@@ -55,9 +55,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--reference", type=Path, required=True,
                    help="paired folder of real images and masks; or a model checkpoint whose "
                    "metadata holds reference statistics (then no SSIM and no consistency)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="folder for the report files; scored samples are kept there, so a "
-                   "rerun with the same settings resumes")
+    p.add_argument("--out", type=Path, required=True, help="folder for the report files")
     p.add_argument("--consistency-steps", type=int, default=DEFAULT_CONSISTENCY_STEPS,
                    help="training steps of the mask-consistency segmenter (0: skip; default "
                    f"{DEFAULT_CONSISTENCY_STEPS})")
@@ -104,8 +102,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: the project's rule for training at this batch size")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
-                   help="folder for the result files (default ./evaluation); each finished "
-                   "run is kept there, so a rerun with the same settings resumes")
+                   help="folder for the result files (default ./evaluation)")
     p.set_defaults(func=cmd_evaluate)
     return p
 
