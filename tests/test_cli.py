@@ -135,3 +135,56 @@ def test_batch_commands_choose_openmp_waiting_before_torch_loads(
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
     assert len(list((tmp_path / "m").glob("*.tif"))) == 1
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+
+def _damaged_pairs(root: Path, isbi_small: Path, *, damage: str = "masks") -> Path:
+    """Two pairs from isbi_small written as deflate TIFF (what `masks` writes), the second
+    one's ``damage`` file cut in half: a copy interrupted half-way."""
+    pairs = io.find_pairs(isbi_small)[:2]
+    for pair in pairs:
+        io.write_image(root / "images" / f"{pair.stem}.tif", io.read_image(pair.image))
+        io.write_mask(root / "masks" / f"{pair.stem}.tif", io.read_mask(pair.mask))
+    cut = root / damage / f"{pairs[1].stem}.tif"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    return cut
+
+
+def _says_damaged(code: int, capsys, cut: Path, expected: int = 2) -> None:
+    captured = capsys.readouterr()
+    err = captured.err if expected == 2 else captured.out + captured.err  # train: stdout
+    assert code == expected, err
+    assert str(cut) in err and "damaged or truncated" in err and "intact copy" in err
+    assert "Traceback" not in err and "zlib" not in err.split(str(cut))[0]
+
+
+def test_a_damaged_tiff_stops_masks_report_evaluate_export_with_a_clear_message(
+        tmp_path: Path, isbi_small: Path, capsys) -> None:
+    data = tmp_path / "data"
+    cut = _damaged_pairs(data, isbi_small)
+    code = main(["masks", "--variations-of", str(data), "--n", "1", "--out",
+                 str(tmp_path / "variations")])
+    _says_damaged(code, capsys, cut)
+    code = main(["report", "--samples", str(data), "--reference", str(isbi_small), "--out",
+                 str(tmp_path / "report"), "--consistency-steps", "0"])
+    _says_damaged(code, capsys, cut)
+    code = main(["evaluate", "--real", str(isbi_small), "--synthetic", str(data), "--test",
+                 str(data), "--steps", "1", "--seeds", "1", "--out", str(tmp_path / "ev")])
+    _says_damaged(code, capsys, cut)
+    with ExportSession(tmp_path / "export") as session:
+        mask = make_layout("dense", (64, 64), seed=0)
+        session.accept((mask * 60).astype(np.uint8), mask, provenance={"seed": 0})
+    real = tmp_path / "real"
+    cut_image = _damaged_pairs(real, isbi_small, damage="images")
+    code = main(["export", "--from", str(tmp_path / "export"), "--nnunet", str(tmp_path / "nn"),
+                 "--real", str(real)])
+    _says_damaged(code, capsys, cut_image)
+
+
+def test_train_names_a_damaged_file(tmp_path: Path, isbi_small: Path, capsys) -> None:
+    data = tmp_path / "data"
+    cut = _damaged_pairs(data, isbi_small)
+    code = main(["train", "--data", str(data), "--steps", "1", "--out", str(tmp_path / "run")])
+    _says_damaged(code, capsys, cut, expected=1)

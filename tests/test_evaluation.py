@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,86 @@ def test_a_mix_that_cannot_mix_is_refused(folders: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="would not mix"):
         ev.evaluate(folders["real"], folders["synthetic"], folders["test"], steps=1, seeds=1,
                     batch_size=4, mix=0.1)
+
+
+# ----------------------------------------------------------------------------- nothing lost
+
+
+def _small(folders: dict[str, Path], **kw):
+    args = {"steps": 3, "seeds": 1, "crop": 64, "batch_size": 2, "base": 8,
+            "arms": [ev.ARM_REAL, ev.ARM_SYNTHETIC], **kw}
+    return ev.evaluate(folders["real"], folders["synthetic"], folders["test"], **args)
+
+
+def _same(a: ev.EvaluationResult, b: ev.EvaluationResult) -> None:
+    import json
+
+    def figures(r: ev.EvaluationResult) -> str:  # NaN-safe; run times differ
+        return json.dumps([{k: v for k, v in run.items() if k != "seconds"} for run in r.runs]
+                          + [r.summary, r.notes], sort_keys=True)
+
+    assert figures(a) == figures(b)
+
+
+def test_a_killed_evaluate_resumes_without_recomputing_finished_runs(
+        folders: dict[str, Path], tmp_path: Path) -> None:
+    class Killed(Exception):
+        pass
+
+    def kill_at_second_run(stage: str, done: int, total: int) -> None:
+        if stage.startswith(ev.ARM_SYNTHETIC):
+            raise Killed
+
+    out = tmp_path / "out"
+    with pytest.raises(Killed):
+        _small(folders, out=out, progress=kill_at_second_run)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["real_seed0.json"]
+    stages: list[str] = []
+    resumed = _small(folders, out=out, progress=lambda s, d, t: stages.append(s))
+    assert f"{ev.ARM_REAL} seed 0" not in stages  # reused, not trained again
+    assert f"{ev.ARM_REAL} seed 0 (saved)" in stages and f"{ev.ARM_SYNTHETIC} seed 0" in stages
+    _same(resumed, _small(folders, out=tmp_path / "uninterrupted"))
+    # more seeds reuse the finished ones
+    stages.clear()
+    _small(folders, out=out, seeds=2, progress=lambda s, d, t: stages.append(s))
+    assert [s for s in dict.fromkeys(stages) if "(saved)" not in s] == [
+        f"{ev.ARM_REAL} seed 1", f"{ev.ARM_SYNTHETIC} seed 1"]
+
+
+def test_a_rerun_with_other_settings_keeps_the_earlier_results(
+        folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    argv = ["evaluate", "--real", str(folders["real"]), "--synthetic", str(folders["synthetic"]),
+            "--test", str(folders["test"]), "--steps", "2", "--seeds", "1", "--crop", "64",
+            "--batch-size", "2", "--out", str(out)]
+    assert _run_cli(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()
+              and p.suffix != ".png"}
+    capsys.readouterr()
+    assert _run_cli([*argv[:-2], "--tolerance", "3", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "tolerance 2.0 there, 3.0 now" in err and "--out" in err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()
+            and p.suffix != ".png"} == before
+
+
+def test_an_unwritable_out_fails_before_computing(folders: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from napari_synthgen.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = ["evaluate", "--real", str(folders["real"]), "--synthetic", str(folders["synthetic"]),
+            "--test", str(folders["test"]), "--steps", "1", "--seeds", "1"]
+    targets = [blocker / "sub"]
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        targets.append(locked / "out")
+    for target in targets:
+        assert main([*argv, "--out", str(target)]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot write into {target}" in err and "choose" in err.lower()
+        assert "Traceback" not in err
+    with pytest.raises(OSError, match="cannot write into"):  # the progress never started
+        _small(folders, out=blocker / "sub", progress=lambda *a: pytest.fail("computed"))

@@ -257,3 +257,109 @@ def test_provenance_of_a_run_stopped_before_the_merge_is_still_read(tmp_path: Pa
     records = read_provenance(tmp_path)
     assert records == {"images/a_s0.tif": merged,
                        "images/b_s0.tif": {"image": "images/b_s0.tif", "seed": 0}}
+
+
+# ----------------------------------------------------------------------------- nothing lost
+
+
+def _generate(masks: Path, out: Path, model: Path, *extra: str) -> int:
+    return main(["generate", "--model", str(model), "--masks", str(masks), "--out", str(out),
+                 "--device", "cpu", "--variations", "2", *extra])
+
+
+def test_a_killed_run_rerun_ends_with_complete_pairs_logged_once(
+        tmp_path: Path, mask_folder: Path, tiny_unet: Path) -> None:
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert _generate(mask_folder, reference, tiny_unet) == 0
+    assert _generate(mask_folder, out, tiny_unet) == 0
+    # what runs killed at various moments leave (the log records a pair after both renames):
+    # a pair whose image rename never came (mask only), an image without its mask, a
+    # half-written image, stale temporaries of a write, a complete pair killed before its
+    # log line, a half-written log line
+    (out / "images" / "a_dense_s0.tif").unlink()
+    (out / "masks" / "b_sparse_s1.tif").unlink()
+    cut = out / "images" / "c_dense_s0.tif"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    (out / "images" / ".c_dense_s1.tif.abc123.tmp").write_bytes(b"half")
+    (out / "masks" / ".c_dense_s1.tif.def456.tmp").write_bytes(b"half")
+    unfinished = {"images/a_dense_s0.tif", "images/b_sparse_s1.tif", "images/c_dense_s0.tif",
+                  "images/b_sparse_s0.tif"}
+    lines = (out / "generate.jsonl").read_text().splitlines(keepends=True)
+    kept = [ln for ln in lines if json.loads(ln).get("image") not in unfinished]
+    (out / "generate.jsonl").write_text("".join(kept) + '{"image": "images/b_sparse_s0')
+    assert _generate(mask_folder, out, tiny_unet) == 0
+    assert _images(out) == _images(reference)  # every pair complete, same bytes
+    assert not [p for sub in ("images", "masks") for p in (out / sub).iterdir()
+                if p.name.startswith(".")]
+    images = [r["image"] for r in _log(out) if "image" in r]
+    assert sorted(images) == sorted(f"images/{n}" for n in
+                                    (p.name for p in (reference / "images").iterdir()))
+    redone = {r["image"] for r in _log(out) if r.get("redone")}
+    assert redone == unfinished
+    # a pair damaged after it was logged is redone too; the newest record describes it
+    (out / "masks" / "a_dense_s1.tif").write_bytes(b"")
+    assert _generate(mask_folder, out, tiny_unet) == 0
+    assert _images(out) == _images(reference)
+    from napari_synthgen.generate import read_provenance
+
+    assert read_provenance(out)["images/a_dense_s1.tif"].get("redone")
+
+
+def test_a_pair_is_written_both_or_neither(tmp_path: Path, monkeypatch) -> None:
+    mask = make_layout("dense", (32, 32), seed=0)
+    real_encode = io._encode
+
+    def fail_on_mask(tmp: Path, array: np.ndarray, dest: Path) -> None:
+        if dest.parent.name == "masks":
+            raise OSError("simulated failure writing the mask")
+        real_encode(tmp, array, dest)
+
+    monkeypatch.setattr(io, "_encode", fail_on_mask)
+    with pytest.raises(OSError, match="simulated"):
+        io.write_pair(tmp_path / "images" / "a.tif", (mask * 80).astype(np.uint8),
+                      tmp_path / "masks" / "a.tif", mask)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_masks_differing_only_by_extension_are_refused(tmp_path: Path, tiny_unet: Path,
+                                                       capsys) -> None:
+    masks = tmp_path / "masks"
+    io.write_mask(masks / "a.tif", make_layout("dense", (32, 32), seed=0))
+    io.write_mask(masks / "a.png", make_layout("dense", (32, 32), seed=1))
+    io.write_mask(masks / "b.tif", make_layout("dense", (32, 32), seed=2))
+    assert _generate(masks, tmp_path / "out", tiny_unet) == 1
+    err = capsys.readouterr().err
+    assert "a.png" in err and "a.tif" in err and "same file names" in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_truncated_mask_is_reported_and_the_rest_written(tmp_path: Path, mask_folder: Path,
+                                                           tiny_unet: Path, capsys) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for p in mask_folder.iterdir():
+        (masks / p.name).write_bytes(p.read_bytes())
+    cut = masks / "b_sparse.tif"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    out = tmp_path / "out"
+    assert _generate(masks, out, tiny_unet) == 1
+    captured = capsys.readouterr()
+    assert "wrote 4 images, 2 failed" in captured.out
+    assert "Traceback" not in captured.err
+    tail = captured.err[captured.err.rindex("input file"):]
+    assert str(cut) in tail and "damaged or truncated" in tail
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        "a_dense_s0.tif", "a_dense_s1.tif", "c_dense_s0.tif", "c_dense_s1.tif"]
+    failures = [r for r in _log(out) if "failed" in r]
+    assert [r["source_mask"] for r in failures] == [str(cut)]
+
+
+def test_generated_files_follow_the_umask(tmp_path: Path, mask_folder: Path,
+                                          tiny_unet: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        assert _generate(mask_folder / "a_dense.tif", tmp_path / "out", tiny_unet) == 0
+    finally:
+        os.umask(old)
+    files = [p for sub in ("images", "masks") for p in (tmp_path / "out" / sub).iterdir()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o644 for p in files)

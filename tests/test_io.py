@@ -71,12 +71,57 @@ def test_no_overwrite_refuses(tmp_path: Path) -> None:
 
 def test_corrupt_and_wrong_files(tmp_path: Path) -> None:
     (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
-    with pytest.raises(ValueError, match=r"bad\.tif: cannot be read"):
+    with pytest.raises(io.DamagedFileError, match=r"bad\.tif: the file is damaged"):
         io.read_array(tmp_path / "bad.tif")
     with pytest.raises(ValueError, match=r"unsupported file type \.jpg"):
         io.read_array(tmp_path / "x.jpg")
     with pytest.raises(FileNotFoundError):
         io.read_array(tmp_path / "missing.tif")
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    """Cut a file to the first ``keep`` of its bytes (a copy interrupted half-way)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_a_truncated_file_raises_one_clear_error_naming_it(tmp_path: Path, suffix: str) -> None:
+    mask = np.random.default_rng(0).integers(0, 3, (64, 64)).astype(np.uint8)
+    path = truncate(io.write_mask(tmp_path / f"cut{suffix}", mask))  # deflate TIFF as `masks`
+    for read in (io.read_array, io.read_image, io.read_mask):
+        with pytest.raises(io.DamagedFileError) as err:
+            read(path)
+        assert err.value.path == path
+        msg = str(err.value)
+        assert str(path) in msg and "damaged or truncated" in msg and "intact copy" in msg
+
+
+def test_outputs_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        written = io.write_mask(tmp_path / "m.tif", np.ones((4, 4), np.uint8))
+        assert written.stat().st_mode & 0o777 == 0o644
+        os.umask(0o027)  # a replaced file takes the umask too
+        io.write_mask(written, np.zeros((4, 4), np.uint8))
+        assert written.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_saved_model_and_config_are_readable_by_others(tmp_path: Path) -> None:
+    from conftest import make_tiny_model
+    from napari_synthgen.training.config import TrainConfig
+
+    old = os.umask(0o022)
+    try:
+        model = make_tiny_model(tmp_path / "m.safetensors")
+        config = TrainConfig(data=["x"], steps=1).save(tmp_path / "config.yaml")
+    finally:
+        os.umask(old)
+    assert model.stat().st_mode & 0o777 == 0o644
+    assert config.stat().st_mode & 0o777 == 0o644
 
 
 def test_find_pairs_lists_everything_unpaired(tmp_path: Path) -> None:
@@ -93,6 +138,14 @@ def test_find_pairs_lists_everything_unpaired(tmp_path: Path) -> None:
     (tmp_path / "images" / "e.tif").write_bytes(b"")
     (tmp_path / "masks" / "b.tif").write_bytes(b"")
     assert [p.stem for p in io.find_pairs(tmp_path)] == ["a", "b", "c", "d", "e"]
+
+
+def test_find_pairs_refuses_names_that_differ_only_by_extension(tmp_path: Path) -> None:
+    for sub in ("images", "masks"):
+        io.write_mask(tmp_path / sub / "a.tif", np.ones((4, 4), np.uint8))
+    io.write_mask(tmp_path / "masks" / "a.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(io.PairingError, match=r"masks/ differ only by extension.*a\.png and"):
+        io.find_pairs(tmp_path)
 
 
 def test_find_pairs_missing_subfolder(tmp_path: Path) -> None:

@@ -141,3 +141,55 @@ def test_reference_from_a_model_checkpoint_metadata(tmp_path: Path, report_dirs)
                       tile=64)
     with pytest.raises(ValueError, match="records no reference statistics"):
         load_reference(bare)
+
+
+# ----------------------------------------------------------------------------- nothing lost
+
+
+def test_a_killed_report_resumes_and_matches_an_uninterrupted_one(report_dirs, report_rows,
+                                                                  tmp_path: Path) -> None:
+    from napari_synthgen.report import quality_report
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_three(stage: str, done: int, total: int) -> None:
+        if stage == "figures" and done == 3:
+            raise Killed
+
+    out = tmp_path / "out"
+    run = {"samples": report_dirs["samples"], "reference": report_dirs["reference"],
+           "out": out, "consistency_steps": 15}
+    with pytest.raises(Killed):
+        quality_report(**run, progress=kill_after_three)
+    assert len((out / "report_rows.jsonl").read_text().splitlines()) == 3
+    with (out / "report_rows.jsonl").open("a") as fh:
+        fh.write('{"name": "half-writ')  # killed mid-line
+    stages: list[tuple[str, int]] = []
+    quality_report(**run, progress=lambda s, d, t: stages.append((s, d)))
+    uninterrupted = (report_dirs["out"] / "report.csv").read_bytes()
+    assert (out / "report.csv").read_bytes() == uninterrupted
+    # everything scored: nothing is computed again, not even the consistency segmenter
+    stages.clear()
+    quality_report(**run, progress=lambda s, d, t: stages.append((s, d)))
+    assert (out / "report.csv").read_bytes() == uninterrupted
+    assert {s for s, _ in stages} == {"figures"}
+    assert "mask consistency: small U-Net, 15 steps" in (out / "report.md").read_text()
+
+
+def test_report_refuses_other_settings_and_unwritable_out(report_dirs, report_rows,
+                                                          tmp_path: Path, capsys) -> None:
+    from napari_synthgen.cli import main
+
+    argv = ["report", "--samples", str(report_dirs["samples"]), "--reference",
+            str(report_dirs["reference"]), "--consistency-steps", "0"]
+    before = (report_dirs["out"] / "report.csv").read_bytes()
+    assert main([*argv, "--out", str(report_dirs["out"])]) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "consistency_steps 15 there, 0 now" in err
+    assert (report_dirs["out"] / "report.csv").read_bytes() == before
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main([*argv, "--out", str(blocker / "sub")]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write into {blocker / 'sub'}" in err and "Traceback" not in err

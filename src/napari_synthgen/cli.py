@@ -1,8 +1,9 @@
 """``napari-synthgen``: demo, inspect, masks, generate, train, report, evaluate, export.
 
 The commands call the same core functions the napari widgets call. Exit codes: 0 success,
-1 something failed (the summary says what), 2 bad usage. Core functions word their errors for
-Python callers; :func:`cli_message` rewrites the Python names in them into this command's flags.
+1 something failed (the summary says what), 2 bad usage or a damaged input file. Core
+functions word their errors for Python callers; :func:`cli_message` rewrites the Python names in
+them into this command's flags.
 """
 
 from __future__ import annotations
@@ -234,9 +235,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"napari-synthgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, OSError, RuntimeError) as exc:
+        if damaged_file(exc) is not None:  # bad input, like bad usage: exit 2, no traceback
+            print(f"napari-synthgen {args.command}: error: {cli_message(str(exc))}",
+                  file=sys.stderr)
+            return 2
         print(f"error: {cli_message(str(exc))}", file=sys.stderr)
         return 1
     return 2
+
+
+def damaged_file(exc: BaseException) -> Path | None:
+    """The damaged input file behind ``exc`` (itself or a cause it wraps), if any."""
+    from .io import DamagedFileError
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, DamagedFileError):
+            return cur.path
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 #: Python names in core error messages -> the flags that do the same on the command line.
@@ -420,7 +439,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     if share.main:
         print(f"{result.message} in {dt:.1f} s; output in {job.out}")
+        _list_failed(result.data.get("failed_files", []))
     return 1 if result.count else 0
+
+
+def _list_failed(failed: list[dict[str, str]]) -> None:
+    """Repeat, after the summary, which input files failed and why (one line each)."""
+    if not failed:
+        return
+    print(f"{len(failed)} input file{'s' if len(failed) != 1 else ''} failed; the others were "
+          "written (fix or remove these and run again: finished images are skipped):",
+          file=sys.stderr)
+    for item in failed:
+        print(f"  {item['path']}: {cli_message(item['reason'])}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

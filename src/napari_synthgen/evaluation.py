@@ -176,17 +176,26 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
              min_score: float | None = None, batch_size: int = 4, crop: int = 128,
              base: int = 16, lr: float = 2e-3, device: str = "cpu", precision: str = "auto",
              tolerance: float = 2.0, arms: Sequence[str] | None = None,
-             progress: Progress | None = None) -> EvaluationResult:
+             progress: Progress | None = None, out: str | Path | None = None
+             ) -> EvaluationResult:
     """Train the small segmenter on real, real + synthetic and synthetic pairs (same budget,
     seeds 0..seeds-1) and score each on the real test pairs. Paired folders in, figures out.
 
     ``arms`` picks a subset of the arms (default all three). ``min_score`` keeps only synthetic
     pairs whose quality score (reference: the real folder; consistency: the seed-0 real-only
     segmenter) is at least that value. Raises :class:`LeakError` for a leaked test image.
+
+    With ``out``, each arm x seed's figures are saved in ``out/runs/`` as it finishes and
+    reused by a rerun with the same settings (a killed run resumes; more ``seeds`` add runs);
+    other settings are refused (:class:`results.SettingsMismatchError`). ``out`` is checked for
+    writing before anything is computed.
     """
     from . import quality
+    from .results import check_writable
     from .segmenter import Phase, Pool, SegmenterConfig, train_segmenter
 
+    if out is not None:
+        check_writable(out)
     if steps < 1 or seeds < 1:
         raise ValueError(f"steps and seeds must be at least 1; got steps={steps}, seeds={seeds}.")
     if not 0.0 < mix < 1.0:
@@ -225,9 +234,23 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         "steps": steps, "seeds": seeds, "mix": mix, "pretrain_synthetic": pretrain_synthetic,
         "min_score": min_score, "batch_size": batch_size, "crop": crop, "base": base, "lr": lr,
         "device": device, "tolerance": tolerance}
+    store = None if out is None else _RunStore(Path(out), settings, (
+        (real_names, real_pairs), (syn_names, syn_pairs), (test_names, test_pairs)))
     kept_syn = syn_pool
+    if store is not None and min_score is not None and (kept := store.kept()) is not None:
+        kept_syn = _kept_pool(syn_pairs, syn_names, kept, settings)
     for arm in chosen:
         for seed in range(seeds):
+            stage = f"{arm} seed {seed}"
+            saved = None if store is None else store.run(arm, seed)
+            if saved is not None:  # finished by an earlier, interrupted run
+                runs.append(saved["run"])
+                for key in ("precision", "precision_rule", "class_weights"):
+                    settings.setdefault(key, saved[key])
+                done += steps
+                if progress is not None:
+                    progress(f"{stage} (saved)", done, total)
+                continue
             cfg = SegmenterConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr,
                                   base=base, seed=seed, device=device, precision=precision)
             if arm == ARM_REAL:
@@ -240,7 +263,6 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
                 phases = [Phase(steps, real_pool, kept_syn, mix)]
             phases = [p for p in phases if p.steps > 0]
             offset = done
-            stage = f"{arm} seed {seed}"
 
             def step_cb(d: int, t: int, offset: int = offset, stage: str = stage) -> None:
                 if progress is not None:
@@ -249,18 +271,86 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
             seg = train_segmenter(phases, cfg, progress=step_cb, weights_from=weights_from)
             done += steps
             figures = score_segmenter(seg, test_pairs, tolerance=tolerance)
-            runs.append({"arm": arm, "seed": seed, **figures,
-                         "seconds": round(seg.seconds, 1), "precision": seg.precision})
+            run = {"arm": arm, "seed": seed, **figures,
+                   "seconds": round(seg.seconds, 1), "precision": seg.precision}
+            runs.append(run)
             settings.setdefault("precision", seg.precision)
             settings.setdefault("precision_rule", seg.precision_rule)
             settings.setdefault("class_weights", [round(float(w), 4) for w in seg.weights])
             if arm == ARM_REAL and seed == 0 and min_score is not None:
                 kept_syn = _filter_by_score(syn_pairs, syn_names, seg, real_pairs, min_score,
                                             settings, quality)
+                if store is not None:  # before the run: a saved run implies its filter
+                    store.save_kept(kept_syn.names)
+            if store is not None:
+                store.save_run(run, seg.precision_rule,
+                               [round(float(w), 4) for w in seg.weights])
     summary = {arm: {m: _mean_std([r[m] for r in runs if r["arm"] == arm]) for m in METRICS}
                for arm in chosen}
     settings["seconds"] = round(time.perf_counter() - start, 1)
     return EvaluationResult(runs, summary, compare(summary, seeds), settings)
+
+
+#: Result files of an evaluate run (kept when settings differ).
+EVALUATE_OUTPUTS: tuple[str, ...] = ("evaluation_runs.csv", "evaluation.csv", "evaluation.md",
+                                     "evaluation.png", "runs")
+
+
+class _RunStore:
+    """Each finished arm x seed in ``out/runs/``, under the settings recorded in
+    ``out/evaluate_settings.json`` (those that change a run's figures: not ``seeds``)."""
+
+    def __init__(self, out: Path, settings: dict[str, Any],
+                 data: Sequence[tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]]) -> None:
+        from .results import fingerprint, open_results
+
+        self.folder = out / "runs"
+        fixed = {k: v for k, v in settings.items()
+                 if k not in ("seeds", "real", "synthetic", "test")}
+        fixed["data"] = [fingerprint((n, im, m) for n, (im, m) in zip(names, pairs, strict=True))
+                         for names, pairs in data]
+        open_results(out, "evaluate", fixed, EVALUATE_OUTPUTS)
+
+    def _path(self, arm: str, seed: int) -> Path:
+        return self.folder / f"{arm}_seed{seed}.json"
+
+    def run(self, arm: str, seed: int) -> dict[str, Any] | None:
+        """A finished run's record, or None."""
+        from .results import load_json
+
+        rec = load_json(self._path(arm, seed))
+        return rec if isinstance(rec, dict) and "run" in rec else None
+
+    def save_run(self, run: dict[str, Any], precision_rule: str,
+                 class_weights: list[float]) -> None:
+        from .results import save_json
+
+        save_json(self._path(run["arm"], run["seed"]),
+                  {"run": run, "precision": run["precision"], "precision_rule": precision_rule,
+                   "class_weights": class_weights})
+
+    def kept(self) -> list[str] | None:
+        """The names the quality threshold kept, when the filtering run finished before."""
+        from .results import load_json
+
+        names = load_json(self.folder / "kept_synthetic.json")
+        return names if isinstance(names, list) else None
+
+    def save_kept(self, names: list[str]) -> None:
+        from .results import save_json
+
+        save_json(self.folder / "kept_synthetic.json", list(names))
+
+
+def _kept_pool(syn_pairs: list[tuple[np.ndarray, np.ndarray]], syn_names: list[str],
+               kept: list[str], settings: dict[str, Any]) -> Any:
+    """The synthetic pool an earlier run's quality filter kept (same data, same settings)."""
+    from .segmenter import Pool
+
+    keep = set(kept)
+    chosen = [(p, n) for p, n in zip(syn_pairs, syn_names, strict=True) if n in keep]
+    settings["n_synthetic_kept"] = len(chosen)
+    return Pool.from_pairs([c[0] for c in chosen], [c[1] for c in chosen])
 
 
 def _filter_by_score(syn_pairs: list[tuple[np.ndarray, np.ndarray]], syn_names: list[str],

@@ -3,8 +3,14 @@
 ``out/images/<mask stem>_s<seed>.tif`` holds each synthesized image and
 ``out/masks/<mask stem>_s<seed>.tif`` its mask, so the output is itself a paired folder that
 curation and training read directly; ``out/generate.jsonl`` records where each came from
-(and any warning, e.g. a mask class the model never saw). A bad mask is reported and skipped;
-the others are still written.
+(and any warning, e.g. a mask class the model never saw). A bad or damaged mask is reported,
+recorded in the log and skipped; the others are still written.
+
+A pair is the unit: image and mask are encoded to temporary files, then the mask and then the
+image are renamed into place, then the log records the pair. A rerun skips a pair only when
+both files decode and the log records it; anything else (a killed run's half pair, stale
+temporaries, an unlogged pair) is written again, with the same bytes for the same settings.
+Masks whose names differ only by extension (``a.tif``, ``a.png``) are refused up front.
 
 Under ``torchrun`` every process takes every ``world``-th mask and writes its records to
 ``generate.part<rank>.jsonl``; after all are done (a gloo all-gather, which is also the
@@ -24,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .io import read_mask, sha256_array, sha256_file, write_image, write_mask
+from .io import (
+    pair_complete,
+    read_mask,
+    remove_stale_temporaries,
+    sha256_array,
+    sha256_file,
+    write_pair,
+)
 from .masks import (
     MaskError,
     MaskSource,
@@ -247,7 +260,43 @@ def _check_options(job: GenerateJob) -> None:
                          f"{family} models ({job.model}); leave them out.")
 
 
+def check_output_names(masks: list[Path]) -> None:
+    """Refuse masks whose output names would collide (``a.tif`` and ``a.png`` both give
+    ``a_s<seed>.tif``), naming every clash, before anything is computed or written."""
+    by_stem: dict[str, list[Path]] = {}
+    for mask in masks:
+        by_stem.setdefault(Path(mask).stem, []).append(Path(mask))
+    clashes = [files for files in by_stem.values() if len(files) > 1]
+    if clashes:
+        lines = [" and ".join(str(f) for f in files) for files in clashes[:20]]
+        raise ValueError(
+            "these masks differ only by extension or folder, so their images would be written "
+            "to the same file names (<mask name>_s<seed>.tif):\n  " + "\n  ".join(lines)
+            + "\nRename one of each so that every mask has its own name, then run again.")
+
+
+def _repair_log_tail(path: Path) -> None:
+    """Cut a last line a killed run left half-written, so the next record starts a line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data.endswith(b"\n"):
+            return
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def _pair_state(image_path: Path, mask_path: Path, recorded: bool) -> str:
+    """``done`` (both files readable and logged), ``partial`` (some of it there) or ``new``."""
+    if not image_path.exists() and not mask_path.exists():
+        return "new"
+    if recorded and pair_complete(image_path, mask_path):
+        return "done"
+    return "partial"
+
+
 def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[GenerateEvent]:
+    check_output_names(job.masks)
     _check_options(job)
     synth = make_synthesizer(
         job.model, device=_device_for(job.device, share), precision=job.precision,
@@ -278,8 +327,11 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
     (job.out / "masks").mkdir(parents=True, exist_ok=True)
     seeds = [job.seed + i for i in range(job.variations)]
     failed = written = skipped = 0
+    failed_files: list[dict[str, str]] = []
     warned: set[int] = set()
     log_path = job.out / (LOG_NAME if share.world == 1 else _part_name(share.rank))
+    _repair_log_tail(log_path)
+    recorded = set(read_provenance(job.out))
     with open(log_path, "a", encoding="utf-8") as log:
 
         def record(rec: dict[str, Any], order: tuple[int, int]) -> None:
@@ -295,6 +347,9 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
                                  allow_float=job.allow_float)
             except (MaskError, ValueError, OSError) as exc:
                 failed += len(seeds)
+                failed_files.append({"path": os.fspath(mask_path), "reason": str(exc)})
+                record({"failed": "unreadable_mask", "source_mask": os.fspath(mask_path),
+                        "message": str(exc)}, (index, -2))
                 yield GenerateEvent("failed", str(exc), count=len(seeds), path=mask_path)
                 continue
             new = [c for c in unseen_classes(mask, known) if c not in warned]
@@ -310,8 +365,11 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
             mask_sha = sha256_array(mask)
             for k, seed in enumerate(seeds):
                 name = output_name(mask_path, seed)
-                image_path = job.out / "images" / name
-                if image_path.exists() and not job.overwrite:
+                image_path, mask_out = job.out / "images" / name, job.out / "masks" / name
+                for dest in (image_path, mask_out):  # what a killed run left behind
+                    remove_stale_temporaries(dest)
+                state = _pair_state(image_path, mask_out, f"images/{name}" in recorded)
+                if state == "done" and not job.overwrite:
                     skipped += 1
                     yield GenerateEvent("skipped", f"{image_path} exists (use --overwrite)",
                                         path=image_path)
@@ -319,10 +377,13 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
                 try:
                     t0 = time.perf_counter()
                     image = synth(mask, seed=seed)
-                    write_image(image_path, image)
-                    write_mask(job.out / "masks" / name, mask)
+                    write_pair(image_path, image, mask_out, mask)
                 except (ValueError, OSError, RuntimeError) as exc:
                     failed += 1
+                    failed_files.append({"path": os.fspath(mask_path),
+                                         "reason": f"seed {seed}: {exc}"})
+                    record({"failed": "not_written", "source_mask": os.fspath(mask_path),
+                            "seed": seed, "message": str(exc)}, (index, k))
                     yield GenerateEvent("failed", f"{mask_path.name} seed {seed}: {exc}",
                                         path=mask_path)
                     continue
@@ -343,12 +404,14 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
                 }
                 if share.world > 1:
                     rec["rank"] = share.rank
+                if state == "partial":
+                    rec["redone"] = "an earlier run stopped before this pair was complete"
                 record(rec, (index, k))
                 written += 1
                 yield GenerateEvent("written", name, path=image_path, data=rec)
     synth.close()
     totals = group.gather({"written": written, "skipped": skipped, "failed": failed,
-                           "unseen": sorted(warned)})
+                           "unseen": sorted(warned), "failed_files": failed_files})
     if share.world > 1 and share.main:
         _merge_parts(job.out, share.world)
         late = sorted({c for t in totals for c in t["unseen"]} - warned)
@@ -364,7 +427,8 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
         parts.append(f"{failed} failed")
     yield GenerateEvent("done", ", ".join(parts), count=failed,
                         data={"written": written, "skipped": skipped, "failed": failed,
-                              "processes": share.world})
+                              "processes": share.world,
+                              "failed_files": [f for t in totals for f in t["failed_files"]]})
 
 
 def read_provenance(folder: Path) -> dict[str, dict[str, Any]]:

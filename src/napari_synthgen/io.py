@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import os
 import tempfile
@@ -31,6 +32,22 @@ class DiskFullError(OSError):
     """The disk filled up while writing; nothing under the final name was touched."""
 
 
+class DamagedFileError(ValueError):
+    """An image or mask file that exists but cannot be decoded (truncated, corrupt).
+
+    One class for every decoder's failure (``zlib.error``, ``struct.error``, PIL's errors...),
+    with a message that names the file and says what to do.
+    """
+
+    def __init__(self, path: str | os.PathLike, detail: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path}: the file is damaged or truncated and cannot be read ({detail}). "
+            "Replace it with an intact copy (write or copy it again), or move it out of the "
+            "folder."
+        )
+
+
 def _check_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -41,12 +58,15 @@ def _check_suffix(path: Path) -> str:
 
 
 def read_array(path: str | os.PathLike) -> np.ndarray:
-    """Read a TIFF or PNG file into an array, with errors that name the file."""
+    """Read a TIFF or PNG file into an array, with errors that name the file.
+
+    A file that exists but cannot be decoded raises :class:`DamagedFileError`.
+    """
     p = Path(path)
     suffix = _check_suffix(p)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file.")
-    try:
+    with decoding(p):
         if suffix in (".tif", ".tiff"):
             import tifffile
 
@@ -54,10 +74,26 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
         import imageio.v3 as iio
 
         return np.asarray(iio.imread(p))
-    except (OSError, ValueError, SyntaxError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"{p}: cannot be read as an image ({exc}); is the file corrupt?") from exc
+
+
+@contextlib.contextmanager
+def decoding(path: str | os.PathLike) -> Iterator[None]:
+    """Turn any decoder failure while reading ``path`` into :class:`DamagedFileError`.
+
+    Missing files and permission errors pass through unchanged: the file is not damaged.
+    """
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError, MemoryError):
+        raise
+    except DamagedFileError:
+        raise
+    except Exception as exc:  # zlib.error, struct.error, ValueError, OSError, SyntaxError...
+        kind = type(exc).__name__
+        if type(exc).__module__ not in ("builtins", "__main__"):
+            kind = f"{type(exc).__module__.split('.')[0]}.{kind}"  # zlib.error, not error
+        detail = f"{kind}: {exc}" if str(exc) else kind
+        raise DamagedFileError(path, detail) from exc
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -107,6 +143,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 (and some writers replace the file, e.g. safetensors): outputs
+        # get what open() would give them, 0666 minus the umask, so a lab can share them
+        os.chmod(tmp, new_file_mode())
         _fsync_file(tmp)
         if overwrite:
             os.replace(tmp, dest)
@@ -131,6 +170,28 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         raise
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode a new output file gets: ``0o666`` minus the umask, as ``open()`` would give.
+
+    A replaced file gets it too (not the old file's mode): outputs follow the user's umask.
+    """
+    return 0o666 & ~current_umask()
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -153,23 +214,69 @@ def fsync_dir(folder: Path) -> None:
 def write_array(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = True) -> Path:
     """Write an array as TIFF (deflate-compressed) or PNG, atomically. Returns the path."""
     dest = Path(path)
+    _check_suffix(dest)
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        _encode(tmp, array, dest)
+    return dest
+
+
+def _encode(tmp: Path, array: np.ndarray, dest: Path) -> None:
+    """Encode ``array`` into the file ``tmp`` in the format ``dest``'s suffix names."""
     suffix = _check_suffix(dest)
     arr = np.ascontiguousarray(array)
-    with atomic_path(dest, overwrite=overwrite) as tmp:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
+    if suffix in (".tif", ".tiff"):
+        import tifffile
 
-            tifffile.imwrite(tmp, arr, compression="zlib" if arr.dtype == np.uint8 else None)
-        else:
-            if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
-                raise ValueError(
-                    f"{dest.name}: PNG holds 2-D 8- or 16-bit images; got {arr.dtype} {arr.shape}."
-                    " Save as .tif instead."
-                )
-            import imageio.v3 as iio
+        tifffile.imwrite(tmp, arr, compression="zlib" if arr.dtype == np.uint8 else None)
+        return
+    if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
+        raise ValueError(
+            f"{dest.name}: PNG holds 2-D 8- or 16-bit images; got {arr.dtype} {arr.shape}."
+            " Save as .tif instead."
+        )
+    import imageio.v3 as iio
 
-            iio.imwrite(tmp, arr, extension=".png")
-    return dest
+    iio.imwrite(tmp, arr, extension=".png")
+
+
+def write_pair(image_path: str | os.PathLike, image: np.ndarray,
+               mask_path: str | os.PathLike, mask: np.ndarray) -> tuple[Path, Path]:
+    """Write an image and its mask all-or-nothing (as far as a crash goes).
+
+    Both are encoded to temporary files first; then the mask is renamed into place, then the
+    image. An error before the renames leaves neither; a crash between the two renames leaves
+    a mask without its image, which :func:`pair_complete` reports as not done.
+    """
+    img_dest, mask_dest = Path(image_path), Path(mask_path)
+    valid = validate_mask(mask)
+    # contexts exit innermost first: the mask's rename, then the image's
+    with atomic_path(img_dest) as tmp_img, atomic_path(mask_dest) as tmp_mask:
+        _encode(tmp_img, image, img_dest)
+        _encode(tmp_mask, valid, mask_dest)
+    return img_dest, mask_dest
+
+
+def pair_complete(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> bool:
+    """True when both files exist and decode: a pair a killed run may not have finished is
+    not complete."""
+    for path in (image_path, mask_path):
+        try:
+            read_array(path)
+        except (ValueError, OSError):
+            return False
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_path` left for ``path``."""
+    dest = Path(path)
+    if not dest.parent.is_dir():
+        return []
+    stale = [p for p in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp") if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(OSError):
+            p.unlink()
+    return stale
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = True) -> Path:
@@ -233,8 +340,8 @@ def find_pairs(folder: str | os.PathLike) -> list[Pair]:
             f"{root}: a paired folder holds images/ and masks/ with matching file names; "
             f"missing {', '.join(missing)}."
         )
-    images = {f.stem: f for f in list_images(img_dir)}
-    masks = {f.stem: f for f in list_images(mask_dir)}
+    images = _by_stem(root, img_dir)
+    masks = _by_stem(root, mask_dir)
     if not images and not masks:
         raise PairingError(f"{root}: images/ and masks/ hold no .tif/.tiff/.png files.")
     lonely_img = sorted(set(images) - set(masks))
@@ -248,6 +355,21 @@ def find_pairs(folder: str | os.PathLike) -> list[Pair]:
             lines.append(f"  ... and {extra} more")
         raise PairingError("\n".join(lines))
     return [Pair(s, images[s], masks[s]) for s in sorted(images)]
+
+
+def _by_stem(root: Path, folder: Path) -> dict[str, Path]:
+    """The files of ``folder`` by stem; two files with one stem (``a.tif``, ``a.png``) are a
+    :class:`PairingError`, as either could be the partner."""
+    found: dict[str, list[Path]] = {}
+    for f in list_images(folder):
+        found.setdefault(f.stem, []).append(f)
+    clashes = [files for files in found.values() if len(files) > 1]
+    if clashes:
+        raise PairingError(
+            f"{root}: files in {folder.name}/ differ only by extension, so which one pairs is "
+            "unclear: " + "; ".join(" and ".join(f.name for f in c) for c in clashes[:20])
+            + ". Rename or remove one of each.")
+    return {stem: files[0] for stem, files in found.items()}
 
 
 def is_paired_folder(folder: str | os.PathLike) -> bool:

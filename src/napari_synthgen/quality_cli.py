@@ -2,7 +2,7 @@
 
 ``add_report_parser(sub)`` / ``add_evaluate_parser(sub)`` add the sub-parsers and set
 ``func`` to :func:`cmd_report` / :func:`cmd_evaluate`, which return the exit code (0 done,
-1 failed, 2 bad usage or a leaked test image).
+1 failed, 2 bad usage, a leaked test image or a damaged input file).
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run the utility check with a progress bar; print the table. Exit 2 on a leaked image."""
     from .evaluation import LeakError, evaluate, markdown_table, write_outputs
+    from .io import DamagedFileError
 
     bar = _bar("evaluate")
 
@@ -163,11 +164,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           seeds=args.seeds, mix=args.mix,
                           pretrain_synthetic=args.pretrain_synthetic, min_score=args.min_score,
                           batch_size=args.batch_size, crop=args.crop, device=args.device,
-                          precision=args.precision, tolerance=args.tolerance, progress=progress)
+                          precision=args.precision, tolerance=args.tolerance, progress=progress,
+                          out=args.out)
     except LeakError as exc:
         bar.close()
         print(f"napari-synthgen evaluate: error: {exc}", file=sys.stderr)
         return 2
+    except DamagedFileError:
+        raise  # main() says which file, exit 2
     except ValueError as exc:
         bar.close()
         print(f"error: {str(exc).replace('min_score', '--min-score')}", file=sys.stderr)

@@ -54,21 +54,33 @@ def score_samples(samples: list[tuple[str, np.ndarray, np.ndarray]],
                   reference: quality.ReferenceStats, *,
                   real: list[tuple[str, np.ndarray, np.ndarray]] | None = None,
                   segmenter: Any = None, flag_below: float = DEFAULT_FLAG_BELOW,
-                  progress: Progress | None = None) -> list[dict[str, Any]]:
+                  progress: Progress | None = None,
+                  saved: dict[str, dict[str, Any]] | None = None,
+                  on_row: Callable[[dict[str, Any]], None] | None = None
+                  ) -> list[dict[str, Any]]:
     """Figures of every ``(name, image, mask)`` sample, with SSIM to the real image whose mask is
-    identical (``real``), mask consistency (``segmenter``) and diversity per mask group."""
+    identical (``real``), mask consistency (``segmenter``) and diversity per mask group.
+
+    ``saved`` rows (by name, from an interrupted run) are reused; ``on_row`` gets each row
+    computed now, as soon as it is done."""
     real_by_mask = {_mask_key(m): img for _, img, m in (real or [])}
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[int]] = {}
     for i, (name, image, mask) in enumerate(samples):
         key = _mask_key(mask)
         groups.setdefault(key, []).append(i)
-        paired = real_by_mask.get(key)
-        figs = quality.sample_figures(
-            image, mask, reference=reference,
-            paired_real=paired if paired is not None and paired.shape == image.shape else None,
-            predicted=None if segmenter is None else segmenter.predict(image))
-        rows.append({"name": name, **figs, "group": key[:10]})
+        if saved and name in saved:
+            rows.append(dict(saved[name]))
+        else:
+            paired = real_by_mask.get(key)
+            figs = quality.sample_figures(
+                image, mask, reference=reference,
+                paired_real=paired if paired is not None and paired.shape == image.shape
+                else None,
+                predicted=None if segmenter is None else segmenter.predict(image))
+            rows.append({"name": name, **figs, "group": key[:10]})
+            if on_row is not None:
+                on_row(rows[-1])
         if progress is not None:
             progress("figures", i + 1, len(samples))
     for members in groups.values():
@@ -127,29 +139,106 @@ def quality_report(samples: str | Path, reference: str | Path, out: str | Path, 
     may also be a model checkpoint whose metadata holds reference statistics
     (:func:`load_reference`).
     """
+    from .results import check_writable, open_results
+
     start = time.perf_counter()
+    out = check_writable(out)
     ref, real = load_reference(reference)
     syn = _read_folder(samples)
+    fixed = {"samples": fingerprint(syn), "reference": _reference_id(reference, real),
+             "consistency_steps": consistency_steps, "seed": seed, "device": device,
+             "flag_below": flag_below}
+    store = _RowStore(out, resume=open_results(out, "report", fixed, REPORT_OUTPUTS))
     seg = None
     if consistency_steps > 0 and real:
         from .segmenter import SegmenterConfig, train_on_pairs
 
         cfg = SegmenterConfig(steps=consistency_steps, seed=seed, device=device)
-        seg = train_on_pairs([(im, m) for _, im, m in real], cfg,
-                             progress=None if progress is None else
-                             (lambda d, t: progress("consistency segmenter", d, t)))
+        seg = _Lazy(lambda: train_on_pairs(
+            [(im, m) for _, im, m in real], cfg,
+            progress=None if progress is None else
+            (lambda d, t: progress("consistency segmenter", d, t))))
     rows = score_samples(syn, ref, real=real, segmenter=seg, flag_below=flag_below,
-                         progress=progress)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+                         progress=progress, saved=store.rows, on_row=store.add)
     settings = {"samples": str(samples), "reference": str(reference), "n_samples": len(syn),
                 "n_reference": len(real), "consistency_steps": consistency_steps,
                 "flag_below": flag_below, "seconds": round(time.perf_counter() - start, 1)}
-    result = ReportResult(rows, [], ref, None if seg is None else seg.describe(), settings)
+    result = ReportResult(rows, [], ref, None if seg is None else store.segmenter(seg),
+                          settings)
     result.files = [write_csv(rows, out / "report.csv"),
                     write_figure(rows, syn, real, ref, out / "report.png", flag_below=flag_below),
                     write_markdown(result, out / "report.md")]
     return result
+
+
+#: Result files of a report (kept when settings differ).
+REPORT_OUTPUTS: tuple[str, ...] = ("report.csv", "report.png", "report.md", "report_rows.jsonl")
+
+
+def fingerprint(items: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
+    """A short hash of named pairs (see :func:`results.fingerprint`)."""
+    from .results import fingerprint as _fingerprint
+
+    return _fingerprint(items)
+
+
+def _reference_id(source: str | Path, real: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
+    """What the reference was: its pairs' fingerprint, or the checkpoint file's SHA-256."""
+    from .io import sha256_file
+
+    return fingerprint(real) if real else sha256_file(source)[:16]
+
+
+class _Lazy:
+    """The consistency segmenter, trained on first use: a resumed report whose samples were
+    all scored needs none."""
+
+    def __init__(self, train: Callable[[], Any]) -> None:
+        self._train, self.trained = train, None
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        if self.trained is None:
+            self.trained = self._train()
+        return self.trained.predict(image)
+
+
+class _RowStore:
+    """Each scored sample's row, appended to ``out/report_rows.jsonl`` as it is computed."""
+
+    def __init__(self, out: Path, *, resume: bool) -> None:
+        import json
+
+        self.path, self.seg_path = out / "report_rows.jsonl", out / "report_segmenter.json"
+        self.rows: dict[str, dict[str, Any]] = {}
+        if resume and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:  # a line a killed run left half-written is scored again
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and "name" in row:
+                    self.rows[row["name"]] = row
+        # rewrite the good rows only, so a half-written last line never joins the next one
+        with self.path.open("w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in self.rows.values())
+
+    def add(self, row: dict[str, Any]) -> None:
+        import json
+
+        plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(plain) + "\n")
+
+    def segmenter(self, lazy: _Lazy) -> dict[str, Any] | None:
+        """What the consistency segmenter was: trained now, or by the run that scored the
+        saved rows."""
+        from .results import load_json, save_json
+
+        if lazy.trained is not None:
+            info = lazy.trained.describe()
+            save_json(self.seg_path, info)
+            return info
+        return load_json(self.seg_path)
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from ..encoding import image_to_unit
-from ..io import PairingError, find_pairs, is_paired_folder, read_array, read_image
+from ..io import (
+    PairingError,
+    decoding,
+    find_pairs,
+    is_paired_folder,
+    read_array,
+    read_image,
+)
 from ..masks import N_CLASSES, PALETTE, MaskError, class_record, coerce_mask
 
 ALIGNED_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -60,7 +67,8 @@ def read_aligned_array(path: Path) -> np.ndarray:
     if path.suffix.lower() in (".jpg", ".jpeg"):
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path))
+        with decoding(path):
+            return np.asarray(iio.imread(path))
     return read_array(path)
 
 
