@@ -112,12 +112,12 @@ def test_outputs_follow_the_umask(tmp_path: Path) -> None:
 
 def test_saved_model_and_config_are_readable_by_others(tmp_path: Path) -> None:
     from conftest import make_tiny_model
-    from napari_synthgen.training.config import TrainConfig
+    from napari_synthgen.registry import make_config
 
     old = os.umask(0o022)
     try:
         model = make_tiny_model(tmp_path / "m.safetensors")
-        config = TrainConfig(data=["x"], steps=1).save(tmp_path / "config.yaml")
+        config = make_config(data=["x"], steps=1).save(tmp_path / "config.yaml")
     finally:
         os.umask(old)
     assert model.stat().st_mode & 0o777 == 0o644
