@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -120,17 +121,114 @@ print(json.dumps([chosen, os.environ.get("OMP_WAIT_POLICY")]))
 
 
 @pytest.mark.parametrize(("user", "expected"), [
-    (None, ["PASSIVE", None]),           # a batch command gets OpenMP's default waiting back
-    ("PASSIVE", ["PASSIVE", "PASSIVE"]),  # the user's (or the Train widget's child's) value stays
-    ("ACTIVE", ["ACTIVE", "ACTIVE"]),
+    # threads sleep at once, in the viewer and in batch commands: a shared core stays usable
+    ({}, ["PASSIVE", "PASSIVE"]),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, ["PASSIVE", "PASSIVE"]),  # the user's value stays
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, ["ACTIVE", "ACTIVE"]),
+    ({"GOMP_SPINCOUNT": "300000"}, [None, None]),  # a spin count of the user's: left alone
 ])
-def test_batch_commands_choose_openmp_waiting_before_torch_loads(
-        tmp_path: Path, user: str | None, expected: list) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if user is not None:
-        env["OMP_WAIT_POLICY"] = user
+def test_commands_choose_openmp_waiting_before_torch_loads(
+        tmp_path: Path, user: dict[str, str], expected: list) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | user
     proc = subprocess.run([sys.executable, "-c", _POLICY_PROBE, str(tmp_path / "m")],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
     assert len(list((tmp_path / "m").glob("*.tif"))) == 1
+
+
+# ----------------------------------------------------------------------------- limits
+
+_GEN = ["generate", "--model", "demo", "--masks", "m", "--out", "o"]
+_EVAL = ["evaluate", "--real", "r", "--synthetic", "s", "--test", "t"]
+
+
+@pytest.mark.parametrize(("argv", "flag", "allowed"), [
+    ([*_GEN, "--seed", "-1"], "--seed", "in [0, 4294967295]"),
+    ([*_GEN, "--seed", "4294967296"], "--seed", "in [0, 4294967295]"),  # was seed 0
+    ([*_GEN, "--tile", "0"], "--tile", ">= 1"),
+    ([*_GEN, "--batch-size", "0"], "--batch-size", ">= 1"),
+    ([*_GEN, "--overlap", "-2"], "--overlap", ">= 0"),
+    (["masks", "--layout", "dense", "--n", "1", "--size", "64", "64", "--out", "o", "--seed",
+      "4294967296"], "--seed", "in [0, 4294967295]"),
+    ([*_EVAL, "--tolerance", "-5"], "--tolerance", "> 0"),  # was boundary F1 0
+    ([*_EVAL, "--tolerance", "nan"], "--tolerance", "> 0"),
+    ([*_EVAL, "--crop", "4"], "--crop", ">= 8"),
+    ([*_EVAL, "--mix", "1"], "--mix", "in (0, 1)"),
+    (["report", "--samples", "s", "--reference", "r", "--out", "o", "--consistency-steps",
+      "-1"], "--consistency-steps", ">= 0"),
+    (["train", "--data", "d", "--steps", "10", "--nice", "30"], "--nice", "in [-20, 19]"),
+    (["train", "--data", "d", "--steps", "0"], "--steps", ">= 1"),
+    (["train", "--data", "d", "--steps", "1", "--seed", "-1"], "--seed", "in [0, 4294967295]"),
+    (["train", "--data", "d", "--steps", "1", "--val-fraction", "1"], "--val-fraction",
+     "in [0, 1)"),
+    (["train", "--data", "d", "--steps", "1", "--lr", "0"], "--lr", "> 0"),
+    (["export", "--from", "e", "--nnunet", "n", "--dataset-id", "1000"], "--dataset-id",
+     "in [1, 999]"),
+])
+def test_numbers_out_of_range_are_refused_naming_flag_value_and_range(
+        argv: list[str], flag: str, allowed: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: must be {allowed}; got {argv[argv.index(flag) + 1]}" in err
+
+
+def test_listed_choices_are_enforced_and_help_shows_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "d", "--steps", "1", "--precision", "fp64"])
+    assert "argument --precision: invalid choice: 'fp64'" in capsys.readouterr().err
+    for command, shown in (("train", ["(default: 256)", "(default: pix2pix)",
+                                      "(--steps N | --epochs N)", "one required"]),
+                           ("generate", ["(default: 0)", "(default: auto)"]),
+                           ("evaluate", ["(default: 2.0)", "(default: 150)"]),
+                           ("masks", ["(default: 0)"])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert all(s in out for s in shown), (command, out)
+        assert "(default: None)" not in out
+
+
+@pytest.fixture
+def eight_gb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with 8 GB free, whatever runs the tests."""
+    from napari_synthgen import limits
+
+    monkeypatch.setattr(limits, "free_memory", lambda device=None: 8 * limits.GB)
+
+
+def test_impossible_requests_fail_at_once_saying_what_fits(
+        tmp_path: Path, tiny_model: Path, isbi_small: Path, eight_gb: None, capsys) -> None:
+    """Each estimate is the documented formula of napari_synthgen.limits; the advice is the
+    largest value whose estimate fits in the usable share of what is free."""
+    from napari_synthgen import limits
+
+    budget = 8 * limits.GB * limits.USABLE_SHARE
+    side = math.isqrt(int(budget / limits.LAYOUT_BYTES_PER_PX))
+    tile = math.isqrt(int(budget / limits.SYNTH_BYTES_PER_PX))
+    crop = math.isqrt(int(budget / (4 * limits.SEGMENTER_BYTES_PER_PX)))
+    batch = int(budget // (256 * 256 * limits.TRAIN_BYTES_PER_PX))
+    masks = tmp_path / "masks"
+    io.write_mask(masks / "a.tif", make_layout("dense", (64, 64), seed=1))
+    cases = [
+        (["masks", "--layout", "dense", "--n", "1", "--size", "100000", "100000"],
+         "a 100000 x 100000 mask needs about", f"--size {side} {side}", "err"),
+        (["generate", "--model", str(tiny_model), "--masks", str(masks), "--tile", "8192"],
+         "synthesis with --tile 8192 and one tile at a time needs about",
+         f"use at most --tile {tile}.", "err"),
+        (["evaluate", "--real", str(isbi_small), "--synthetic", str(isbi_small), "--test",
+          str(isbi_small), "--crop", "100000"],
+         "a batch of 4 crops of 100000 px needs about", f"use at most --crop {crop}.", "err"),
+        (["train", "--data", str(isbi_small), "--steps", "1", "--batch-size", "100000"],
+         "training with --batch-size 100000 at tile 256 needs about",
+         f"use at most --batch-size {batch}.", "out"),
+    ]
+    for i, (argv, need, fits, stream) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        assert main([*argv, "--out", str(out)]) == 1
+        text = getattr(capsys.readouterr(), stream)
+        assert need in text and "GB, this machine has 8.0 GB free" in text and fits in text, text
+        assert not out.exists()  # refused before any work

@@ -8,6 +8,7 @@ Python callers; :func:`cli_message` rewrites the Python names in them into this 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -16,7 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._omp_policy import batch_default
+from . import _omp_policy  # noqa: F401  (OpenMP threads wait passively; before torch)
+from .limits import SEED_TYPE, LimitError, as_flags
+from .progress import progress_bar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -26,9 +29,11 @@ def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="precision; auto chooses from the device and the CPU's features "
                    "(recorded with every image)")
-    p.add_argument("--tile", type=int, default=None, help="tile size (default: the model's)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap (default: tile/4)")
-    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch")
+    p.add_argument("--tile", type=_number(int, 1), default=None,
+                   help="tile size (default: the model's)")
+    p.add_argument("--overlap", type=_number(int, 0), default=None,
+                   help="tile overlap (default: tile/4)")
+    p.add_argument("--batch-size", type=_number(int, 1), default=None, help="tiles per batch")
     p.add_argument("--encoding", default=None, choices=["rgb", "onehot", "label"],
                    help="override the model's mask encoding")
 
@@ -38,26 +43,22 @@ class UsageError(ValueError):
 
 
 def _number(kind: type, low: float | None = None, high: float | None = None, *,
-            low_open: bool = False) -> object:
+            low_open: bool = False, high_open: bool = False) -> object:
     """An argparse ``type`` that also checks the range, so the error names the flag."""
+    from .limits import cli_type
 
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'a whole number' if kind is int else 'a number'}; got {text!r}"
-            ) from None
-        below = low is not None and (value <= low if low_open else value < low)
-        if below or (high is not None and value > high):
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-            hi = "" if high is None else f"<= {high}"
-            raise argparse.ArgumentTypeError(
-                f"must be {' and '.join(x for x in (lo, hi) if x)}; got {text}")
-        return value
+    return cli_type(kind, low, high, low_open=low_open, high_open=high_open)
 
-    parse.__name__ = kind.__name__
-    return parse
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, without "(default: None)" for options whose default
+    means "not given" (their help says what happens then) or False for plain flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or isinstance(
+                action, (argparse._StoreConstAction, argparse._VersionAction)):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _model_help(what: str) -> str:
@@ -81,7 +82,7 @@ def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=_number(int, 1), required=True,
                    help="masks to make (--layout) or variations per source mask")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--seed", type=_number(int, 0), default=0,
+    p.add_argument("--seed", type=SEED_TYPE, default=0,
                    help="the same seed (and options) gives byte-identical files")
     p.add_argument("--size", type=_number(int, MIN_SIDE), nargs=2, metavar=("H", "W"),
                    help="mask height and width in px (--layout)")
@@ -115,13 +116,15 @@ MASK_READ_AS = ("auto", "classes", "palette", "binary", "membrane", "instances")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
-        prog="napari-synthgen",
+        prog="napari-synthgen", formatter_class=HelpFormatter,
         description="Synthesize EM images from 3-class masks; train and curate.",
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"napari-synthgen {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # every sub-command shows its defaults in --help
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
+        argparse.ArgumentParser, formatter_class=HelpFormatter))
 
     demo = sub.add_parser(
         "demo", help="open napari with the sample, the widgets and the demo model")
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--masks", required=True, type=Path,
                      help="a mask file, a folder of masks, or a paired folder (uses masks/)")
     gen.add_argument("--out", required=True, type=Path, help="output folder")
-    gen.add_argument("--seed", type=int, default=0,
+    gen.add_argument("--seed", type=SEED_TYPE, default=0,
                      help="first seed; the same model, mask, seed and settings give the same "
                      "image")
     gen.add_argument("--variations", type=_number(int, 1), default=1,
@@ -185,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="nnU-Net v2 raw folder to write DatasetXXX_NAME into")
     exp.add_argument("--real", type=Path, default=None,
                      help="paired folder of real images/masks for training and validation")
-    exp.add_argument("--dataset-id", type=int, default=501)
-    exp.add_argument("--name", default="SynthEM")
-    exp.add_argument("--folds", type=int, default=None,
+    exp.add_argument("--dataset-id", type=_number(int, 1, 999), default=501,
+                     help="nnU-Net dataset number")
+    exp.add_argument("--name", default="SynthEM", help="dataset name")
+    exp.add_argument("--folds", type=_number(int, 1), default=None,
                      help="cross-validation folds (default: one per real pair, at most 5)")
     exp.add_argument("--install-splits", action="store_true",
                      help="copy splits_final.json to $nnUNet_preprocessed/DatasetXXX_NAME/, "
@@ -199,15 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: commands that compute in a process of their own: OpenMP's default waiting (_omp_policy.py)
-BATCH_COMMANDS = ("generate", "train", "evaluate", "report", "masks", "export", "inspect")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-synthgen`` command."""
     args = build_parser().parse_args(argv)
-    if args.command in BATCH_COMMANDS:
-        batch_default()
     try:
         if args.command == "demo":
             from .widgets.demo import run_demo
@@ -233,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"napari-synthgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except LimitError as exc:  # a setting out of range or too large: name its flag
+        print(f"error: {as_flags(str(exc), vars(args))}", file=sys.stderr)
+        return 1
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {cli_message(str(exc))}", file=sys.stderr)
         return 1
@@ -305,8 +306,6 @@ def _describe_classes(known: dict[int, float] | None) -> str:
 
 def cmd_masks(args: argparse.Namespace) -> int:
     """Write a seeded set of new masks, or variations of existing masks, with progress."""
-    from tqdm import tqdm
-
     from .mask_sets import make_layout_set, make_variation_set, mask_sources
 
     layout_only = {"--size": args.size, "--density": args.density,
@@ -328,7 +327,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
         _refuse(layout_only, "--layout")
         total = args.n * len(mask_sources(args.variations_of))
         desc = "variations"
-    bar = tqdm(total=total, unit="mask", desc=desc, file=sys.stderr, disable=None)
+    bar = progress_bar(total, desc, "mask")
     try:
         if args.layout is not None:
             result = make_layout_set(
@@ -399,9 +398,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # under torchrun rank 0 shows its own share's progress and reports for everyone
     prefix = "" if share.world == 1 else f"[rank {share.rank}] "
     t0 = time.perf_counter()
-    bar = tqdm(total=len(share.indices(len(job.masks))) * job.variations, unit="image",
-               desc="generate" if share.world == 1 else f"generate (rank 0 of {share.world})",
-               file=sys.stderr, disable=None if share.main else True)
+    bar = progress_bar(len(share.indices(len(job.masks))) * job.variations,
+                       "generate" if share.world == 1 else f"generate (rank 0 of {share.world})",
+                       "image", disable=not share.main)
     result = None
     for event in run_generate(job):
         if event.kind == "setup":
