@@ -210,7 +210,7 @@ def test_impossible_requests_fail_at_once_saying_what_fits(
     side = math.isqrt(int(budget / limits.LAYOUT_BYTES_PER_PX))
     tile = math.isqrt(int(budget / limits.SYNTH_BYTES_PER_PX))
     crop = math.isqrt(int(budget / (4 * limits.SEGMENTER_BYTES_PER_PX)))
-    batch = int(budget // (256 * 256 * limits.TRAIN_BYTES_PER_PX))
+    batch = int(budget // (256 * 256 * limits.TRAIN_BYTES_PER_PX["pix2pix"]))
     masks = tmp_path / "masks"
     io.write_mask(masks / "a.tif", make_layout("dense", (64, 64), seed=1))
     cases = [
@@ -232,3 +232,44 @@ def test_impossible_requests_fail_at_once_saying_what_fits(
         text = getattr(capsys.readouterr(), stream)
         assert need in text and "GB, this machine has 8.0 GB free" in text and fits in text, text
         assert not out.exists()  # refused before any work
+
+
+# ----------------------------------------------------------------------------- curate
+
+
+def test_readme_flow_masks_generate_curate_export(tmp_path: Path, tiny_model: Path,
+                                                  isbi_small: Path, capsys) -> None:
+    """masks -> generate -> curate (by score, resumable) -> export, all from the CLI."""
+    masks, gen, cur = tmp_path / "masks", tmp_path / "gen", tmp_path / "curated"
+    assert main(["masks", "--layout", "dense", "--n", "3", "--size", "64", "64",
+                 "--out", str(masks)]) == 0
+    assert main(["generate", "--model", str(tiny_model), "--masks", str(masks),
+                 "--out", str(gen), "--device", "cpu", "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    # the tiny model records no training statistics: a score threshold needs real pairs
+    assert main(["curate", str(gen), "--out", str(cur), "--min-score", "0.5"]) == 1
+    assert "--min-score needs a reference" in capsys.readouterr().err
+    assert not cur.exists()
+    # scored against real pairs: the threshold splits the set as the scores say
+    assert main(["curate", str(gen), "--out", str(cur), "--min-score", "0.5",
+                 "--reference", str(isbi_small)]) == 0
+    session = ExportSession(cur)
+    records = [session.record(i) for i in session.accepted + session.rejected]
+    session.close()
+    assert len(records) == 3
+    assert all((r["decision"] == "accept") == (r["quality"]["score"] >= 0.5) for r in records)
+    assert all(r["provenance"]["seed"] == 0 and r["provenance"]["model"] for r in records)
+    first = capsys.readouterr().out
+    assert "(reference: " in first
+    # a second run resumes: nothing decided twice
+    assert main(["curate", str(gen), "--out", str(cur), "--min-score", "0.5",
+                 "--reference", str(isbi_small)]) == 0
+    assert "skipped 3 already decided" in capsys.readouterr().out
+    # accept-all into a new folder, then the README's export
+    everything = tmp_path / "all"
+    assert main(["curate", str(gen), "--out", str(everything)]) == 0
+    assert "accepted 3, rejected 0" in capsys.readouterr().out
+    assert main(["export", "--from", str(everything), "--nnunet", str(tmp_path / "nnunet"),
+                 "--real", str(isbi_small)]) == 0
+    dataset = next((tmp_path / "nnunet").iterdir())
+    assert len(list((dataset / "imagesTr").iterdir())) >= 3

@@ -1,4 +1,4 @@
-"""``napari-synthgen``: demo, inspect, masks, generate, train, report, evaluate, export.
+"""``napari-synthgen``: demo, inspect, masks, generate, train, report, evaluate, curate, export.
 
 The commands call the same core functions the napari widgets call. Exit codes: 0 success,
 1 something failed (the summary says what), 2 bad usage. Core functions word their errors for
@@ -181,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_evaluate_parser(sub)
 
+    cur = sub.add_parser(
+        "curate", help="accept or reject generated pairs by a rule into an export folder",
+        description="Score every pair of GENERATED (generate's output) as the Curate widget "
+        "does, against --reference (real pairs) or else the training statistics the "
+        "generating model carries; accept pairs scoring at least --min-score into the export "
+        "folder OUT and reject the others (without --min-score every pair is accepted). OUT "
+        "is what `export --from` reads; a stopped run resumes, skipping decided pairs.")
+    cur.add_argument("generated", type=Path, help="paired folder of generated pairs")
+    cur.add_argument("--out", required=True, type=Path,
+                     help="export folder (new, or an export to resume)")
+    cur.add_argument("--min-score", type=_number(float, 0, 1), default=None,
+                     help="accept pairs whose quality score is at least this (default: accept "
+                     "all)")
+    cur.add_argument("--reference", type=Path, default=None,
+                     help="paired folder of real pairs (or a model checkpoint) to score "
+                     "against (default: the generating model's training statistics)")
+
     exp = sub.add_parser("export", help="convert an export folder to another layout")
     exp.add_argument("--from", dest="source", required=True, type=Path,
                      help="export folder written by the curation widget / ExportSession")
@@ -223,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "curate":
+            return cmd_curate(args)
         if args.command in ("report", "evaluate"):
             return args.func(args)
     except KeyboardInterrupt:
@@ -420,6 +439,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if share.main:
         print(f"{result.message} in {dt:.1f} s; output in {job.out}")
     return 1 if result.count else 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    """Accept / reject every generated pair by the score rule into an export folder."""
+    from .curation import ExportError, curate_by_rule
+
+    bar = progress_bar(None, "curate", "pair")
+
+    def progress(done: int, total: int, record: dict | None) -> None:
+        bar.total = total
+        bar.update(1)
+
+    try:
+        result = curate_by_rule(args.generated, args.out, min_score=args.min_score,
+                                reference=args.reference, progress=progress)
+    except ExportError as exc:
+        raise ExportError(str(exc).replace("min_score", "--min-score").replace(
+            "reference=REAL_PAIRS", "--reference REAL_PAIRS")) from None
+    finally:
+        bar.close()
+    print(f"accepted {result.accepted}, rejected {result.rejected}"
+          + (f", skipped {result.skipped} already decided" if result.skipped else "")
+          + f" (reference: {result.reference}); export folder {result.folder}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

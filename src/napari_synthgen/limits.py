@@ -6,12 +6,12 @@ names the Python parameter). Memory checks estimate what a request needs from it
 the simple formulas below and refuse it up front with what fits, instead of growing until the
 kernel kills the process.
 
-Memory formulas (bytes; the constants are measured peaks of the bundled models' sizes on the
-CPU, rounded up, see docs/design.md "Requests are checked against memory"):
+Memory formulas (bytes; the constants are measured peaks on the CPU in fp32, rounded up about
+2x, see docs/design.md "Requests are checked against memory"):
 
 - synthesis: ``batch * tile**2 * SYNTH_BYTES_PER_PX`` (network activations of one batch of tiles)
-- training: ``batch * tile**2 * TRAIN_BYTES_PER_PX`` (activations kept for the backward pass,
-  both networks, the batch's tensors)
+- training: ``batch * tile**2 * TRAIN_BYTES_PER_PX[family]`` (activations kept for the
+  backward pass, both networks, the batch's tensors)
 - evaluate's segmenter: ``batch * crop**2 * SEGMENTER_BYTES_PER_PX``
 - a new mask layout: ``height * width * LAYOUT_BYTES_PER_PX`` (label maps, distance transforms)
 """
@@ -30,7 +30,10 @@ SEED_MAX = 2**32 - 1
 NICE_RANGE = (-20, 19)
 
 SYNTH_BYTES_PER_PX = 4096
-TRAIN_BYTES_PER_PX = 16384
+#: training bytes per pixel of a batch, by family (measured per sample: pix2pix unet_256 ngf 64
+#: 1.0 KB, the diffusion small U-Net 7.9 KB, both fp32 at tile 256); a family may declare its
+#: own ``train_bytes_per_px``; an unknown one gets the largest
+TRAIN_BYTES_PER_PX: dict[str, int] = {"pix2pix": 2048, "diffusion": 16384}
 SEGMENTER_BYTES_PER_PX = 4096
 LAYOUT_BYTES_PER_PX = 96
 #: share of the free memory a request may plan to use (the rest: the model, Python, the OS)
@@ -180,10 +183,23 @@ def check_synthesis_memory(tile: int, batch_size: int | None, device: str | None
                  option=names[0], device=device)
 
 
+def train_bytes_per_px(family: str) -> int:
+    """Training memory per pixel of a batch for ``family`` (see :data:`TRAIN_BYTES_PER_PX`)."""
+    from . import families
+
+    try:
+        declared = getattr(families.get(family), "train_bytes_per_px", None)
+    except families.FamilyError:
+        declared = None
+    return int(declared or TRAIN_BYTES_PER_PX.get(family, max(TRAIN_BYTES_PER_PX.values())))
+
+
 def check_training_memory(tile: int, batch_size: int, device: str | None = None, *,
-                          per_px: float = TRAIN_BYTES_PER_PX,
+                          family: str = "diffusion",
                           names: tuple[str, str] = ("batch_size", "tile")) -> None:
-    """Training: ``batch * tile**2 * per_px`` must fit; says the largest batch that does."""
+    """Training: ``batch * tile**2 * train_bytes_per_px(family)`` must fit; says the largest
+    batch that does."""
+    per_px = train_bytes_per_px(family)
     need = batch_size * tile * tile * per_px
     check_memory(need, what=f"training with {names[0]} {batch_size} at {names[1]} {tile}",
                  largest=lambda b: int(b // (tile * tile * per_px)), option=names[0],

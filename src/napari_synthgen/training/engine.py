@@ -202,7 +202,7 @@ def _check_limits(cfg: TrainConfig, device: str) -> None:
         check_range("val_fraction", cfg.val_fraction, 0, 1, high_open=True)
         if cfg.stride is not None:
             check_range("stride", cfg.stride, 1)
-        check_training_memory(cfg.tile, cfg.batch_size, device)
+        check_training_memory(cfg.tile, cfg.batch_size, device, family=cfg.family)
     except LimitError as exc:
         raise ConfigError(str(exc)) from None
 
