@@ -109,6 +109,18 @@ def test_demo_screenshot_shows_mask_colours_beside_em(tmp_path: Path) -> None:
     assert cols.size and np.median(cols) > np.median(np.nonzero(green)[1])
 
 
+def test_demo_without_a_display_prints_the_headless_recipe(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    proc = subprocess.run([sys.executable, "-m", "napari_synthgen", "demo", "--screenshot",
+                           str(tmp_path / "demo.png")], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # not 134 (Qt's abort)
+    assert "No display found" in proc.stderr
+    assert "xvfb-run -a napari-synthgen demo --screenshot demo.png" in proc.stderr
+    assert not (tmp_path / "demo.png").exists()
+
+
 _POLICY_PROBE = """
 import json, os, sys
 import napari_synthgen  # the package chooses PASSIVE before torch can load

@@ -220,11 +220,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: what ``demo`` says without a display (as the Makefile's demo target does)
+HEADLESS_RECIPE = (
+    "No display found (DISPLAY and WAYLAND_DISPLAY are unset). On a headless machine, install "
+    "Xvfb (from a source checkout: bash scripts/ensure-sysdeps.sh) and run:\n"
+    "  xvfb-run -a napari-synthgen demo --screenshot demo.png\n"
+    "or set QT_QPA_PLATFORM=offscreen.")
+#: Qt platforms that need no display server
+_HEADLESS_QT = ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
+
+
+def has_display(env: dict[str, str] | None = None, platform: str = sys.platform) -> bool:
+    """Whether Qt can open a window here: on Linux a DISPLAY / WAYLAND_DISPLAY, or a Qt
+    platform that needs none; other systems always have one. Checked before Qt is imported."""
+    env = dict(os.environ) if env is None else env
+    if not platform.startswith("linux"):
+        return True
+    if env.get("QT_QPA_PLATFORM", "").split(":")[0] in _HEADLESS_QT:
+        return True
+    return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-synthgen`` command."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
+            if not has_display():  # Qt would abort the process (exit 134) with no display
+                print(HEADLESS_RECIPE, file=sys.stderr)
+                return 1
             from .widgets.demo import run_demo
 
             return run_demo(screenshot=args.screenshot)
