@@ -285,3 +285,23 @@ def test_readme_flow_masks_generate_curate_export(tmp_path: Path, tiny_model: Pa
                  "--real", str(isbi_small)]) == 0
     dataset = next((tmp_path / "nnunet").iterdir())
     assert len(list((dataset / "imagesTr").iterdir())) >= 3
+
+
+def test_progress_is_log_lines_when_stderr_is_not_a_terminal(tmp_path: Path, capsys) -> None:
+    """A log file (SLURM --output, | tee) gets one line per few seconds, not a redrawn bar."""
+    import io as stdio
+
+    from napari_synthgen.progress import LogLines
+
+    assert main(["masks", "--layout", "dense", "--n", "2", "--size", "64", "64",
+                 "--out", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert "masks (dense): 2/2 mask (100%)" in err and "\r" not in err
+    sink = stdio.StringIO()
+    lines = LogLines(4, "train", "step", file=sink, every=0)
+    lines.update(1)
+    lines.set_postfix(loss="0.5")
+    lines.update(3)
+    lines.close()  # the last count was printed already: nothing more
+    assert sink.getvalue().splitlines() == [
+        "train: 1/4 step (25%), 0 s", "train: 4/4 step (100%), 0 s, loss 0.5"]
