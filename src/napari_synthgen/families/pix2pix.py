@@ -96,9 +96,13 @@ class Pix2PixFamily(Family):
             problems.append(f"gan_mode {cfg.gan_mode!r} unknown; use one of {GAN_MODES}.")
         if cfg.output_nc not in (1, 3):
             problems.append(f"output_nc must be 1 or 3; got {cfg.output_nc}.")
-        for name in ("ngf", "ndf"):
+        for name in ("ngf", "ndf", "n_layers_D"):
             if getattr(cfg, name) < 1:
                 problems.append(f"{name} must be at least 1; got {getattr(cfg, name)}.")
+        if cfg.lambda_l1 < 0:
+            problems.append(f"lambda_l1 must be >= 0; got {cfg.lambda_l1}.")
+        if not 0.0 <= cfg.beta1 < 1.0:  # else a late "unexpected error" from Adam
+            problems.append(f"beta1 must be in [0, 1); got {cfg.beta1}.")
         if not 0.0 <= cfg.decay_start <= 1.0:
             problems.append(
                 f"decay_start is a fraction of the run in [0, 1]; got {cfg.decay_start}.")
