@@ -305,3 +305,18 @@ def test_progress_is_log_lines_when_stderr_is_not_a_terminal(tmp_path: Path, cap
     lines.close()  # the last count was printed already: nothing more
     assert sink.getvalue().splitlines() == [
         "train: 1/4 step (25%), 0 s", "train: 4/4 step (100%), 0 s, loss 0.5"]
+
+
+def test_train_length_may_come_from_the_config_file(tmp_path: Path) -> None:
+    """--steps/--epochs is required, but a --config file may be where it is given."""
+    from napari_synthgen.cli import build_parser
+    from napari_synthgen.training.cli import config_from_args
+
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("data: [d]\nepochs: 3\n", encoding="utf-8")
+    args = build_parser().parse_args(["train", "--config", str(cfg_file)])
+    cfg = config_from_args(args)
+    assert (cfg.steps, cfg.epochs) == (None, 3)
+    cfg = config_from_args(build_parser().parse_args(["train", "--config", str(cfg_file),
+                                                      "--steps", "7"]))
+    assert (cfg.steps, cfg.epochs) == (7, None)  # the command line wins

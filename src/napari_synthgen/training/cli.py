@@ -259,8 +259,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.nice and hasattr(os, "nice"):
-        with contextlib.suppress(OSError):
+        try:
             os.nice(args.nice)
+        except OSError as exc:  # a negative --nice needs privileges: say so, train anyway
+            print(f"note: --nice {args.nice} not applied ({exc.strerror or exc}); a negative "
+                  "value needs root.", file=sys.stderr)
     stop = _StopFlag(args.stop_file)
     resume = None
     if args.resume is not None:
