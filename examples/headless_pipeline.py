@@ -8,10 +8,13 @@ masks, generate.jsonl), curated/ (an export folder like the Curate widget writes
 (an nnU-Net v2 raw dataset). Real pairs (``--real``, a folder with images/ and masks/) are what
 nnU-Net validates on; without them the export says so and the folds hold synthetic cases only.
 
-The first two steps are also commands; for hundreds of masks on several GPUs run them as
+Every step is also a command (``curate`` accepts by the Curate widget's quality score instead
+of this script's contrast rule); for hundreds of masks on several GPUs run them as
     napari-synthgen masks --layout dense --n 500 --size 512 512 --seed 0 --out OUT/masks
     torchrun --nproc_per_node 4 -m napari_synthgen generate --model demo \
         --masks OUT/masks --out OUT/generated
+    napari-synthgen curate OUT/generated --out OUT/curated --min-score 0.6 --reference REAL
+    napari-synthgen export --from OUT/curated --nnunet OUT/nnunet --real REAL
 """
 
 from __future__ import annotations

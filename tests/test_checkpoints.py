@@ -301,7 +301,10 @@ def test_our_format_round_trips(tmp_path: Path) -> None:
     assert info.sha256 == sha256_file(path)
     assert _same_outputs(loaded.network, net, spec)
     assert load_model(tmp_path).info.path == str(path)  # the folder finds it too
-    assert load_model(path, encoding="rgb").info.encoding_source == "override"
+    # an override may repeat the recorded encoding, never contradict it (a silent wrong image)
+    assert load_model(path, encoding="onehot").info.encoding_source == "override"
+    with pytest.raises(CheckpointError, match=r"trained on 'onehot' masks .*cannot take 'rgb'"):
+        load_model(path, encoding="rgb")
 
 
 def test_save_model_converts_numpy_metadata(tmp_path: Path) -> None:

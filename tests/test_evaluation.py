@@ -267,3 +267,20 @@ def test_an_unwritable_out_fails_before_computing(folders: dict[str, Path], tmp_
         assert "Traceback" not in err
     with pytest.raises(OSError, match="cannot write into"):  # the progress never started
         _small(folders, out=blocker / "sub", progress=lambda *a: pytest.fail("computed"))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"tolerance": -5}, r"tolerance must be > 0 \(boundary distance in px\); got -5"),
+    ({"tolerance": float("nan")}, r"tolerance must be > 0"),
+    ({"crop": 4}, r"crop must be >= 8 \(crop side in px\); got 4"),
+    ({"batch_size": 0}, r"batch_size must be >= 1; got 0"),
+    ({"min_score": 1.5}, r"min_score must be in \[0, 1\]; got 1.5"),
+    ({"mix": 1.0}, r"mix must be in \(0, 1\)"),
+])
+def test_settings_out_of_range_are_refused_before_anything_is_read(
+        tmp_path: Path, settings: dict, message: str) -> None:
+    """The folders do not even exist: the check comes first."""
+    from napari_synthgen.limits import LimitError
+
+    with pytest.raises(LimitError, match=message):
+        ev.evaluate(tmp_path / "no-real", tmp_path / "no-syn", tmp_path / "no-test", **settings)

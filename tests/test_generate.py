@@ -363,3 +363,48 @@ def test_generated_files_follow_the_umask(tmp_path: Path, mask_folder: Path,
         os.umask(old)
     files = [p for sub in ("images", "masks") for p in (tmp_path / "out" / sub).iterdir()]
     assert files and all(p.stat().st_mode & 0o777 == 0o644 for p in files)
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def test_the_largest_seed_is_kept_and_seeds_past_it_are_refused(
+        tmp_path: Path, mask_folder: Path, no_background_model: Path, capsys) -> None:
+    from napari_synthgen.generate import GenerateJob, check_job
+    from napari_synthgen.limits import SEED_MAX, LimitError
+
+    base = ["generate", "--model", str(no_background_model), "--masks",
+            str(mask_folder / "a_dense.tif"), "--device", "cpu", "--precision", "fp32",
+            "--stochastic"]  # dropout noise drawn from the seed
+    assert main([*base, "--out", str(tmp_path / "max"), "--seed", str(SEED_MAX)]) == 0
+    assert main([*base, "--out", str(tmp_path / "zero"), "--seed", "0"]) == 0
+    assert [r["seed"] for r in _log(tmp_path / "max")] == [SEED_MAX]
+    # no wrap-around: the largest seed is its own image, not seed 0's (or -1's)
+    assert _images(tmp_path / "max")["images/a_dense_s4294967295.tif"] != \
+        _images(tmp_path / "zero")["images/a_dense_s0.tif"]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "over"), "--seed", str(SEED_MAX),
+                 "--variations", "2"]) == 1
+    assert "--seed 4294967295 with 2 variations reaches seed 4294967296" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "over").exists()
+    with pytest.raises(LimitError, match=r"seed must be in \[0, 4294967295\].*got -1"):
+        check_job(GenerateJob(model=no_background_model, masks=[], out=tmp_path, seed=-1))
+    with pytest.raises(LimitError, match=r"overlap must be in \[0, 64\).*got 64"):
+        check_job(GenerateJob(model=no_background_model, masks=[], out=tmp_path, tile=64,
+                              overlap=64))
+
+
+def test_an_encoding_override_against_the_models_record_is_refused(
+        tmp_path: Path, mask_folder: Path, no_background_model: Path, capsys) -> None:
+    """The model records 'rgb': 'onehot' would give an image without membranes, silently."""
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(no_background_model), "--masks", str(mask_folder),
+                 "--out", str(out), "--encoding", "onehot", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "trained on 'rgb' masks" in err and "cannot take 'onehot'" in err
+    assert not (out / "images").exists() or not any((out / "images").iterdir())
+    # the recorded encoding itself is fine
+    assert main(["generate", "--model", str(no_background_model), "--masks",
+                 str(mask_folder / "a_dense.tif"), "--out", str(out), "--encoding", "rgb",
+                 "--device", "cpu"]) == 0

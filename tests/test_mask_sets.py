@@ -208,3 +208,16 @@ def test_command_line_shows_usage_errors_with_exit_code_2(tmp_path: Path) -> Non
          "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "napari-synthgen masks: error: --layout needs --size H W" in proc.stderr
+
+
+def test_seeds_past_32_bits_and_masks_larger_than_memory_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_synthgen import limits
+
+    with pytest.raises(limits.LimitError, match=r"seed must be in \[0, 4294967295\]"):
+        make_layout_set(tmp_path / "a", kind="dense", n=1, shape=(64, 64), seed=2**32)
+    monkeypatch.setattr(limits, "free_memory", lambda device=None: 8 * limits.GB)
+    with pytest.raises(limits.LimitError, match=r"a 100000 x 100000 mask needs about "
+                       r"[\d.]+ GB, this machine has 8.0 GB free; use at most \d+ x \d+ px"):
+        make_layout_set(tmp_path / "b", kind="dense", n=1, shape=(100000, 100000))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

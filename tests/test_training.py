@@ -364,3 +364,26 @@ def test_trainer_saves_and_exits_when_its_supervisor_goes_away(tmp_path: Path,
     assert proc.wait(timeout=60) == 0
     step, g, _ = latest_checkpoint(tmp_path)
     assert 0 < step < 100000 and load_model(g).info.metadata["step"] == step
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("n_layers_D", 0, r"n_layers_D must be at least 1; got 0"),
+    ("lambda_l1", -1.0, r"lambda_l1 must be >= 0; got -1.0"),
+    ("beta1", 2.0, r"beta1 must be in \[0, 1\); got 2.0"),
+])
+def test_settings_that_would_fail_late_are_refused_up_front(key: str, value: float,
+                                                            message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict({"data": ["x"], "steps": 1, key: value}).validate()
+
+
+def test_a_seed_past_32_bits_ends_the_run_before_any_work(tmp_path: Path,
+                                                          isbi_small: Path) -> None:
+    """The Train widget's path (the engine): a failed event naming the seed, nothing made."""
+    from napari_synthgen.training.engine import train
+
+    cfg = TrainConfig(data=[str(isbi_small)], steps=1, seed=2**32, out=str(tmp_path / "run"))
+    events = list(train(cfg))
+    assert [e["event"] for e in events] == ["failed"]
+    assert "seed must be in [0, 4294967295]" in events[0]["message"]
+    assert not (tmp_path / "run").exists()

@@ -1,32 +1,29 @@
 """How OpenMP threads wait, chosen before torch loads (importing the package does it).
 
-PyTorch's OpenMP runtime (libgomp) keeps idle threads spinning for a while. When synthesis in
-napari and a training child process share the cores, the spinning made a tiny model run about
-100x slower here (120 s instead of 1.1 s), so the package sets ``OMP_WAIT_POLICY=PASSIVE``
-unless the user set a value. In a process of its own, PASSIVE costs instead: threads sleep in
-the kernel at every barrier and small per-tile work pays for it (benchmarks/omp_policy.py:
-a 512 x 512 diffusion sample 39 s instead of 25 s on a 2-core EPYC), so the command line gives its
-batch commands the default back (:func:`batch_default`). Only speed changes: the threads and
-the arithmetic are the same, so are the bytes.
+PyTorch's OpenMP runtime (libgomp) keeps idle threads spinning (about 3 ms) before they sleep.
+When another job wants a core (synthesis in napari beside a training child, training beside
+generation, another user), a spinning thread burns the time slice its partner needs to reach
+the barrier: a tiny model ran about 100x slower in the viewer (120 s instead of 1.1 s), one
+diffusion image took 113.6 s instead of 30.0 s in ``generate``. So every process that imports
+the package, the viewer and the ``napari-synthgen`` batch commands alike, runs with
+``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once). Alone on the machine this costs a batch
+command some speed (benchmarks/omp_policy.py: a 256 x 256 diffusion sample 1.4x slower on a
+2-core EPYC), against 2-4x saved when a core is shared; a bounded spin (``GOMP_SPINCOUNT``)
+lost as much as the default under load. Only speed changes: the threads and the arithmetic are
+the same, so are the bytes.
+
+The user's own setting wins: with ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` in the
+environment nothing is changed (``OMP_WAIT_POLICY=ACTIVE`` or ``GOMP_SPINCOUNT=300000`` gives a
+batch job on a machine of its own libgomp's spinning back).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
+#: the variables through which a user chooses how libgomp threads wait
+USER_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 #: True when the package, not the user, chose the policy
-CHOSEN_HERE = "OMP_WAIT_POLICY" not in os.environ
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def batch_default() -> bool:
-    """Give this process OpenMP's default waiting back if the package chose PASSIVE and torch
-    has not loaded yet (libgomp reads the policy once, when it loads); True when it did. For
-    processes with no viewer to keep responsive: the ``napari-synthgen`` batch commands. The
-    training child the Train widget starts sets PASSIVE itself, so it is kept there."""
-    if CHOSEN_HERE and "torch" not in sys.modules \
-            and os.environ.get("OMP_WAIT_POLICY") == "PASSIVE":
-        del os.environ["OMP_WAIT_POLICY"]
-        return True
-    return False
+CHOSEN_HERE = not any(name in os.environ for name in USER_VARIABLES)
+if CHOSEN_HERE:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -1,4 +1,4 @@
-"""``napari-synthgen``: demo, inspect, masks, generate, train, report, evaluate, export.
+"""``napari-synthgen``: demo, inspect, masks, generate, train, report, evaluate, curate, export.
 
 The commands call the same core functions the napari widgets call. Exit codes: 0 success,
 1 something failed (the summary says what), 2 bad usage or a damaged input file. Core
@@ -9,6 +9,7 @@ them into this command's flags.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -17,7 +18,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._omp_policy import batch_default
+from . import _omp_policy  # noqa: F401  (OpenMP threads wait passively; before torch)
+from .limits import SEED_TYPE, LimitError, as_flags
+from .progress import progress_bar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,9 +30,11 @@ def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="precision; auto chooses from the device and the CPU's features "
                    "(recorded with every image)")
-    p.add_argument("--tile", type=int, default=None, help="tile size (default: the model's)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap (default: tile/4)")
-    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch")
+    p.add_argument("--tile", type=_number(int, 1), default=None,
+                   help="tile size (default: the model's)")
+    p.add_argument("--overlap", type=_number(int, 0), default=None,
+                   help="tile overlap (default: tile/4)")
+    p.add_argument("--batch-size", type=_number(int, 1), default=None, help="tiles per batch")
     p.add_argument("--encoding", default=None, choices=["rgb", "onehot", "label"],
                    help="override the model's mask encoding")
 
@@ -39,26 +44,22 @@ class UsageError(ValueError):
 
 
 def _number(kind: type, low: float | None = None, high: float | None = None, *,
-            low_open: bool = False) -> object:
+            low_open: bool = False, high_open: bool = False) -> object:
     """An argparse ``type`` that also checks the range, so the error names the flag."""
+    from .limits import cli_type
 
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'a whole number' if kind is int else 'a number'}; got {text!r}"
-            ) from None
-        below = low is not None and (value <= low if low_open else value < low)
-        if below or (high is not None and value > high):
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-            hi = "" if high is None else f"<= {high}"
-            raise argparse.ArgumentTypeError(
-                f"must be {' and '.join(x for x in (lo, hi) if x)}; got {text}")
-        return value
+    return cli_type(kind, low, high, low_open=low_open, high_open=high_open)
 
-    parse.__name__ = kind.__name__
-    return parse
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, without "(default: None)" for options whose default
+    means "not given" (their help says what happens then) or False for plain flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or isinstance(
+                action, (argparse._StoreConstAction, argparse._VersionAction)):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _model_help(what: str) -> str:
@@ -82,7 +83,7 @@ def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=_number(int, 1), required=True,
                    help="masks to make (--layout) or variations per source mask")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--seed", type=_number(int, 0), default=0,
+    p.add_argument("--seed", type=SEED_TYPE, default=0,
                    help="the same seed (and options) gives byte-identical files")
     p.add_argument("--size", type=_number(int, MIN_SIDE), nargs=2, metavar=("H", "W"),
                    help="mask height and width in px (--layout)")
@@ -116,13 +117,15 @@ MASK_READ_AS = ("auto", "classes", "palette", "binary", "membrane", "instances")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
-        prog="napari-synthgen",
+        prog="napari-synthgen", formatter_class=HelpFormatter,
         description="Synthesize EM images from 3-class masks; train and curate.",
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"napari-synthgen {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # every sub-command shows its defaults in --help
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(
+        argparse.ArgumentParser, formatter_class=HelpFormatter))
 
     demo = sub.add_parser(
         "demo", help="open napari with the sample, the widgets and the demo model")
@@ -146,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--masks", required=True, type=Path,
                      help="a mask file, a folder of masks, or a paired folder (uses masks/)")
     gen.add_argument("--out", required=True, type=Path, help="output folder")
-    gen.add_argument("--seed", type=int, default=0,
+    gen.add_argument("--seed", type=SEED_TYPE, default=0,
                      help="first seed; the same model, mask, seed and settings give the same "
                      "image")
     gen.add_argument("--variations", type=_number(int, 1), default=1,
@@ -179,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_evaluate_parser(sub)
 
+    cur = sub.add_parser(
+        "curate", help="accept or reject generated pairs by a rule into an export folder",
+        description="Score every pair of GENERATED (generate's output) as the Curate widget "
+        "does, against --reference (real pairs) or else the training statistics the "
+        "generating model carries; accept pairs scoring at least --min-score into the export "
+        "folder OUT and reject the others (without --min-score every pair is accepted). OUT "
+        "is what `export --from` reads; a stopped run resumes, skipping decided pairs.")
+    cur.add_argument("generated", type=Path, help="paired folder of generated pairs")
+    cur.add_argument("--out", required=True, type=Path,
+                     help="export folder (new, or an export to resume)")
+    cur.add_argument("--min-score", type=_number(float, 0, 1), default=None,
+                     help="accept pairs whose quality score is at least this (default: accept "
+                     "all)")
+    cur.add_argument("--reference", type=Path, default=None,
+                     help="paired folder of real pairs (or a model checkpoint) to score "
+                     "against (default: the generating model's training statistics)")
+
     exp = sub.add_parser("export", help="convert an export folder to another layout")
     exp.add_argument("--from", dest="source", required=True, type=Path,
                      help="export folder written by the curation widget / ExportSession")
@@ -186,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="nnU-Net v2 raw folder to write DatasetXXX_NAME into")
     exp.add_argument("--real", type=Path, default=None,
                      help="paired folder of real images/masks for training and validation")
-    exp.add_argument("--dataset-id", type=int, default=501)
-    exp.add_argument("--name", default="SynthEM")
-    exp.add_argument("--folds", type=int, default=None,
+    exp.add_argument("--dataset-id", type=_number(int, 1, 999), default=501,
+                     help="nnU-Net dataset number")
+    exp.add_argument("--name", default="SynthEM", help="dataset name")
+    exp.add_argument("--folds", type=_number(int, 1), default=None,
                      help="cross-validation folds (default: one per real pair, at most 5)")
     exp.add_argument("--install-splits", action="store_true",
                      help="copy splits_final.json to $nnUNet_preprocessed/DatasetXXX_NAME/, "
@@ -200,17 +221,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: commands that compute in a process of their own: OpenMP's default waiting (_omp_policy.py)
-BATCH_COMMANDS = ("generate", "train", "evaluate", "report", "masks", "export", "inspect")
+#: what ``demo`` says without a display (as the Makefile's demo target does)
+HEADLESS_RECIPE = (
+    "No display found (DISPLAY and WAYLAND_DISPLAY are unset). On a headless machine, install "
+    "Xvfb (from a source checkout: bash scripts/ensure-sysdeps.sh) and run:\n"
+    "  xvfb-run -a napari-synthgen demo --screenshot demo.png\n"
+    "or set QT_QPA_PLATFORM=offscreen.")
+#: Qt platforms that need no display server
+_HEADLESS_QT = ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
+
+
+def has_display(env: dict[str, str] | None = None, platform: str = sys.platform) -> bool:
+    """Whether Qt can open a window here: on Linux a DISPLAY / WAYLAND_DISPLAY, or a Qt
+    platform that needs none; other systems always have one. Checked before Qt is imported."""
+    env = dict(os.environ) if env is None else env
+    if not platform.startswith("linux"):
+        return True
+    if env.get("QT_QPA_PLATFORM", "").split(":")[0] in _HEADLESS_QT:
+        return True
+    return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-synthgen`` command."""
     args = build_parser().parse_args(argv)
-    if args.command in BATCH_COMMANDS:
-        batch_default()
     try:
         if args.command == "demo":
+            if not has_display():  # Qt would abort the process (exit 134) with no display
+                print(HEADLESS_RECIPE, file=sys.stderr)
+                return 1
             from .widgets.demo import run_demo
 
             return run_demo(screenshot=args.screenshot)
@@ -226,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "curate":
+            return cmd_curate(args)
         if args.command in ("report", "evaluate"):
             return args.func(args)
     except KeyboardInterrupt:
@@ -234,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"napari-synthgen {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except LimitError as exc:  # a setting out of range or too large: name its flag
+        print(f"error: {as_flags(str(exc), vars(args))}", file=sys.stderr)
+        return 1
     except (ValueError, OSError, RuntimeError) as exc:
         if damaged_file(exc) is not None:  # bad input, like bad usage: exit 2, no traceback
             print(f"napari-synthgen {args.command}: error: {cli_message(str(exc))}",
@@ -324,8 +368,6 @@ def _describe_classes(known: dict[int, float] | None) -> str:
 
 def cmd_masks(args: argparse.Namespace) -> int:
     """Write a seeded set of new masks, or variations of existing masks, with progress."""
-    from tqdm import tqdm
-
     from .mask_sets import make_layout_set, make_variation_set, mask_sources
 
     layout_only = {"--size": args.size, "--density": args.density,
@@ -347,7 +389,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
         _refuse(layout_only, "--layout")
         total = args.n * len(mask_sources(args.variations_of))
         desc = "variations"
-    bar = tqdm(total=total, unit="mask", desc=desc, file=sys.stderr, disable=None)
+    bar = progress_bar(total, desc, "mask")
     try:
         if args.layout is not None:
             result = make_layout_set(
@@ -418,9 +460,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # under torchrun rank 0 shows its own share's progress and reports for everyone
     prefix = "" if share.world == 1 else f"[rank {share.rank}] "
     t0 = time.perf_counter()
-    bar = tqdm(total=len(share.indices(len(job.masks))) * job.variations, unit="image",
-               desc="generate" if share.world == 1 else f"generate (rank 0 of {share.world})",
-               file=sys.stderr, disable=None if share.main else True)
+    bar = progress_bar(len(share.indices(len(job.masks))) * job.variations,
+                       "generate" if share.world == 1 else f"generate (rank 0 of {share.world})",
+                       "image", disable=not share.main)
     result = None
     for event in run_generate(job):
         if event.kind == "setup":
@@ -452,6 +494,30 @@ def _list_failed(failed: list[dict[str, str]]) -> None:
           file=sys.stderr)
     for item in failed:
         print(f"  {item['path']}: {cli_message(item['reason'])}", file=sys.stderr)
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    """Accept / reject every generated pair by the score rule into an export folder."""
+    from .curation import ExportError, curate_by_rule
+
+    bar = progress_bar(None, "curate", "pair")
+
+    def progress(done: int, total: int, record: dict | None) -> None:
+        bar.total = total
+        bar.update(1)
+
+    try:
+        result = curate_by_rule(args.generated, args.out, min_score=args.min_score,
+                                reference=args.reference, progress=progress)
+    except ExportError as exc:
+        raise ExportError(str(exc).replace("min_score", "--min-score").replace(
+            "reference=REAL_PAIRS", "--reference REAL_PAIRS")) from None
+    finally:
+        bar.close()
+    print(f"accepted {result.accepted}, rejected {result.rejected}"
+          + (f", skipped {result.skipped} already decided" if result.skipped else "")
+          + f" (reference: {result.reference}); export folder {result.folder}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

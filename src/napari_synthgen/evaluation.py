@@ -171,6 +171,32 @@ def compare(summary: dict[str, dict[str, tuple[float, float]]], n_seeds: int) ->
     return notes
 
 
+#: the smallest crop side: the segmenter down-samples three times
+MIN_CROP = 8
+
+
+def _check_settings(*, steps: int, seeds: int, mix: float, min_score: float | None,
+                    batch_size: int, crop: int, tolerance: float, device: str) -> None:
+    """Refuse settings out of range, and a batch of crops larger than free memory, before
+    anything is read or trained (a :class:`~.limits.LimitError` naming the setting)."""
+    from .limits import SEGMENTER_BYTES_PER_PX, check_memory, check_range
+
+    check_range("steps", steps, 1)
+    check_range("seeds", seeds, 1)
+    check_range("mix", mix, 0, 1, low_open=True, high_open=True,
+                what="the synthetic share of each batch")
+    if min_score is not None:
+        check_range("min_score", min_score, 0, 1)
+    check_range("batch_size", batch_size, 1)
+    check_range("crop", crop, MIN_CROP, what="crop side in px")
+    check_range("tolerance", tolerance, 0, low_open=True, what="boundary distance in px")
+    check_memory(batch_size * crop * crop * SEGMENTER_BYTES_PER_PX,
+                 what=f"a batch of {batch_size} crops of {crop} px",
+                 largest=lambda b: math.isqrt(int(b / (batch_size *
+                                                           SEGMENTER_BYTES_PER_PX))),
+                 option="crop", device=device)
+
+
 def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps: int = 150,
              seeds: int = 2, mix: float = 0.5, pretrain_synthetic: bool = False,
              min_score: float | None = None, batch_size: int = 4, crop: int = 128,
@@ -196,11 +222,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
 
     if out is not None:
         check_writable(out)
-    if steps < 1 or seeds < 1:
-        raise ValueError(f"steps and seeds must be at least 1; got steps={steps}, seeds={seeds}.")
-    if not 0.0 < mix < 1.0:
-        raise ValueError(f"mix is the synthetic share of each batch, between 0 and 1 "
-                         f"(exclusive); got {mix}.")
+    _check_settings(steps=steps, seeds=seeds, mix=mix, min_score=min_score,
+                    batch_size=batch_size, crop=crop, tolerance=tolerance, device=device)
     start = time.perf_counter()
     real_names, real_pairs = _load(real)
     syn_names, syn_pairs = _load(synthetic)

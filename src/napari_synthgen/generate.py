@@ -295,7 +295,28 @@ def _pair_state(image_path: Path, mask_path: Path, recorded: bool) -> str:
     return "partial"
 
 
+def check_job(job: GenerateJob) -> None:
+    """Refuse numbers out of range and tiles too large for memory before anything is loaded
+    or written (a :class:`~.limits.LimitError` naming the setting, its value and the range)."""
+    from .limits import check_range, check_seed, check_synthesis_memory
+
+    check_range("variations", job.variations, 1)
+    check_seed("seed", job.seed, job.variations)
+    check_range("boundary_width", job.boundary_width, 1)
+    if job.batch_size is not None:
+        check_range("batch_size", job.batch_size, 1)
+    if job.overlap is not None:
+        check_range("overlap", job.overlap, 0)
+    if job.tile is not None:
+        check_range("tile", job.tile, 1)
+        if job.overlap is not None:
+            check_range("overlap", job.overlap, 0, job.tile, high_open=True,
+                        what=f"smaller than the tile {job.tile}")
+        check_synthesis_memory(job.tile, job.batch_size, job.device)
+
+
 def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[GenerateEvent]:
+    check_job(job)
     check_output_names(job.masks)
     _check_options(job)
     synth = make_synthesizer(

@@ -30,6 +30,7 @@ from .layouts import (
     sparse_organelles,
     variation,
 )
+from .limits import check_layout_memory, check_seed
 from .masks import MaskSource
 
 LOG_NAME = "masks.jsonl"
@@ -48,8 +49,9 @@ class MaskSetResult:
 
 def derived_seed(seed: int, *key: int) -> int:
     """A 32-bit seed for item ``key`` of a set seeded with ``seed``; independent of set size."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be a whole number; got {seed!r}.")
+    check_seed("seed", int(seed))
     ss = np.random.SeedSequence(int(seed), spawn_key=tuple(int(k) for k in key))
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
@@ -75,6 +77,7 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     if min(dims[-2:]) < MIN_SIDE:
         raise ValueError(f"shape {dims} is too small: height and width must be at least "
                          f"{MIN_SIDE} px.")
+    check_layout_memory(int(dims[-2]), int(dims[-1]))
     return tuple(int(d) for d in dims)
 
 

@@ -12,31 +12,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .limits import as_flags, cli_type
+
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {text}")
-    return value
+    """argparse ``type``: a whole number >= 1."""
+    return cli_type(int, 1)(text)
 
 
 def _fraction(low_open: bool, high_open: bool) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-        if (value <= 0 if low_open else value < 0) or (value >= 1 if high_open else value > 1):
-            raise argparse.ArgumentTypeError(
-                f"must be {'>' if low_open else '>='} 0 and {'<' if high_open else '<='} 1; "
-                f"got {text}")
-        return value
-
-    parse.__name__ = "float"
-    return parse
+    """argparse ``type``: a number in [0, 1], either end open."""
+    return cli_type(float, 0, 1, low_open=low_open, high_open=high_open)
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -56,18 +42,20 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="paired folder of real images and masks; or a model checkpoint whose "
                    "metadata holds reference statistics (then no SSIM and no consistency)")
     p.add_argument("--out", type=Path, required=True, help="folder for the report files")
-    p.add_argument("--consistency-steps", type=int, default=DEFAULT_CONSISTENCY_STEPS,
-                   help="training steps of the mask-consistency segmenter (0: skip; default "
-                   f"{DEFAULT_CONSISTENCY_STEPS})")
+    p.add_argument("--consistency-steps", type=cli_type(int, 0),
+                   default=DEFAULT_CONSISTENCY_STEPS,
+                   help="training steps of the mask-consistency segmenter (0: skip)")
     p.add_argument("--flag-below", type=_fraction(False, False), default=DEFAULT_FLAG_BELOW,
-                   help=f"flag samples scoring below this (default {DEFAULT_FLAG_BELOW})")
-    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
+                   help="flag samples scoring below this")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N, mps")
     p.set_defaults(func=cmd_report)
     return p
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``napari-synthgen evaluate --real DIR --synthetic DIR --test DIR ...``."""
+    from .evaluation import MIN_CROP
+
     p = sub.add_parser(
         "evaluate", help="does the synthetic set improve a segmenter on real test images?",
         description="Train the same small segmenter with the same budget and seeds on real "
@@ -83,34 +71,34 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--test", type=Path, required=True,
                    help="paired folder of real test pairs (never in --real or --synthetic)")
     p.add_argument("--steps", type=_positive_int, default=150,
-                   help="training steps per run (default 150)")
+                   help="training steps per run")
     p.add_argument("--seeds", type=_positive_int, default=2,
-                   help="seeds per arm, 0..K-1 (default 2; 3 or more to see the spread)")
+                   help="seeds per arm, 0..K-1 (3 or more to see the spread)")
     p.add_argument("--mix", type=_fraction(True, True), default=0.5,
-                   help="synthetic share of each batch in the real+synthetic arm (default 0.5)")
+                   help="synthetic share of each batch in the real+synthetic arm")
     p.add_argument("--pretrain-synthetic", action="store_true",
                    help="instead of mixing: the first half of the steps on synthetic pairs, "
                    "the second half on real pairs (fresh optimiser)")
     p.add_argument("--min-score", type=_fraction(False, False), default=None,
                    help="use only synthetic pairs whose quality score is at least this "
                    "(reference: --real)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="crops per step (4)")
-    p.add_argument("--crop", type=_positive_int, default=128, help="crop side in px (128)")
-    p.add_argument("--tolerance", type=float, default=2.0,
-                   help="boundary F1 distance tolerance in px (2)")
-    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="crops per step")
+    p.add_argument("--crop", type=cli_type(int, MIN_CROP), default=128, help="crop side in px")
+    p.add_argument("--tolerance", type=cli_type(float, 0, low_open=True), default=2.0,
+                   help="boundary F1 distance tolerance in px")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: the project's rule for training at this batch size")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
-                   help="folder for the result files (default ./evaluation)")
+                   help="folder for the result files")
     p.set_defaults(func=cmd_evaluate)
     return p
 
 
 def _bar(desc: str) -> Any:
-    from tqdm import tqdm
+    from .progress import progress_bar
 
-    return tqdm(total=0, desc=desc, file=sys.stderr, disable=None, unit="step")
+    return progress_bar(0, desc, "step")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -174,7 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise  # main() says which file, exit 2
     except ValueError as exc:
         bar.close()
-        print(f"error: {str(exc).replace('min_score', '--min-score')}", file=sys.stderr)
+        message = as_flags(str(exc).replace("min_score", "--min-score"), vars(args))
+        print(f"error: {message}", file=sys.stderr)
         return 1
     finally:
         bar.close()

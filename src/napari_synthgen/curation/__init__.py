@@ -28,7 +28,8 @@ Records (one JSON object per line):
 
 Modules: ``session`` (ExportSession), ``manifest`` (the ledger, durable appends, crash
 recovery), ``records`` (provenance as JSON, sample checks), ``nnunet`` (nnU-Net v2 export),
-``common`` (constants, ExportError, option wording).
+``common`` (constants, ExportError, option wording), ``rules`` (curation by a rule, the
+``curate`` command).
 """
 
 from __future__ import annotations
@@ -42,18 +43,21 @@ from .nnunet import (
     install_splits,
     preprocessed_folder,
 )
+from .rules import CurateResult, curate_by_rule
 from .session import ExportSession
 
 __all__ = [
     "EXPORT_FORMAT",
     "FORMAT_VERSION",
     "SPLITS_NAME",
+    "CurateResult",
     "DiskFullError",
     "ExportError",
     "ExportSession",
     "NnunetExport",
     "Worded",
     "choose_folds",
+    "curate_by_rule",
     "export_nnunet",
     "install_splits",
     "preprocessed_folder",

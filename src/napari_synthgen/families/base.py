@@ -95,6 +95,9 @@ class Family:
     defaults: ClassVar[Mapping[str, Any]] = {}
     #: train CLI options for its settings
     cli_options: ClassVar[tuple[CliOption, ...]] = ()
+    #: training memory per pixel of a batch, bytes (the up-front memory check; None: the
+    #: largest known, see napari_synthgen.limits)
+    train_bytes_per_px: ClassVar[int | None] = None
     #: ``train --config NAME`` presets: NAME -> the settings it stands for
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: order of keys in a saved configuration (None: common keys, then the family's)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -18,31 +19,43 @@ from pathlib import Path
 from typing import Any
 
 from .. import registry
+from ..limits import NICE_RANGE, SEED_TYPE, as_flags, cli_type
 from .config import TrainConfig
 from .events import Event, Failed
 
 # option -> (config key, type, help) for the settings every family shares; all default to None
-# so that only given options override (each family adds its own, see families.CliOption)
+# so that only given options override (each family adds its own, see families.CliOption).
+# The types check the ranges (limits.cli_type), so argparse names the flag in its error.
 _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--out", "out", str, "output folder for checkpoints, samples and the config"),
-    ("--steps", "steps", int, "optimisation steps"),
-    ("--epochs", "epochs", int, "passes over the training tiles (instead of --steps)"),
-    ("--tile", "tile", int, "tile size (pixels)"),
-    ("--stride", "stride", int, "tile stride for a grid of tiles (default: random crops)"),
-    ("--batch-size", "batch_size", int, "tiles per step and process"),
-    ("--val-fraction", "val_fraction", float, "fraction of source images held out"),
-    ("--encoding", "encoding", str, "mask encoding: rgb, onehot, label"),
-    ("--lr", "lr", float, "learning rate"),
-    ("--unlabel-fraction", "unlabel_fraction", float,
+    ("--tile", "tile", cli_type(int, 1), "tile size (pixels)"),
+    ("--stride", "stride", cli_type(int, 1),
+     "tile stride for a grid of tiles (default: random crops)"),
+    ("--batch-size", "batch_size", cli_type(int, 1), "tiles per step and process"),
+    ("--val-fraction", "val_fraction", cli_type(float, 0, 1, high_open=True),
+     "fraction of source images held out"),
+    ("--encoding", "encoding", str, "mask encoding"),
+    ("--lr", "lr", cli_type(float, 0, low_open=True), "learning rate"),
+    ("--unlabel-fraction", "unlabel_fraction", cli_type(float, 0, 1),
      "share of cells turned into background in each training mask, image kept "
      "(teaches class 0 as unlabelled tissue)"),
-    ("--seed", "seed", int, "random seed"),
+    ("--seed", "seed", SEED_TYPE, "random seed"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
-    ("--precision", "precision", str, "auto, fp32, bf16, fp16"),
-    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints"),
-    ("--sample-every", "sample_every", int, "steps between preview samples"),
-    ("--log-every", "log_every", int, "steps between progress events"),
-    ("--keep-checkpoints", "keep_checkpoints", int, "checkpoints kept on disk"),
+    ("--precision", "precision", str, "numeric precision"),
+    ("--checkpoint-every", "checkpoint_every", cli_type(int, 1), "steps between checkpoints"),
+    ("--sample-every", "sample_every", cli_type(int, 1), "steps between preview samples"),
+    ("--log-every", "log_every", cli_type(int, 1), "steps between progress events"),
+    ("--keep-checkpoints", "keep_checkpoints", cli_type(int, 1), "checkpoints kept on disk"),
+]
+#: options whose values are a fixed list (argparse enforces them)
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "encoding": ("rgb", "onehot", "label"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+}
+#: the training length: one of these is required, on the command line or in --config
+_LENGTH: list[tuple[str, str, Any, str]] = [
+    ("--steps", "steps", cli_type(int, 1), "optimisation steps"),
+    ("--epochs", "epochs", cli_type(int, 1), "passes over the training tiles"),
 ]
 _FLAGS: list[tuple[str, str, bool, str]] = [
     ("--flips", "flips", True, "random horizontal/vertical flips"),
@@ -65,17 +78,57 @@ def _family_options() -> tuple[list[tuple[str, str, Any, str]], list[tuple[str, 
     return list(options.values()), list(flags.values())
 
 
+def _family_choices() -> dict[str, tuple[Any, ...]]:
+    """setting -> the values a family declares for it (its settings field's ``choices``), so
+    that argparse refuses others and lists them."""
+    choices: dict[str, tuple[Any, ...]] = {}
+    for name in registry.names():
+        for f in dataclasses.fields(registry.get(name).settings):
+            declared = tuple(f.metadata.get("choices", ()))
+            if declared:
+                choices[f.name] = tuple(dict.fromkeys(choices.get(f.name, ()) + declared))
+    return choices
+
+
+def _defaults() -> dict[str, Any]:
+    """Each setting's default as a fresh configuration has it, for the help text (a family
+    setting: the default of the first family that has it)."""
+    values: dict[str, Any] = {}
+    for name in reversed(registry.names()):
+        with contextlib.suppress(Exception):  # a plug-in family that cannot be built bare
+            values.update(registry.make_config(name).to_dict())
+    values.update(registry.make_config().to_dict())
+    return values
+
+
+def _with_default(help_: str, default: Any) -> str:
+    return help_ if default is None else f"{help_} (default: {default})"
+
+
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command."""
-    p = sub.add_parser("train", help="train a model on paired images and masks")
+    p = sub.add_parser(
+        "train", help="train a model on paired images and masks",
+        usage="%(prog)s --data DIR [DIR ...] (--steps N | --epochs N) [options]",
+        description="Settings come from the defaults, then --config FILE, then the options "
+        "given here. One of --steps / --epochs is required, here or in the --config file. "
+        "Messages go to stdout, the progress to stderr (--events jsonl: one JSON event per "
+        "line on stdout instead).")
+    defaults = _defaults()
     p.add_argument("--data", nargs="+", default=None,
                    help="paired folders (images/ + masks/) or reference aligned folders")
     p.add_argument("--val", nargs="+", default=None, help="validation folders (else a split)")
     p.add_argument("--family", default=None, choices=registry.names(),
-                   help=f"model family ({', '.join(registry.names())}; default pix2pix)")
+                   help=_with_default("model family", defaults.get("family")))
+    length = p.add_argument_group(
+        "training length (one required, here or in --config)").add_mutually_exclusive_group()
+    for flag, key, typ, help_ in _LENGTH:
+        length.add_argument(flag, dest=key, type=typ, default=None, metavar="N", help=help_)
     options, flags = _family_options()
+    choices = {**_family_choices(), **_CHOICES}
     for flag, key, typ, help_ in _OPTIONS + options:
-        p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
+        p.add_argument(flag, dest=key, type=typ, default=None, choices=choices.get(key),
+                       help=_with_default(help_, defaults.get(key)))
     for flag, key, _value, help_ in _FLAGS + flags:
         p.add_argument(flag, dest=key, action="store_const", const=_value, default=None,
                        help=help_)
@@ -88,7 +141,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="write one JSON event per line to stdout")
     p.add_argument("--stop-file", type=Path, default=None,
                    help="stop (saving a checkpoint) when this file appears")
-    p.add_argument("--nice", type=int, default=0,
+    p.add_argument("--nice", type=cli_type(int, *NICE_RANGE), default=0,
                    help="lower this process's CPU priority by N (keeps a GUI responsive)")
     return p
 
@@ -104,7 +157,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.family is not None:
         values["family"] = args.family
     options, flags = _family_options()
-    for _flag, key, _typ, _help in _OPTIONS + options + _FLAGS + flags:
+    for _flag, key, _typ, _help in _OPTIONS + _LENGTH + options + _FLAGS + flags:
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     for key, value in (preset or {}).items():
@@ -161,6 +214,10 @@ class _StopFlag:
         return self.requested
 
 
+#: settings whose Python names messages may use, worded as flags for this command
+_SETTING_NAMES = ("batch_size", "tile", "seed", "val_fraction", "stride")
+
+
 def _print_human(event: Event, bar: Any) -> None:
     kind = event["event"]
     if kind == "started":
@@ -191,7 +248,7 @@ def _print_human(event: Event, bar: Any) -> None:
     elif kind == "finished":
         bar.write(f"finished ({event['reason']}) at step {event['step']}: {event['checkpoint']}")
     elif kind == "failed":
-        bar.write(f"error: {event['message']}")
+        bar.write(f"error: {as_flags(event['message'], _SETTING_NAMES)}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -209,8 +266,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.nice and hasattr(os, "nice"):
-        with contextlib.suppress(OSError):
+        try:
             os.nice(args.nice)
+        except OSError as exc:  # a negative --nice needs privileges: say so, train anyway
+            print(f"note: --nice {args.nice} not applied ({exc.strerror or exc}); a negative "
+                  "value needs root.", file=sys.stderr)
     stop = _StopFlag(args.stop_file)
     resume = None
     if args.resume is not None:
@@ -218,9 +278,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     status = 0
     bar = None
     if not args.events:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(total=1, unit="step", desc="train", file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(1, "train", "step", dynamic_ncols=True)
     try:
         for event in train(cfg, resume=resume, stop=stop):
             if event["event"] == "failed":

@@ -192,6 +192,22 @@ def resolve_training_precision(cfg: TrainConfig, device: torch.device) -> tuple[
     return auto_precision(device, "training", batch_size=cfg.batch_size)
 
 
+def _check_limits(cfg: TrainConfig, device: str) -> None:
+    """Seed and validation share in range, and a batch that fits in memory, checked before
+    any data is read (a :class:`ConfigError` naming the setting and what fits)."""
+    from ..limits import LimitError, check_range, check_seed, check_training_memory
+
+    try:
+        check_seed("seed", cfg.seed)
+        check_range("val_fraction", cfg.val_fraction, 0, 1, high_open=True)
+        if cfg.stride is not None:
+            check_range("stride", cfg.stride, 1)
+        check_training_memory(cfg.tile, cfg.batch_size, device,
+                              per_px=cfg.family_entry.train_bytes_per_px)
+    except LimitError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 class _Run:
     """State of one run; :func:`train` drives it."""
 
@@ -206,6 +222,7 @@ class _Run:
         if self.dist.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        _check_limits(self.cfg, str(self.device))
         self.precision: Precision = "fp32"
         self.precision_note = ""
         self.last_checkpoint: tuple[int, str] | None = None

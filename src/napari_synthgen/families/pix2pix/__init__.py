@@ -60,6 +60,8 @@ class Pix2PixFamily(Family):
     arch_keys = ("netG", "ngf", "norm", "dropout", "output_nc", "netD", "ndf", "n_layers_D")
     loss_names = ("G_GAN", "G_L1", "D_real", "D_fake")
     defaults: ClassVar[Mapping[str, Any]] = {"out": "runs/pix2pix"}
+    # measured 1.0 KB per pixel for unet_256 ngf 64 in fp32 at tile 256, with 2x margin
+    train_bytes_per_px = 2048
     cli_options = (
         CliOption("--netG", "netG", str,
                   "pix2pix generator: unet_256, unet_128, resnet_9blocks, resnet_6blocks"),
@@ -105,9 +107,13 @@ class Pix2PixFamily(Family):
             problems.append(f"gan_mode {cfg.gan_mode!r} unknown; use one of {GAN_MODES}.")
         if cfg.output_nc not in (1, 3):
             problems.append(f"output_nc must be 1 or 3; got {cfg.output_nc}.")
-        for name in ("ngf", "ndf"):
+        for name in ("ngf", "ndf", "n_layers_D"):
             if getattr(cfg, name) < 1:
                 problems.append(f"{name} must be at least 1; got {getattr(cfg, name)}.")
+        if cfg.lambda_l1 < 0:
+            problems.append(f"lambda_l1 must be >= 0; got {cfg.lambda_l1}.")
+        if not 0.0 <= cfg.beta1 < 1.0:  # else a late "unexpected error" from Adam
+            problems.append(f"beta1 must be in [0, 1); got {cfg.beta1}.")
         if not 0.0 <= cfg.decay_start <= 1.0:
             problems.append(
                 f"decay_start is a fraction of the run in [0, 1]; got {cfg.decay_start}.")

@@ -159,6 +159,10 @@ def _apply_dropout(found: _Resolved, dropout: bool | None) -> bool | str:
 
 def _resolve_encoding(found: _Resolved, encoding: str | None) -> tuple[str, str]:
     input_nc = found.spec.input_nc
+    if encoding is not None and found.encoding not in (None, encoding):  # a silent wrong image
+        raise CheckpointError(f"this model was trained on {found.encoding!r} masks (its "
+                              f"metadata says so); it cannot take {encoding!r}. Leave the "
+                              "encoding override out.")
     if encoding is not None:
         return validate_encoding(encoding, input_nc), "override"
     if found.encoding is not None:
