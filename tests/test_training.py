@@ -17,6 +17,7 @@ import torch
 from napari_synthgen import io
 from napari_synthgen.masks import to_palette
 from napari_synthgen.registry import (
+    config_from_dict,
     load_config,
     load_model,
     make_config,
@@ -374,7 +375,7 @@ def test_trainer_saves_and_exits_when_its_supervisor_goes_away(tmp_path: Path,
 def test_settings_that_would_fail_late_are_refused_up_front(key: str, value: float,
                                                             message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        TrainConfig.from_dict({"data": ["x"], "steps": 1, key: value}).validate()
+        config_from_dict({"data": ["x"], "steps": 1, key: value}).validate()
 
 
 def test_a_seed_past_32_bits_ends_the_run_before_any_work(tmp_path: Path,
@@ -382,7 +383,7 @@ def test_a_seed_past_32_bits_ends_the_run_before_any_work(tmp_path: Path,
     """The Train widget's path (the engine): a failed event naming the seed, nothing made."""
     from napari_synthgen.training.engine import train
 
-    cfg = TrainConfig(data=[str(isbi_small)], steps=1, seed=2**32, out=str(tmp_path / "run"))
+    cfg = make_config(data=[str(isbi_small)], steps=1, seed=2**32, out=str(tmp_path / "run"))
     events = list(train(cfg))
     assert [e["event"] for e in events] == ["failed"]
     assert "seed must be in [0, 4294967295]" in events[0]["message"]
