@@ -10,35 +10,17 @@ from typing import Any, ClassVar, Literal
 import pytest
 
 from napari_synthgen import registry
-from napari_synthgen.families.base import CliOption, Family
+from napari_synthgen.families.base import Family
 from napari_synthgen.registry import make_config
 from napari_synthgen.training import events
 from napari_synthgen.training.config import ConfigError, TrainConfig
+from toy_family import TOY
 
 PLUGIN = "napari-synthgen"
 pytestmark = pytest.mark.gui
 
 
-# --------------------------------------------------------------------------- two toy families
-@dataclass
-class ToySettings:
-    width: int = 4
-    smooth: float = 0.0
-
-
-class ToyFamily(Family):
-    """Like tests/test_families.py's toy: its own settings, losses and common defaults."""
-
-    name = "toy"
-    settings = ToySettings
-    loss_names = ("l1", "scale")
-    defaults: ClassVar[dict[str, Any]] = {"encoding": "onehot", "tile": 64, "out": "runs/toy"}
-    cli_options = (CliOption("--toy-width", "width", int, "toy network width"),)
-
-    def validate(self, cfg: TrainConfig) -> list[str]:
-        return [] if cfg.width >= 1 else [f"width must be at least 1; got {cfg.width}."]
-
-
+# ------------------------------------- two toy families: tests/toy_family and a rich one
 @dataclass
 class RichSettings:
     """One setting of each kind the dock builds a widget for, and one it cannot show."""
@@ -62,7 +44,7 @@ class RichFamily(Family):
 
 @pytest.fixture
 def two_families():
-    registered = [registry.register(ToyFamily()), registry.register(RichFamily())]
+    registered = [registry.register(TOY), registry.register(RichFamily())]
     yield registered
     for fam in registered:
         registry.unregister(fam.name)
