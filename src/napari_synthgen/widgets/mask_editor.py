@@ -33,6 +33,7 @@ from ..masks import (
     empty_mask,
     rebuild_boundaries,
 )
+from . import _common
 from ._bus import ModelAnnouncement, bus, current_model
 from ._common import (
     CLASS_KEYS,
@@ -271,6 +272,12 @@ class MaskEditor(Container):
             path = Path(self.save_path.value)
             if path.suffix.lower() not in (".tif", ".tiff", ".png"):
                 path = path.with_suffix(".tif")
+            if path.exists() and _common.ask(
+                    self.native, "Overwrite the file?",
+                    f"{path} already exists. Overwrite it with {layer.name}?",
+                    ("Cancel", "Overwrite")) != "Overwrite":
+                show_info(f"Not saved: {path} is kept as it was.")
+                return None
             write_mask(path, np.asarray(layer.data))
             layer.metadata["source"] = str(path)
             show_info(f"Saved {layer.name} to {path}")
