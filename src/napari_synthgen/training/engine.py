@@ -204,6 +204,7 @@ class _Run:
         # that only rank 0 writes
         self.reference = (reference_record((s.image, s.mask) for s in train_s)
                           if self.dist.main else None)
+        saved = self._peek_resume()  # a state that cannot be resumed leaves the folder alone
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "checkpoints").mkdir(exist_ok=True)
@@ -216,7 +217,6 @@ class _Run:
                 raise TrainingError(f"cannot write into {self.out} ({exc}); choose another "
                                     "--out folder.") from exc
             cfg.save(self.out / "config.yaml")
-        saved = self._peek_resume()
         if saved is not None and cfg.precision == "auto" and saved.get("precision"):
             # keep the numerics of the run being resumed (an auto choice could differ today)
             self.precision, self.precision_note = saved["precision"], "resumed run's precision"
