@@ -39,7 +39,7 @@ from ..io import find_pairs
 from ..napari_io import mask_layer_kwargs
 from ..quality import ReferenceStats, basic_figures, reference_from_folder, sample_figures
 from . import _common, _settings
-from ._bus import Candidate, ModelAnnouncement, bus, current_model
+from ._bus import Candidate, ModelAnnouncement, bus_for
 from ._common import (
     call_on_destroy,
     fit_scroll_width,
@@ -101,6 +101,7 @@ class CurateWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
+        self.bus = bus_for(viewer)  # this viewer's widgets only
         self.session: ExportSession | None = None
         self.queue: list[QueueItem] = []
         self.pos = -1
@@ -241,11 +242,11 @@ class CurateWidget(Container):
         self.queue_list.currentRowChanged.connect(self._row_chosen)
         for action, key in KEYS.items():
             viewer.bind_key(key, lambda _v, a=action: getattr(self, a)(), overwrite=True)
-        bus.candidates.connect(self.add_candidates)
-        bus.model_changed.connect(self._model_changed)
+        self.bus.candidates.connect(self.add_candidates)
+        self.bus.model_changed.connect(self._model_changed)
         viewer.events.theme.connect(self._theme_changed)
         call_on_destroy(self, "teardown")
-        self._model = current_model()
+        self._model = self.bus.current_model()
         self.choose_reference()
         self._update_labels()
         self._format_changed()
@@ -269,8 +270,8 @@ class CurateWidget(Container):
         """The widget was closed: stop taking candidates and release the export folder."""
         self._jobs.close()
         self._resort_timer.stop()
-        bus.candidates.disconnect(self.add_candidates, missing_ok=True)
-        bus.model_changed.disconnect(self._model_changed, missing_ok=True)
+        self.bus.candidates.disconnect(self.add_candidates, missing_ok=True)
+        self.bus.model_changed.disconnect(self._model_changed, missing_ok=True)
         with contextlib.suppress(Exception):  # the viewer may be gone already
             self.viewer.events.theme.disconnect(self._theme_changed)
         with contextlib.suppress(Exception):

@@ -42,7 +42,7 @@ from ..io import read_array
 from ..training.config import ConfigError, TrainConfig
 from ..training.runs import free_run_folder, next_run_folder, run_step
 from . import _common
-from ._bus import bus
+from ._bus import bus_for
 from ._common import (
     add_collapsible,
     call_on_destroy,
@@ -481,6 +481,11 @@ class TrainWidget(Container):
         call_on_destroy(self, "shutdown")
         self._set_running(False)
 
+    @property
+    def busy(self) -> bool:
+        """Whether training or a data check of this dock still runs."""
+        return self._jobs.busy
+
     def __getattr__(self, name: str) -> Any:
         # ``w.netG``: a setting widget of the chosen family, unless the widget has an attribute
         # of that name (``width``): ``setting(key)`` always finds it
@@ -812,7 +817,7 @@ class TrainWidget(Container):
             self.viewer.window.add_plugin_dock_widget("napari-synthgen", "Synthesize")
         except Exception as exc:  # the widget can still be docked by hand
             report_error(exc, "Opening the synthesis widget")
-        bus.use_model.emit(self.checkpoint)
+        bus_for(self.viewer).use_model.emit(self.checkpoint)
 
 
 def _fmt_seconds(s: float) -> str:
