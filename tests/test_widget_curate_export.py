@@ -11,6 +11,7 @@ import pytest
 
 from napari_synthgen import io
 from napari_synthgen.layouts import make_layout
+from napari_synthgen.widgets import _common
 from napari_synthgen.widgets._bus import Candidate
 
 PLUGIN = "napari-synthgen"
@@ -83,7 +84,9 @@ def test_export_with_two_real_pairs(make_napari_viewer, tmp_path: Path,
     installed = preprocessed / "Dataset501_SynthEM" / "splits_final.json"
     assert json.loads(installed.read_text()) == splits
     assert "2 fold(s)" in curate.status.value and str(installed) in curate.status.value
-    # more folds than real pairs: the message names the widget's field
+    # more folds than real pairs: the message names the widget's field (replacing the
+    # dataset just written, which the user agrees to)
+    monkeypatch.setattr(_common, "ask", lambda parent, title, text, buttons: "Replace")
     curate.folds.value = 4
     n = len(notification_manager.records)
     _export(curate)
@@ -108,3 +111,28 @@ def test_export_without_real_data_warns_the_user(make_napari_viewer, tmp_path: P
     dataset = tmp_path / "raw" / "Dataset501_SynthEM"
     assert len(json.loads((dataset / "splits_final.json").read_text())) == 1
     assert "1 fold(s)" in curate.status.value and "copy splits_final.json" in curate.status.value
+
+
+def test_replacing_a_dataset_asks_first(make_napari_viewer, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    _viewer, curate = _curate_with_accepted(make_napari_viewer, tmp_path, n=2)
+    curate.nnunet_out.value = tmp_path / "raw"
+    _export(curate)  # a new dataset: nothing to ask
+    dataset = tmp_path / "raw" / "Dataset501_SynthEM"
+    before = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
+    asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def cancel(parent, title, text, buttons):
+        asked.append((text, tuple(buttons)))
+        return "Cancel"
+
+    monkeypatch.setattr(_common, "ask", cancel)
+    curate.dataset_name.value = "SynthEM"
+    assert curate.export() is None  # kept: nothing runs
+    assert asked and str(dataset) in asked[0][0] and "Replace" in asked[0][1]
+    assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
+    assert "cancelled" in curate.status.value
+    monkeypatch.setattr(_common, "ask", lambda parent, title, text, buttons: "Replace")
+    _export(curate)
+    assert "nnU-Net v2 dataset written" in curate.status.value

@@ -120,6 +120,35 @@ def test_save_and_open_round_trip(make_napari_viewer, tmp_path: Path,
     assert opened.name == "saved" and opened.colormap.color_dict[2].tolist()[:3] == [1, 0, 0]
 
 
+def test_save_asks_before_overwriting_a_file(make_napari_viewer, tmp_path: Path,
+                                             isbi_mask: np.ndarray,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_synthgen.widgets import _common
+
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    target = tmp_path / "mask.tif"
+    io.write_mask(target, isbi_mask)
+    before = target.read_bytes()
+    editor.mask_layer.value = viewer.add_labels(np.ones_like(isbi_mask), name="m")
+    editor.save_path.value = target
+    asked: list[str] = []
+
+    def answer(choice: str):
+        def ask(parent, title, text, buttons):
+            asked.append(text)
+            assert choice in buttons
+            return choice
+        return ask
+
+    monkeypatch.setattr(_common, "ask", answer("Cancel"))
+    assert editor.save_mask() is None
+    assert target.read_bytes() == before and str(target) in asked[0]
+    monkeypatch.setattr(_common, "ask", answer("Overwrite"))
+    assert editor.save_mask() == target and len(asked) == 2
+    assert (io.read_mask(target) == 1).all()
+
+
 def test_bad_values_are_refused_with_a_message(make_napari_viewer, tmp_path: Path) -> None:
     from napari.utils.notifications import notification_manager
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import sys
 import time
@@ -48,10 +47,16 @@ from .data import (
     load_samples,
     split_validation,
 )
+from .runs import (
+    checkpoint_paths,
+    latest_checkpoint,
+    run_step,
+    state_steps,
+    used_folder_message,
+)
 from .unlabel import unlabel_batch
 
 Event = ev.Event
-STATE_SUFFIX = ".state.pt"
 
 
 class TrainingError(RuntimeError):
@@ -118,42 +123,6 @@ class _Dist:
 
 
 # --------------------------------------------------------------------------- checkpoints
-_STATE_RE = re.compile(r"step_(\d+)" + re.escape(STATE_SUFFIX) + "$")
-
-
-def _state_steps(out: Path) -> list[tuple[int, Path]]:
-    """Training-state files of a run folder with their step numbers, oldest first (files whose
-    names do not parse are ignored, never misread)."""
-    found = []
-    for path in (out / "checkpoints").glob(f"step_*{STATE_SUFFIX}"):
-        m = _STATE_RE.fullmatch(path.name)
-        if m:
-            found.append((int(m.group(1)), path))
-    return sorted(found)
-
-
-def checkpoint_paths(out: Path, step: int) -> tuple[Path, Path]:
-    """The generator file (for synthesis) and the training-state file of a step."""
-    state = out / "checkpoints" / f"step_{step:07d}{STATE_SUFFIX}"
-    return out / f"G_step_{step:07d}.safetensors", state
-
-
-def latest_checkpoint(out: Path) -> tuple[int, Path, Path] | None:
-    """The newest step with both files present: (step, generator path, state path)."""
-    pointer = out / "latest.json"
-    if pointer.is_file():
-        with contextlib.suppress(ValueError, OSError, KeyError):
-            info = json.loads(pointer.read_text(encoding="utf-8"))
-            g, s = out / info["generator"], out / info["state"]
-            if g.is_file() and s.is_file():
-                return int(info["step"]), g, s
-    for step, state in reversed(_state_steps(out)):
-        g, _ = checkpoint_paths(out, step)
-        if g.is_file():
-            return step, g, state
-    return None
-
-
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -230,6 +199,7 @@ class _Run:
 
     def setup(self) -> Event:
         cfg = self.cfg
+        self._refuse_used_folder()
         self.dist.init(self.device.type)
         samples = load_samples(cfg.data)
         if cfg.val:
@@ -251,6 +221,7 @@ class _Run:
         # that only rank 0 writes
         self.reference = (reference_record((s.image, s.mask) for s in train_s)
                           if self.dist.main else None)
+        saved = self._peek_resume()  # a state that cannot be resumed leaves the folder alone
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "checkpoints").mkdir(exist_ok=True)
@@ -263,7 +234,6 @@ class _Run:
                 raise TrainingError(f"cannot write into {self.out} ({exc}); choose another "
                                     "--out folder.") from exc
             cfg.save(self.out / "config.yaml")
-        saved = self._peek_resume()
         if saved is not None and cfg.precision == "auto" and saved.get("precision"):
             # keep the numerics of the run being resumed (an auto choice could differ today)
             self.precision, self.precision_note = saved["precision"], "resumed run's precision"
@@ -292,6 +262,15 @@ class _Run:
             steps_per_epoch=self.sampler.steps_per_epoch(), out=str(self.out),
             config=cfg.to_dict(), intensity=self.stats,
         )
+
+    def _refuse_used_folder(self) -> None:
+        """A fresh run never writes into a folder holding another run's checkpoints (it would
+        overwrite its config, samples and, step by step, its checkpoints)."""
+        if self.resume is not None:
+            return
+        step = run_step(self.out)
+        if step is not None:
+            raise TrainingError(used_folder_message(self.out, step))
 
     def _peek_resume(self) -> dict[str, Any] | None:
         """Read the training state to resume from (None when not resuming)."""
@@ -371,7 +350,7 @@ class _Run:
         return ev.Checkpoint(step=step, path=str(g_path), state=str(s_path))
 
     def _prune(self) -> None:
-        for step, old in _state_steps(self.out)[: -self.cfg.keep_checkpoints]:
+        for step, old in state_steps(self.out)[: -self.cfg.keep_checkpoints]:
             g, _ = checkpoint_paths(self.out, step)
             with contextlib.suppress(OSError):
                 old.unlink()

@@ -1,4 +1,4 @@
-"""What the widgets tell each other, without holding references to one another.
+"""What the widgets of one viewer tell each other, without holding references to one another.
 
 The synthesis widget publishes every synthesized candidate and the model it uses (with the
 classes that model knows); the curation widget queues candidates, the mask editor starts new
@@ -8,6 +8,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,29 +36,50 @@ class ModelAnnouncement:
     known: dict[int, float] | None
 
 
-class _Bus(SignalGroup):
+class Bus(SignalGroup):
+    """What the widgets of one viewer tell each other (each viewer has its own: two viewers
+    never cross-talk). Get it with :func:`bus_for`."""
+
     candidates = Signal(list)  # list[Candidate]
     use_model = Signal(str)  # path of a checkpoint
     model_changed = Signal(object)  # ModelAnnouncement, or None when no model is in use
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_model: ModelAnnouncement | None = None
 
-bus = _Bus()
-_last_model: list[ModelAnnouncement] = []
+    def announce_model(self, announcement: ModelAnnouncement) -> None:
+        """Tell the other widgets which model is in use (one docked later asks
+        :meth:`current_model`)."""
+        self._last_model = announcement
+        self.model_changed.emit(announcement)
+
+    def current_model(self) -> ModelAnnouncement | None:
+        """The model announced last in this viewer, if any."""
+        return self._last_model
+
+    def withdraw_model(self, announcement: ModelAnnouncement | None) -> None:
+        """The widget that announced ``announcement`` closed: no model is in use any more."""
+        if announcement is not None and self._last_model is announcement:
+            self._last_model = None
+            self.model_changed.emit(None)
 
 
-def announce_model(announcement: ModelAnnouncement) -> None:
-    """Tell the other widgets which model is in use (a widget docked later asks current_model)."""
-    _last_model[:] = [announcement]
-    bus.model_changed.emit(announcement)
+#: id(viewer) -> (a weak reference to it, its bus); an entry goes when its viewer does
+_BUSES: dict[int, tuple[weakref.ref, Bus]] = {}
 
 
-def current_model() -> ModelAnnouncement | None:
-    """The model announced last, if any."""
-    return _last_model[0] if _last_model else None
+def bus_for(viewer: Any) -> Bus:
+    """The bus of ``viewer``'s widgets (made on first use; forgotten with the viewer).
 
-
-def withdraw_model(announcement: ModelAnnouncement | None) -> None:
-    """The widget that announced ``announcement`` closed: no model is in use any more."""
-    if announcement is not None and current_model() is announcement:
-        _last_model.clear()
-        bus.model_changed.emit(None)
+    napari hands each plugin widget its own proxy of the viewer: the viewer behind it
+    (``__wrapped__``) is the key, so all widgets of one viewer share one bus."""
+    while hasattr(viewer, "__wrapped__"):
+        viewer = viewer.__wrapped__
+    key = id(viewer)
+    entry = _BUSES.get(key)
+    if entry is not None and entry[0]() is viewer:
+        return entry[1]
+    bus = Bus()
+    _BUSES[key] = (weakref.ref(viewer, lambda _ref, key=key: _BUSES.pop(key, None)), bus)
+    return bus

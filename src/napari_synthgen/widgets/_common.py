@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,6 +78,30 @@ def bind_class_keys(layer: Labels) -> None:
         layer.bind_key(key, pick, overwrite=True)
 
 
+def ask(parent: Any, title: str, text: str, buttons: Sequence[str]) -> str | None:
+    """Ask the user a question in a message box; returns the text of the button pressed, or
+    None when the box was closed without an answer. The first button is the default; a button
+    named "Cancel" is the one Escape presses. Tests answer by replacing this function."""
+    from qtpy.QtWidgets import QMessageBox
+
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle(title)
+    box.setText(text)
+    made = {}
+    for i, label in enumerate(buttons):
+        role = (QMessageBox.ButtonRole.RejectRole if label.lower() == "cancel"
+                else QMessageBox.ButtonRole.AcceptRole)
+        made[label] = button = box.addButton(label, role)
+        if i == 0:
+            box.setDefaultButton(button)
+        if role == QMessageBox.ButtonRole.RejectRole:
+            box.setEscapeButton(button)
+    box.exec()
+    clicked = box.clickedButton()
+    return next((label for label, b in made.items() if b is clicked), None)
+
+
 def add_collapsible(container: Any, title: str, widgets: list[Any], *,
                     expanded: bool = False) -> Any:
     """Append a collapsible section holding ``widgets`` (magicgui) to ``container``."""
@@ -148,6 +173,7 @@ __all__ = [
     "add_collapsible",
     "add_mask_layer",
     "apply_in_place",
+    "ask",
     "bind_class_keys",
     "call_on_destroy",
     "connect_weakly",

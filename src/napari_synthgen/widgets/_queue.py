@@ -136,12 +136,3 @@ def canvas_text(viewer: napari.viewer.Viewer) -> Any:
         return canvas.overlays["text"]
     return viewer.text_overlay
 
-
-def ask_user(parent: Any, title: str, text: str) -> bool:
-    """Ask a yes/no question in a message box (No is the default)."""
-    from qtpy.QtWidgets import QMessageBox
-
-    answer = QMessageBox.question(parent, title, text,
-                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                  QMessageBox.StandardButton.No)
-    return answer == QMessageBox.StandardButton.Yes

@@ -38,8 +38,8 @@ from ..generate import read_provenance
 from ..io import find_pairs
 from ..napari_io import mask_layer_kwargs
 from ..quality import ReferenceStats, basic_figures, reference_from_folder, sample_figures
-from . import _settings
-from ._bus import Candidate, ModelAnnouncement, bus, current_model
+from . import _common, _settings
+from ._bus import Candidate, ModelAnnouncement, bus_for
 from ._common import (
     call_on_destroy,
     fit_scroll_width,
@@ -53,7 +53,6 @@ from ._common import (
 from ._figures import QualityPanel, table_html
 from ._queue import (
     QueueItem,
-    ask_user,
     bulk_work,
     canvas_text,
     figures_work,
@@ -102,12 +101,13 @@ class CurateWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
+        self.bus = bus_for(viewer)  # this viewer's widgets only
         self.session: ExportSession | None = None
         self.queue: list[QueueItem] = []
         self.pos = -1
         self._jobs = Workers()
-        self.confirm: Callable[[str, str], bool] = lambda title, text: ask_user(
-            self.native, title, text)
+        self.confirm: Callable[[str, str], bool] = lambda title, text: _common.ask(
+            self.native, title, text, ("Yes", "No")) == "Yes"
         #: decisions of this session, newest last; a bulk action is one entry (Undo takes it
         #: back as one step)
         self._actions: list[list[str]] = []
@@ -242,11 +242,11 @@ class CurateWidget(Container):
         self.queue_list.currentRowChanged.connect(self._row_chosen)
         for action, key in KEYS.items():
             viewer.bind_key(key, lambda _v, a=action: getattr(self, a)(), overwrite=True)
-        bus.candidates.connect(self.add_candidates)
-        bus.model_changed.connect(self._model_changed)
+        self.bus.candidates.connect(self.add_candidates)
+        self.bus.model_changed.connect(self._model_changed)
         viewer.events.theme.connect(self._theme_changed)
         call_on_destroy(self, "teardown")
-        self._model = current_model()
+        self._model = self.bus.current_model()
         self.choose_reference()
         self._update_labels()
         self._format_changed()
@@ -270,8 +270,8 @@ class CurateWidget(Container):
         """The widget was closed: stop taking candidates and release the export folder."""
         self._jobs.close()
         self._resort_timer.stop()
-        bus.candidates.disconnect(self.add_candidates, missing_ok=True)
-        bus.model_changed.disconnect(self._model_changed, missing_ok=True)
+        self.bus.candidates.disconnect(self.add_candidates, missing_ok=True)
+        self.bus.model_changed.disconnect(self._model_changed, missing_ok=True)
         with contextlib.suppress(Exception):  # the viewer may be gone already
             self.viewer.events.theme.disconnect(self._theme_changed)
         with contextlib.suppress(Exception):
@@ -834,13 +834,16 @@ class CurateWidget(Container):
         except Exception as exc:
             report_error(exc, "Export", FIELDS)
             return None
+        ctx["overwrite"] = self._may_replace(out, ctx["dataset_id"], ctx["name"])
+        if ctx["overwrite"] is None:
+            return None
         _settings.put("nnunet_out", str(out))
         self.status.value = f"Writing the nnU-Net dataset into {out} ..."
 
         def work(ctx: dict[str, Any]) -> tuple[Any, Path | None]:
             result = export_nnunet(ctx["folder"], ctx["out"], dataset_id=ctx["dataset_id"],
                                    name=ctx["name"], real=ctx["real"], n_folds=ctx["n_folds"],
-                                   overwrite=True)
+                                   overwrite=ctx["overwrite"])
             installed = (install_splits(result.dataset, ctx["preprocessed"])
                          if ctx["install"] else None)
             return result, installed
@@ -849,6 +852,22 @@ class CurateWidget(Container):
                                progress="nnU-Net export", on_result=self._exported,
                                flags=FIELDS)
         return job.worker
+
+    def _may_replace(self, out: Path, dataset_id: int, name: str) -> bool | None:
+        """Whether the export may replace an existing dataset: False when there is none, True
+        when the user agreed to replace it, None when the user kept it (the export stops)."""
+        dataset = out.expanduser().absolute() / f"Dataset{dataset_id:03d}_{name}"
+        if not (dataset.is_dir() and any(dataset.iterdir())):
+            return False
+        answer = _common.ask(self.native, "Replace the nnU-Net dataset?",
+                             f"{dataset} already holds an nnU-Net dataset. Replace it with "
+                             "this export (its cases are rewritten, cases no longer exported "
+                             "are removed)?", ("Cancel", "Replace"))
+        if answer != "Replace":
+            self.status.value = (f"Export cancelled: {dataset} is kept as it was; choose "
+                                 "another Dataset id or name to export beside it.")
+            return None
+        return True
 
     def _exported(self, value: tuple[Any, Path | None], ctx: dict[str, Any]) -> None:
         """Show what was written, every warning of the export, and where the splits are."""

@@ -33,7 +33,8 @@ from ..masks import (
     empty_mask,
     rebuild_boundaries,
 )
-from ._bus import ModelAnnouncement, bus, current_model
+from . import _common
+from ._bus import ModelAnnouncement, bus_for
 from ._common import (
     CLASS_KEYS,
     add_collapsible,
@@ -64,6 +65,7 @@ class MaskEditor(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
+        self.bus = bus_for(viewer)  # this viewer's widgets only
         self._bound: set[int] = set()
 
         self.mask_layer = ComboBox(label="Mask", choices=self._mask_choices, nullable=True)
@@ -147,15 +149,15 @@ class MaskEditor(Container):
         wrap_label(self.status)
         for path_field in (self.open_path, self.save_path):
             widen_path(path_field)
-        bus.model_changed.connect(self.model_changed)
+        self.bus.model_changed.connect(self.model_changed)
         call_on_destroy(self, "teardown")
-        self.model_changed(current_model())
+        self.model_changed(self.bus.current_model())
         self._refresh_choices()
         self._layer_changed()
 
     def teardown(self) -> None:
         """The widget was closed: stop following the synthesis model."""
-        bus.model_changed.disconnect(self.model_changed, missing_ok=True)
+        self.bus.model_changed.disconnect(self.model_changed, missing_ok=True)
 
     def model_changed(self, model: ModelAnnouncement | None) -> None:
         """Start new masks with a class ``model`` knows (the user can still pick another)."""
@@ -271,6 +273,12 @@ class MaskEditor(Container):
             path = Path(self.save_path.value)
             if path.suffix.lower() not in (".tif", ".tiff", ".png"):
                 path = path.with_suffix(".tif")
+            if path.exists() and _common.ask(
+                    self.native, "Overwrite the file?",
+                    f"{path} already exists. Overwrite it with {layer.name}?",
+                    ("Cancel", "Overwrite")) != "Overwrite":
+                show_info(f"Not saved: {path} is kept as it was.")
+                return None
             write_mask(path, np.asarray(layer.data))
             layer.metadata["source"] = str(path)
             show_info(f"Saved {layer.name} to {path}")

@@ -42,7 +42,7 @@ from ..io import sha256_array
 from ..masks import CLASS_NAMES, known_classes, unseen_class_message, unseen_classes
 from ..sample_data import BUNDLED_MODELS, demo_model_path
 from . import _settings
-from ._bus import Candidate, ModelAnnouncement, announce_model, bus, withdraw_model
+from ._bus import Candidate, ModelAnnouncement, bus_for
 from ._common import (
     add_collapsible,
     call_on_destroy,
@@ -197,6 +197,7 @@ class SynthesizeWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
+        self.bus = bus_for(viewer)  # this viewer's widgets only
         self._synth: Any = None  # current Synthesizer, created lazily (torch loads on first use)
         self._synth_for: tuple[Any, dict[str, Any]] | None = None  # (model, settings) it fits
         self._holds: dict[int, int] = {}  # id(synthesizer) -> running jobs holding it
@@ -289,7 +290,7 @@ class SynthesizeWidget(Container):
         events = viewer.layers.events
         for ev in (events.inserted, events.removed):
             ev.connect(self._refresh_choices)
-        bus.use_model.connect(self.set_model)
+        self.bus.use_model.connect(self.set_model)
         viewer.bind_key(RUN_KEY, lambda _v: self.synthesize(), overwrite=True)
         call_on_destroy(self, "teardown")
 
@@ -389,7 +390,7 @@ class SynthesizeWidget(Container):
             self.recent.reset_choices()
         known = model_classes(info)
         self._announced = ModelAnnouncement(_model_name(info), str(info.path), known)
-        announce_model(self._announced)
+        self.bus.announce_model(self._announced)
         key = ("unknown classes", info.sha256 or info.path)
         if known is None and key not in self._told:
             self._told.add(key)
@@ -599,7 +600,7 @@ class SynthesizeWidget(Container):
                       for img, s in zip(images, run.seeds, strict=True)]
         for c in candidates:
             self.synthesized.emit(c)
-        bus.candidates.emit(candidates)
+        self.bus.candidates.emit(candidates)
 
     def _run_finished(self, run: _Run) -> None:
         self._release(run.synth)
@@ -719,8 +720,8 @@ class SynthesizeWidget(Container):
         self._closed = True
         self._stop.set()  # a diffusion preview under way stops at its next step
         self._jobs.close()  # results of work still running are dropped
-        bus.use_model.disconnect(self.set_model, missing_ok=True)
-        withdraw_model(self._announced)
+        self.bus.use_model.disconnect(self.set_model, missing_ok=True)
+        self.bus.withdraw_model(self._announced)
         with contextlib.suppress(Exception):  # the viewer may be gone already
             self.viewer.bind_key(RUN_KEY, None)
         with contextlib.suppress(RuntimeError):  # Qt may have deleted the timer first

@@ -40,7 +40,9 @@ from .. import registry
 from ..families.base import CliOption, Family
 from ..io import read_array
 from ..training.config import ConfigError, TrainConfig
-from ._bus import bus
+from ..training.runs import free_run_folder, next_run_folder, run_step
+from . import _common
+from ._bus import bus_for
 from ._common import (
     add_collapsible,
     call_on_destroy,
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     import napari
 
 PREVIEW_LAYER = "training preview"
+#: Where the dock proposes run folders: <family>-001, -002 ... (the first free one)
+RUNS_ROOT = Path.home() / "napari-synthgen-runs"
 STOP_GRACE_S = 60.0  # a trainer that has not stopped after this is terminated
 KILL_GRACE_S = 10.0  # after SIGTERM, a trainer still alive this long is killed
 CLOSE_GRACE_S = 15.0  # closing napari waits this long for the trainer to save
@@ -354,7 +358,10 @@ class TrainWidget(Container):
         self._stop_deadline = QTimer()
         self._stop_deadline.setSingleShot(True)
         self._stop_deadline.timeout.connect(self._stop_timeout)
-        default_out = Path.home() / "napari-synthgen-runs" / time.strftime("run-%Y%m%d-%H%M")
+        default_out = free_run_folder(RUNS_ROOT / f"{next(iter(families.names()))}-001")
+        #: the run folder the dock proposed or last trained into: a Start finding a run there
+        #: moves on to a new folder without asking (a folder the user picked is asked about)
+        self._own_out: Path | None = default_out
         base = TrainConfig.__dataclass_fields__
         common = {k: COMMON_WIDGET_DEFAULTS.get(k, base[k].default) for k in (
             "steps", "tile", "batch_size", "lr", "flips", "rot90", "seed", "encoding")}
@@ -462,6 +469,11 @@ class TrainWidget(Container):
         call_on_destroy(self, "shutdown")
         self._set_running(False)
 
+    @property
+    def busy(self) -> bool:
+        """Whether training or a data check of this dock still runs."""
+        return self._jobs.busy
+
     def __getattr__(self, name: str) -> Any:
         # ``w.netG``: a setting widget of the chosen family, unless the widget has an attribute
         # of that name (``width``): ``setting(key)`` always finds it
@@ -519,6 +531,16 @@ class TrainWidget(Container):
                 self._set_common(key, new.get(key, self._common_defaults[key]))
         if self.worker is None or not self.worker.is_running:  # a run keeps its own order
             self.plot.set_order(fam.loss_names if fam is not None else ())
+        self._propose_for_family(name)
+
+    def _propose_for_family(self, name: str) -> None:
+        """An unused folder the dock proposed follows the family (pix2pix-001 -> diffusion-001);
+        a folder the user typed stays."""
+        own = self._own_out
+        if (own is None or own.parent != RUNS_ROOT or Path(str(self.out.value)).expanduser() != own
+                or run_step(own) is not None):
+            return
+        self._set_out(free_run_folder(RUNS_ROOT / f"{name}-001"))
 
     def _set_common(self, key: str, value: Any) -> None:
         widget = self.common_widgets[key]
@@ -602,11 +624,17 @@ class TrainWidget(Container):
         if self.worker is not None and self.worker.is_running:
             show_info("Training is already running; Stop it first.")
             return None
+        if not resume:
+            choice = self._fresh_run_folder()
+            if choice is None:
+                return None
+            resume = choice
         try:
             config = self.config()
         except ConfigError as exc:
             report_error(exc, "Training settings")
             return None
+        self._own_out = Path(config.out).expanduser()  # the next Start proposes a new folder
         self.events = []
         self.plot.clear()
         self.plot.set_order(registry.get(config.family).loss_names)
@@ -639,6 +667,38 @@ class TrainWidget(Container):
                                on_finish=lambda _ctx: self._on_finished())
         self.worker = job.worker
         return self.worker
+
+    def _fresh_run_folder(self) -> bool | None:
+        """Make sure a fresh Start never writes into a folder holding a run. Returns whether to
+        resume instead (the user's answer), or None when the user cancelled.
+
+        The dock's own folder (proposed, or the last run's) moves on to the next free name; a
+        folder the user picked that holds a run is asked about: resume / new folder / cancel.
+        """
+        out = Path(str(self.out.value)).expanduser()
+        step = run_step(out)
+        if step is None:
+            return False
+        new = next_run_folder(out)
+        if self._own_out is not None and out == self._own_out:
+            self._set_out(new)
+            return False
+        answer = _common.ask(
+            self.native, "The folder holds a run",
+            f"{out} already holds a run (step {step}). Resume that run, train a new one in "
+            f"{new}, or cancel?", ("Resume", "New folder", "Cancel"))
+        if answer == "Resume":
+            return True
+        if answer == "New folder":
+            self._set_out(new)
+            return False
+        self.eta.value = f"Not started: {out} holds a run; choose another folder or Resume."
+        return None
+
+    def _set_out(self, folder: Path) -> None:
+        """Put ``folder`` in the Checkpoints field as the dock's own proposal."""
+        self.out.value = str(folder)
+        self._own_out = folder
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
         """Follow one training event (a training.events.Event, read as a mapping)."""
@@ -745,7 +805,7 @@ class TrainWidget(Container):
             self.viewer.window.add_plugin_dock_widget("napari-synthgen", "Synthesize")
         except Exception as exc:  # the widget can still be docked by hand
             report_error(exc, "Opening the synthesis widget")
-        bus.use_model.emit(self.checkpoint)
+        bus_for(self.viewer).use_model.emit(self.checkpoint)
 
 
 def _fmt_seconds(s: float) -> str:

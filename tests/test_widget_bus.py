@@ -1,0 +1,42 @@
+"""The widgets of one viewer talk to each other only: two viewers never cross-talk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from napari_synthgen.layouts import make_layout
+from napari_synthgen.widgets._bus import bus_for
+
+PLUGIN = "napari-synthgen"
+pytestmark = pytest.mark.gui
+
+
+def _dock(viewer, name: str):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def test_two_viewers_never_cross_talk(make_napari_viewer, qtbot, tiny_unet: Path) -> None:
+    a, b = make_napari_viewer(), make_napari_viewer()
+    synth_a, curate_a = _dock(a, "Synthesize"), _dock(a, "Curate")
+    curate_b, editor_b = _dock(b, "Curate"), _dock(b, "Mask editor")
+    synth_a.set_model(tiny_unet)
+    qtbot.waitUntil(lambda: synth_a.model is not None
+                    and str(synth_a.model.info.path) == str(tiny_unet), timeout=20_000)
+    synth_a.wait_idle()
+    # the model in use is viewer a's news only
+    assert bus_for(a).current_model().path == str(tiny_unet)
+    assert bus_for(b).current_model() is None and editor_b.fill_note.value == ""
+    assert curate_a.bus is bus_for(a) and curate_b.bus is bus_for(b)
+    # a's synthesized candidates go to a's queue only
+    layer = a.add_labels(make_layout("dense", (64, 64), seed=1), name="m")
+    synth_a.mask_layer.value = layer
+    synth_a.synthesize()
+    synth_a.wait_idle()
+    qtbot.waitUntil(lambda: len(curate_a.queue) == 1, timeout=20_000)
+    assert curate_b.queue == []
+    # a checkpoint handed to b's synthesis (by b's Train widget) does not reach a's
+    bus_for(b).use_model.emit("demo")
+    assert not synth_a.busy and str(synth_a.model.info.path) == str(tiny_unet)
