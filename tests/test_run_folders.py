@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_synthgen.training.config import TrainConfig
+from napari_synthgen.registry import make_config
 from napari_synthgen.training.runs import free_run_folder, next_run_folder, run_step
 
 
@@ -39,7 +39,7 @@ def test_engine_refuses_a_folder_holding_a_run(tmp_path: Path, isbi_small: Path)
 
     out = tmp_path / "run"
     files = _used_run(out)
-    cfg = TrainConfig(data=[str(isbi_small)], out=str(out), steps=3, netG="unet_128", ngf=4,
+    cfg = make_config(data=[str(isbi_small)], out=str(out), steps=3, netG="unet_128", ngf=4,
                       ndf=4, tile=128)
     events = list(train(cfg))
     assert [e["event"] for e in events] == ["failed"]

@@ -358,7 +358,7 @@ class TrainWidget(Container):
         self._stop_deadline = QTimer()
         self._stop_deadline.setSingleShot(True)
         self._stop_deadline.timeout.connect(self._stop_timeout)
-        default_out = free_run_folder(RUNS_ROOT / f"{next(iter(families.names()))}-001")
+        default_out = free_run_folder(RUNS_ROOT / f"{next(iter(registry.names()))}-001")
         #: the run folder the dock proposed or last trained into: a Start finding a run there
         #: moves on to a new folder without asking (a folder the user picked is asked about)
         self._own_out: Path | None = default_out
