@@ -101,3 +101,20 @@ def _private_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
                       ) -> None:
     """Widgets remember settings; tests keep them in a temporary folder."""
     monkeypatch.setenv("NAPARI_SYNTHGEN_CONFIG_DIR", str(tmp_path_factory.mktemp("settings")))
+
+
+@pytest.fixture(autouse=True)
+def _questions_must_be_answered(request: pytest.FixtureRequest,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A widget's question that a GUI test does not answer fails that test, instead of a
+    message box waiting forever for a click under Xvfb. Tests answer by replacing
+    ``napari_synthgen.widgets._common.ask``."""
+    if request.node.get_closest_marker("gui") is None:
+        return
+    from napari_synthgen.widgets import _common
+
+    def unanswered(parent, title: str, text: str, buttons) -> None:
+        raise AssertionError(f"the widget asked {title!r} ({text}; {list(buttons)}) and the "
+                             "test did not answer: replace napari_synthgen.widgets._common.ask")
+
+    monkeypatch.setattr(_common, "ask", unanswered)
