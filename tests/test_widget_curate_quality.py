@@ -229,11 +229,11 @@ def test_interrupted_bulk_undo_stays_consistent(make_napari_viewer, tmp_path: Pa
                            for i in (1, 2, 3)])
     curate.wait_idle(30)
     curate.threshold.value = 0.0
-    from qtpy.QtWidgets import QMessageBox  # the real question, answered Yes
+    from napari_synthgen.widgets import _common  # the real question, answered Yes
 
     asked: list[str] = []
-    monkeypatch.setattr(QMessageBox, "question", lambda parent, title, text, *a: asked.append(
-        text) or QMessageBox.StandardButton.Yes)
+    monkeypatch.setattr(_common, "ask", lambda parent, title, text, buttons: asked.append(
+        text) or "Yes")
     assert curate.accept_above() is not None and "3 undecided" in asked[0]
     curate.wait_idle(30)
     assert curate.session.n_accepted == 3

@@ -118,13 +118,32 @@ def figures_work(items: list[QueueItem], reference: ReferenceStats | None
         yield Progress(n + 1, len(items))
 
 
+def item_quality(item: QueueItem, image: np.ndarray, mask: np.ndarray,
+                 reference: ReferenceStats | None, source: str) -> dict[str, Any]:
+    """The figures the manifest records for ``item``, with the reference they used: its own,
+    or computed now for a candidate decided before its figures arrived (the basic ones and why,
+    for a sample whose figures cannot be computed, such as one too small for a spectrum)."""
+    from ..quality import basic_figures
+
+    named = {"reference": source or "none"}
+    figures = item.figures
+    if figures is None:
+        try:
+            figures = sample_figures(image, mask, reference=reference)
+        except Exception as exc:
+            return {**basic_figures(image, mask), **named, "figures_error": str(exc)}
+    return {**figures, **named}
+
+
 def bulk_work(session: ExportSession, decision: str,
-               entries: list[tuple[QueueItem, dict[str, Any], dict[str, Any]]]
-               ) -> Iterator[Any]:
-    """Worker: record one decision per item (each record is on disk when it is yielded)."""
+               entries: list[tuple[QueueItem, dict[str, Any]]],
+               reference: ReferenceStats | None, source: str) -> Iterator[Any]:
+    """Worker: record one decision per item, with its figures (each record is on disk when it
+    is yielded); reading the samples and writing them never happens on the GUI thread."""
     fn = session.accept if decision == "accept" else session.reject
-    for n, (item, quality, provenance) in enumerate(entries):
+    for n, (item, provenance) in enumerate(entries):
         image, mask = item.peek()
+        quality = item_quality(item, image, mask, reference, source)
         yield item, fn(image, mask, provenance=provenance, quality=quality)
         yield Progress(n + 1, len(entries))
 

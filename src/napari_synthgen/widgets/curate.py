@@ -37,7 +37,7 @@ from ..curation import ExportSession, export_nnunet, install_splits, reword
 from ..generate import read_provenance
 from ..io import find_pairs
 from ..napari_io import mask_layer_kwargs
-from ..quality import ReferenceStats, basic_figures, reference_from_folder, sample_figures
+from ..quality import ReferenceStats, basic_figures, reference_from_folder
 from . import _common, _settings
 from ._bus import Candidate, ModelAnnouncement, bus_for
 from ._common import (
@@ -56,6 +56,7 @@ from ._queue import (
     bulk_work,
     canvas_text,
     figures_work,
+    item_quality,
     model_reference,
     read_reference,
 )
@@ -468,14 +469,11 @@ class CurateWidget(Container):
         A candidate decided before its worker finished gets them computed now (one sample:
         tens of milliseconds), so every record carries the same figures. A sample whose
         figures cannot be computed (too small for a spectrum) gets the basic ones and why."""
-        source = {"reference": self._reference_source or "none"}
-        if item.figures is None:
-            image, mask = item.arrays()
-            try:
-                item.figures = sample_figures(image, mask, reference=self._reference)
-            except Exception as exc:
-                return {**basic_figures(image, mask), **source, "figures_error": str(exc)}
-        return {**item.figures, **source}
+        image, mask = item.arrays()
+        quality = item_quality(item, image, mask, self._reference, self._reference_source)
+        if item.figures is None and "figures_error" not in quality:
+            item.figures = {k: v for k, v in quality.items() if k != "reference"}
+        return quality
 
     def _bulk_running(self) -> bool:
         return any(job.kind == "bulk" for job in self._jobs.jobs)
@@ -590,12 +588,13 @@ class CurateWidget(Container):
         if not self.confirm(f"{decision.capitalize()} by threshold", text):
             self.status.value = f"{decision.capitalize()} by threshold: cancelled."
             return None
-        entries = [(it, self._quality(it),
-                    {**it.provenance, "bulk_decision": f"{decision} {rule}"}) for it in chosen]
+        entries = [(it, {**it.provenance, "bulk_decision": f"{decision} {rule}"})
+                   for it in chosen]
         batch: list[str] = []
         self._actions.append(batch)
         self.status.value = f"{decision.capitalize()}ing {len(chosen)} candidate(s) ({rule}) ..."
-        job = self._jobs.start(bulk_work, session, decision, entries,
+        job = self._jobs.start(bulk_work, session, decision, entries, self._reference,
+                               self._reference_source,
                                doing=f"{decision.capitalize()} by threshold", context=batch,
                                progress=f"{decision.capitalize()}ing {len(chosen)} candidates",
                                on_yield=self._bulk_one, on_finish=self._bulk_done, kind="bulk")

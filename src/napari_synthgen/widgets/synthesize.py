@@ -169,10 +169,16 @@ def _model_name(info: Any) -> str:
 
 @dataclass
 class _Run:
-    """What one synthesis or live preview started with; its handlers use only this."""
+    """What one synthesis or live preview started with; its handlers use only this.
+
+    ``synth`` is the widget's current synthesizer when it fits ``model`` and ``settings``;
+    otherwise None, and the run's worker builds one (:func:`_ensure_synth`: moving a model to
+    its device is no work for the GUI thread), which the widget adopts when the run ends.
+    """
 
     synth: Any
     model: Any
+    settings: dict[str, Any]
     params: dict[str, Any]
     layer: Labels
     source: str
@@ -183,6 +189,19 @@ class _Run:
     request: int = 0
     z: int = 0
     t0: float = field(default_factory=time.perf_counter)
+    built: bool = False  # the worker built ``synth``
+
+
+def _ensure_synth(run: _Run) -> Any:
+    """Worker: the run's synthesizer, built here for the run's model and settings when the
+    widget had none that fits; ``params`` (what the provenance records) come from it."""
+    if run.synth is None:
+        from ..synthesis import Synthesizer
+
+        run.synth = Synthesizer(run.model, **run.settings)
+        run.built = True
+    run.params = run.synth.describe()
+    return run.synth
 
 
 def _previews_itself(synth: Any) -> bool:
@@ -450,21 +469,32 @@ class SynthesizeWidget(Container):
             **{name: self._family_fields[name].value for name in self._family_shown},
         }
 
-    def synthesizer(self) -> Any:
-        """The synthesizer for the current model and settings (built on first use)."""
+    def _require_model(self) -> Any:
+        """The loaded model, or a ValueError that says why there is none."""
         if self._model is None:
             if self._model_path is not None and self._load_job and not self._load_job.done:
                 raise ValueError(f"{Path(self._model_path).name} is still loading; "
                                  "try again in a moment.")
             raise ValueError("no model loaded: choose a checkpoint file or folder above.")
-        settings = self._synth_settings()
-        if (self._synth is None or self._synth_for is None or self._synth_for[0] is not self._model
-                or self._synth_for[1] != settings):
+        return self._model
+
+    def _fitting_synth(self, model: Any, settings: dict[str, Any]) -> Any:
+        """The current synthesizer if it was built for ``model`` and ``settings``, else None."""
+        if (self._synth is not None and self._synth_for is not None
+                and self._synth_for[0] is model and self._synth_for[1] == settings):
+            return self._synth
+        return None
+
+    def synthesizer(self) -> Any:
+        """The synthesizer for the current model and settings, built now if needed (for
+        scripts and tests: runs build theirs in their worker, never on the GUI thread)."""
+        model, settings = self._require_model(), self._synth_settings()
+        if self._fitting_synth(model, settings) is None:
             from ..synthesis import Synthesizer
 
-            new = Synthesizer(self._model, **settings)
+            new = Synthesizer(model, **settings)
             self._retire()
-            self._synth, self._synth_for = new, (self._model, settings)
+            self._synth, self._synth_for = new, (model, settings)
         return self._synth
 
     def _retire(self) -> None:
@@ -532,15 +562,33 @@ class SynthesizeWidget(Container):
 
     def _start_run(self, mask_layer: Labels, seeds: list[int], keep: bool, *,
                    z: int = 0) -> _Run:
-        """Capture everything a run needs now (the synthesizer is held until it ends)."""
-        synth = self.synthesizer()
-        model = self._model
-        run = _Run(synth=synth, model=model, params=synth.describe(), layer=mask_layer,
+        """Capture everything a run needs now: the model, the settings and the current
+        synthesizer if it fits them (held until the run ends; else the worker builds one)."""
+        model, settings = self._require_model(), self._synth_settings()
+        synth = self._fitting_synth(model, settings)
+        run = _Run(synth=synth, model=model, settings=settings, params={}, layer=mask_layer,
                    source=mask_layer.metadata.get("source", f"layer:{mask_layer.name}"),
                    mask=np.array(mask_layer.data, dtype=np.uint8, copy=True), seeds=seeds,
                    keep=keep, known=model_classes(model.info), request=self._live_request, z=z)
-        self._hold(synth)
+        if synth is not None:
+            self._hold(synth)
         return run
+
+    def _settle(self, run: _Run) -> None:
+        """A run ended: release its synthesizer. One its worker built becomes the current one
+        if nothing replaced the model or settings meanwhile (the next run reuses it, with the
+        tiles live preview keeps); otherwise it is closed."""
+        synth = run.synth
+        if synth is None:  # nothing was built (cancelled first, or the build failed)
+            return
+        if not run.built:
+            self._release(synth)
+            return
+        if (not self._closed and self._synth is None and self._model is run.model
+                and self._synth_settings() == run.settings):
+            self._synth, self._synth_for = synth, (run.model, run.settings)
+        else:
+            synth.close()
 
     def _warn_unseen(self, run: _Run, unseen: list[int]) -> None:
         """Say once per model and set of classes that the mask holds classes it never saw."""
@@ -569,8 +617,9 @@ class SynthesizeWidget(Container):
         def work(run: _Run):  # runs in a thread: only core code and what the run captured
             images = []
             with lock:
+                synth = _ensure_synth(run)
                 for i, seed in enumerate(run.seeds):
-                    gen = run.synth.run(run.mask, seed=seed, keep=run.keep and i == 0)
+                    gen = synth.run(run.mask, seed=seed, keep=run.keep and i == 0)
                     while True:
                         try:
                             done, total = next(gen)
@@ -580,7 +629,8 @@ class SynthesizeWidget(Container):
                         yield Progress(i * total + done, total * len(run.seeds))
             return images, sha256_array(run.mask), unseen_classes(run.mask, run.known)
 
-        own = _settings_text(run.params.get("family_settings", {}))
+        own = _settings_text({k: run.settings[k] for k in self._family_shown
+                              if k in run.settings})
         job = self._jobs.start(work, run, doing="Synthesize", context=run,
                                progress=f"Synthesizing {mask_layer.name}"
                                + (f" ({own})" if own else ""),
@@ -612,7 +662,7 @@ class SynthesizeWidget(Container):
         self.bus.candidates.emit(candidates)
 
     def _run_finished(self, run: _Run) -> None:
-        self._release(run.synth)
+        self._settle(run)
 
     def cancel(self, *_: object) -> None:
         """Stop running syntheses at their next batch of tiles (pix2pix) or denoising step
@@ -657,8 +707,9 @@ class SynthesizeWidget(Container):
 
         def work(run: _Run) -> tuple[np.ndarray, list | None, float, str, list[int]]:
             t0 = time.perf_counter()
-            synth, mask, z = run.synth, run.mask, run.z
+            mask, z = run.mask, run.z
             with lock:
+                synth = _ensure_synth(run)
                 if _previews_itself(synth):  # diffusion: first preview (or a new seed) with
                     fresh = not synth.kept(z)  # few steps, then only what a stroke touched
                     image, regions = synth.update(mask, seed=run.seeds[0], z=z,
@@ -694,7 +745,7 @@ class SynthesizeWidget(Container):
 
     def _live_finished(self, run: _Run) -> None:
         self._live_running = False
-        self._release(run.synth)
+        self._settle(run)
         if self._closed:
             return
         if self._live_pending or run.request < self._live_request:

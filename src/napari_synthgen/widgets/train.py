@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 import time
 import types
 import typing
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +35,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QApplication
 
 from .. import families
@@ -62,7 +64,8 @@ PREVIEW_LAYER = "training preview"
 RUNS_ROOT = Path.home() / "napari-synthgen-runs"
 STOP_GRACE_S = 60.0  # a trainer that has not stopped after this is terminated
 KILL_GRACE_S = 10.0  # after SIGTERM, a trainer still alive this long is killed
-CLOSE_GRACE_S = 15.0  # closing napari waits this long for the trainer to save
+CLOSE_GRACE_S = 15.0  # after napari closed, the trainer has this long to save (not waited on)
+STOP_AND_CLOSE = "Stop training and close"
 PLOT_INTERVAL_S = 0.5
 PLOT_MAX_POINTS = 2000  # longer series are drawn as this many block means
 
@@ -353,6 +356,30 @@ def _thin(xs: list[int], ys: list[float], n: int) -> tuple[np.ndarray, np.ndarra
     return bx, by
 
 
+def stop_in_background(process: Any, grace: float, *, terminate: bool = False) -> None:
+    """End a trainer without the GUI waiting on it: a thread asks it to stop (or terminates
+    it) and reaps it, killing it if it has not ended after ``grace`` seconds."""
+    work = process.terminate if terminate else process.stop
+    threading.Thread(target=work, kwargs={"grace": grace}, daemon=True,
+                     name="napari-synthgen trainer stop").start()
+
+
+class _CloseGuard(QObject):
+    """Asks the Train dock before napari's window closes (Quit, the window's close button)."""
+
+    def __init__(self, widget: TrainWidget) -> None:
+        super().__init__()
+        self._widget = weakref.ref(widget)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        widget = self._widget()
+        if (event.type() == QEvent.Type.Close and widget is not None
+                and not widget.allow_close()):
+            event.ignore()
+            return True
+        return False
+
+
 class TrainWidget(Container):
     """Dock widget to train a model of any registered family on paired folders, in a child
     process."""
@@ -370,6 +397,8 @@ class TrainWidget(Container):
         self._stop_deadline = QTimer()
         self._stop_deadline.setSingleShot(True)
         self._stop_deadline.timeout.connect(self._stop_timeout)
+        self._close_guard = _CloseGuard(self)
+        self._guarded: weakref.ref | None = None  # the window the guard watches
         default_out = free_run_folder(RUNS_ROOT / f"{next(iter(families.names()))}-001")
         #: the run folder the dock proposed or last trained into: a Start finding a run there
         #: moves on to a new folder without asking (a folder the user picked is asked about)
@@ -671,6 +700,7 @@ class TrainWidget(Container):
                 yield event
 
         self._set_running(True)
+        self._guard_window()
         self.eta.value = "Starting the trainer ..."
         # events still arrive after napari closed: a trainer that was starting must be stopped
         job = self._jobs.start(read, doing="Training", kind="train", deliver_after_close=True,
@@ -716,7 +746,7 @@ class TrainWidget(Container):
         """Follow one training event (a training.events.Event, read as a mapping)."""
         if self._closing:
             if event["event"] == "process":  # napari closed while the child was starting
-                event["process"].stop(grace=CLOSE_GRACE_S)
+                stop_in_background(event["process"], CLOSE_GRACE_S)
             return
         kind = event["event"]
         if kind == "process":
@@ -797,16 +827,54 @@ class TrainWidget(Container):
     def _stop_timeout(self) -> None:
         if self.process is not None and self.process.running:
             show_info("The trainer did not stop in time; ending it.")
-            self.process.terminate(grace=KILL_GRACE_S)
+            stop_in_background(self.process, KILL_GRACE_S, terminate=True)
+
+    @property
+    def training(self) -> bool:
+        """Whether a trainer is starting or running."""
+        return self.worker is not None and self.worker.is_running
+
+    def allow_close(self) -> bool:
+        """Whether napari's window may close now: yes when nothing trains or nobody sees the
+        window (a headless viewer); else the user decides (stop training and close, or
+        cancel). Closing then stops the trainer without waiting for it (see shutdown)."""
+        if self._closing or not self.training or not self.native.isVisible():
+            return True
+        out = self.process.out if self.process is not None else self.out.value
+        answer = _common.ask(
+            self.native, "Training is running",
+            f"Training into {out} is still running. Stop it (it saves a checkpoint first, "
+            "so Resume can continue it later) and close?", ("Cancel", STOP_AND_CLOSE))
+        return answer == STOP_AND_CLOSE
+
+    def _guard_window(self) -> None:
+        """Ask before napari's main window closes while this dock trains (installed once the
+        dock is in the window: a floating dock's parent is still the main window)."""
+        top = self.native
+        while top.parentWidget() is not None:
+            top = top.parentWidget()
+        guarded = self._guarded() if self._guarded is not None else None
+        if top is self.native or guarded is top:
+            return
+        top.installEventFilter(self._close_guard)
+        self._guarded = weakref.ref(top)  # weak: the window owns this dock, not the reverse
 
     def shutdown(self) -> None:
-        """Stop training before napari closes (a checkpoint is saved when possible)."""
+        """napari closes: stop training without waiting for it (a checkpoint is saved when
+        possible). The thread reading the trainer goes on until it exits and reaps it."""
+        if self._closing:
+            return
         self._closing = True
-        self._jobs.close()
+        self._jobs.close(keep=("train",))
         with contextlib.suppress(Exception):  # the viewer may be gone already
             self.viewer.events.theme.disconnect(self._theme_changed)
+        with contextlib.suppress(RuntimeError):  # Qt may have deleted these first
+            self._stop_deadline.stop()
+            guarded = self._guarded() if self._guarded is not None else None
+            if guarded is not None:
+                guarded.removeEventFilter(self._close_guard)
         if self.process is not None and self.process.running:
-            self.process.stop(grace=CLOSE_GRACE_S)
+            stop_in_background(self.process, CLOSE_GRACE_S)
 
     def use_in_synthesis(self, *_: object) -> None:
         """Hand the newest checkpoint to the synthesis widget (docking it if needed)."""
