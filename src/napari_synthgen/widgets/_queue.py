@@ -1,9 +1,9 @@
 """The Curate widget's queue items and the work it runs off the GUI thread.
 
-A queue item holds a candidate, its decision and its quality figures. The workers compute
-figures (:func:`figures_work`), read a reference (:func:`read_reference`, from a folder or a
-model file's header: :func:`model_reference`) and record bulk decisions (:func:`bulk_work`);
-they use core code only.
+A queue item holds a candidate, its decision and its quality figures. The workers read a
+generated folder (:func:`read_folder`), compute figures (:func:`figures_work`), read a
+reference (:func:`read_reference`, from a folder or a model file's header:
+:func:`model_reference`) and record bulk decisions (:func:`bulk_work`); they use core code only.
 """
 
 from __future__ import annotations
@@ -68,6 +68,28 @@ class QueueItem:
         image = self.image if self.image is not None else read_image(self.image_path)
         mask = self.mask if self.mask is not None else read_mask(self.mask_path)
         return image, mask
+
+
+def read_folder(folder: Path) -> list[QueueItem]:
+    """Worker: a queue item per image/mask pair of a generated folder, with its provenance from
+    the folder's generate log (the arrays are read when shown). Runs in a worker: the log
+    reader lives in ``generate``, which imports torch."""
+    from ..generate import read_provenance
+    from ..io import find_pairs
+
+    root = Path(folder)
+    pairs = find_pairs(root)
+    prov = read_provenance(root)
+    items = []
+    for pair in pairs:
+        p = dict(prov.get(f"images/{pair.image.name}", {}))
+        p.setdefault("source_mask", str(pair.mask))
+        p.pop("image", None)
+        p.pop("mask", None)
+        p["generated_file"] = str(pair.image)
+        items.append(QueueItem(pair.stem, image_path=pair.image, mask_path=pair.mask,
+                               provenance=p))
+    return items
 
 
 def model_reference(announcement: ModelAnnouncement) -> ReferenceStats | None:

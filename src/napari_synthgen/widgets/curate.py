@@ -34,7 +34,6 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 
 from ..curation import ExportSession, export_nnunet, install_splits, reword
-from ..generate import read_provenance
 from ..io import find_pairs
 from ..napari_io import mask_layer_kwargs
 from ..quality import ReferenceStats, basic_figures, reference_from_folder
@@ -58,6 +57,7 @@ from ._queue import (
     figures_work,
     item_quality,
     model_reference,
+    read_folder,
     read_reference,
 )
 from ._worker import Workers
@@ -328,29 +328,18 @@ class CurateWidget(Container):
         self._compute(items)
         self._resort()
 
-    def load_folder(self, folder: str | Path) -> int:
-        """Queue every image/mask pair of a generated folder (with its generate.jsonl)."""
-        try:
-            root = Path(folder)
-            pairs = find_pairs(root)
-            prov = read_provenance(root)
-            items = []
-            for pair in pairs:
-                rel = f"images/{pair.image.name}"
-                p = dict(prov.get(rel, {}))
-                p.setdefault("source_mask", str(pair.mask))
-                p.pop("image", None)
-                p.pop("mask", None)
-                p["generated_file"] = str(pair.image)
-                items.append(QueueItem(pair.stem, image_path=pair.image, mask_path=pair.mask,
-                                   provenance=p))
-        except Exception as exc:
-            report_error(exc, "Loading the generated folder")
-            return 0
+    def load_folder(self, folder: str | Path) -> Any:
+        """Queue every image/mask pair of a generated folder (with its generate.jsonl); the
+        folder is read in a worker (returned; ``wait_idle`` waits for it)."""
+        job = self._jobs.start(read_folder, Path(folder), doing="Loading the generated folder",
+                               progress="Loading the generated folder",
+                               on_result=self._folder_read)
+        return job.worker
+
+    def _folder_read(self, items: list[QueueItem], _ctx: object = None) -> None:
         first_new = len(self.queue)
         self._enqueue(items)
         self.show_candidate(self.queue.index(items[0]) if items else first_new)
-        return len(items)
 
     def current(self) -> QueueItem | None:
         return self.queue[self.pos] if 0 <= self.pos < len(self.queue) else None
