@@ -103,6 +103,23 @@ class CurateWidget(Container):
         super().__init__(labels=False)
         self.viewer = viewer
         self.bus = bus_for(viewer)  # this viewer's widgets only
+        self._init_state()
+        self._build_source_fields()
+        self._build_queue_view()
+        self._build_decision_buttons()
+        self._build_export_fields()
+        self._lay_out()
+        self._connect_events()
+        self._model = self.bus.current_model()
+        self.choose_reference()
+        self._update_labels()
+        self._format_changed()
+
+    def _init_state(self) -> None:
+        """The export session, the queue and its position, Undo's history, the reference the
+        figures compare with, and the timer that re-sorts the queue as figures arrive."""
+        from qtpy.QtCore import QTimer
+
         self.session: ExportSession | None = None
         self.queue: list[QueueItem] = []
         self.pos = -1
@@ -120,13 +137,12 @@ class CurateWidget(Container):
         self._model: ModelAnnouncement | None = None
         self._overlay_shown = False
         self._syncing = False
-        from qtpy.QtCore import QTimer
-
         self._resort_timer = QTimer()
         self._resort_timer.setSingleShot(True)
         self._resort_timer.setInterval(150)
-        self._resort_timer.timeout.connect(self._resort)
 
+    def _build_source_fields(self) -> None:
+        """The export folder and format, a generated folder to load, the reference folder."""
         self.folder = FileEdit(mode="d", label="Export folder",
                                value=_settings.get("export_folder", ""))
         self.format = ComboBox(choices=list(FORMATS), label="Format",
@@ -135,13 +151,19 @@ class CurateWidget(Container):
         self.open_button = PushButton(text="Open export folder")
         self.source = FileEdit(mode="d", label="Generated folder")
         self.load_button = PushButton(text="Load generated folder")
-        self.position = Label(value="No candidates yet: synthesize, or load a generated folder.")
-        self.figures = Label(value="")
         self.reference_folder = FileEdit(mode="d", label="Reference (real pairs)")
         self.reference_folder.tooltip = (
             "A paired folder of real images (images/ + masks/) the figures compare with. Leave "
             "empty to use the statistics the model carries from its training data.")
         self.reference_note = Label(value="")
+
+    def _build_queue_view(self) -> None:
+        """The queue list, its order and flag threshold, the shown candidate's figures and
+        curves, and the bulk decisions by threshold."""
+        from qtpy.QtWidgets import QListWidget
+
+        self.position = Label(value="No candidates yet: synthesize, or load a generated folder.")
+        self.figures = Label(value="")
         self.table = Label(value="")
         self.order = ComboBox(choices=list(ORDERS), label="Order",
                               value=_settings.get("curate_order", ORDERS[0])
@@ -152,16 +174,13 @@ class CurateWidget(Container):
                                   "sorts and flags, it never decides alone.")
         self.bulk_accept = PushButton(text="Accept all ≥ threshold")
         self.bulk_reject = PushButton(text="Reject all < threshold")
-        from qtpy.QtWidgets import QListWidget
-
         self.queue_list = QListWidget()
         self.queue_list.setMinimumHeight(90)
         self.queue_list.setMaximumHeight(160)
-        self.panel = QualityPanel(str(viewer.theme))
-        queue_box = Container(labels=False)
-        queue_box.native.layout().addWidget(self.queue_list)
-        panel_box = Container(labels=False)
-        panel_box.native.layout().addWidget(self.panel.canvas)
+        self.panel = QualityPanel(str(self.viewer.theme))
+
+    def _build_decision_buttons(self) -> None:
+        """Previous / Skip / Next and Accept / Reject / Undo (with their keys)."""
         self.buttons = {
             "previous": PushButton(text="◀ Previous"),
             "accept": PushButton(text=f"Accept [{KEYS['accept']}]"),
@@ -170,6 +189,10 @@ class CurateWidget(Container):
             "undo": PushButton(text=f"Undo [{KEYS['undo']}]"),
             "next": PushButton(text="Next ▶"),
         }
+
+    def _build_export_fields(self) -> None:
+        """The nnU-Net export: real validation data, output folder, dataset id and name,
+        folds, where the splits go, Export and the status line."""
         self.real = FileEdit(mode="d", label="Real data (validation)")
         self.real_note = Label(value="")
         self.nnunet_out = FileEdit(mode="d", label="nnU-Net output",
@@ -184,15 +207,22 @@ class CurateWidget(Container):
         self.splits_note = Label(value="")
         self.export_button = PushButton(text="Export")
         self.status = Label(value="")
+
+    def _lay_out(self) -> None:
+        """Everything in a scroll body: the queue, figures and export sections are taller
+        than a laptop screen beside the other docks, so the window's minimum height stays
+        small."""
         for label in (self.position, self.figures, self.status, self.real_note,
                       self.splits_note, self.reference_note):
             wrap_label(label)
         for path_field in (self.folder, self.source, self.real, self.nnunet_out,
                            self.reference_folder):
             widen_path(path_field)
+        queue_box = Container(labels=False)
+        queue_box.native.layout().addWidget(self.queue_list)
+        panel_box = Container(labels=False)
+        panel_box.native.layout().addWidget(self.panel.canvas)
         b = self.buttons
-        # the queue, figures and export sections are taller than a laptop screen beside the
-        # other docks: they scroll, so the window's minimum height stays small
         body = self._body = scroll_body(self)
         body.extend([
             Container(widgets=[self.folder, self.format]),
@@ -223,6 +253,12 @@ class CurateWidget(Container):
             self.status,
         ])
         fit_scroll_width(body)
+
+    def _connect_events(self) -> None:
+        """The buttons and keys, the fields that change the queue or the export, the bus
+        (candidates and the model in use), napari's theme, and teardown when the dock closes."""
+        b = self.buttons
+        self._resort_timer.timeout.connect(self._resort)
         self.open_button.changed.connect(self.open_session)
         self.load_button.changed.connect(lambda *_: self.load_folder(self.source.value))
         self.format.changed.connect(lambda v: _settings.put("export_format", v))
@@ -242,15 +278,11 @@ class CurateWidget(Container):
         self.bulk_reject.changed.connect(lambda *_: self.reject_below())
         self.queue_list.currentRowChanged.connect(self._row_chosen)
         for action, key in KEYS.items():
-            viewer.bind_key(key, lambda _v, a=action: getattr(self, a)(), overwrite=True)
+            self.viewer.bind_key(key, lambda _v, a=action: getattr(self, a)(), overwrite=True)
         self.bus.candidates.connect(self.add_candidates)
         self.bus.model_changed.connect(self._model_changed)
-        viewer.events.theme.connect(self._theme_changed)
+        self.viewer.events.theme.connect(self._theme_changed)
         call_on_destroy(self, "teardown")
-        self._model = self.bus.current_model()
-        self.choose_reference()
-        self._update_labels()
-        self._format_changed()
 
     # ----------------------------------------------------------------- session
     def close_session(self) -> None:
@@ -645,6 +677,7 @@ class CurateWidget(Container):
         self._ref_pending = True
         self.reference_note.value = f"Reading the reference ({source}) ..."
         self._jobs.start(read_reference, fn, arg, doing="Reading the reference",
+                         progress="Reading the reference",
                          kind="reference", context=(self._ref_version, source),
                          on_result=self._reference_read, on_error=self._reference_failed)
 

@@ -228,6 +228,19 @@ class SynthesizeWidget(Container):
         super().__init__(labels=False)
         self.viewer = viewer
         self.bus = bus_for(viewer)  # this viewer's widgets only
+        self._init_state()
+        self._build_model_fields()
+        self._build_synthesis_fields()
+        self._build_run_controls()
+        self._lay_out()
+        self._connect_events()
+        start = self._initial_model()
+        if start:
+            self.set_model(start)
+
+    def _init_state(self) -> None:
+        """The model, the current synthesizer and who holds it, live preview's requests,
+        the workers and the synthesis lock."""
         self._synth: Any = None  # current Synthesizer, created lazily (torch loads on first use)
         self._synth_for: tuple[Any, dict[str, Any]] | None = None  # (model, settings) it fits
         self._holds: dict[int, int] = {}  # id(synthesizer) -> running jobs holding it
@@ -247,13 +260,23 @@ class SynthesizeWidget(Container):
         self._lock = threading.Lock()  # one synthesis at a time (CPU cores, kept tiles)
         self._closed = False
         self._stop = threading.Event()  # set when the widget closes: diffusion previews stop
+        self._debounce = QTimer()
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
 
+    def _build_model_fields(self) -> None:
+        """The model file or folder, recent models, what the model is, and its encoding."""
         self.model_path = FileEdit(mode="r", label="Model", filter="*.safetensors *.pth *.pt")
         self.model_folder = PushButton(text="Folder...")
         self.recent = ComboBox(label="Recent", choices=self._recent_choices)
         self.model_info = Label(value="No model loaded.")
         self.encoding = ComboBox(choices=[_MODEL_DEFAULT, "rgb", "onehot", "label"],
                                  value=_MODEL_DEFAULT, label="Encoding")
+        self.model_path.tooltip = ("A .safetensors / .pth file or a folder holding one; "
+                                   "type 'demo' for the bundled demo model.")
+
+    def _build_synthesis_fields(self) -> None:
+        """Device, precision, mask, seeds and variations, the family's own settings, tiling."""
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto",
                                label="Device")
         self.precision = ComboBox(choices=["auto", "fp32", "bf16", "fp16"], value="auto",
@@ -269,13 +292,17 @@ class SynthesizeWidget(Container):
         self.tile = SpinBox(value=0, min=0, max=8192, step=64, label="Tile (0 = model's)")
         self.overlap = SpinBox(value=-1, min=-1, max=4096, label="Overlap (-1 = tile/4)")
         self.batch_size = SpinBox(value=0, min=0, max=256, label="Batch (0 = auto)")
+
+    def _build_run_controls(self) -> None:
+        """Synthesize, Cancel, live preview and the status line."""
         self.run_button = PushButton(text="Synthesize [Shift+S]")
         self.cancel_button = PushButton(text="Cancel")
         self.live = CheckBox(value=False, text="Live preview (follows the brush)")
         self.status = Label(value="")
 
-        # the settings scroll when the dock is short (a laptop screen with the mask editor
-        # above): the window's minimum height stays small
+    def _lay_out(self) -> None:
+        """Everything in a scroll body: when the dock is short (a laptop screen with the mask
+        editor above) the settings scroll and the window's minimum height stays small."""
         body = self._body = scroll_body(self)
         body.extend([
             Container(widgets=[self.model_path], labels=True),
@@ -298,14 +325,11 @@ class SynthesizeWidget(Container):
         shrink_combo(self.recent)
         widen_path(self.model_path)
         fit_scroll_width(body)
-        self.model_path.tooltip = ("A .safetensors / .pth file or a folder holding one; "
-                                   "type 'demo' for the bundled demo model.")
 
-        self._debounce = QTimer()
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(DEBOUNCE_MS)
+    def _connect_events(self) -> None:
+        """Model and settings changes, the buttons, live preview, the viewer's layers, the
+        bus (a checkpoint from the Train widget), Shift+S, and teardown when the dock closes."""
         self._debounce.timeout.connect(self._live_tick)
-
         self.model_path.changed.connect(self._model_changed)
         self.model_folder.changed.connect(self._pick_folder)
         self.recent.changed.connect(self._recent_picked)
@@ -317,16 +341,12 @@ class SynthesizeWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.live.changed.connect(self._live_toggled)
         self.mask_layer.changed.connect(self._mask_changed)
-        events = viewer.layers.events
+        events = self.viewer.layers.events
         for ev in (events.inserted, events.removed):
             ev.connect(self._refresh_choices)
         self.bus.use_model.connect(self.set_model)
-        viewer.bind_key(RUN_KEY, lambda _v: self.synthesize(), overwrite=True)
+        self.viewer.bind_key(RUN_KEY, lambda _v: self.synthesize(), overwrite=True)
         call_on_destroy(self, "teardown")
-
-        start = self._initial_model()
-        if start:
-            self.set_model(start)
 
     # ----------------------------------------------------------------- model
     @property
@@ -405,6 +425,7 @@ class SynthesizeWidget(Container):
         encoding = None if self.encoding.value == _MODEL_DEFAULT else self.encoding.value
         self._load_job = self._jobs.start(
             _load, path, encoding, doing=f"Loading {Path(path).name}", context=path,
+            progress=f"Loading {Path(path).name}",
             on_result=self._model_loaded, on_error=self._model_failed)
 
     def _model_loaded(self, model: Any, path: str) -> None:

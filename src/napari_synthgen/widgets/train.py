@@ -387,6 +387,20 @@ class TrainWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
+        self._init_state()
+        common = self._common_starting_values()
+        self._build_data_fields()
+        self._build_run_fields(common)
+        self._build_advanced_fields(common)
+        self._build_family_settings()
+        self._build_run_controls()
+        self._lay_out()
+        self._connect_events()
+        self._set_running(False)
+
+    def _init_state(self) -> None:
+        """What a run and the dock's lifetime keep: the trainer, its reading worker, events,
+        the newest checkpoint, the stop deadline and the close guard."""
         self.process: Any = None  # TrainerProcess
         self.worker: Any = None
         self.events: list[Mapping[str, Any]] = []
@@ -399,26 +413,43 @@ class TrainWidget(Container):
         self._stop_deadline.timeout.connect(self._stop_timeout)
         self._close_guard = _CloseGuard(self)
         self._guarded: weakref.ref | None = None  # the window the guard watches
-        default_out = free_run_folder(RUNS_ROOT / f"{next(iter(families.names()))}-001")
         #: the run folder the dock proposed or last trained into: a Start finding a run there
         #: moves on to a new folder without asking (a folder the user picked is asked about)
-        self._own_out: Path | None = default_out
+        self._own_out: Path | None = free_run_folder(
+            RUNS_ROOT / f"{next(iter(families.names()))}-001")
+
+    @staticmethod
+    def _common_starting_values() -> dict[str, Any]:
+        """The common settings the dock starts with (TrainConfig's, or the dock's own)."""
         base = TrainConfig.__dataclass_fields__
-        common = {k: COMMON_WIDGET_DEFAULTS.get(k, base[k].default) for k in (
+        return {k: COMMON_WIDGET_DEFAULTS.get(k, base[k].default) for k in (
             "steps", "tile", "batch_size", "lr", "flips", "rot90", "seed", "encoding")}
 
+    def _build_data_fields(self) -> None:
+        """The training data folders, a button to add one and what the check found."""
         self.data = LineEdit(label="Data folders", value="")
         self.add_data = PushButton(text="Add folder...")
         self.data_status = Label(value="Paired folders (images/ + masks/) or aligned A|B images.")
+
+    def _build_run_fields(self, common: dict[str, Any]) -> None:
+        """Validation, run folder, family and the settings most runs change."""
         self.val = FileEdit(mode="d", label="Validation (optional)")
-        self.out = FileEdit(mode="d", label="Checkpoints", value=str(default_out))
+        self.out = FileEdit(mode="d", label="Checkpoints", value=str(self._own_out))
         self.family = ComboBox(choices=list(families.names()), label="Family")
         self.steps = SpinBox(value=common["steps"], min=1, max=10_000_000, label="Steps")
         self.tile = SpinBox(value=common["tile"], min=64, max=4096, step=64, label="Tile")
         self.batch = SpinBox(value=common["batch_size"], min=1, max=512, label="Batch size")
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto",
                                label="Device")
-        # advanced
+        self.unlabel = FloatSpinBox(value=0.0, min=0.0, max=1.0, step=0.05,
+                                    label="Unlabel cells")
+        self.unlabel.tooltip = (
+            "Share of the cells (interior and boundary) turned into background in each "
+            "training mask, the image kept: the model learns to paint unlabelled tissue where "
+            "a mask says background. 0.3 suits data whose masks have no background.")
+
+    def _build_advanced_fields(self, common: dict[str, Any]) -> None:
+        """The settings in the Advanced section, and the table of every common setting."""
         self.stride = SpinBox(value=0, min=0, max=4096, label="Stride (0 = random crops)")
         self.lr = FloatSpinBox(value=common["lr"], min=1e-7, max=1.0, step=1e-5,
                                label="Learning rate")
@@ -431,12 +462,6 @@ class TrainWidget(Container):
         self.seed = SpinBox(value=common["seed"], min=0, max=2**31 - 1, label="Seed")
         self.encoding = ComboBox(choices=["rgb", "onehot", "label"], value=common["encoding"],
                                  label="Mask encoding")
-        self.unlabel = FloatSpinBox(value=0.0, min=0.0, max=1.0, step=0.05,
-                                    label="Unlabel cells")
-        self.unlabel.tooltip = (
-            "Share of the cells (interior and boundary) turned into background in each "
-            "training mask, the image kept: the model learns to paint unlabelled tissue where "
-            "a mask says background. 0.3 suits data whose masks have no background.")
         #: config key -> the widget of a common setting (a family's ``defaults`` may set them)
         self.common_widgets: dict[str, Any] = {
             "steps": self.steps, "tile": self.tile, "batch_size": self.batch,
@@ -445,6 +470,9 @@ class TrainWidget(Container):
             "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every,
             "seed": self.seed, "encoding": self.encoding, "unlabel_fraction": self.unlabel}
         self._common_defaults = {k: w.value for k, w in self.common_widgets.items()}
+
+    def _build_family_settings(self) -> None:
+        """The box holding each family's own settings (filled by :meth:`refresh_families`)."""
         #: family -> its settings (fields, and widgets by key), built once per family
         self.family_fields: dict[str, list[SettingField]] = {}
         self.setting_widgets: dict[str, dict[str, Any]] = {}
@@ -453,17 +481,22 @@ class TrainWidget(Container):
         self.family_box = Container(labels=False)
         self.family_box.margins = (0, 0, 0, 0)
 
+    def _build_run_controls(self) -> None:
+        """Start / Stop / Resume, progress, the loss plot and the newest checkpoint."""
         self.start_button = PushButton(text="Start")
         self.stop_button = PushButton(text="Stop")
         self.resume_button = PushButton(text="Resume")
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
         self.eta = Label(value="")
-        self.plot = LossPlot(str(viewer.theme))
+        self.plot = LossPlot(str(self.viewer.theme))
         self.checkpoint_label = Label(value="No checkpoint yet.")
         self.use_button = PushButton(text="Use in synthesis")
         for lab in (self.data_status, self.eta, self.checkpoint_label):
             wrap_label(lab)
 
+    def _lay_out(self) -> None:
+        """Data, run settings, the family and Advanced sections, the run controls, the plot
+        under the progress, and the checkpoint last."""
         main = Container(widgets=[self.val, self.out, self.family, self.steps, self.tile,
                                   self.batch, self.device, self.unlabel])
         self.extend([
@@ -483,7 +516,6 @@ class TrainWidget(Container):
             self.eta,
         ])
         self.native.layout().addWidget(self.plot.canvas)
-        viewer.events.theme.connect(self._theme_changed)
         for path_field in (self.data, self.val, self.out):
             widen_path(path_field)
         self.extend([self.checkpoint_label, self.use_button])
@@ -495,6 +527,9 @@ class TrainWidget(Container):
             layout.removeWidget(widget)
             layout.insertWidget(layout.indexOf(anchor) + 1, widget)
 
+    def _connect_events(self) -> None:
+        """Families, data checks, the buttons, napari's theme, and stopping at napari's exit."""
+        self.viewer.events.theme.connect(self._theme_changed)
         self.refresh_families()
         self.family.changed.connect(self._family_changed)
         self._family_changed(self.family.value)
@@ -508,7 +543,6 @@ class TrainWidget(Container):
         if app is not None:
             connect_weakly(app.aboutToQuit, self, "shutdown")
         call_on_destroy(self, "shutdown")
-        self._set_running(False)
 
     @property
     def busy(self) -> bool:
@@ -640,6 +674,7 @@ class TrainWidget(Container):
 
         self._jobs.cancel_all("check")  # only the newest list of folders matters
         job = self._jobs.start(check, doing="Checking the training data", kind="check",
+                               progress="Checking the training data",
                                on_result=show, on_error=failed)
         return job.worker
 
