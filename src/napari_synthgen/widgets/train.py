@@ -3,9 +3,11 @@ progress, loss plot, previews.
 
 Training runs in a child process (``napari-synthgen train --events jsonl``) read by a thread
 worker: the viewer never waits for it, Stop saves a checkpoint and ends it (a trainer that does
-not answer is terminated), and closing napari stops it cleanly. The Family box lists the
-registered model families; each family's settings are widgets built from its settings
-dataclass and shown only while that family is chosen.
+not answer is terminated, from a thread), and closing napari asks first, then stops it without
+waiting. Each Start proposes a new run folder; one the user picked that holds a run is asked
+about (resume / new folder / cancel). The Family box lists the registered model families; each
+family's settings are widgets built from its settings dataclass and shown only while that
+family is chosen.
 """
 
 from __future__ import annotations
