@@ -144,11 +144,13 @@ class Workers:
 
         ``on_result(result, context)``, ``on_yield(value, context)`` and
         ``on_error(exc, context)`` run on the GUI thread while the widget is open (or always
-        with ``deliver_after_close``); errors are also shown to the user as "<doing> failed:
-        <message>". ``on_finish(context)`` always runs last, also after a cancel or an error.
-        ``progress`` names a napari progress bar that :class:`Progress` yields move; ``kind``
-        labels the job for :meth:`cancel_all`; ``flags`` rewords the options messages name
-        (see :func:`report_error`).
+        with ``deliver_after_close``); values yielded before a cancel still arrive, the result
+        and errors of cancelled work do not. Errors are also shown to the user as "<doing>
+        failed: <message>". ``on_finish(context)`` always runs last, also after a cancel or
+        an error. ``progress`` names a napari progress bar that :class:`Progress` yields
+        move (with a Cancel button for a generator); ``kind`` labels the job for
+        :meth:`cancel_all`; ``flags`` rewords the options messages name (see
+        :func:`report_error`).
         """
         stop = threading.Event()
         generator = inspect.isgeneratorfunction(fn)
@@ -163,10 +165,12 @@ class Workers:
             return (deliver_after_close or not self.closed) and not job.cancelled
 
         def yielded(value: Any) -> None:
-            if not live():
+            # a value yielded before a cancel still arrives (a bulk decision it reports is on
+            # disk already); only the final result of cancelled work is dropped
+            if self.closed and not deliver_after_close:
                 return
             if isinstance(value, Progress):
-                if job.pbar is not None:
+                if job.pbar is not None and not job.cancelled:
                     job.pbar.total = value.total
                     job.pbar.n = value.done
                     job.pbar.refresh()
