@@ -43,10 +43,10 @@ def measure(kind: str, args: list) -> float:
         make_layout(args[0], (args[1], args[1]), seed=1)
         return (_peak() - base) / args[1] ** 2
     if kind == "synth":
-        from napari_synthgen import Synthesizer
+        from napari_synthgen import make_synthesizer
 
         extra = {"steps": 2} if "diffusion" in args[0] else {}
-        synth = Synthesizer(args[0], device="cpu", precision="fp32", tile=args[1],
+        synth = make_synthesizer(args[0], device="cpu", precision="fp32", tile=args[1],
                             batch_size=1, **extra)
         mask = make_layout("dense", (args[1], args[1]), seed=1)
         base = _peak()

@@ -334,10 +334,10 @@ def shot_curate(out: Path, paths: dict[str, Path]) -> None:
     curate.open_session()
     curate.reference_folder.value = str(paths["real"])
     curate.choose_reference()
-    n = curate.load_folder(paths["generated"])
-    if not n:
-        raise SystemExit("Curate loaded no candidates")
+    curate.load_folder(paths["generated"])
     curate.wait_idle(timeout=300)
+    if not curate.queue:
+        raise SystemExit("Curate loaded no candidates")
     _wait(lambda: all(it.figures is not None or it.figures_error for it in curate.queue),
           "the quality figures", timeout=300)
     curate.wait_idle(timeout=60)

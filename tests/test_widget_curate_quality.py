@@ -229,11 +229,11 @@ def test_interrupted_bulk_undo_stays_consistent(make_napari_viewer, tmp_path: Pa
                            for i in (1, 2, 3)])
     curate.wait_idle(30)
     curate.threshold.value = 0.0
-    from qtpy.QtWidgets import QMessageBox  # the real question, answered Yes
+    from napari_synthgen.widgets import _common  # the real question, answered Yes
 
     asked: list[str] = []
-    monkeypatch.setattr(QMessageBox, "question", lambda parent, title, text, *a: asked.append(
-        text) or QMessageBox.StandardButton.Yes)
+    monkeypatch.setattr(_common, "ask", lambda parent, title, text, buttons: asked.append(
+        text) or "Yes")
     assert curate.accept_above() is not None and "3 undecided" in asked[0]
     curate.wait_idle(30)
     assert curate.session.n_accepted == 3
@@ -257,3 +257,47 @@ def test_interrupted_bulk_undo_stays_consistent(make_napari_viewer, tmp_path: Pa
     curate.undo()
     assert session.n_accepted == 0 and all(it.decision is None for it in curate.queue)
     assert curate.undo() is None
+
+
+def test_cancelling_a_bulk_accept_keeps_what_it_recorded(make_napari_viewer, qtbot,
+                                                          tmp_path: Path, isbi_image: np.ndarray,
+                                                          isbi_mask: np.ndarray,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk decision shows napari's cancelable progress; Cancel stops it after the sample
+    under way, and the widget agrees with the manifest on what was decided."""
+    import threading
+
+    ref = tmp_path / "real"
+    io.write_image(ref / "images" / "r.tif", _crop(isbi_image, 0))
+    io.write_mask(ref / "masks" / "r.tif", _crop(isbi_mask, 0))
+    viewer = make_napari_viewer()
+    curate = _dock(viewer, "Curate")
+    curate.folder.value = tmp_path / "export"
+    curate.reference_folder.value = ref
+    curate.add_candidates([Candidate(_crop(isbi_image, i), _crop(isbi_mask, i), name=f"c{i}")
+                           for i in range(1, 7)])
+    curate.wait_idle(30)
+    curate.threshold.value = 0.0
+    curate.confirm = lambda title, text: True
+    session = curate.open_session()
+    real_accept, gate = session.accept, threading.Event()
+
+    def slow_accept(*args, **kwargs):  # the disk is slow after two samples
+        if session.n_accepted >= 2:
+            gate.wait(10)
+        return real_accept(*args, **kwargs)
+
+    monkeypatch.setattr(session, "accept", slow_accept)
+    assert curate.accept_above() is not None
+    pbar = next(job.pbar for job in curate._jobs.jobs if job.kind == "bulk")
+    from napari.utils import cancelable_progress
+
+    assert isinstance(pbar, cancelable_progress)  # napari shows a Cancel button
+    qtbot.waitUntil(lambda: session.n_accepted >= 2, timeout=20000)
+    pbar.cancel()  # the user presses Cancel
+    gate.set()
+    curate.wait_idle(30)
+    decided = {it.record_id for it in curate.queue if it.decision == "accept"}
+    assert 2 <= len(decided) < 6 and decided == set(session.accepted)
+    curate.undo()  # the cancelled bulk decision is still one step
+    assert session.n_accepted == 0 and all(it.decision is None for it in curate.queue)

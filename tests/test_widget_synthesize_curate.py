@@ -155,7 +155,9 @@ def test_curate_a_generated_folder_and_export_nnunet(make_napari_viewer, qtbot, 
     curate = _dock(viewer, "Curate")
     curate.folder.value = tmp_path / "export"
     curate.format.value = "nnU-Net v2 raw"
-    assert curate.load_folder(tmp_path / "gen") == 2
+    assert curate.load_folder(tmp_path / "gen") is not None  # read in a worker
+    curate.wait_idle(30)
+    assert len(curate.queue) == 2
     curate.accept()
     curate.accept()
     rec = curate.session.records[0]

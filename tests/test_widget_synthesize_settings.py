@@ -137,11 +137,45 @@ def test_cancel_and_close_while_running(make_napari_viewer, qtbot, tiny_model: P
     assert w._lock.acquire(timeout=1)
     w._lock.release()
     # a run still going when the dock closes: its result is dropped, its synthesizer freed
+    synth = w.synthesizer()  # the current one, which the run holds
     worker = w.synthesize()
-    synth = w._synth
     viewer.window.remove_dock_widget("all")
     w.teardown()  # what the dock's destruction calls; calling it twice is harmless
     qtbot.waitUntil(lambda: not worker.is_running, timeout=20000)
     qtbot.wait(50)
     assert synth.network is None and "big_synth" not in viewer.layers
     assert not _errors(n_notes), _errors(n_notes)
+
+
+def test_synthesizers_are_built_off_the_gui_thread(make_napari_viewer, qtbot, tiny_model: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a synthesizer moves the model to its device (seconds for a large model):
+    runs and live preview build theirs in their worker, never on the GUI thread."""
+    import threading
+
+    from napari_synthgen import synthesis
+
+    on_gui: list[bool] = []
+    real = synthesis.Pix2PixSynthesizer.__init__
+
+    def recording(self, *args, **kwargs):
+        on_gui.append(threading.current_thread() is threading.main_thread())
+        real(self, *args, **kwargs)
+
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Synthesize")
+    _use(w, qtbot, tiny_model)
+    monkeypatch.setattr(synthesis.Pix2PixSynthesizer, "__init__", recording)
+    layer = viewer.add_labels(make_layout("dense", (96, 96), seed=1), name="m")
+    w.mask_layer.value = layer
+    w.live.value = True  # the first preview builds one
+    w.wait_idle()
+    qtbot.waitUntil(lambda: "m_synth" in viewer.layers, timeout=20000)
+    w.precision.value = "fp32"  # another setting: the next run builds another
+    w.live.value = False
+    w.wait_idle()
+    assert w.synthesize() is not None
+    w.wait_idle()
+    assert w.status.value.count("fp32") >= 1
+    assert len(on_gui) >= 2 and not any(on_gui), on_gui
+    assert not w._holds

@@ -133,17 +133,80 @@ def test_unresponsive_trainer_is_ended(make_napari_viewer, qtbot, tmp_path: Path
     assert w.events[-1]["event"] == "failed" and "ended with code" in w.events[-1]["message"]
 
 
-def test_closing_napari_stops_training(make_napari_viewer, qtbot, tmp_path: Path,
-                                       isbi_small: Path) -> None:
+def _gui_waits(process) -> list[str]:
+    """Record every wait on the trainer made by the GUI thread (it must make none)."""
+    import threading
+
+    waits: list[str] = []
+    real_wait = process.proc.wait
+
+    def wait(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            waits.append(f"wait{args or ''}{kwargs or ''}")
+        return real_wait(*args, **kwargs)
+
+    process.proc.wait = wait
+    return waits
+
+
+def test_closing_napari_asks_then_stops_training_without_waiting(
+        make_napari_viewer, qtbot, tmp_path: Path, isbi_small: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_synthgen.widgets import _common
+    from napari_synthgen.widgets.train import STOP_AND_CLOSE
+
+    asked: list[str] = []
+    answers: list[str] = []
+
+    def ask(parent, title, text, buttons):
+        asked.append(text)
+        assert tuple(buttons) == ("Cancel", STOP_AND_CLOSE)
+        return answers.pop(0)
+
+    monkeypatch.setattr(_common, "ask", ask)
+    viewer = make_napari_viewer(show=True)
+    w = _train_widget(viewer, isbi_small, tmp_path / "run")
+    w.start()
+    qtbot.waitUntil(lambda: len(_kinds(w, "progress")) >= 3, timeout=120_000)
+    process = w.process
+    waits = _gui_waits(process)
+    window = w.native.window()  # napari's main window, as the user closes it
+    answers.append("Cancel")
+    assert not window.close()  # the user kept napari open: training goes on
+    assert window.isVisible() and process.running and len(asked) == 1
+    assert str(tmp_path / "run") in asked[0]
+    n = len(_kinds(w, "progress"))
+    qtbot.waitUntil(lambda: len(_kinds(w, "progress")) > n, timeout=60_000)
+    answers.append(STOP_AND_CLOSE)
+    viewer.close()  # closes the window: asked again
+    assert not window.isVisible()
+    # the thread reading the trainer reaps it once it has saved and exited
+    qtbot.waitUntil(lambda: not process.running and not w.busy, timeout=60_000)
+    assert process.proc.returncode == 0 and len(asked) == 2
+    assert latest_checkpoint(tmp_path / "run") is not None
+    assert waits == [], "the GUI thread waited on the trainer"
+
+
+def test_closing_a_headless_viewer_stops_training_without_asking(
+        make_napari_viewer, qtbot, tmp_path: Path, isbi_small: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_synthgen.widgets import _common
+
+    def ask(*_args):
+        raise AssertionError("nobody sees a headless viewer: nothing to ask")
+
+    monkeypatch.setattr(_common, "ask", ask)
     viewer = make_napari_viewer()
     w = _train_widget(viewer, isbi_small, tmp_path / "run")
     w.start()
     qtbot.waitUntil(lambda: len(_kinds(w, "progress")) >= 3, timeout=120_000)
     process = w.process
+    waits = _gui_waits(process)
     viewer.close()
-    qtbot.waitUntil(lambda: not process.running, timeout=30_000)
+    qtbot.waitUntil(lambda: not process.running and not w.busy, timeout=30_000)
     assert process.proc.returncode == 0
     assert latest_checkpoint(tmp_path / "run") is not None
+    assert waits == [], "the GUI thread waited on the trainer"
 
 
 def test_bad_data_is_shown_on_entry(make_napari_viewer, qtbot, tmp_path: Path) -> None:

@@ -90,6 +90,12 @@ class Synthesizer:
     _windows: dict[tuple[int, int], np.ndarray]
     _cache: dict[int, TileCache]
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Synthesizer:
+        if cls is Synthesizer:
+            raise TypeError("Synthesizer is what every family's synthesizer builds on; make one "
+                            "for a model with napari_synthgen.make_synthesizer(model, ...).")
+        return super().__new__(cls)
+
     # ----------------------------------------------------------------- shared set-up
     def _load(self, model: Any, encoding: str | None) -> Any:
         """``model`` as a LoadedModel of this class's family (a path is read by

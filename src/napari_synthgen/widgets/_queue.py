@@ -1,9 +1,9 @@
 """The Curate widget's queue items and the work it runs off the GUI thread.
 
-A queue item holds a candidate, its decision and its quality figures. The workers compute
-figures (:func:`figures_work`), read a reference (:func:`read_reference`, from a folder or a
-model file's header: :func:`model_reference`) and record bulk decisions (:func:`bulk_work`);
-they use core code only.
+A queue item holds a candidate, its decision and its quality figures. The workers read a
+generated folder (:func:`read_folder`), compute figures (:func:`figures_work`), read a
+reference (:func:`read_reference`, from a folder or a model file's header:
+:func:`model_reference`) and record bulk decisions (:func:`bulk_work`); they use core code only.
 """
 
 from __future__ import annotations
@@ -70,6 +70,28 @@ class QueueItem:
         return image, mask
 
 
+def read_folder(folder: Path) -> list[QueueItem]:
+    """Worker: a queue item per image/mask pair of a generated folder, with its provenance from
+    the folder's generate log (the arrays are read when shown). Runs in a worker: the log
+    reader lives in ``generate``, which imports torch."""
+    from ..generate import read_provenance
+    from ..io import find_pairs
+
+    root = Path(folder)
+    pairs = find_pairs(root)
+    prov = read_provenance(root)
+    items = []
+    for pair in pairs:
+        p = dict(prov.get(f"images/{pair.image.name}", {}))
+        p.setdefault("source_mask", str(pair.mask))
+        p.pop("image", None)
+        p.pop("mask", None)
+        p["generated_file"] = str(pair.image)
+        items.append(QueueItem(pair.stem, image_path=pair.image, mask_path=pair.mask,
+                               provenance=p))
+    return items
+
+
 def model_reference(announcement: ModelAnnouncement) -> ReferenceStats | None:
     """The reference statistics a model file carries from its training data (None if none).
 
@@ -118,13 +140,32 @@ def figures_work(items: list[QueueItem], reference: ReferenceStats | None
         yield Progress(n + 1, len(items))
 
 
+def item_quality(item: QueueItem, image: np.ndarray, mask: np.ndarray,
+                 reference: ReferenceStats | None, source: str) -> dict[str, Any]:
+    """The figures the manifest records for ``item``, with the reference they used: its own,
+    or computed now for a candidate decided before its figures arrived (the basic ones and why,
+    for a sample whose figures cannot be computed, such as one too small for a spectrum)."""
+    from ..quality import basic_figures
+
+    named = {"reference": source or "none"}
+    figures = item.figures
+    if figures is None:
+        try:
+            figures = sample_figures(image, mask, reference=reference)
+        except Exception as exc:
+            return {**basic_figures(image, mask), **named, "figures_error": str(exc)}
+    return {**figures, **named}
+
+
 def bulk_work(session: ExportSession, decision: str,
-               entries: list[tuple[QueueItem, dict[str, Any], dict[str, Any]]]
-               ) -> Iterator[Any]:
-    """Worker: record one decision per item (each record is on disk when it is yielded)."""
+               entries: list[tuple[QueueItem, dict[str, Any]]],
+               reference: ReferenceStats | None, source: str) -> Iterator[Any]:
+    """Worker: record one decision per item, with its figures (each record is on disk when it
+    is yielded); reading the samples and writing them never happens on the GUI thread."""
     fn = session.accept if decision == "accept" else session.reject
-    for n, (item, quality, provenance) in enumerate(entries):
+    for n, (item, provenance) in enumerate(entries):
         image, mask = item.peek()
+        quality = item_quality(item, image, mask, reference, source)
         yield item, fn(image, mask, provenance=provenance, quality=quality)
         yield Progress(n + 1, len(entries))
 

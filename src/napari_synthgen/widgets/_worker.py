@@ -6,19 +6,26 @@ settings, layer...), never the widget's current state, so a setting changed mean
 reach a running job. Errors and warnings become napari notifications with their real message;
 after ``close()`` (the widget closed) results, progress and errors are dropped, but ``on_finish``
 still runs so resources a job held are released.
+
+Only public API: superqt's worker classes (napari's add notification relays we do not want),
+and cancellation of our own: a generator job returns at its next ``yield`` once cancelled,
+closing its generator in the worker thread (its ``with``/``finally`` blocks run there, now).
+A job with a progress bar shows napari's cancelable progress when it can stop at a yield.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
+from superqt.utils import FunctionWorker, GeneratorWorker
 
 
 class Progress(NamedTuple):
@@ -66,15 +73,50 @@ class Job:
     context: Any = None
     kind: str = ""
     pbar: Any = None
-    cancelled: bool = False
     done: bool = False
     result: Any = field(default=None, repr=False)
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the work was asked to stop (its results are dropped)."""
+        return self.stop.is_set()
 
     def cancel(self) -> None:
         """Ask the work to stop; a generator stops at its next ``yield``, its result is dropped."""
-        self.cancelled = True
-        with contextlib.suppress(RuntimeError):  # the worker's Qt object may be gone
-            self.worker.quit()
+        self.stop.set()
+
+
+def _until_stopped(fn: Callable[..., Any], stop: threading.Event, *args: Any,
+                   **kwargs: Any) -> Any:
+    """Run the generator ``fn(*args, **kwargs)``, returning at the first ``yield`` after
+    ``stop`` is set; the generator is closed in this (the worker's) thread either way."""
+    gen = fn(*args, **kwargs)
+    try:
+        while not stop.is_set():
+            try:
+                value = next(gen)
+            except StopIteration as done:
+                return done.value
+            yield value
+        return None
+    finally:
+        gen.close()
+
+
+def _progress_bar(desc: str, cancelable: bool, cancel: Callable[[], None]) -> Any:
+    """napari's progress bar for a job; with a Cancel button when the job can stop."""
+    from napari.utils import cancelable_progress, progress
+
+    if not cancelable:
+        return progress(total=0, desc=desc)
+
+    class JobProgress(cancelable_progress):
+        def cancel(self) -> None:  # the user pressed Cancel: the job stops at its next yield
+            super().cancel()
+            cancel()
+
+    return JobProgress(total=0, desc=desc)
 
 
 Handler = Callable[..., Any]
@@ -102,33 +144,33 @@ class Workers:
 
         ``on_result(result, context)``, ``on_yield(value, context)`` and
         ``on_error(exc, context)`` run on the GUI thread while the widget is open (or always
-        with ``deliver_after_close``); errors are also shown to the user as "<doing> failed:
-        <message>". ``on_finish(context)`` always runs last, also after a cancel or an error.
-        ``progress`` names a napari progress bar that :class:`Progress` yields move; ``kind``
-        labels the job for :meth:`cancel_all`; ``flags`` rewords the options messages name
-        (see :func:`report_error`).
+        with ``deliver_after_close``); values yielded before a cancel still arrive, the result
+        and errors of cancelled work do not. Errors are also shown to the user as "<doing>
+        failed: <message>". ``on_finish(context)`` always runs last, also after a cancel or
+        an error. ``progress`` names a napari progress bar that :class:`Progress` yields
+        move (with a Cancel button for a generator); ``kind`` labels the job for
+        :meth:`cancel_all`; ``flags`` rewords the options messages name (see
+        :func:`report_error`).
         """
-        worker = create_worker(fn, *args, _ignore_errors=True, **kwargs)
-        # our handlers report errors and warnings (with the message), napari's relays would
-        # add a second, generic notification
-        for signal, relay in ((worker.errored, "_relay_error"),
-                              (worker.warned, "_relay_warning")):
-            with contextlib.suppress(TypeError, RuntimeError, AttributeError):
-                signal.disconnect(getattr(worker, relay))
-        job = Job(worker=worker, doing=doing, context=context, kind=kind)
+        stop = threading.Event()
+        generator = inspect.isgeneratorfunction(fn)
+        # superqt's workers: our handlers report errors and warnings with their message
+        worker = (GeneratorWorker(_until_stopped, fn, stop, *args, **kwargs) if generator
+                  else FunctionWorker(fn, *args, **kwargs))
+        job = Job(worker=worker, doing=doing, context=context, kind=kind, stop=stop)
         if progress is not None:
-            from napari.utils import progress as napari_progress
-
-            job.pbar = napari_progress(total=0, desc=progress)
+            job.pbar = _progress_bar(progress, generator, job.cancel)
 
         def live() -> bool:
             return (deliver_after_close or not self.closed) and not job.cancelled
 
         def yielded(value: Any) -> None:
-            if not live():
+            # a value yielded before a cancel still arrives (a bulk decision it reports is on
+            # disk already); only the final result of cancelled work is dropped
+            if self.closed and not deliver_after_close:
                 return
             if isinstance(value, Progress):
-                if job.pbar is not None:
+                if job.pbar is not None and not job.cancelled:
                     job.pbar.total = value.total
                     job.pbar.n = value.done
                     job.pbar.refresh()
@@ -159,12 +201,6 @@ class Workers:
 
         def finished() -> None:
             job.done = True
-            # a generator stopped by quit() is left at its yield: close it so that its
-            # ``with``/``finally`` blocks (locks, files) run now, not at garbage collection
-            gen = getattr(worker, "_gen", None)
-            if gen is not None:
-                with contextlib.suppress(Exception):
-                    gen.close()
             if job in self.jobs:
                 self.jobs.remove(job)
             if job.pbar is not None:
@@ -191,10 +227,13 @@ class Workers:
             job.cancel()
         return len(jobs)
 
-    def close(self) -> None:
-        """The widget closed: cancel everything and drop whatever still arrives."""
+    def close(self, keep: tuple[str, ...] = ()) -> None:
+        """The widget closed: cancel everything (but jobs of the kinds in ``keep``, which end by
+        themselves) and drop whatever still arrives."""
         self.closed = True
-        self.cancel_all()
+        for job in list(self.jobs):
+            if job.kind not in keep:
+                job.cancel()
 
     def wait_idle(self, timeout: float = 60.0, until: Callable[[], bool] | None = None) -> None:
         """Process Qt events until no job runs (and ``until()`` is true); for tests and scripts."""

@@ -34,10 +34,9 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 
 from ..curation import ExportSession, export_nnunet, install_splits, reword
-from ..generate import read_provenance
 from ..io import find_pairs
 from ..napari_io import mask_layer_kwargs
-from ..quality import ReferenceStats, basic_figures, reference_from_folder, sample_figures
+from ..quality import ReferenceStats, basic_figures, reference_from_folder
 from . import _common, _settings
 from ._bus import Candidate, ModelAnnouncement, bus_for
 from ._common import (
@@ -56,7 +55,9 @@ from ._queue import (
     bulk_work,
     canvas_text,
     figures_work,
+    item_quality,
     model_reference,
+    read_folder,
     read_reference,
 )
 from ._worker import Workers
@@ -102,6 +103,23 @@ class CurateWidget(Container):
         super().__init__(labels=False)
         self.viewer = viewer
         self.bus = bus_for(viewer)  # this viewer's widgets only
+        self._init_state()
+        self._build_source_fields()
+        self._build_queue_view()
+        self._build_decision_buttons()
+        self._build_export_fields()
+        self._lay_out()
+        self._connect_events()
+        self._model = self.bus.current_model()
+        self.choose_reference()
+        self._update_labels()
+        self._format_changed()
+
+    def _init_state(self) -> None:
+        """The export session, the queue and its position, Undo's history, the reference the
+        figures compare with, and the timer that re-sorts the queue as figures arrive."""
+        from qtpy.QtCore import QTimer
+
         self.session: ExportSession | None = None
         self.queue: list[QueueItem] = []
         self.pos = -1
@@ -119,13 +137,12 @@ class CurateWidget(Container):
         self._model: ModelAnnouncement | None = None
         self._overlay_shown = False
         self._syncing = False
-        from qtpy.QtCore import QTimer
-
         self._resort_timer = QTimer()
         self._resort_timer.setSingleShot(True)
         self._resort_timer.setInterval(150)
-        self._resort_timer.timeout.connect(self._resort)
 
+    def _build_source_fields(self) -> None:
+        """The export folder and format, a generated folder to load, the reference folder."""
         self.folder = FileEdit(mode="d", label="Export folder",
                                value=_settings.get("export_folder", ""))
         self.format = ComboBox(choices=list(FORMATS), label="Format",
@@ -134,13 +151,19 @@ class CurateWidget(Container):
         self.open_button = PushButton(text="Open export folder")
         self.source = FileEdit(mode="d", label="Generated folder")
         self.load_button = PushButton(text="Load generated folder")
-        self.position = Label(value="No candidates yet: synthesize, or load a generated folder.")
-        self.figures = Label(value="")
         self.reference_folder = FileEdit(mode="d", label="Reference (real pairs)")
         self.reference_folder.tooltip = (
             "A paired folder of real images (images/ + masks/) the figures compare with. Leave "
             "empty to use the statistics the model carries from its training data.")
         self.reference_note = Label(value="")
+
+    def _build_queue_view(self) -> None:
+        """The queue list, its order and flag threshold, the shown candidate's figures and
+        curves, and the bulk decisions by threshold."""
+        from qtpy.QtWidgets import QListWidget
+
+        self.position = Label(value="No candidates yet: synthesize, or load a generated folder.")
+        self.figures = Label(value="")
         self.table = Label(value="")
         self.order = ComboBox(choices=list(ORDERS), label="Order",
                               value=_settings.get("curate_order", ORDERS[0])
@@ -151,16 +174,13 @@ class CurateWidget(Container):
                                   "sorts and flags, it never decides alone.")
         self.bulk_accept = PushButton(text="Accept all ≥ threshold")
         self.bulk_reject = PushButton(text="Reject all < threshold")
-        from qtpy.QtWidgets import QListWidget
-
         self.queue_list = QListWidget()
         self.queue_list.setMinimumHeight(90)
         self.queue_list.setMaximumHeight(160)
-        self.panel = QualityPanel(str(viewer.theme))
-        queue_box = Container(labels=False)
-        queue_box.native.layout().addWidget(self.queue_list)
-        panel_box = Container(labels=False)
-        panel_box.native.layout().addWidget(self.panel.canvas)
+        self.panel = QualityPanel(str(self.viewer.theme))
+
+    def _build_decision_buttons(self) -> None:
+        """Previous / Skip / Next and Accept / Reject / Undo (with their keys)."""
         self.buttons = {
             "previous": PushButton(text="◀ Previous"),
             "accept": PushButton(text=f"Accept [{KEYS['accept']}]"),
@@ -169,6 +189,10 @@ class CurateWidget(Container):
             "undo": PushButton(text=f"Undo [{KEYS['undo']}]"),
             "next": PushButton(text="Next ▶"),
         }
+
+    def _build_export_fields(self) -> None:
+        """The nnU-Net export: real validation data, output folder, dataset id and name,
+        folds, where the splits go, Export and the status line."""
         self.real = FileEdit(mode="d", label="Real data (validation)")
         self.real_note = Label(value="")
         self.nnunet_out = FileEdit(mode="d", label="nnU-Net output",
@@ -183,15 +207,22 @@ class CurateWidget(Container):
         self.splits_note = Label(value="")
         self.export_button = PushButton(text="Export")
         self.status = Label(value="")
+
+    def _lay_out(self) -> None:
+        """Everything in a scroll body: the queue, figures and export sections are taller
+        than a laptop screen beside the other docks, so the window's minimum height stays
+        small."""
         for label in (self.position, self.figures, self.status, self.real_note,
                       self.splits_note, self.reference_note):
             wrap_label(label)
         for path_field in (self.folder, self.source, self.real, self.nnunet_out,
                            self.reference_folder):
             widen_path(path_field)
+        queue_box = Container(labels=False)
+        queue_box.native.layout().addWidget(self.queue_list)
+        panel_box = Container(labels=False)
+        panel_box.native.layout().addWidget(self.panel.canvas)
         b = self.buttons
-        # the queue, figures and export sections are taller than a laptop screen beside the
-        # other docks: they scroll, so the window's minimum height stays small
         body = self._body = scroll_body(self)
         body.extend([
             Container(widgets=[self.folder, self.format]),
@@ -222,6 +253,12 @@ class CurateWidget(Container):
             self.status,
         ])
         fit_scroll_width(body)
+
+    def _connect_events(self) -> None:
+        """The buttons and keys, the fields that change the queue or the export, the bus
+        (candidates and the model in use), napari's theme, and teardown when the dock closes."""
+        b = self.buttons
+        self._resort_timer.timeout.connect(self._resort)
         self.open_button.changed.connect(self.open_session)
         self.load_button.changed.connect(lambda *_: self.load_folder(self.source.value))
         self.format.changed.connect(lambda v: _settings.put("export_format", v))
@@ -241,15 +278,11 @@ class CurateWidget(Container):
         self.bulk_reject.changed.connect(lambda *_: self.reject_below())
         self.queue_list.currentRowChanged.connect(self._row_chosen)
         for action, key in KEYS.items():
-            viewer.bind_key(key, lambda _v, a=action: getattr(self, a)(), overwrite=True)
+            self.viewer.bind_key(key, lambda _v, a=action: getattr(self, a)(), overwrite=True)
         self.bus.candidates.connect(self.add_candidates)
         self.bus.model_changed.connect(self._model_changed)
-        viewer.events.theme.connect(self._theme_changed)
+        self.viewer.events.theme.connect(self._theme_changed)
         call_on_destroy(self, "teardown")
-        self._model = self.bus.current_model()
-        self.choose_reference()
-        self._update_labels()
-        self._format_changed()
 
     # ----------------------------------------------------------------- session
     def close_session(self) -> None:
@@ -327,29 +360,18 @@ class CurateWidget(Container):
         self._compute(items)
         self._resort()
 
-    def load_folder(self, folder: str | Path) -> int:
-        """Queue every image/mask pair of a generated folder (with its generate.jsonl)."""
-        try:
-            root = Path(folder)
-            pairs = find_pairs(root)
-            prov = read_provenance(root)
-            items = []
-            for pair in pairs:
-                rel = f"images/{pair.image.name}"
-                p = dict(prov.get(rel, {}))
-                p.setdefault("source_mask", str(pair.mask))
-                p.pop("image", None)
-                p.pop("mask", None)
-                p["generated_file"] = str(pair.image)
-                items.append(QueueItem(pair.stem, image_path=pair.image, mask_path=pair.mask,
-                                   provenance=p))
-        except Exception as exc:
-            report_error(exc, "Loading the generated folder")
-            return 0
+    def load_folder(self, folder: str | Path) -> Any:
+        """Queue every image/mask pair of a generated folder (with its generate.jsonl); the
+        folder is read in a worker (returned; ``wait_idle`` waits for it)."""
+        job = self._jobs.start(read_folder, Path(folder), doing="Loading the generated folder",
+                               progress="Loading the generated folder",
+                               on_result=self._folder_read)
+        return job.worker
+
+    def _folder_read(self, items: list[QueueItem], _ctx: object = None) -> None:
         first_new = len(self.queue)
         self._enqueue(items)
         self.show_candidate(self.queue.index(items[0]) if items else first_new)
-        return len(items)
 
     def current(self) -> QueueItem | None:
         return self.queue[self.pos] if 0 <= self.pos < len(self.queue) else None
@@ -468,14 +490,11 @@ class CurateWidget(Container):
         A candidate decided before its worker finished gets them computed now (one sample:
         tens of milliseconds), so every record carries the same figures. A sample whose
         figures cannot be computed (too small for a spectrum) gets the basic ones and why."""
-        source = {"reference": self._reference_source or "none"}
-        if item.figures is None:
-            image, mask = item.arrays()
-            try:
-                item.figures = sample_figures(image, mask, reference=self._reference)
-            except Exception as exc:
-                return {**basic_figures(image, mask), **source, "figures_error": str(exc)}
-        return {**item.figures, **source}
+        image, mask = item.arrays()
+        quality = item_quality(item, image, mask, self._reference, self._reference_source)
+        if item.figures is None and "figures_error" not in quality:
+            item.figures = {k: v for k, v in quality.items() if k != "reference"}
+        return quality
 
     def _bulk_running(self) -> bool:
         return any(job.kind == "bulk" for job in self._jobs.jobs)
@@ -590,12 +609,13 @@ class CurateWidget(Container):
         if not self.confirm(f"{decision.capitalize()} by threshold", text):
             self.status.value = f"{decision.capitalize()} by threshold: cancelled."
             return None
-        entries = [(it, self._quality(it),
-                    {**it.provenance, "bulk_decision": f"{decision} {rule}"}) for it in chosen]
+        entries = [(it, {**it.provenance, "bulk_decision": f"{decision} {rule}"})
+                   for it in chosen]
         batch: list[str] = []
         self._actions.append(batch)
         self.status.value = f"{decision.capitalize()}ing {len(chosen)} candidate(s) ({rule}) ..."
-        job = self._jobs.start(bulk_work, session, decision, entries,
+        job = self._jobs.start(bulk_work, session, decision, entries, self._reference,
+                               self._reference_source,
                                doing=f"{decision.capitalize()} by threshold", context=batch,
                                progress=f"{decision.capitalize()}ing {len(chosen)} candidates",
                                on_yield=self._bulk_one, on_finish=self._bulk_done, kind="bulk")
@@ -657,6 +677,7 @@ class CurateWidget(Container):
         self._ref_pending = True
         self.reference_note.value = f"Reading the reference ({source}) ..."
         self._jobs.start(read_reference, fn, arg, doing="Reading the reference",
+                         progress="Reading the reference",
                          kind="reference", context=(self._ref_version, source),
                          on_result=self._reference_read, on_error=self._reference_failed)
 

@@ -158,10 +158,16 @@ def _model_name(info: Any) -> str:
 
 @dataclass
 class _Run:
-    """What one synthesis or live preview started with; its handlers use only this."""
+    """What one synthesis or live preview started with; its handlers use only this.
+
+    ``synth`` is the widget's current synthesizer when it fits ``model`` and ``settings``;
+    otherwise None, and the run's worker builds one (:func:`_ensure_synth`: moving a model to
+    its device is no work for the GUI thread), which the widget adopts when the run ends.
+    """
 
     synth: Any
     model: Any
+    settings: dict[str, Any]
     params: dict[str, Any]
     layer: Labels
     source: str
@@ -172,6 +178,19 @@ class _Run:
     request: int = 0
     z: int = 0
     t0: float = field(default_factory=time.perf_counter)
+    built: bool = False  # the worker built ``synth``
+
+
+def _ensure_synth(run: _Run) -> Any:
+    """Worker: the run's synthesizer, built here for the run's model and settings when the
+    widget had none that fits; ``params`` (what the provenance records) come from it."""
+    if run.synth is None:
+        from ..registry import make_synthesizer
+
+        run.synth = make_synthesizer(run.model, **run.settings)
+        run.built = True
+    run.params = run.synth.describe()
+    return run.synth
 
 
 def _previews_itself(synth: Any) -> bool:
@@ -198,6 +217,19 @@ class SynthesizeWidget(Container):
         super().__init__(labels=False)
         self.viewer = viewer
         self.bus = bus_for(viewer)  # this viewer's widgets only
+        self._init_state()
+        self._build_model_fields()
+        self._build_synthesis_fields()
+        self._build_run_controls()
+        self._lay_out()
+        self._connect_events()
+        start = self._initial_model()
+        if start:
+            self.set_model(start)
+
+    def _init_state(self) -> None:
+        """The model, the current synthesizer and who holds it, live preview's requests,
+        the workers and the synthesis lock."""
         self._synth: Any = None  # current Synthesizer, created lazily (torch loads on first use)
         self._synth_for: tuple[Any, dict[str, Any]] | None = None  # (model, settings) it fits
         self._holds: dict[int, int] = {}  # id(synthesizer) -> running jobs holding it
@@ -217,13 +249,23 @@ class SynthesizeWidget(Container):
         self._lock = threading.Lock()  # one synthesis at a time (CPU cores, kept tiles)
         self._closed = False
         self._stop = threading.Event()  # set when the widget closes: diffusion previews stop
+        self._debounce = QTimer()
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
 
+    def _build_model_fields(self) -> None:
+        """The model file or folder, recent models, what the model is, and its encoding."""
         self.model_path = FileEdit(mode="r", label="Model", filter="*.safetensors *.pth *.pt")
         self.model_folder = PushButton(text="Folder...")
         self.recent = ComboBox(label="Recent", choices=self._recent_choices)
         self.model_info = Label(value="No model loaded.")
         self.encoding = ComboBox(choices=[_MODEL_DEFAULT, "rgb", "onehot", "label"],
                                  value=_MODEL_DEFAULT, label="Encoding")
+        self.model_path.tooltip = ("A .safetensors / .pth file or a folder holding one; "
+                                   "type 'demo' for the bundled demo model.")
+
+    def _build_synthesis_fields(self) -> None:
+        """Device, precision, mask, seeds and variations, the family's own settings, tiling."""
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto",
                                label="Device")
         self.precision = ComboBox(choices=["auto", "fp32", "bf16", "fp16"], value="auto",
@@ -239,13 +281,17 @@ class SynthesizeWidget(Container):
         self.tile = SpinBox(value=0, min=0, max=8192, step=64, label="Tile (0 = model's)")
         self.overlap = SpinBox(value=-1, min=-1, max=4096, label="Overlap (-1 = tile/4)")
         self.batch_size = SpinBox(value=0, min=0, max=256, label="Batch (0 = auto)")
+
+    def _build_run_controls(self) -> None:
+        """Synthesize, Cancel, live preview and the status line."""
         self.run_button = PushButton(text="Synthesize [Shift+S]")
         self.cancel_button = PushButton(text="Cancel")
         self.live = CheckBox(value=False, text="Live preview (follows the brush)")
         self.status = Label(value="")
 
-        # the settings scroll when the dock is short (a laptop screen with the mask editor
-        # above): the window's minimum height stays small
+    def _lay_out(self) -> None:
+        """Everything in a scroll body: when the dock is short (a laptop screen with the mask
+        editor above) the settings scroll and the window's minimum height stays small."""
         body = self._body = scroll_body(self)
         body.extend([
             Container(widgets=[self.model_path], labels=True),
@@ -268,14 +314,11 @@ class SynthesizeWidget(Container):
         shrink_combo(self.recent)
         widen_path(self.model_path)
         fit_scroll_width(body)
-        self.model_path.tooltip = ("A .safetensors / .pth file or a folder holding one; "
-                                   "type 'demo' for the bundled demo model.")
 
-        self._debounce = QTimer()
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(DEBOUNCE_MS)
+    def _connect_events(self) -> None:
+        """Model and settings changes, the buttons, live preview, the viewer's layers, the
+        bus (a checkpoint from the Train widget), Shift+S, and teardown when the dock closes."""
         self._debounce.timeout.connect(self._live_tick)
-
         self.model_path.changed.connect(self._model_changed)
         self.model_folder.changed.connect(self._pick_folder)
         self.recent.changed.connect(self._recent_picked)
@@ -287,16 +330,12 @@ class SynthesizeWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.live.changed.connect(self._live_toggled)
         self.mask_layer.changed.connect(self._mask_changed)
-        events = viewer.layers.events
+        events = self.viewer.layers.events
         for ev in (events.inserted, events.removed):
             ev.connect(self._refresh_choices)
         self.bus.use_model.connect(self.set_model)
-        viewer.bind_key(RUN_KEY, lambda _v: self.synthesize(), overwrite=True)
+        self.viewer.bind_key(RUN_KEY, lambda _v: self.synthesize(), overwrite=True)
         call_on_destroy(self, "teardown")
-
-        start = self._initial_model()
-        if start:
-            self.set_model(start)
 
     # ----------------------------------------------------------------- model
     @property
@@ -375,6 +414,7 @@ class SynthesizeWidget(Container):
         encoding = None if self.encoding.value == _MODEL_DEFAULT else self.encoding.value
         self._load_job = self._jobs.start(
             _load, path, encoding, doing=f"Loading {Path(path).name}", context=path,
+            progress=f"Loading {Path(path).name}",
             on_result=self._model_loaded, on_error=self._model_failed)
 
     def _model_loaded(self, model: Any, path: str) -> None:
@@ -441,21 +481,32 @@ class SynthesizeWidget(Container):
             **{name: self._family_fields[name].value for name in self._family_shown},
         }
 
-    def synthesizer(self) -> Any:
-        """The synthesizer for the current model and settings (built on first use)."""
+    def _require_model(self) -> Any:
+        """The loaded model, or a ValueError that says why there is none."""
         if self._model is None:
             if self._model_path is not None and self._load_job and not self._load_job.done:
                 raise ValueError(f"{Path(self._model_path).name} is still loading; "
                                  "try again in a moment.")
             raise ValueError("no model loaded: choose a checkpoint file or folder above.")
-        settings = self._synth_settings()
-        if (self._synth is None or self._synth_for is None or self._synth_for[0] is not self._model
-                or self._synth_for[1] != settings):
+        return self._model
+
+    def _fitting_synth(self, model: Any, settings: dict[str, Any]) -> Any:
+        """The current synthesizer if it was built for ``model`` and ``settings``, else None."""
+        if (self._synth is not None and self._synth_for is not None
+                and self._synth_for[0] is model and self._synth_for[1] == settings):
+            return self._synth
+        return None
+
+    def synthesizer(self) -> Any:
+        """The synthesizer for the current model and settings, built now if needed (for
+        scripts and tests: runs build theirs in their worker, never on the GUI thread)."""
+        model, settings = self._require_model(), self._synth_settings()
+        if self._fitting_synth(model, settings) is None:
             from ..registry import make_synthesizer
 
-            new = make_synthesizer(self._model, **settings)
+            new = make_synthesizer(model, **settings)
             self._retire()
-            self._synth, self._synth_for = new, (self._model, settings)
+            self._synth, self._synth_for = new, (model, settings)
         return self._synth
 
     def _retire(self) -> None:
@@ -523,15 +574,33 @@ class SynthesizeWidget(Container):
 
     def _start_run(self, mask_layer: Labels, seeds: list[int], keep: bool, *,
                    z: int = 0) -> _Run:
-        """Capture everything a run needs now (the synthesizer is held until it ends)."""
-        synth = self.synthesizer()
-        model = self._model
-        run = _Run(synth=synth, model=model, params=synth.describe(), layer=mask_layer,
+        """Capture everything a run needs now: the model, the settings and the current
+        synthesizer if it fits them (held until the run ends; else the worker builds one)."""
+        model, settings = self._require_model(), self._synth_settings()
+        synth = self._fitting_synth(model, settings)
+        run = _Run(synth=synth, model=model, settings=settings, params={}, layer=mask_layer,
                    source=mask_layer.metadata.get("source", f"layer:{mask_layer.name}"),
                    mask=np.array(mask_layer.data, dtype=np.uint8, copy=True), seeds=seeds,
                    keep=keep, known=model_classes(model.info), request=self._live_request, z=z)
-        self._hold(synth)
+        if synth is not None:
+            self._hold(synth)
         return run
+
+    def _settle(self, run: _Run) -> None:
+        """A run ended: release its synthesizer. One its worker built becomes the current one
+        if nothing replaced the model or settings meanwhile (the next run reuses it, with the
+        tiles live preview keeps); otherwise it is closed."""
+        synth = run.synth
+        if synth is None:  # nothing was built (cancelled first, or the build failed)
+            return
+        if not run.built:
+            self._release(synth)
+            return
+        if (not self._closed and self._synth is None and self._model is run.model
+                and self._synth_settings() == run.settings):
+            self._synth, self._synth_for = synth, (run.model, run.settings)
+        else:
+            synth.close()
 
     def _warn_unseen(self, run: _Run, unseen: list[int]) -> None:
         """Say once per model and set of classes that the mask holds classes it never saw."""
@@ -560,8 +629,9 @@ class SynthesizeWidget(Container):
         def work(run: _Run):  # runs in a thread: only core code and what the run captured
             images = []
             with lock:
+                synth = _ensure_synth(run)
                 for i, seed in enumerate(run.seeds):
-                    gen = run.synth.run(run.mask, seed=seed, keep=run.keep and i == 0)
+                    gen = synth.run(run.mask, seed=seed, keep=run.keep and i == 0)
                     while True:
                         try:
                             done, total = next(gen)
@@ -571,7 +641,8 @@ class SynthesizeWidget(Container):
                         yield Progress(i * total + done, total * len(run.seeds))
             return images, sha256_array(run.mask), unseen_classes(run.mask, run.known)
 
-        own = _settings_text(run.params.get("family_settings", {}))
+        own = _settings_text({k: run.settings[k] for k in self._family_shown
+                              if k in run.settings})
         job = self._jobs.start(work, run, doing="Synthesize", context=run,
                                progress=f"Synthesizing {mask_layer.name}"
                                + (f" ({own})" if own else ""),
@@ -603,7 +674,7 @@ class SynthesizeWidget(Container):
         self.bus.candidates.emit(candidates)
 
     def _run_finished(self, run: _Run) -> None:
-        self._release(run.synth)
+        self._settle(run)
 
     def cancel(self, *_: object) -> None:
         """Stop running syntheses at their next batch of tiles (pix2pix) or denoising step
@@ -648,8 +719,9 @@ class SynthesizeWidget(Container):
 
         def work(run: _Run) -> tuple[np.ndarray, list | None, float, str, list[int]]:
             t0 = time.perf_counter()
-            synth, mask, z = run.synth, run.mask, run.z
+            mask, z = run.mask, run.z
             with lock:
+                synth = _ensure_synth(run)
                 if _previews_itself(synth):  # diffusion: first preview (or a new seed) with
                     fresh = not synth.kept(z)  # few steps, then only what a stroke touched
                     image, regions = synth.update(mask, seed=run.seeds[0], z=z,
@@ -685,7 +757,7 @@ class SynthesizeWidget(Container):
 
     def _live_finished(self, run: _Run) -> None:
         self._live_running = False
-        self._release(run.synth)
+        self._settle(run)
         if self._closed:
             return
         if self._live_pending or run.request < self._live_request:

@@ -3,9 +3,11 @@ progress, loss plot, previews.
 
 Training runs in a child process (``napari-synthgen train --events jsonl``) read by a thread
 worker: the viewer never waits for it, Stop saves a checkpoint and ends it (a trainer that does
-not answer is terminated), and closing napari stops it cleanly. The Family box lists the
-registered model families; each family's settings are widgets built from its settings
-dataclass and shown only while that family is chosen.
+not answer is terminated, from a thread), and closing napari asks first, then stops it without
+waiting. Each Start proposes a new run folder; one the user picked that holds a run is asked
+about (resume / new folder / cancel). The Family box lists the registered model families; each
+family's settings are widgets built from its settings dataclass and shown only while that
+family is chosen.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 import time
 import types
 import typing
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +37,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QApplication
 
 from .. import registry
@@ -62,7 +66,8 @@ PREVIEW_LAYER = "training preview"
 RUNS_ROOT = Path.home() / "napari-synthgen-runs"
 STOP_GRACE_S = 60.0  # a trainer that has not stopped after this is terminated
 KILL_GRACE_S = 10.0  # after SIGTERM, a trainer still alive this long is killed
-CLOSE_GRACE_S = 15.0  # closing napari waits this long for the trainer to save
+CLOSE_GRACE_S = 15.0  # after napari closed, the trainer has this long to save (not waited on)
+STOP_AND_CLOSE = "Stop training and close"
 PLOT_INTERVAL_S = 0.5
 PLOT_MAX_POINTS = 2000  # longer series are drawn as this many block means
 
@@ -341,6 +346,30 @@ def _thin(xs: list[int], ys: list[float], n: int) -> tuple[np.ndarray, np.ndarra
     return bx, by
 
 
+def stop_in_background(process: Any, grace: float, *, terminate: bool = False) -> None:
+    """End a trainer without the GUI waiting on it: a thread asks it to stop (or terminates
+    it) and reaps it, killing it if it has not ended after ``grace`` seconds."""
+    work = process.terminate if terminate else process.stop
+    threading.Thread(target=work, kwargs={"grace": grace}, daemon=True,
+                     name="napari-synthgen trainer stop").start()
+
+
+class _CloseGuard(QObject):
+    """Asks the Train dock before napari's window closes (Quit, the window's close button)."""
+
+    def __init__(self, widget: TrainWidget) -> None:
+        super().__init__()
+        self._widget = weakref.ref(widget)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        widget = self._widget()
+        if (event.type() == QEvent.Type.Close and widget is not None
+                and not widget.allow_close()):
+            event.ignore()
+            return True
+        return False
+
+
 class TrainWidget(Container):
     """Dock widget to train a model of any registered family on paired folders, in a child
     process."""
@@ -348,6 +377,20 @@ class TrainWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
+        self._init_state()
+        common = self._common_starting_values()
+        self._build_data_fields()
+        self._build_run_fields(common)
+        self._build_advanced_fields(common)
+        self._build_family_settings()
+        self._build_run_controls()
+        self._lay_out()
+        self._connect_events()
+        self._set_running(False)
+
+    def _init_state(self) -> None:
+        """What a run and the dock's lifetime keep: the trainer, its reading worker, events,
+        the newest checkpoint, the stop deadline and the close guard."""
         self.process: Any = None  # TrainerProcess
         self.worker: Any = None
         self.events: list[Mapping[str, Any]] = []
@@ -358,26 +401,45 @@ class TrainWidget(Container):
         self._stop_deadline = QTimer()
         self._stop_deadline.setSingleShot(True)
         self._stop_deadline.timeout.connect(self._stop_timeout)
-        default_out = free_run_folder(RUNS_ROOT / f"{next(iter(registry.names()))}-001")
+        self._close_guard = _CloseGuard(self)
+        self._guarded: weakref.ref | None = None  # the window the guard watches
         #: the run folder the dock proposed or last trained into: a Start finding a run there
         #: moves on to a new folder without asking (a folder the user picked is asked about)
-        self._own_out: Path | None = default_out
+        self._own_out: Path | None = free_run_folder(
+            RUNS_ROOT / f"{next(iter(registry.names()))}-001")
+
+    @staticmethod
+    def _common_starting_values() -> dict[str, Any]:
+        """The common settings the dock starts with (TrainConfig's, or the dock's own)."""
         base = TrainConfig.__dataclass_fields__
-        common = {k: COMMON_WIDGET_DEFAULTS.get(k, base[k].default) for k in (
+        return {k: COMMON_WIDGET_DEFAULTS.get(k, base[k].default) for k in (
             "steps", "tile", "batch_size", "lr", "flips", "rot90", "seed", "encoding")}
 
+    def _build_data_fields(self) -> None:
+        """The training data folders, a button to add one and what the check found."""
         self.data = LineEdit(label="Data folders", value="")
         self.add_data = PushButton(text="Add folder...")
         self.data_status = Label(value="Paired folders (images/ + masks/) or aligned A|B images.")
+
+    def _build_run_fields(self, common: dict[str, Any]) -> None:
+        """Validation, run folder, family and the settings most runs change."""
         self.val = FileEdit(mode="d", label="Validation (optional)")
-        self.out = FileEdit(mode="d", label="Checkpoints", value=str(default_out))
+        self.out = FileEdit(mode="d", label="Checkpoints", value=str(self._own_out))
         self.family = ComboBox(choices=list(registry.names()), label="Family")
         self.steps = SpinBox(value=common["steps"], min=1, max=10_000_000, label="Steps")
         self.tile = SpinBox(value=common["tile"], min=64, max=4096, step=64, label="Tile")
         self.batch = SpinBox(value=common["batch_size"], min=1, max=512, label="Batch size")
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto",
                                label="Device")
-        # advanced
+        self.unlabel = FloatSpinBox(value=0.0, min=0.0, max=1.0, step=0.05,
+                                    label="Unlabel cells")
+        self.unlabel.tooltip = (
+            "Share of the cells (interior and boundary) turned into background in each "
+            "training mask, the image kept: the model learns to paint unlabelled tissue where "
+            "a mask says background. 0.3 suits data whose masks have no background.")
+
+    def _build_advanced_fields(self, common: dict[str, Any]) -> None:
+        """The settings in the Advanced section, and the table of every common setting."""
         self.stride = SpinBox(value=0, min=0, max=4096, label="Stride (0 = random crops)")
         self.lr = FloatSpinBox(value=common["lr"], min=1e-7, max=1.0, step=1e-5,
                                label="Learning rate")
@@ -390,12 +452,6 @@ class TrainWidget(Container):
         self.seed = SpinBox(value=common["seed"], min=0, max=2**31 - 1, label="Seed")
         self.encoding = ComboBox(choices=["rgb", "onehot", "label"], value=common["encoding"],
                                  label="Mask encoding")
-        self.unlabel = FloatSpinBox(value=0.0, min=0.0, max=1.0, step=0.05,
-                                    label="Unlabel cells")
-        self.unlabel.tooltip = (
-            "Share of the cells (interior and boundary) turned into background in each "
-            "training mask, the image kept: the model learns to paint unlabelled tissue where "
-            "a mask says background. 0.3 suits data whose masks have no background.")
         #: config key -> the widget of a common setting (a family's ``defaults`` may set them)
         self.common_widgets: dict[str, Any] = {
             "steps": self.steps, "tile": self.tile, "batch_size": self.batch,
@@ -404,6 +460,9 @@ class TrainWidget(Container):
             "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every,
             "seed": self.seed, "encoding": self.encoding, "unlabel_fraction": self.unlabel}
         self._common_defaults = {k: w.value for k, w in self.common_widgets.items()}
+
+    def _build_family_settings(self) -> None:
+        """The box holding each family's own settings (filled by :meth:`refresh_families`)."""
         #: family -> its settings (fields, and widgets by key), built once per family
         self.family_fields: dict[str, list[SettingField]] = {}
         self.setting_widgets: dict[str, dict[str, Any]] = {}
@@ -412,17 +471,22 @@ class TrainWidget(Container):
         self.family_box = Container(labels=False)
         self.family_box.margins = (0, 0, 0, 0)
 
+    def _build_run_controls(self) -> None:
+        """Start / Stop / Resume, progress, the loss plot and the newest checkpoint."""
         self.start_button = PushButton(text="Start")
         self.stop_button = PushButton(text="Stop")
         self.resume_button = PushButton(text="Resume")
         self.progress = ProgressBar(value=0, min=0, max=1, label="Progress")
         self.eta = Label(value="")
-        self.plot = LossPlot(str(viewer.theme))
+        self.plot = LossPlot(str(self.viewer.theme))
         self.checkpoint_label = Label(value="No checkpoint yet.")
         self.use_button = PushButton(text="Use in synthesis")
         for lab in (self.data_status, self.eta, self.checkpoint_label):
             wrap_label(lab)
 
+    def _lay_out(self) -> None:
+        """Data, run settings, the family and Advanced sections, the run controls, the plot
+        under the progress, and the checkpoint last."""
         main = Container(widgets=[self.val, self.out, self.family, self.steps, self.tile,
                                   self.batch, self.device, self.unlabel])
         self.extend([
@@ -442,7 +506,6 @@ class TrainWidget(Container):
             self.eta,
         ])
         self.native.layout().addWidget(self.plot.canvas)
-        viewer.events.theme.connect(self._theme_changed)
         for path_field in (self.data, self.val, self.out):
             widen_path(path_field)
         self.extend([self.checkpoint_label, self.use_button])
@@ -454,6 +517,9 @@ class TrainWidget(Container):
             layout.removeWidget(widget)
             layout.insertWidget(layout.indexOf(anchor) + 1, widget)
 
+    def _connect_events(self) -> None:
+        """Families, data checks, the buttons, napari's theme, and stopping at napari's exit."""
+        self.viewer.events.theme.connect(self._theme_changed)
         self.refresh_families()
         self.family.changed.connect(self._family_changed)
         self._family_changed(self.family.value)
@@ -467,7 +533,6 @@ class TrainWidget(Container):
         if app is not None:
             connect_weakly(app.aboutToQuit, self, "shutdown")
         call_on_destroy(self, "shutdown")
-        self._set_running(False)
 
     @property
     def busy(self) -> bool:
@@ -599,6 +664,7 @@ class TrainWidget(Container):
 
         self._jobs.cancel_all("check")  # only the newest list of folders matters
         job = self._jobs.start(check, doing="Checking the training data", kind="check",
+                               progress="Checking the training data",
                                on_result=show, on_error=failed)
         return job.worker
 
@@ -659,6 +725,7 @@ class TrainWidget(Container):
                 yield event
 
         self._set_running(True)
+        self._guard_window()
         self.eta.value = "Starting the trainer ..."
         # events still arrive after napari closed: a trainer that was starting must be stopped
         job = self._jobs.start(read, doing="Training", kind="train", deliver_after_close=True,
@@ -704,7 +771,7 @@ class TrainWidget(Container):
         """Follow one training event (a training.events.Event, read as a mapping)."""
         if self._closing:
             if event["event"] == "process":  # napari closed while the child was starting
-                event["process"].stop(grace=CLOSE_GRACE_S)
+                stop_in_background(event["process"], CLOSE_GRACE_S)
             return
         kind = event["event"]
         if kind == "process":
@@ -785,16 +852,54 @@ class TrainWidget(Container):
     def _stop_timeout(self) -> None:
         if self.process is not None and self.process.running:
             show_info("The trainer did not stop in time; ending it.")
-            self.process.terminate(grace=KILL_GRACE_S)
+            stop_in_background(self.process, KILL_GRACE_S, terminate=True)
+
+    @property
+    def training(self) -> bool:
+        """Whether a trainer is starting or running."""
+        return self.worker is not None and self.worker.is_running
+
+    def allow_close(self) -> bool:
+        """Whether napari's window may close now: yes when nothing trains or nobody sees the
+        window (a headless viewer); else the user decides (stop training and close, or
+        cancel). Closing then stops the trainer without waiting for it (see shutdown)."""
+        if self._closing or not self.training or not self.native.isVisible():
+            return True
+        out = self.process.out if self.process is not None else self.out.value
+        answer = _common.ask(
+            self.native, "Training is running",
+            f"Training into {out} is still running. Stop it (it saves a checkpoint first, "
+            "so Resume can continue it later) and close?", ("Cancel", STOP_AND_CLOSE))
+        return answer == STOP_AND_CLOSE
+
+    def _guard_window(self) -> None:
+        """Ask before napari's main window closes while this dock trains (installed once the
+        dock is in the window: a floating dock's parent is still the main window)."""
+        top = self.native
+        while top.parentWidget() is not None:
+            top = top.parentWidget()
+        guarded = self._guarded() if self._guarded is not None else None
+        if top is self.native or guarded is top:
+            return
+        top.installEventFilter(self._close_guard)
+        self._guarded = weakref.ref(top)  # weak: the window owns this dock, not the reverse
 
     def shutdown(self) -> None:
-        """Stop training before napari closes (a checkpoint is saved when possible)."""
+        """napari closes: stop training without waiting for it (a checkpoint is saved when
+        possible). The thread reading the trainer goes on until it exits and reaps it."""
+        if self._closing:
+            return
         self._closing = True
-        self._jobs.close()
+        self._jobs.close(keep=("train",))
         with contextlib.suppress(Exception):  # the viewer may be gone already
             self.viewer.events.theme.disconnect(self._theme_changed)
+        with contextlib.suppress(RuntimeError):  # Qt may have deleted these first
+            self._stop_deadline.stop()
+            guarded = self._guarded() if self._guarded is not None else None
+            if guarded is not None:
+                guarded.removeEventFilter(self._close_guard)
         if self.process is not None and self.process.running:
-            self.process.stop(grace=CLOSE_GRACE_S)
+            stop_in_background(self.process, CLOSE_GRACE_S)
 
     def use_in_synthesis(self, *_: object) -> None:
         """Hand the newest checkpoint to the synthesis widget (docking it if needed)."""

@@ -1,4 +1,4 @@
-"""The widgets of one viewer talk to each other only: two viewers never cross-talk."""
+"""Widgets of one viewer talk to each other only, and docking them imports no torch."""
 
 from __future__ import annotations
 
@@ -40,3 +40,17 @@ def test_two_viewers_never_cross_talk(make_napari_viewer, qtbot, tiny_unet: Path
     # a checkpoint handed to b's synthesis (by b's Train widget) does not reach a's
     bus_for(b).use_model.emit("demo")
     assert not synth_a.busy and str(synth_a.model.info.path) == str(tiny_unet)
+
+
+def test_docking_a_widget_imports_no_torch() -> None:
+    """Importing torch takes seconds: the GUI thread never does it to dock a widget (a model
+    load, a synthesis, a generated folder's log or a training run import it in a worker)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from napari_synthgen.widgets import curate, mask_editor, synthesize, train\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr
