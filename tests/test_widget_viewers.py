@@ -1,4 +1,5 @@
-"""Widgets of one viewer talk to each other only, and docking them imports no torch."""
+"""Widgets of one viewer talk to each other only, docking them imports no torch, and the one
+question helper returns the button the user pressed."""
 
 from __future__ import annotations
 
@@ -54,3 +55,33 @@ def test_docking_a_widget_imports_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_ask_returns_the_button_the_user_pressed(qtbot) -> None:
+    """The one question helper the widgets use (and tests replace): a real message box."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    from napari_synthgen.widgets._common import ask
+
+    def boxes() -> list[QMessageBox]:
+        return [w for w in QApplication.topLevelWidgets()
+                if isinstance(w, QMessageBox) and w.isVisible()]
+
+    def press(label: str) -> None:
+        for box in boxes():
+            next(b for b in box.buttons() if b.text() == label).click()
+
+    def give_up() -> None:  # never hang the suite: an unanswered box is closed (None)
+        for box in boxes():
+            box.reject()
+
+    QTimer.singleShot(200, lambda: press("New folder"))
+    QTimer.singleShot(10_000, give_up)
+    assert ask(None, "The folder holds a run", "text",
+               ("Resume", "New folder", "Cancel")) == "New folder"
+    from qtpy.QtCore import Qt
+
+    QTimer.singleShot(200, lambda: [qtbot.keyClick(box, Qt.Key.Key_Escape) for box in boxes()])
+    QTimer.singleShot(10_000, give_up)
+    assert ask(None, "Replace?", "text", ("Cancel", "Replace")) == "Cancel"  # Escape cancels
