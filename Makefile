@@ -5,7 +5,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synthgen-installed
-PYTEST_ARGS ?=
+# two test processes (more on bigger machines, at most 4): the suite waits on child processes,
+# Qt and disk much of the time, so two share a 2-core machine well (docs/testing.md)
+PYTEST_ARGS ?= -n auto --maxprocesses 4
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 

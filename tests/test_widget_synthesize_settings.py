@@ -153,7 +153,7 @@ def test_synthesizers_are_built_off_the_gui_thread(make_napari_viewer, qtbot, ti
     runs and live preview build theirs in their worker, never on the GUI thread."""
     import threading
 
-    from napari_synthgen import synthesis
+    from napari_synthgen.families.pix2pix import synthesizer as synthesis
 
     on_gui: list[bool] = []
     real = synthesis.Pix2PixSynthesizer.__init__

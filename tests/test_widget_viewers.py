@@ -57,6 +57,7 @@ def test_docking_a_widget_imports_no_torch() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
+@pytest.mark.real_questions
 def test_ask_returns_the_button_the_user_pressed(qtbot) -> None:
     """The one question helper the widgets use (and tests replace): a real message box."""
     from qtpy.QtCore import QTimer
