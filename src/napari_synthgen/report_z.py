@@ -41,11 +41,12 @@ class ZStack:
 
 def split_stacks(items: list[Item]) -> tuple[list[Item], list[Item]]:
     """2-D samples for the per-sample figures (each stack's slices named ``<name>_zNNN``)
-    and the (Z, Y, X) stacks themselves. A 2-D set comes back unchanged, with no stacks."""
+    and the (Z, Y, X) stacks themselves (two slices or more). A 2-D set comes back unchanged,
+    with no stacks."""
     slices: list[Item] = []
     stacks: list[Item] = []
     for name, image, mask in items:
-        if image.ndim == 3 and mask.ndim == 3:
+        if image.ndim == 3 and mask.ndim == 3 and image.shape[0] >= 2:
             if image.shape != mask.shape:
                 raise ValueError(f"{name}: image stack {image.shape} and mask stack "
                                  f"{mask.shape} differ; each slice needs its mask.")
@@ -126,6 +127,18 @@ def _mean_curve(stacks: list[ZStack], kind: str) -> np.ndarray | None:
     return np.array([np.nanmean(c) if np.isfinite(c).any() else np.nan for c in arr.T])
 
 
+#: Colours of synthetic stacks (real stacks are black; C3 is the synthetic mean).
+_COLOURS: tuple[str, ...] = ("C1", "C2", "C4", "C5", "C6", "C8", "C9", "C0", "C7")
+
+
+def _colours(stacks: list[ZStack]) -> list[str]:
+    syn = [i for i, s in enumerate(stacks) if s.kind != "real"]
+    out = ["k"] * len(stacks)
+    for n, i in enumerate(syn):
+        out[i] = _COLOURS[n % len(_COLOURS)]
+    return out
+
+
 def write_figure(stacks: list[ZStack], path: Path) -> Path:
     """Correlation against lag (synthetic against real) and flicker per adjacent pair."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -136,11 +149,13 @@ def write_figure(stacks: list[ZStack], path: Path) -> Path:
     axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.3, "left": 0.05, "right": 0.98,
                                            "bottom": 0.14, "top": 0.88})
     lags = np.arange(1, MAX_LAG + 1)
+    colours = _colours(stacks)
+    few = len(stacks) <= 6
     ax = axes[0]
-    for s in stacks:
-        style = dict(color="0.2", lw=2) if s.kind == "real" else dict(color="C1", lw=0.8,
-                                                                        alpha=0.5)
-        ax.plot(lags, s.figures.lag_corr, marker="o", ms=3, **style)
+    for s, colour in zip(stacks, colours, strict=True):
+        ax.plot(lags, s.figures.lag_corr, marker="o", ms=3, color=colour,
+                lw=1.5 if s.kind == "real" else 0.8, alpha=1.0 if s.kind == "real" else 0.7,
+                label=f"{s.kind}: {s.name}" if few else None)
     for kind, colour, label in (("real", "k", "real (mean)"), ("synthetic", "C3",
                                                                "synthetic (mean)")):
         curve = _mean_curve(stacks, kind)
@@ -153,18 +168,17 @@ def write_figure(stacks: list[ZStack], path: Path) -> Path:
     ax.set_title(f"correlation beyond the mask (sigma {RESIDUAL_SIGMA:g} px)", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1]
-    for s in stacks:
-        colour = "k" if s.kind == "real" else "C1"
+    for s, colour in zip(stacks, colours, strict=True):
         ax.plot(np.arange(s.figures.n_slices - 1) + 0.5, s.figures.texture_flicker,
                 color=colour, lw=1.5 if s.kind == "real" else 0.8, marker=".",
-                label=f"{s.kind}: {s.name}" if len(stacks) <= 6 else None)
+                label=f"{s.kind}: {s.name}" if few else None)
     ax.axhline(np.sqrt(2), color="0.6", lw=0.8, ls=":")
     ax.text(0.01, np.sqrt(2), "independent", fontsize=6, color="0.4", va="bottom",
             transform=ax.get_yaxis_transform())
     ax.set_xlabel("between slices z and z+1", fontsize=8)
     ax.set_ylabel("RMS(r[z+1] - r[z]) / RMS(r)", fontsize=8)
     ax.set_title("texture flicker per pair (0 repeated, 1.41 independent)", fontsize=9)
-    if len(stacks) <= 6:
+    if few:
         ax.legend(fontsize=6)
     ax = axes[2]
     for s in stacks:

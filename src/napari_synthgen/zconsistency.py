@@ -106,10 +106,9 @@ def residuals(images: np.ndarray, masks: np.ndarray, *, sigma: float = RESIDUAL_
 
     means = class_means(images, masks)
     filled = np.nan_to_num(means)  # an absent class has no pixel to take its mean
-    explained = filled[np.arange(masks.shape[0])[:, None, None], masks]
-    res = images - explained
+    res = images - filled[np.arange(masks.shape[0])[:, None, None], masks]
     if sigma > 0:
-        res = ndi.gaussian_filter(res, sigma=(0.0, sigma, sigma), mode="reflect")
+        ndi.gaussian_filter(res, sigma=(0.0, sigma, sigma), mode="reflect", output=res)
     return res, means
 
 
@@ -141,8 +140,9 @@ def z_consistency(images: np.ndarray, masks: np.ndarray, *, sigma: float = RESID
     unit = unit_stack(img)
     res, means = residuals(unit, m, sigma=sigma)
     z = img.shape[0]
+    del unit
     flat = res.reshape(z, -1)
-    flat = flat - flat.mean(axis=1, keepdims=True)
+    flat -= flat.mean(axis=1, keepdims=True)
     lag = np.full(max_lag, np.nan)
     pair = np.empty(0)
     for k in range(1, min(max_lag, z - 1) + 1):
