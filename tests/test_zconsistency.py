@@ -107,3 +107,26 @@ def test_real_isbi_sections_share_texture_beyond_the_mask(isbi_dir: Path) -> Non
     r = z_consistency(img, m)
     assert r.adjacent > 0.2
     assert r.lag_corr[0] > r.lag_corr[3]  # texture fades with distance
+
+
+def test_reference_order_from_file_names_and_its_cap(monkeypatch) -> None:
+    """2-D reference slices form one stack in the order given (find_pairs sorts by name);
+    shapes that differ are no stack; a long series is cut to REFERENCE_MAX_SLICES."""
+    from napari_synthgen import report_z
+
+    rng = np.random.default_rng(5)
+    m = _masks(rng, z=5, size=32)
+    items = [(f"s{k:02d}", rng.integers(0, 255, (32, 32), dtype=np.uint8), m[k])
+             for k in range(5)]
+    stacks, note = report_z.reference_stacks(items)
+    assert len(stacks) == 1 and stacks[0][0] == "s00..s04" and stacks[0][1].shape == (5, 32, 32)
+    assert np.array_equal(stacks[0][1][3], items[3][1]) and "file-name order" in note
+    odd = [*items, ("s05", np.zeros((16, 16), np.uint8), np.ones((16, 16), np.uint8))]
+    assert report_z.reference_stacks(odd)[0] == []
+    monkeypatch.setattr(report_z, "REFERENCE_MAX_SLICES", 3)
+    stacks, note = report_z.reference_stacks(items)
+    assert stacks[0][1].shape[0] == 3 and "the first 3" in note
+    slices, found = report_z.split_stacks([("st", np.stack([i for _, i, _ in items]), m),
+                                           ("flat", items[0][1], m[0])])
+    assert [n for n, _, _ in slices] == [f"st_z{k:03d}" for k in range(5)] + ["flat"]
+    assert [n for n, _, _ in found] == ["st"]

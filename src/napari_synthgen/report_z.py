@@ -26,6 +26,10 @@ from .zconsistency import MAX_LAG, RESIDUAL_SIGMA, ZConsistency, z_consistency
 #: (name, image, mask) as the report reads them.
 Item = tuple[str, np.ndarray, np.ndarray]
 
+#: A reference of 2-D slices is measured on its first this many slices (in name order): the
+#: figures need neighbours, not every section, and a stack of many large slices needs gigabytes.
+REFERENCE_MAX_SLICES: int = 64
+
 #: Output files of the z-consistency part.
 Z_OUTPUTS: tuple[str, ...] = ("report_z.csv", "report_z_pairs.csv", "report_z.png")
 
@@ -74,10 +78,13 @@ def reference_stacks(real: list[Item]) -> tuple[list[Item], str]:
     if len(shapes) > 1:
         return [], (f"no real stack: the reference's 2-D slices have {len(shapes)} different "
                     "shapes, so they are not one series of sections")
+    note = (f"the reference's {len(flat)} 2-D slices as consecutive sections in file-name "
+            f"order ({flat[0][0]} first)")
+    if len(flat) > REFERENCE_MAX_SLICES:
+        flat = flat[:REFERENCE_MAX_SLICES]
+        note += f", the first {REFERENCE_MAX_SLICES} of them"
     name = f"{flat[0][0]}..{flat[-1][0]}"
-    return [(name, np.stack([im for _, im, _ in flat]), np.stack([m for _, _, m in flat]))], (
-        f"the reference's {len(flat)} 2-D slices as consecutive sections in file-name order "
-        f"({flat[0][0]} first)")
+    return [(name, np.stack([im for _, im, _ in flat]), np.stack([m for _, _, m in flat]))], note
 
 
 def measure(samples: list[Item], real: list[Item]) -> list[ZStack]:
