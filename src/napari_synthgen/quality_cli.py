@@ -34,7 +34,10 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Score every synthetic image/mask pair against real pairs: grey levels per "
         "class, power spectrum, periodic artefacts, contrast, SSIM to the real image of the "
         "same mask, diversity per mask, and mask consistency (a small segmenter trained on "
-        "the real pairs). Writes report.csv, report.png and report.md.")
+        "the real pairs). Writes report.csv, report.png and report.md. Samples that are (Z, Y, "
+        "X) TIFF stacks are scored slice by slice and add z-consistency (correlation of "
+        "adjacent slices beyond the mask, flicker) against the reference's stack, or its 2-D "
+        "slices in file-name order: report_z.csv, report_z_pairs.csv, report_z.png.")
     p.add_argument("--samples", type=Path, required=True,
                    help="paired folder of synthetic samples (images/, masks/), e.g. generate's "
                    "output")

@@ -4,6 +4,11 @@ Writes ``report.csv`` (one row per sample: ``name`` = file stem, ``score``, ``fl
 figure of :func:`.quality.sample_figures`, plus ``diversity`` among samples of the same mask),
 ``report.png`` (sample grid with masks, per-class grey-level histograms real vs synthetic,
 power spectra, class fractions, score distribution) and ``report.md`` (summary, flagged samples).
+
+Samples that are (Z, Y, X) stacks are scored slice by slice (rows ``<stack>_zNNN``) and their
+z-consistency is added against the real reference stack (:mod:`.report_z`: ``report_z.csv``,
+``report_z_pairs.csv``, ``report_z.png`` and a Markdown section). A 2-D sample set gives
+exactly the outputs it gave before.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class ReportResult:
     reference: quality.ReferenceStats
     segmenter: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    zstacks: list[Any] = field(default_factory=list)  # report_z.ZStack, stacks only
+    z_reference: str = ""
 
 
 def _mask_key(mask: np.ndarray) -> str:
@@ -104,13 +111,23 @@ def load_reference(source: str | Path
                    ) -> tuple[quality.ReferenceStats, list[tuple[str, np.ndarray, np.ndarray]]]:
     """Reference statistics and real pairs from a paired folder of real images, or the
     statistics alone from a model checkpoint's metadata (no real pairs then: no SSIM to a real
-    image and no mask-consistency figure)."""
+    image and no mask-consistency figure). (Z, Y, X) real pairs count slice by slice."""
+    stats, real, _ = _load_reference(source)
+    return stats, real
+
+
+def _load_reference(source: str | Path) -> tuple[
+        quality.ReferenceStats, list[tuple[str, np.ndarray, np.ndarray]],
+        list[tuple[str, np.ndarray, np.ndarray]]]:
+    """:func:`load_reference`, and the folder's pairs as read (stacks whole)."""
     from .io import is_paired_folder
+    from .report_z import split_stacks
 
     if is_paired_folder(source):
-        real = _read_folder(source)
+        as_read = _read_folder(source)
+        real, _ = split_stacks(as_read)
         return quality.reference_from_pairs(((im, m) for _, im, m in real),
-                                            sources=[n for n, _, _ in real]), real
+                                            sources=[n for n, _, _ in real]), real, as_read
     from .registry import load_model
 
     try:
@@ -124,7 +141,7 @@ def load_reference(source: str | Path
         raise ValueError(f"the model {source} records no reference statistics (it was trained "
                          "before they were stored, or is a reference checkpoint); give a "
                          "paired folder of real images instead.")
-    return stats, []
+    return stats, [], []
 
 
 def quality_report(samples: str | Path, reference: str | Path, out: str | Path, *,
@@ -137,14 +154,16 @@ def quality_report(samples: str | Path, reference: str | Path, out: str | Path, 
     The mask-consistency segmenter trains ``consistency_steps`` steps on the reference pairs
     (:mod:`.segmenter`, seed ``seed``); 0 leaves that figure out of the score. ``reference``
     may also be a model checkpoint whose metadata holds reference statistics
-    (:func:`load_reference`).
+    (:func:`load_reference`). Samples that are (Z, Y, X) stacks add the z-consistency outputs
+    (:mod:`.report_z`).
     """
+    from . import report_z
     from .results import check_writable, open_results
 
     start = time.perf_counter()
     out = check_writable(out)
-    ref, real = load_reference(reference)
-    syn = _read_folder(samples)
+    ref, real, real_as_read = _load_reference(reference)
+    syn, syn_stacks = report_z.split_stacks(_read_folder(samples))
     fixed = {"samples": fingerprint(syn), "reference": _reference_id(reference, real),
              "consistency_steps": consistency_steps, "seed": seed, "device": device,
              "flag_below": flag_below}
@@ -165,14 +184,25 @@ def quality_report(samples: str | Path, reference: str | Path, out: str | Path, 
                 "flag_below": flag_below, "seconds": round(time.perf_counter() - start, 1)}
     result = ReportResult(rows, [], ref, None if seg is None else store.segmenter(seg),
                           settings)
-    result.files = [write_csv(rows, out / "report.csv"),
-                    write_figure(rows, syn, real, ref, out / "report.png", flag_below=flag_below),
-                    write_markdown(result, out / "report.md")]
+    files = [write_csv(rows, out / "report.csv"),
+             write_figure(rows, syn, real, ref, out / "report.png", flag_below=flag_below)]
+    if syn_stacks:
+        if progress is not None:
+            progress("z-consistency", 0, 1)
+        ref_stacks, result.z_reference = report_z.reference_stacks(real_as_read)
+        result.zstacks = report_z.measure(syn_stacks, ref_stacks)
+        settings["n_stacks"] = len(syn_stacks)
+        files += [*report_z.write_csvs(result.zstacks, out),
+                  report_z.write_figure(result.zstacks, out / "report_z.png")]
+        if progress is not None:
+            progress("z-consistency", 1, 1)
+    result.files = [*files[:2], write_markdown(result, out / "report.md"), *files[2:]]
     return result
 
 
 #: Result files of a report (kept when settings differ).
-REPORT_OUTPUTS: tuple[str, ...] = ("report.csv", "report.png", "report.md", "report_rows.jsonl")
+REPORT_OUTPUTS: tuple[str, ...] = ("report.csv", "report.png", "report.md", "report_rows.jsonl",
+                                   "report_z.csv", "report_z_pairs.csv", "report_z.png")
 
 
 def fingerprint(items: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
@@ -384,6 +414,10 @@ def write_markdown(result: ReportResult, path: Path) -> Path:
             + " |")
     if flagged:
         lines += ["", "## Flagged", "", ", ".join(str(r["name"]) for r in flagged)]
+    if result.zstacks:
+        from .report_z import markdown
+
+        lines += markdown(result.zstacks, result.z_reference)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
