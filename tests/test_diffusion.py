@@ -370,3 +370,20 @@ def test_shifted_windows_run_each_tile_once_per_step(trained: tuple) -> None:
     assert calls["multidiffusion"] == 2 * len(synth.plan(*mask.shape).tiles) == 2 * 25
     # the canvas is the image and a margin, not a whole extra tile
     assert grid.padded_height * grid.padded_width < 1.3 * mask.size
+
+
+def test_live_preview_after_a_shifted_run_resamples_only_near_the_stroke(trained: tuple) -> None:
+    model = load_diffusion(trained[0])
+    synth = DiffusionSynthesizer(model, device="cpu", precision="fp32", steps=2,
+                                 preview_steps=2, fusion="shifted")
+    mask = make_layout("dense", (160, 200), seed=3)
+    before = synth(mask, seed=4, keep=True)
+    stroke = mask.copy()
+    stroke[20:26, 20:30] = BOUNDARY
+    after, regions = synth.update(stroke)  # MultiDiffusion over the touched tiles
+    touched = np.zeros(mask.shape, bool)
+    for ys, xs in regions:
+        touched[ys, xs] = True
+    assert touched[20:26, 20:30].all() and touched.mean() < 0.6
+    np.testing.assert_array_equal(after[~touched], before[~touched])
+    assert not np.array_equal(after[touched], before[touched])
