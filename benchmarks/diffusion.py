@@ -14,9 +14,9 @@ For the ``small`` configuration (4.3 M parameters):
 - large images with the bundled ``demo-diffusion`` model (tile 128), rule precision: shifted
   non-overlapping windows against MultiDiffusion at 1024 and 2048 px (U-Net calls and seconds
   per denoising step, a 20-step image as 20 of those steps, the ratio), the peak memory of one
-  step of each in a fresh process, and the seam ratio of a 512 x 512 image (mean gradient across
-  the lines where tiles meet over the mean elsewhere; 1.0 is seamless) with each fusion and with
-  tiles sampled alone side by side (the seams the measure sees).
+  step of each in a fresh process, and the seam ratio of a 512 x 512 image in 4 and 10 steps
+  (mean gradient across the lines where tiles meet over the mean elsewhere; 1.0 is seamless)
+  with each fusion and with tiles sampled alone side by side (the seams the measure sees).
 
 The sampled model is first trained for ``--train-steps`` steps (its weights are then past
 random, so precision errors are measured on images with structure; it is not a good model).
@@ -183,8 +183,8 @@ def child_memory(side: int, fusion: str) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def fusion_rows(sizes: tuple[int, ...], steps: int, seam_side: int, seam_steps: int
-                ) -> list[tuple[str, str]]:
+def fusion_rows(sizes: tuple[int, ...], steps: int, seam_side: int,
+                seam_steps: tuple[int, ...]) -> list[tuple[str, str]]:
     """Shifted windows against MultiDiffusion with the bundled demo model (rule precision)."""
     from napari_synthgen.registry import load_model
 
@@ -234,29 +234,33 @@ def fusion_rows(sizes: tuple[int, ...], steps: int, seam_side: int, seam_steps: 
 
     # seams: each fusion on the same mask and seed, measured where its tiles meet
     mask = make_layout("dense", (seam_side, seam_side), seed=6)
-    images = {f: s(mask, seed=1, steps=seam_steps) for f, s in synths.items()}
     tile = synths["multidiffusion"].tile
-    hard_synth = DiffusionSynthesizer(model, device="cpu", overlap=0)
-    hard = hard_synth(mask, seed=1, steps=seam_steps)
     shifted = synths["shifted"]
-    last = shifted_edges(shifted, mask.shape, 1, seam_steps - 1)
     md_edges = multidiffusion_edges(mask.shape, tile, synths["multidiffusion"].overlap)
-    label = f"{seam_side} x {seam_side}, dpm {seam_steps}: seam ratio"
-    rows += [
-        (f"{label}, multidiffusion (where its tiles meet)",
-         f"{edge_ratio(images['multidiffusion'], *md_edges):.3f}"),
-        (f"{label}, shifted (where the last step's tiles meet)",
-         f"{edge_ratio(images['shifted'], *last):.3f}"),
-        (f"{label}, shifted (where multidiffusion's tiles meet)",
-         f"{edge_ratio(images['shifted'], *md_edges):.3f}"),
-        (f"{label}, multidiffusion measured where shifted's last tiles meet (no seam there)",
-         f"{edge_ratio(images['multidiffusion'], *last):.3f}"),
-        (f"{label}, tiles sampled alone side by side (overlap 0; seams)",
-         f"{edge_ratio(hard, *multidiffusion_edges(mask.shape, tile, 0)):.3f}"),
-        (f"{seam_side} x {seam_side}: shifted against multidiffusion, mean |difference|",
-         f"{np.abs(images['shifted'].astype(float) - images['multidiffusion']).mean():.1f} "
-         f"grey levels (image std {images['multidiffusion'].std():.0f})"),
-    ]
+    for n in seam_steps:
+        images = {f: s(mask, seed=1, steps=n) for f, s in synths.items()}
+        last = shifted_edges(shifted, mask.shape, 1, n - 1)
+        label = f"{seam_side} x {seam_side}, dpm {n}: seam ratio"
+        rows += [
+            (f"{label}, multidiffusion (where its tiles meet)",
+             f"{edge_ratio(images['multidiffusion'], *md_edges):.3f}"),
+            (f"{label}, shifted (where the last step's tiles meet)",
+             f"{edge_ratio(images['shifted'], *last):.3f}"),
+            (f"{label}, shifted (where multidiffusion's tiles meet)",
+             f"{edge_ratio(images['shifted'], *md_edges):.3f}"),
+            (f"{label}, multidiffusion where shifted's last tiles meet (no seam there)",
+             f"{edge_ratio(images['multidiffusion'], *last):.3f}"),
+            (f"{seam_side} x {seam_side}, dpm {n}: shifted against multidiffusion, mean "
+             "|difference|",
+             f"{np.abs(images['shifted'].astype(float) - images['multidiffusion']).mean():.1f} "
+             f"grey levels (image std {images['multidiffusion'].std():.0f})"),
+        ]
+        print(*rows[-5:], sep="\n", flush=True)
+    n = seam_steps[-1]
+    hard = DiffusionSynthesizer(model, device="cpu", overlap=0)(mask, seed=1, steps=n)
+    rows.append((f"{seam_side} x {seam_side}, dpm {n}: seam ratio, tiles sampled alone side "
+                 "by side (overlap 0; seams)",
+                 f"{edge_ratio(hard, *multidiffusion_edges(mask.shape, tile, 0)):.3f}"))
     return rows
 
 
@@ -280,8 +284,8 @@ def main() -> None:
     ap.add_argument("--fusion-steps", type=int, default=1,
                     help="denoising steps timed per large image (a 20-step image is 20 of them)")
     args = ap.parse_args()
-    fusion_args = (((512, 1024), args.fusion_steps, 256, 10) if args.quick
-                   else ((1024, 2048), args.fusion_steps, 512, 10))
+    fusion_args = (((512, 1024), args.fusion_steps, 256, (4, 10)) if args.quick
+                   else ((1024, 2048), args.fusion_steps, 512, (4, 10)))
     if args.fusion_only:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"{auto_precision(CPU, 'inference')[1]}", flush=True)

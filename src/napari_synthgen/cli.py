@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--fusion", choices=["multidiffusion", "shifted"], default=None,
                      help="how a diffusion model's tiles are fused on masks larger than a tile: "
                      "multidiffusion (overlapping tiles blended, default) or shifted "
-                     "(non-overlapping tiles moved at every step, about half the work; refused "
-                     "for pix2pix models)")
+                     "(non-overlapping tiles moved at every step, 1.6-1.7x faster, for 10 steps "
+                     "or more; refused for pix2pix models)")
     _add_synthesis_options(gen)
 
     from .training.cli import add_train_parser

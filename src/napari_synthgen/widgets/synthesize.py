@@ -112,8 +112,8 @@ _OPTION_UI: dict[str, dict[str, Any]] = {
     "fusion": {"label": "Large images", "tooltip":
                "How tiles are joined on masks larger than a tile. multidiffusion: overlapping "
                "tiles blended at every step (default); shifted: non-overlapping tiles whose "
-               "grid moves at every step, about half the work. Live preview of a stroke "
-               "always uses multidiffusion."},
+               "grid moves at every step, 1.6-1.7x faster (with fewer than 10 steps a faint "
+               "seam can show). Live preview of a stroke always uses multidiffusion."},
     "preview_steps": {"label": "Preview steps", "min": 1, "max": 1000, "tooltip":
                       "Denoising steps of live preview: few keep strokes quick; Synthesize "
                       "gives the full result."},

@@ -236,7 +236,7 @@ class DiffusionSynthesizer:
     (``dpm`` = DPM-Solver++ 2M, ``ddim``) set the full run, ``preview_steps`` live preview.
     ``fusion`` fuses the tiles of a canvas larger than one tile at every step: ``multidiffusion``
     (overlapping tiles blended, the default) or ``shifted`` (non-overlapping tiles on a grid
-    moved by a seeded offset at every step: about half the U-Net work, see docs/design.md).
+    moved by a seeded offset at every step: 1.7x less U-Net work; see docs/design.md).
     ``encoding`` must be the model's own (a diffusion model is trained on one); ``stochastic``
     is accepted for the common interface and always true (every seed is a variation). Call it
     with a 2-D mask or a 3-D stack (slice ``z`` uses seed ``(seed, z)``); :meth:`run` yields
