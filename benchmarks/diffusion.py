@@ -10,17 +10,27 @@ For the ``small`` configuration (4.3 M parameters):
 - a 1024 x 1024 sample (tiles of 256 fused at every step), DPM-Solver++ 20, rule precision;
 - a training step (batch 4, 256 px tiles of ISBI): ``DiffusionTrainer`` in fp32 and in the
   rule's training precision, against a plain diffusers fp32 loop (UNet2DModel, DDPMScheduler
-  add_noise / get_velocity, AdamW, EMAModel).
+  add_noise / get_velocity, AdamW, EMAModel);
+- large images with the bundled ``demo-diffusion`` model (tile 128), rule precision: shifted
+  non-overlapping windows against MultiDiffusion at 1024 and 2048 px (U-Net calls and seconds
+  per denoising step, a 20-step image as 20 of those steps, the ratio), the peak memory of one
+  step of each in a fresh process, and the seam ratio of a 512 x 512 image in 4 and 10 steps
+  (mean gradient across the lines where tiles meet over the mean elsewhere; 1.0 is seamless)
+  with each fusion and with tiles sampled alone side by side (the seams the measure sees).
 
 The sampled model is first trained for ``--train-steps`` steps (its weights are then past
 random, so precision errors are measured on images with structure; it is not a good model).
-Run: ``python benchmarks/diffusion.py`` (``--quick`` samples 512 x 512 instead of 1024).
+Run: ``python benchmarks/diffusion.py`` (``--quick`` samples 512 x 512 instead of 1024, and
+compares the fusions at 512 and 1024); ``--fusion-only`` runs only the large-image comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,9 +48,10 @@ from napari_synthgen.families.diffusion.networks import (
     count_parameters,
     training_scheduler,
 )
-from napari_synthgen.families.diffusion.sampling import DiffusionSynthesizer
+from napari_synthgen.families.diffusion.sampling import FUSIONS, DiffusionSynthesizer
 from napari_synthgen.families.diffusion.training import DiffusionConfig, DiffusionTrainer
 from napari_synthgen.layouts import make_layout
+from napari_synthgen.tiling import plan_tiles, shift_offsets
 from napari_synthgen.training.data import TileSampler, load_samples
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
@@ -104,12 +115,182 @@ def step_times(loops: dict[str, object], data: TileSampler, steps: int) -> dict[
     return best
 
 
+def edge_ratio(image: np.ndarray, rows: set[int], cols: set[int]) -> float:
+    """Mean |gradient| across the given image rows and columns over the mean across all other
+    lines, after Gaussian smoothing (the seam measure of tests/test_diffusion.py)."""
+    from scipy.ndimage import gaussian_filter
+
+    img = gaussian_filter(image.astype(np.float64), 2.0)
+    gx = np.abs(np.diff(img, axis=1)).mean(axis=0)
+    gy = np.abs(np.diff(img, axis=0)).mean(axis=1)
+    ex = [c - 1 for c in cols if 0 < c < image.shape[1]]
+    ey = [r - 1 for r in rows if 0 < r < image.shape[0]]
+    seams = np.concatenate([gx[ex], gy[ey]])
+    inside = np.concatenate([np.delete(gx, ex), np.delete(gy, ey)])
+    return float(seams.mean() / inside.mean())
+
+
+def multidiffusion_edges(shape: tuple[int, int], tile: int, overlap: int
+                         ) -> tuple[set[int], set[int]]:
+    """Image rows and columns where the tiles of plan_tiles meet."""
+    grid = plan_tiles(*shape, tile, overlap)
+    return ({y - grid.top + d for y in grid.ys for d in (0, tile)} - {0},
+            {x - grid.left + d for x in grid.xs for d in (0, tile)} - {0})
+
+
+def shifted_edges(synth: DiffusionSynthesizer, shape: tuple[int, int], seed: int, step: int
+                  ) -> tuple[set[int], set[int]]:
+    """Image rows and columns where the tiles of shifted-window ``step`` meet."""
+    grid = synth.plan_shifted(*shape)
+    dy, dx = shift_offsets(seed, 0, step, grid)
+    return ({(k * grid.tile_h + dy) % grid.padded_height - grid.top for k in range(grid.ny)},
+            {(k * grid.tile_w + dx) % grid.padded_width - grid.left for k in range(grid.nx)})
+
+
+_MEMORY_CHILD = """
+import json, os, sys, threading, time
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+from napari_synthgen.families.diffusion.sampling import DiffusionSynthesizer
+from napari_synthgen.layouts import make_layout
+from napari_synthgen.registry import load_model
+side, fusion = int(sys.argv[1]), sys.argv[2]
+synth = DiffusionSynthesizer(load_model("demo-diffusion"), device="cpu", fusion=fusion)
+mask = make_layout("dense", (side, side), seed=3)
+synth(make_layout("dense", (128, 128), seed=2), steps=1)  # warm-up
+before = rss_mb()
+peak, running = [before], [True]
+def sample():  # RSS every 2 ms while the step runs (ru_maxrss holds the model load's peak)
+    while running[0]:
+        peak.append(rss_mb())
+        time.sleep(0.002)
+watcher = threading.Thread(target=sample)
+watcher.start()
+synth(mask, seed=0, steps=1)
+running[0] = False
+watcher.join()
+print(json.dumps({"before_mb": before, "peak_mb": max(peak)}))
+"""
+
+
+def child_memory(side: int, fusion: str) -> dict[str, float]:
+    """Peak RSS of one denoising step of a ``side`` x ``side`` image, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(side), fusion],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fusion_rows(sizes: tuple[int, ...], steps: int, seam_side: int,
+                seam_steps: tuple[int, ...]) -> list[tuple[str, str]]:
+    """Shifted windows against MultiDiffusion with the bundled demo model (rule precision)."""
+    from napari_synthgen.registry import load_model
+
+    model = load_model("demo-diffusion")
+    rows: list[tuple[str, str]] = []
+    synths = {f: DiffusionSynthesizer(model, device="cpu", fusion=f) for f in FUSIONS}
+    calls = dict.fromkeys(FUSIONS, 0)
+    for f, synth in synths.items():
+        synth(make_layout("dense", (128, 128), seed=2), steps=1)  # warm-up
+        synth.denoiser.network.register_forward_pre_hook(
+            lambda *_, f=f: calls.__setitem__(f, calls[f] + 1))
+    precision = synths["shifted"].precision
+    for side in sizes:
+        mask = make_layout("dense", (side, side), seed=3)
+        per_step, cpu, n_calls = {}, {}, {}
+        for f, synth in synths.items():
+            calls[f] = 0
+            c0 = time.process_time()
+            per_step[f] = timed(lambda s=synth, m=mask: s(m, seed=0, steps=steps)) / steps
+            cpu[f] = (time.process_time() - c0) / steps  # less sensitive to other jobs
+            n_calls[f] = calls[f] // steps
+        sg = synths["shifted"].plan_shifted(side, side)
+        md = synths["multidiffusion"].plan(side, side)
+        px = {"multidiffusion": len(md.tiles) * md.tile**2,
+              "shifted": sg.padded_height * sg.padded_width}
+        for f in FUSIONS:
+            tiles = (f"{md.tile} px, overlap {md.overlap}" if f == "multidiffusion"
+                     else f"{sg.tile_h} px, no overlap")
+            rows.append((f"{side} x {side}, {f} ({tiles}, {precision}): U-Net calls per step, "
+                         "pixels computed / image pixels",
+                         f"{n_calls[f]}, {px[f] / side**2:.2f}"))
+            rows.append((f"{side} x {side}, {f}: s per step (CPU s); a 20-step image "
+                         "(20 x a step)", f"{per_step[f]:.2f} s ({cpu[f]:.2f}); "
+                         f"{20 * per_step[f]:.0f} s"))
+            print(rows[-2], rows[-1], flush=True)
+        rows.append((f"{side} x {side}: multidiffusion time / shifted time (CPU time)",
+                     f"{per_step['multidiffusion'] / per_step['shifted']:.2f} "
+                     f"({cpu['multidiffusion'] / cpu['shifted']:.2f})"))
+        print(rows[-1], flush=True)
+    for side in sizes:
+        for f in FUSIONS:
+            r = child_memory(side, f)
+            rows.append((f"{side} x {side}, {f}: peak RSS during one step (fresh process); "
+                         "above the RSS before it", f"{r['peak_mb']:.0f} MB; "
+                         f"{r['peak_mb'] - r['before_mb']:.0f} MB"))
+            print(rows[-1], flush=True)
+
+    # seams: each fusion on the same mask and seed, measured where its tiles meet
+    mask = make_layout("dense", (seam_side, seam_side), seed=6)
+    tile = synths["multidiffusion"].tile
+    shifted = synths["shifted"]
+    md_edges = multidiffusion_edges(mask.shape, tile, synths["multidiffusion"].overlap)
+    for n in seam_steps:
+        images = {f: s(mask, seed=1, steps=n) for f, s in synths.items()}
+        last = shifted_edges(shifted, mask.shape, 1, n - 1)
+        label = f"{seam_side} x {seam_side}, dpm {n}: seam ratio"
+        rows += [
+            (f"{label}, multidiffusion (where its tiles meet)",
+             f"{edge_ratio(images['multidiffusion'], *md_edges):.3f}"),
+            (f"{label}, shifted (where the last step's tiles meet)",
+             f"{edge_ratio(images['shifted'], *last):.3f}"),
+            (f"{label}, shifted (where multidiffusion's tiles meet)",
+             f"{edge_ratio(images['shifted'], *md_edges):.3f}"),
+            (f"{label}, multidiffusion where shifted's last tiles meet (no seam there)",
+             f"{edge_ratio(images['multidiffusion'], *last):.3f}"),
+            (f"{seam_side} x {seam_side}, dpm {n}: shifted against multidiffusion, mean "
+             "|difference|",
+             f"{np.abs(images['shifted'].astype(float) - images['multidiffusion']).mean():.1f} "
+             f"grey levels (image std {images['multidiffusion'].std():.0f})"),
+        ]
+        print(*rows[-5:], sep="\n", flush=True)
+    n = seam_steps[-1]
+    hard = DiffusionSynthesizer(model, device="cpu", overlap=0)(mask, seed=1, steps=n)
+    rows.append((f"{seam_side} x {seam_side}, dpm {n}: seam ratio, tiles sampled alone side "
+                 "by side (overlap 0; seams)",
+                 f"{edge_ratio(hard, *multidiffusion_edges(mask.shape, tile, 0)):.3f}"))
+    return rows
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"| {'measure':<{width}} | value |")
+    print(f"|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f"| {name:<{width}} | {value} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--timing-steps", type=int, default=3, help="training steps timed")
-    ap.add_argument("--quick", action="store_true", help="512 x 512 instead of 1024 x 1024")
+    ap.add_argument("--quick", action="store_true",
+                    help="512 x 512 instead of 1024 x 1024; fusions at 512 and 1024")
+    ap.add_argument("--fusion-only", action="store_true",
+                    help="only shifted windows against MultiDiffusion on large images")
+    ap.add_argument("--fusion-steps", type=int, default=1,
+                    help="denoising steps timed per large image (a 20-step image is 20 of them)")
     args = ap.parse_args()
+    fusion_args = (((512, 1024), args.fusion_steps, 256, (4, 10)) if args.quick
+                   else ((1024, 2048), args.fusion_steps, 512, (4, 10)))
+    if args.fusion_only:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              f"{auto_precision(CPU, 'inference')[1]}", flush=True)
+        print_table(fusion_rows(*fusion_args))
+        return
     rows: list[tuple[str, str]] = []
     rule_inf, note_inf = auto_precision(CPU, "inference")
     rule_train, note_train = auto_precision(CPU, "training", batch_size=4)
@@ -172,13 +353,8 @@ def main() -> None:
     t = timed(lambda: synth(big, seed=0))
     rows.append((f"{side} x {side} sample, dpm 20, {rule_inf} ({len(grid.tiles)} tiles of "
                  f"{grid.tile}, overlap {grid.overlap})", f"{t:.1f} s"))
-
-    width = max(len(r[0]) for r in rows)
-    print()
-    print(f"| {'measure':<{width}} | value |")
-    print(f"|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f"| {name:<{width}} | {value} |")
+    rows += fusion_rows(*fusion_args)
+    print_table(rows)
 
 
 if __name__ == "__main__":

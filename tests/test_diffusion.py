@@ -29,6 +29,7 @@ try:
     from napari_synthgen.tiling import plan_tiles
 except ImportError:  # before tiling moved out of synthesis.py
     from napari_synthgen.tiling import plan_tiles
+from napari_synthgen.tiling import shift_offsets
 
 CPU = torch.device("cpu")
 TINY = {"block_out_channels": (16, 32), "attention": (False, True), "attention_head_dim": 16}
@@ -66,14 +67,19 @@ def trained(isbi_small: Path, tmp_path_factory: pytest.TempPathFactory
 def _seam_ratio(image: np.ndarray, tile: int, overlap: int) -> float:
     """Mean |gradient| across tile edges over the mean |gradient| across all other lines
     (after Gaussian smoothing), as the pix2pix seam test measures it."""
+    grid = plan_tiles(*image.shape, tile, overlap)
+    edges_x = {x - grid.left + d for x in grid.xs for d in (0, tile)} - {0}
+    edges_y = {y - grid.top + d for y in grid.ys for d in (0, tile)} - {0}
+    return _edge_ratio(image, edges_y, edges_x)
+
+
+def _edge_ratio(image: np.ndarray, edges_y: set[int], edges_x: set[int]) -> float:
+    """:func:`_seam_ratio` for tile edges given as image rows and columns."""
     from scipy.ndimage import gaussian_filter
 
-    grid = plan_tiles(*image.shape, tile, overlap)
     img = gaussian_filter(image.astype(np.float64), 2.0)
     gx = np.abs(np.diff(img, axis=1)).mean(axis=0)
     gy = np.abs(np.diff(img, axis=0)).mean(axis=1)
-    edges_x = {x - grid.left + d for x in grid.xs for d in (0, tile)} - {0}
-    edges_y = {y - grid.top + d for y in grid.ys for d in (0, tile)} - {0}
     ex = [c - 1 for c in edges_x if 0 < c < image.shape[1]]
     ey = [r - 1 for r in edges_y if 0 < r < image.shape[0]]
     border = np.concatenate([gx[ex], gy[ey]])
@@ -283,3 +289,101 @@ def test_ddim_sampler_runs_and_differs_from_dpm(trained: tuple) -> None:
     b = DiffusionSynthesizer(model, sampler="dpm", **kw)(mask, seed=1)
     assert a.shape == b.shape == mask.shape and not np.array_equal(a, b)
 
+
+
+# --------------------------------------------------------------------------- shifted windows
+
+
+def _shifted_edges(synth: DiffusionSynthesizer, shape: tuple[int, int], seed: int,
+                   step: int) -> tuple[set[int], set[int]]:
+    """Image rows and columns where the tiles of shifted-window ``step`` meet."""
+    grid = synth.plan_shifted(*shape)
+    dy, dx = shift_offsets(seed, 0, step, grid)
+    rows = {(k * grid.tile_h + dy) % grid.padded_height - grid.top for k in range(grid.ny)}
+    cols = {(k * grid.tile_w + dx) % grid.padded_width - grid.left for k in range(grid.nx)}
+    return rows, cols
+
+
+def test_shifted_windows_same_seed_same_bytes_whatever_the_batch(trained: tuple) -> None:
+    model = load_diffusion(trained[0])
+    mask = make_layout("dense", (131, 77), seed=5)  # odd sizes, larger than the 64-px tile
+    kw = {"device": "cpu", "precision": "fp32", "steps": 3, "fusion": "shifted"}
+    one = DiffusionSynthesizer(model, batch_size=1, **kw)(mask, seed=7)
+    four = DiffusionSynthesizer(model, batch_size=4, **kw)
+    assert one.shape == mask.shape and one.dtype == np.uint8
+    np.testing.assert_array_equal(one, four(mask, seed=7))
+    assert np.abs(four(mask, seed=8).astype(int) - one).mean() > 5
+    fused = DiffusionSynthesizer(model, **{**kw, "fusion": "multidiffusion"})(mask, seed=7)
+    assert not np.array_equal(one, fused)  # the fusion is the only difference...
+    assert np.abs(one.astype(int) - fused).mean() < 25  # ...and the noise is the same
+    described = four.describe()
+    assert described["fusion"] == "shifted" and described["family_settings"]["fusion"] == "shifted"
+    # a long thin strip: one tile down (never shifted), several across
+    strip = make_layout("dense", (40, 150), seed=2)
+    assert four(strip, seed=1).shape == (40, 150)
+    # a mask within one tile has nothing to fuse: both fusions give the same bytes
+    small = make_layout("dense", (50, 60), seed=3)
+    np.testing.assert_array_equal(four(small, seed=2),
+                                  DiffusionSynthesizer(model, **{**kw, "fusion":
+                                                                 "multidiffusion"})(small, seed=2))
+    with pytest.raises(DiffusionSamplingError, match="unknown fusion 'spot'; use multidiffusion"):
+        DiffusionSynthesizer(model, device="cpu", fusion="spot")
+
+
+def test_shifted_windows_have_no_seams(trained: tuple) -> None:
+    model = load_diffusion(trained[0])
+    mask = make_layout("dense", (200, 232), seed=6)
+    steps = 4
+    synth = DiffusionSynthesizer(model, device="cpu", precision="fp32", steps=steps,
+                                 fusion="shifted")
+    image = synth(mask, seed=1)
+    assert image.std() > 5, "the model must give texture for seams to be visible"
+    # where the last step's tiles met (any earlier seam was denoised again later), where
+    # MultiDiffusion's tiles would meet, and where every step's tiles met
+    last = _edge_ratio(image, *_shifted_edges(synth, mask.shape, 1, steps - 1))
+    every = [_shifted_edges(synth, mask.shape, 1, k) for k in range(steps)]
+    anywhere = _edge_ratio(image, set().union(*(r for r, _ in every)),
+                           set().union(*(c for _, c in every)))
+    assert max(last, anywhere, _seam_ratio(image, synth.tile, synth.overlap)) <= 1.1
+    grid = synth.plan_shifted(*mask.shape)
+    assert len({shift_offsets(1, 0, k, grid) for k in range(steps)}) == steps  # it moves
+
+
+def test_shifted_windows_run_each_tile_once_per_step(trained: tuple) -> None:
+    model = load_diffusion(trained[0])
+    mask = make_layout("dense", (200, 232), seed=6)
+    calls = {"shifted": 0, "multidiffusion": 0}
+    for fusion in calls:
+        synth = DiffusionSynthesizer(model, device="cpu", precision="fp32", steps=2,
+                                     fusion=fusion)
+
+        def count(*_: object, fusion: str = fusion) -> None:
+            calls[fusion] += 1
+
+        synth.denoiser.network.register_forward_pre_hook(count)
+        synth(mask, seed=0)
+    grid = synth.plan_shifted(*mask.shape)
+    # non-overlapping tiles that cover the padded canvas exactly, each run once per step
+    assert grid.ny * grid.tile_h == grid.padded_height
+    assert grid.nx * grid.tile_w == grid.padded_width
+    assert calls["shifted"] == 2 * grid.ny * grid.nx == 2 * 16
+    assert calls["multidiffusion"] == 2 * len(synth.plan(*mask.shape).tiles) == 2 * 25
+    # the canvas is the image and a margin, not a whole extra tile
+    assert grid.padded_height * grid.padded_width < 1.3 * mask.size
+
+
+def test_live_preview_after_a_shifted_run_resamples_only_near_the_stroke(trained: tuple) -> None:
+    model = load_diffusion(trained[0])
+    synth = DiffusionSynthesizer(model, device="cpu", precision="fp32", steps=2,
+                                 preview_steps=2, fusion="shifted")
+    mask = make_layout("dense", (160, 200), seed=3)
+    before = synth(mask, seed=4, keep=True)
+    stroke = mask.copy()
+    stroke[20:26, 20:30] = BOUNDARY
+    after, regions = synth.update(stroke)  # MultiDiffusion over the touched tiles
+    touched = np.zeros(mask.shape, bool)
+    for ys, xs in regions:
+        touched[ys, xs] = True
+    assert touched[20:26, 20:30].all() and touched.mean() < 0.6
+    np.testing.assert_array_equal(after[~touched], before[~touched])
+    assert not np.array_equal(after[touched], before[touched])

@@ -111,19 +111,23 @@ def test_cli_train_load_inspect_and_generate(cli_run: Path, tmp_path: Path,
     tifffile.imwrite(masks / "m.tif", make_layout("dense", (40, 48), seed=1))
     out = tmp_path / "gen"
     assert main(["generate", "--model", str(cli_run), "--masks", str(masks), "--out", str(out),
-                 "--steps", "2", "--sampler", "ddim", "--variations", "2", "--device", "cpu",
-                 "--precision", "fp32"]) == 0
+                 "--steps", "2", "--sampler", "ddim", "--fusion", "shifted", "--variations", "2",
+                 "--device", "cpu", "--precision", "fp32"]) == 0
     a, b = (tifffile.imread(out / "images" / f"m_s{s}.tif") for s in (0, 1))
     assert a.shape == (40, 48) and a.dtype == np.uint8 and not np.array_equal(a, b)
     records = [json.loads(x) for x in (out / "generate.jsonl").read_text().splitlines()]
     assert [r["params"]["steps"] for r in records] == [2, 2]
     assert {r["params"]["sampler"] for r in records} == {"ddim"}
+    assert {r["params"]["fusion"] for r in records} == {"shifted"}
     assert records[0]["family"] == "diffusion" and records[0]["params"]["stochastic"] is True
     # pix2pix models refuse the diffusion options, naming them
     capsys.readouterr()
     assert main(["generate", "--model", str(tiny_model), "--masks", str(masks), "--out",
                  str(tmp_path / "p"), "--steps", "2"]) == 2
     assert "--steps applies to diffusion models only" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tiny_model), "--masks", str(masks), "--out",
+                 str(tmp_path / "p"), "--fusion", "shifted"]) == 2
+    assert "--fusion applies to diffusion models only" in capsys.readouterr().err
 
 
 def test_synthesizer_factory_runs_per_denoising_step(cli_run: Path) -> None:
@@ -132,7 +136,8 @@ def test_synthesizer_factory_runs_per_denoising_step(cli_run: Path) -> None:
     assert isinstance(synth, DiffusionSynthesizer) and synth.stochastic
     described = synth.describe()
     assert described["stochastic"] is True
-    assert described["family_settings"] == {"steps": 3, "sampler": "dpm", "preview_steps": 8}
+    assert described["family_settings"] == {"steps": 3, "sampler": "dpm", "preview_steps": 8,
+                                            "fusion": "multidiffusion"}
     mask = make_layout("dense", (40, 40), seed=2)
     gen = synth.run(mask, seed=4)
     seen = []

@@ -69,12 +69,14 @@ def _n_notes() -> int:
 def test_steps_and_sampler_shown_used_and_hidden_for_pix2pix(
         make_napari_viewer, qtbot, tiny_diffusion: Path, tiny_model: Path) -> None:
     from napari_synthgen.families.diffusion.networks import SAMPLERS
+    from napari_synthgen.families.diffusion.sampling import FUSIONS
     from napari_synthgen.registry import make_synthesizer
 
     viewer, w, layer = _widget(make_napari_viewer, qtbot, tiny_diffusion)
     notes = _n_notes()
     fields = w.family_fields
-    assert list(fields) == ["steps", "sampler", "preview_steps"]
+    assert list(fields) == ["steps", "sampler", "preview_steps", "fusion"]
+    assert fields["fusion"].choices == FUSIONS and fields["fusion"].value == "multidiffusion"
     assert not w.family_box.native.isHidden() and w.stochastic.native.isHidden()
     assert fields["sampler"].choices == SAMPLERS and fields["sampler"].value == "dpm"
     assert "diffusion" in w.model_info.value and "U-Net" in w.model_info.value

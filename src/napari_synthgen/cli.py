@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", choices=["dpm", "ddim"], default=None,
                      help="diffusion sampler: dpm (DPM-Solver++, default) or ddim (refused for "
                      "pix2pix models)")
+    gen.add_argument("--fusion", choices=["multidiffusion", "shifted"], default=None,
+                     help="how a diffusion model's tiles are fused on masks larger than a tile: "
+                     "multidiffusion (overlapping tiles blended, default) or shifted "
+                     "(non-overlapping tiles moved at every step, 1.6-1.7x faster, for 10 steps "
+                     "or more; refused for pix2pix models)")
     _add_synthesis_options(gen)
 
     from .training.cli import add_train_parser
@@ -437,8 +442,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.variations < 1:
         raise UsageError("--variations must be at least 1.")
     model = resolve_model_source(args.model)
-    options = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler))
-               if v is not None}
+    options = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler),
+                                 ("fusion", args.fusion)) if v is not None}
     if options:
         from .models.checkpoints.locate import model_family
 

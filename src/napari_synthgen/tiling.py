@@ -109,7 +109,75 @@ def blend_weights(grid: TileGrid, window: np.ndarray | None = None) -> np.ndarra
     return den
 
 
-def pad_mask(mask: np.ndarray, grid: TileGrid) -> np.ndarray:
+@dataclass(frozen=True)
+class ShiftedGrid:
+    """Non-overlapping tiles of ``tile_h`` x ``tile_w`` covering a padded canvas exactly.
+
+    The canvas is a whole number of tiles on each side, so the grid shifted cyclically by any
+    offset still covers it with the same tiles (shifted windows; see :func:`shift_offsets`).
+    """
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    top: int
+    left: int
+    padded_height: int
+    padded_width: int
+
+    @property
+    def ny(self) -> int:
+        """Tiles down the canvas."""
+        return self.padded_height // self.tile_h
+
+    @property
+    def nx(self) -> int:
+        """Tiles across the canvas."""
+        return self.padded_width // self.tile_w
+
+    @property
+    def tiles(self) -> list[Origin]:
+        """Tile origins of the unshifted grid, row-major."""
+        return [(y * self.tile_h, x * self.tile_w) for y in range(self.ny)
+                for x in range(self.nx)]
+
+
+def _shifted_axis(length: int, tile: int, divisor: int, margin: int) -> tuple[int, int, int]:
+    """(tile length, padded length, padding before) along one axis of a shifted grid."""
+    if length <= tile:  # one tile, padded up to it (as plan_tiles does); never shifted
+        return tile, tile, (tile - length) // 2
+    wanted = length + 2 * margin
+    n = math.ceil(wanted / tile)
+    side = math.ceil(wanted / n / divisor) * divisor  # <= tile, as tile is a multiple
+    return side, n * side, (n * side - length) // 2
+
+
+def plan_shifted(height: int, width: int, tile: int, divisor: int, margin: int) -> ShiftedGrid:
+    """Plan shifted non-overlapping windows for an image of ``height`` x ``width``.
+
+    A side longer than the tile is padded by at least ``margin`` at both ends (so the canvas
+    edges, where a cyclic shift joins them inside one tile, lie in the padding) and cut into
+    the fewest tiles of at most ``tile`` (multiples of ``divisor``); a shorter side is padded
+    up to one tile. The image is computed about once per pixel and step, plus the margin.
+    """
+    th, ph, top = _shifted_axis(height, tile, divisor, margin)
+    tw, pw, left = _shifted_axis(width, tile, divisor, margin)
+    return ShiftedGrid(height, width, th, tw, top, left, ph, pw)
+
+
+def shift_offsets(seed: int, z: int, step: int, grid: ShiftedGrid) -> tuple[int, int]:
+    """The (down, across) cyclic shift of the grid at denoising ``step`` of slice ``z``.
+
+    A pure function of (seed, slice, step), so the same seed gives the same image however
+    the tiles are batched; 0 along a side of one tile (a shift would wrap it onto itself).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, z, step, 0x5B1F7]))
+    dy, dx = (int(v) for v in rng.integers(0, (grid.tile_h, grid.tile_w)))
+    return (dy if grid.ny > 1 else 0), (dx if grid.nx > 1 else 0)
+
+
+def pad_mask(mask: np.ndarray, grid: TileGrid | ShiftedGrid) -> np.ndarray:
     """Reflection-pad a 2-D mask to the grid's padded size."""
     bottom = grid.padded_height - grid.height - grid.top
     right = grid.padded_width - grid.width - grid.left
