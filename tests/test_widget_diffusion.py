@@ -75,7 +75,7 @@ def test_steps_and_sampler_shown_used_and_hidden_for_pix2pix(
     viewer, w, layer = _widget(make_napari_viewer, qtbot, tiny_diffusion)
     notes = _n_notes()
     fields = w.family_fields
-    assert list(fields) == ["steps", "sampler", "preview_steps", "fusion"]
+    assert list(fields) == ["steps", "sampler", "preview_steps", "fusion", "z_coupling"]
     assert fields["fusion"].choices == FUSIONS and fields["fusion"].value == "multidiffusion"
     assert not w.family_box.native.isHidden() and w.stochastic.native.isHidden()
     assert fields["sampler"].choices == SAMPLERS and fields["sampler"].value == "dpm"
@@ -220,3 +220,34 @@ def test_both_bundled_models_are_offered(make_napari_viewer, qtbot) -> None:
     path = str(bundled_model_path("demo-diffusion"))
     qtbot.waitUntil(lambda: w.model is not None and w.model.info.path == path, timeout=30000)
     assert w.model.info.family == "diffusion"
+
+
+def test_a_mask_stack_is_synthesized_as_a_volume_and_shown_in_3d(
+        make_napari_viewer, qtbot, tiny_diffusion: Path) -> None:
+    from napari_synthgen.registry import make_synthesizer
+
+    viewer, w, _ = _widget(make_napari_viewer, qtbot, tiny_diffusion)
+    stack = np.stack([make_layout("dense", (64, 64), seed=s) for s in (3, 4, 5)])
+    layer = viewer.add_labels(stack, name="vol")
+    w.mask_layer.value = layer
+    fields = w.family_fields
+    assert fields["z_coupling"].value == "serial"
+    fields["steps"].value = 2
+    outputs: list = []
+    w.synthesized.connect(outputs.append)
+    w.synthesize()
+    w.wait_idle()
+    out = viewer.layers["vol_synth"].data
+    assert out.shape == (3, 64, 64) and viewer.dims.ndisplay == 3
+    direct = make_synthesizer(tiny_diffusion, device="cpu", precision="fp32", steps=2)
+    assert np.array_equal(out, direct(stack, seed=0))
+    assert outputs[0].provenance["params"]["z_coupling"]["name"] == "serial"
+    # independent slices on request: the first slice is the same, the others differ
+    viewer.dims.ndisplay = 2
+    w.show_3d.value = False
+    fields["z_coupling"].value = "independent"
+    w.synthesize()
+    w.wait_idle()
+    other = viewer.layers["vol_synth"].data
+    assert viewer.dims.ndisplay == 2
+    assert np.array_equal(other[0], out[0]) and not np.array_equal(other[1:], out[1:])

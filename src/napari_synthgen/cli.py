@@ -176,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "multidiffusion (overlapping tiles blended, default) or shifted "
                      "(non-overlapping tiles moved at every step, 1.6-1.7x faster, for 10 steps "
                      "or more; refused for pix2pix models)")
+    gen.add_argument("--z-coupling", choices=["serial", "independent"], default=None,
+                     help="how the slices of a (Z, Y, X) mask stack are tied by a diffusion "
+                     "model: serial (texture continues through z like serial sections, "
+                     "default) or independent (each slice on its own; refused for pix2pix "
+                     "models)")
     _add_synthesis_options(gen)
 
     from .training.cli import add_train_parser
@@ -443,13 +448,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError("--variations must be at least 1.")
     model = resolve_model_source(args.model)
     options = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler),
-                                 ("fusion", args.fusion)) if v is not None}
+                                 ("fusion", args.fusion), ("z_coupling", args.z_coupling))
+               if v is not None}
     if options:
         from .models.checkpoints.locate import model_family
 
         family = model_family(model)
         if family is not None and family != "diffusion":
-            flags = " and ".join(f"--{k}" for k in options)
+            flags = " and ".join(f"--{k.replace('_', '-')}" for k in options)
             verb = "apply" if len(options) > 1 else "applies"
             raise UsageError(f"{flags} {verb} to diffusion models only; {args.model} is a "
                              f"{family} model. Leave {flags} out.")

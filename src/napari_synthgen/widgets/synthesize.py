@@ -114,6 +114,11 @@ _OPTION_UI: dict[str, dict[str, Any]] = {
                "tiles blended at every step (default); shifted: non-overlapping tiles whose "
                "grid moves at every step, 1.6-1.7x faster (with fewer than 10 steps a faint "
                "seam can show). Live preview of a stroke always uses multidiffusion."},
+    "z_coupling": {"label": "Stacks", "tooltip":
+                   "How the slices of a (Z, Y, X) mask stack are tied. serial: texture "
+                   "continues from slice to slice like serial EM sections (initial noise "
+                   "correlated along z); independent: every slice drawn on its own (texture "
+                   "flickers along z). 2-D masks are the same either way."},
     "preview_steps": {"label": "Preview steps", "min": 1, "max": 1000, "tooltip":
                       "Denoising steps of live preview: few keep strokes quick; Synthesize "
                       "gives the full result."},
@@ -293,6 +298,9 @@ class SynthesizeWidget(Container):
         self.run_button = PushButton(text="Synthesize [Shift+S]")
         self.cancel_button = PushButton(text="Cancel")
         self.live = CheckBox(value=False, text="Live preview (follows the brush)")
+        self.show_3d = CheckBox(value=True, text="Show a synthesized stack in 3-D")
+        self.show_3d.tooltip = ("After Synthesize of a (Z, Y, X) mask stack, switch the viewer "
+                                "to 3-D (the viewer's 2-D/3-D button switches back).")
         self.status = Label(value="")
 
     def _lay_out(self) -> None:
@@ -313,7 +321,7 @@ class SynthesizeWidget(Container):
         body.extend([
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                       labels=False),
-            self.live, self.status,
+            self.live, self.show_3d, self.status,
         ])
         wrap_label(self.model_info)
         wrap_label(self.status)
@@ -663,6 +671,8 @@ class SynthesizeWidget(Container):
         meta = self._provenance(run, mask_sha, run.seeds[0])
         meta["seeds"] = run.seeds
         self._write_layer(run.layer, data, meta)
+        if run.mask.ndim == 3 and self.show_3d.value:
+            self.viewer.dims.ndisplay = 3  # a volume is seen as one
         dt = time.perf_counter() - run.t0
         p = run.params
         note = p.get("precision_note") or "explicit"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -38,15 +37,17 @@ from ...tiling import (
     plan_shifted,
     plan_tiles,
     shift_offsets,
-    tile_seed,
 )
 from .networks import SAMPLERS, DiffusionSpec, cast_network, make_scheduler
+from .noise import (
+    DEFAULT_Z_COUPLING,
+    Z_COUPLINGS,
+    StackNoise,
+    noise_field,
+)
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
-#: Side of the square noise blocks; each block has its own generator seeded by its position.
-NOISE_BLOCK = 64
-_OFFSET = 1 << 20  # keeps block indices of the padding (negative positions) non-negative
 DEFAULT_PREVIEW_STEPS = 8
 #: how the tiles of a canvas larger than one tile are fused at every step: ``multidiffusion``
 #: (overlapping tiles, predictions blended) or ``shifted`` (non-overlapping tiles, grid moved)
@@ -59,26 +60,6 @@ class Cancelled(RuntimeError):
 
 class DiffusionSamplingError(ValueError):
     """Sampling parameters that cannot work with this model or mask."""
-
-
-def noise_field(seed: int, z: int, y0: int, x0: int, height: int, width: int) -> torch.Tensor:
-    """Standard normal noise for image rows ``y0..`` and columns ``x0..`` of slice ``z``.
-
-    A pure function of (seed, z, position): each 64-px block draws from a generator seeded by
-    its block index, so any region (a tile, the canvas, a live-preview patch) gets the same
-    noise wherever and however it is computed. Positions may be negative (padding).
-    """
-    out = torch.empty(height, width)
-    b = NOISE_BLOCK
-    for by in range(math.floor(y0 / b), math.floor((y0 + height - 1) / b) + 1):
-        for bx in range(math.floor(x0 / b), math.floor((x0 + width - 1) / b) + 1):
-            g = torch.Generator().manual_seed(tile_seed(seed, z, by + _OFFSET, bx + _OFFSET))
-            block = torch.randn(b, b, generator=g)
-            ya, yb = max(by * b, y0), min((by + 1) * b, y0 + height)
-            xa, xb = max(bx * b, x0), min((bx + 1) * b, x0 + width)
-            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = block[ya - by * b : yb - by * b,
-                                                              xa - bx * b : xb - bx * b]
-    return out
 
 
 class Denoiser:
@@ -239,21 +220,26 @@ class DiffusionSynthesizer:
     moved by a seeded offset at every step: 1.7x less U-Net work; see docs/design.md).
     ``encoding`` must be the model's own (a diffusion model is trained on one); ``stochastic``
     is accepted for the common interface and always true (every seed is a variation). Call it
-    with a 2-D mask or a 3-D stack (slice ``z`` uses seed ``(seed, z)``); :meth:`run` yields
-    progress after every denoising step (stop iterating to cancel).
+    with a 2-D mask or a 3-D (Z, Y, X) stack; ``z_coupling`` says how a stack's slices are
+    tied: ``serial`` (default) draws their initial noise correlated along z like serial
+    sections' texture (:mod:`.noise`; slice 0 is the 2-D sample of the seed), ``independent``
+    gives slice ``z`` the noise of seed ``(seed, z)``. :meth:`run` yields progress after every
+    denoising step (stop iterating to cancel).
     """
 
     family = "diffusion"
     stochastic = True  # every seed is a different variation
     #: values a setting may take (the Synthesize widget makes drop-downs of them)
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {"sampler": SAMPLERS, "fusion": FUSIONS}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "sampler": SAMPLERS, "fusion": FUSIONS, "z_coupling": tuple(Z_COUPLINGS)}
 
     def __init__(self, model: Any, *, device: str | torch.device = "auto",
                  precision: str = "auto", tile: int | None = None, overlap: int | None = None,
                  batch_size: int | None = None, encoding: str | None = None,
                  stochastic: bool = True, steps: int = 20, sampler: str = "dpm",
                  preview_steps: int = DEFAULT_PREVIEW_STEPS,
-                 fusion: str = "multidiffusion") -> None:
+                 fusion: str = "multidiffusion", z_coupling: str = DEFAULT_Z_COUPLING
+                 ) -> None:
         model = _diffusion_model(model)
         self.model, self.spec, self.info = model, model.spec, model.info
         if encoding is not None and encoding != self.spec.encoding:
@@ -283,6 +269,11 @@ class DiffusionSynthesizer:
             raise DiffusionSamplingError(f"unknown fusion {fusion!r}; use "
                                          f"{' or '.join(FUSIONS)}.")
         self.fusion = fusion
+        if z_coupling not in Z_COUPLINGS:
+            raise DiffusionSamplingError(f"unknown z coupling {z_coupling!r}; use "
+                                         f"{' or '.join(Z_COUPLINGS)}.")
+        self.z_coupling = z_coupling
+        self._noise = StackNoise(Z_COUPLINGS[z_coupling])
         for name, value in (("steps", steps), ("preview_steps", preview_steps)):
             if int(value) < 1:
                 raise DiffusionSamplingError(f"{name} must be at least 1; got {value}.")
@@ -331,7 +322,7 @@ class DiffusionSynthesizer:
         t, win = grid.tile, self._window(grid)
         cond = self.denoiser.encode(torch.from_numpy(
             np.ascontiguousarray(padded[y0:y1, x0:x1]))[None])[0]
-        noise = noise_field(seed, z, y0 - grid.top, x0 - grid.left, y1 - y0, x1 - x0)
+        noise = self._noise.field(seed, z, y0 - grid.top, x0 - grid.left, y1 - y0, x1 - x0)
         local = [(y - y0, x - x0) for y, x in tiles]
         den = torch.zeros(y1 - y0, x1 - x0, device=self.device)
         for y, x in local:
@@ -365,8 +356,8 @@ class DiffusionSynthesizer:
         """
         th, tw = grid.tile_h, grid.tile_w
         cond = self.denoiser.encode(torch.from_numpy(np.ascontiguousarray(padded))[None])[0]
-        noise = noise_field(seed, z, -grid.top, -grid.left, grid.padded_height,
-                            grid.padded_width)
+        noise = self._noise.field(seed, z, -grid.top, -grid.left, grid.padded_height,
+                                  grid.padded_width)
         tiles = grid.tiles
         done = 0  # the sampler asks the model once per step, in order
 
@@ -562,10 +553,12 @@ class DiffusionSynthesizer:
             "sampler": self.sampler,
             "preview_steps": self.preview_steps,
             "fusion": self.fusion,
+            "z_coupling": Z_COUPLINGS[self.z_coupling].record(),
             "prediction_type": self.spec.prediction_type,
             # what generate records with every image and GenerateJob.options passes back
             "family_settings": {"steps": self.steps, "sampler": self.sampler,
-                                "preview_steps": self.preview_steps, "fusion": self.fusion},
+                                "preview_steps": self.preview_steps, "fusion": self.fusion,
+                                "z_coupling": self.z_coupling},
         }
 
     def close(self) -> None:
