@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         "does, against --reference (real pairs) or else the training statistics the "
         "generating model carries; accept pairs scoring at least --min-score into the export "
         "folder OUT and reject the others (without --min-score every pair is accepted). OUT "
-        "is what `export --from` reads; a stopped run resumes, skipping decided pairs.")
+        "is what `export --from` reads; a stopped run resumes, skipping decided pairs. A "
+        "(Z, Y, X) stack pair is one sample, decided whole by the mean of its slices' scores.")
     cur.add_argument("generated", type=Path, help="paired folder of generated pairs")
     cur.add_argument("--out", required=True, type=Path,
                      help="export folder (new, or an export to resume)")
