@@ -344,6 +344,23 @@ def test_test_stacks_are_predicted_slice_by_slice_and_scored_per_stack(
     only = ev.score_segmenter(seg, pairs[1:])
     assert {k: rows[0][k] for k in only} == pytest.approx(only, nan_ok=True)
 
+    # --min-score keeps or drops a synthetic stack whole, by the mean of its slices' scores
+    from napari_synthgen import quality
+
+    syn_names, syn_pairs, syn_stacks = ev._load(stack_folders["synthetic"])
+    reference = quality.reference_from_pairs(real_pairs)
+    scores = [quality.sample_figures(im, m, reference=reference, predicted=seg.predict(im))[
+        "score"] for im, m in syn_pairs]
+    assert max(scores) > np.mean(scores) > min(scores)
+
+    def kept(threshold: float) -> list[str]:
+        return ev._filter_by_score(syn_pairs, syn_names, seg, real_pairs, threshold, {},
+                                   quality, syn_stacks).names
+
+    assert kept((min(scores) + np.mean(scores)) / 2) == syn_names  # its worst slice too
+    with pytest.raises(ValueError, match="no synthetic pair"):  # its best slice neither
+        kept((max(scores) + np.mean(scores)) / 2)
+
 
 def test_evaluate_on_stacks_writes_per_stack_rows(stack_folders: dict[str, Path],
                                                    tmp_path: Path) -> None:

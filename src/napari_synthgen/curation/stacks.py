@@ -74,16 +74,17 @@ def spacing_of(path: str | os.PathLike) -> Spacing | None:
 
     Uses ``io.read_spacing`` when the io module has it; otherwise reads the ImageJ ``spacing``
     and ``unit`` and the X/YResolution tags (pixels per unit) itself, in nm when the unit is
-    known (numbers as they are otherwise); without a z spacing z is taken equal to x.
+    known (numbers as they are otherwise); without a z spacing z is taken equal to x. PNGs
+    and missing files give None.
     """
     from .. import io
 
-    reader: Callable[[Any], Spacing | None] | None = getattr(io, "read_spacing", None)
-    if reader is not None:
-        return reader(path)
     p = Path(path)
     if p.suffix.lower() not in (".tif", ".tiff") or not p.is_file():
-        return None
+        return None  # PNG records none; a missing file is reported by whoever reads it
+    reader: Callable[[Any], Spacing | None] | None = getattr(io, "read_spacing", None)
+    if reader is not None:
+        return reader(p)
     import tifffile
 
     with io.decoding(p), tifffile.TiffFile(p) as tif:
