@@ -252,6 +252,9 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
     so all arms of an evaluation can share the same weights. Each phase starts a fresh Adam
     optimiser (fine-tuning after pre-training starts from the weights, not the moments).
     """
+    from ._triton_guard import keep_triton_out
+
+    keep_triton_out()  # the optimiser imports torch._dynamo: triton would crash beside a viewer
     torch = _torch()
     from .devices import auto_precision, autocast, check_precision, resolve_device
 
