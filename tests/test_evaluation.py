@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -284,3 +285,105 @@ def test_settings_out_of_range_are_refused_before_anything_is_read(
 
     with pytest.raises(LimitError, match=message):
         ev.evaluate(tmp_path / "no-real", tmp_path / "no-syn", tmp_path / "no-test", **settings)
+
+
+# ----------------------------------------------------------------------------- stacks
+
+
+def _write_stacks(root: Path, isbi_dir: Path, firsts: list[int], *, n: int = 3,
+                  corner: int = 0, blur: float = 0.0, size: int = 96) -> Path:
+    """Consecutive ISBI sections cropped and stacked as (Z, Y, X) pairs (``stackNN``), written
+    as Fiji writes stacks (ImageJ hyperstack with 50 nm z and 4 nm pixel spacing)."""
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    sl = np.s_[:size, :size] if corner == 0 else np.s_[-size:, -size:]
+    for first in firsts:
+        names = [f"isbi2012_train_{i:02d}.tif" for i in range(first, first + n)]
+        img = np.stack([tifffile.imread(isbi_dir / "images" / f)[sl] for f in names])
+        m = np.stack([tifffile.imread(isbi_dir / "masks" / f)[sl] for f in names])
+        if blur:
+            img = ndi.gaussian_filter(img.astype(np.float64), (0, blur, blur)).round().astype(
+                np.uint8)
+        for sub, arr in (("images", img), ("masks", m)):
+            tifffile.imwrite(root / sub / f"stack{first:02d}.tif", arr, imagej=True,
+                             resolution=(0.25, 0.25),
+                             metadata={"spacing": 50.0, "unit": "nm", "axes": "ZYX"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack_folders(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> dict[str, Path]:
+    """Real stacks of sections 00-02 and 03-05, synthetic stand-in: blurred 10-12, test: the
+    stack 26-28 (other corner) beside the 2-D slice 29."""
+    root = tmp_path_factory.mktemp("eval_stacks")
+    test = _write_stacks(root / "test", isbi_dir, [26], corner=1)
+    _write_pairs(root / "test2d", isbi_dir, range(29, 30), corner=1, size=96)
+    for sub in ("images", "masks"):
+        (root / "test2d" / sub / "isbi2012_train_29.tif").rename(test / sub / "slice29.tif")
+    return {"real": _write_stacks(root / "real", isbi_dir, [0, 3]),
+            "synthetic": _write_stacks(root / "syn", isbi_dir, [10], blur=1.0),
+            "test": test}
+
+
+def test_test_stacks_are_predicted_slice_by_slice_and_scored_per_stack(
+        stack_folders: dict[str, Path]) -> None:
+    names, pairs, stacks = ev._load(stack_folders["test"])
+    assert names == ["slice29", "stack26_z000", "stack26_z001", "stack26_z002"]
+    assert stacks == [("stack26", names[1:])] and all(p[0].ndim == 2 for p in pairs)
+    real_names, real_pairs, _ = ev._load(stack_folders["real"])
+    cfg = SegmenterConfig(steps=3, batch_size=2, crop=64, base=8, seed=0, precision="fp32")
+    seg = train_segmenter([Phase(3, Pool.from_pairs(real_pairs, real_names))], cfg)
+    stack = np.stack([p[0] for p in pairs[1:]])
+    pred = seg.predict_stack(stack)
+    assert pred.shape == stack.shape and all(
+        np.array_equal(pred[k], seg.predict(stack[k])) for k in range(3))
+    pooled, rows = ev.score_test(seg, pairs, names, stacks)
+    # the slices count like 2-D test images
+    assert pooled == pytest.approx(ev.score_segmenter(seg, pairs), nan_ok=True)
+    assert [r["stack"] for r in rows] == ["stack26"] and rows[0]["n_slices"] == 3
+    only = ev.score_segmenter(seg, pairs[1:])
+    assert {k: rows[0][k] for k in only} == pytest.approx(only, nan_ok=True)
+
+    # --min-score keeps or drops a synthetic stack whole, by the mean of its slices' scores
+    from napari_synthgen import quality
+
+    syn_names, syn_pairs, syn_stacks = ev._load(stack_folders["synthetic"])
+    reference = quality.reference_from_pairs(real_pairs)
+    scores = [quality.sample_figures(im, m, reference=reference, predicted=seg.predict(im))[
+        "score"] for im, m in syn_pairs]
+    assert max(scores) > np.mean(scores) > min(scores)
+
+    def kept(threshold: float) -> list[str]:
+        return ev._filter_by_score(syn_pairs, syn_names, seg, real_pairs, threshold, {},
+                                   quality, syn_stacks).names
+
+    assert kept((min(scores) + np.mean(scores)) / 2) == syn_names  # its worst slice too
+    with pytest.raises(ValueError, match="no synthetic pair"):  # its best slice neither
+        kept((max(scores) + np.mean(scores)) / 2)
+
+
+def test_evaluate_on_stacks_writes_per_stack_rows(stack_folders: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = _run_cli(["evaluate", "--real", str(stack_folders["real"]), "--synthetic",
+                     str(stack_folders["synthetic"]), "--test", str(stack_folders["test"]),
+                     "--steps", "3", "--seeds", "1", "--crop", "64", "--batch-size", "2",
+                     "--out", str(out)])
+    assert code == 0
+    recorded = json.loads((out / "evaluate_settings.json").read_text())  # beside the results
+    assert (recorded["n_real"], recorded["n_synthetic"], recorded["n_test"]) == (6, 3, 4)
+    assert recorded["n_stacks"] == [2, 1, 1]
+    with (out / "evaluation_stacks.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["arm"], r["stack"], r["n_slices"]) for r in rows] == [
+        ("real", "stack26", "3"), ("real+synthetic", "stack26", "3"),
+        ("synthetic", "stack26", "3")]
+    assert all(0.0 <= float(r["dice_interior"]) <= 1.0 for r in rows)
+    assert "evaluation_stacks.csv" in (out / "evaluation.md").read_text()
+
+
+def test_a_test_stack_sharing_a_section_with_training_is_refused(
+        stack_folders: dict[str, Path], tmp_path: Path, isbi_dir: Path) -> None:
+    leaky = _write_stacks(tmp_path / "leaky", isbi_dir, [5])  # sections 5-7: 5 is in real
+    with pytest.raises(ev.LeakError, match=r"test image stack05_z000 is also real/stack03_z002"):
+        ev.evaluate(stack_folders["real"], stack_folders["synthetic"], leaky, steps=1, seeds=1)

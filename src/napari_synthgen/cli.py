@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         "does, against --reference (real pairs) or else the training statistics the "
         "generating model carries; accept pairs scoring at least --min-score into the export "
         "folder OUT and reject the others (without --min-score every pair is accepted). OUT "
-        "is what `export --from` reads; a stopped run resumes, skipping decided pairs.")
+        "is what `export --from` reads; a stopped run resumes, skipping decided pairs. A "
+        "(Z, Y, X) stack pair is one sample, decided whole by the mean of its slices' scores.")
     cur.add_argument("generated", type=Path, help="paired folder of generated pairs")
     cur.add_argument("--out", required=True, type=Path,
                      help="export folder (new, or an export to resume)")
@@ -209,7 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="paired folder of real pairs (or a model checkpoint) to score "
                      "against (default: the generating model's training statistics)")
 
-    exp = sub.add_parser("export", help="convert an export folder to another layout")
+    exp = sub.add_parser(
+        "export", help="convert an export folder to another layout",
+        description="Write the accepted samples of an export folder (plus --real pairs) as an "
+        "nnU-Net v2 raw dataset whose splits validate on real cases only. 2-D samples become "
+        "PNG cases (NaturalImage2DIO); (Z, Y, X) stacks become 3-D TIFF cases (Tiff3DIO), "
+        "each with its voxel spacing in <case>.json (from the manifest or the files, else "
+        "--spacing). A dataset holds one kind: a mix of 2-D and 3-D is refused.")
     exp.add_argument("--from", dest="source", required=True, type=Path,
                      help="export folder written by the curation widget / ExportSession")
     exp.add_argument("--nnunet", required=True, type=Path,
@@ -227,8 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--preprocessed", type=Path, default=None,
                      help="nnU-Net preprocessed folder for --install-splits "
                           "(default: $nnUNet_preprocessed)")
+    exp.add_argument("--spacing", type=_spacing, default=None, metavar="Z,Y,X",
+                     help="voxel spacing of (Z, Y, X) stacks whose files and records carry "
+                     "none, e.g. 50,4,4 (nm); nnU-Net reads it from <case>.json")
     exp.add_argument("--overwrite", action="store_true")
     return parser
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    """argparse ``type``: ``Z,Y,X`` as three positive numbers."""
+    from .curation.stacks import check_spacing
+
+    try:
+        return check_spacing(text.replace(" ", ",").split(",") if text.strip() else ())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give three positive numbers Z,Y,X (e.g. 50,4,4); got {text!r}") from None
 
 
 #: what ``demo`` says without a display (as the Makefile's demo target does)
@@ -537,13 +558,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     flags = {"n_folds": "--folds", "real": "--real", "overwrite": "--overwrite",
              "dataset_id": "--dataset-id", "name": "--name", "out_dir": "--nnunet",
-             "preprocessed_root": "--preprocessed"}
+             "preprocessed_root": "--preprocessed", "spacing": "--spacing"}
     try:
         if args.install_splits:  # say what is missing before anything is written
             preprocessed_folder(args.preprocessed)
         result = export_nnunet(args.source, args.nnunet, dataset_id=args.dataset_id,
                                name=args.name, real=args.real, n_folds=args.folds,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, spacing=args.spacing)
         for warning in result.warnings:
             print(f"warning: {reword(warning, flags)}", file=sys.stderr)
         print(f"wrote nnU-Net v2 dataset {result.dataset} ({result.n_synthetic} synthetic, "

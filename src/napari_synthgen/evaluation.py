@@ -9,6 +9,13 @@ arm from the same initial weights. Each is scored on real test
 images: Dice and IoU per class (pixels pooled over the test set) and the boundary class's F1
 with a distance tolerance (as boundary benchmarks allow). Test images that also appear, by
 content hash, among the training images are refused: synthetic data never enters the test set.
+
+(Z, Y, X) pairs, synthetic or real, are split into 2-D slices named ``<stem>_zNNN`` for the
+segmenter (a 2-D network: each slice is a training image, and the leak check compares slices,
+so a test stack sharing one section with a training set is refused). Test stacks are predicted
+slice by slice (:meth:`.segmenter.Segmenter.predict_stack`); their slices count in the pooled
+figures like any test image, and each stack also gets its own row per run
+(``evaluation_stacks.csv``: the figures pooled over its slices).
 """
 
 from __future__ import annotations
@@ -59,11 +66,34 @@ class EvaluationResult:
         return list(self.summary)
 
 
-def _load(folder: str | Path) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
+#: A folder's stacks: (stem, the names of its slices in order).
+Stacks = list[tuple[str, list[str]]]
+
+
+def _load(folder: str | Path
+          ) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]], Stacks]:
+    """Names and 2-D pairs of a paired folder, (Z, Y, X) pairs split into their slices
+    (``<stem>_zNNN``), and which slices make each stack."""
+    from .curation.stacks import is_stack, slice_names
     from .io import find_pairs, read_image, read_mask
 
-    pairs = find_pairs(folder)
-    return [p.stem for p in pairs], [(read_image(p.image), read_mask(p.mask)) for p in pairs]
+    names: list[str] = []
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    stacks: Stacks = []
+    for p in find_pairs(folder):
+        image, mask = read_image(p.image), read_mask(p.mask)
+        if not is_stack(image):
+            names.append(p.stem)
+            pairs.append((image, mask))
+            continue
+        if mask.shape != image.shape:
+            raise ValueError(f"{p.stem}: image stack {image.shape} and mask {mask.shape} "
+                             "differ; each slice needs its mask (a (Z, Y, X) mask stack).")
+        slices = slice_names(p.stem, image.shape[0])
+        names += slices
+        pairs += [(image[k], mask[k]) for k in range(image.shape[0])]
+        stacks.append((p.stem, slices))
+    return names, pairs, stacks
 
 
 def check_no_leak(test: dict[str, np.ndarray], **training: dict[str, np.ndarray]) -> None:
@@ -134,6 +164,33 @@ def score_segmenter(segmenter: Any, test: Sequence[tuple[np.ndarray, np.ndarray]
         counts += confusion_counts(segmenter.predict(image), mask, tolerance=tolerance)
         truth_classes |= {int(c) for c in np.unique(mask)}
     return scores_from_counts(counts, truth_classes)
+
+
+def score_test(segmenter: Any, test: Sequence[tuple[np.ndarray, np.ndarray]],
+               names: Sequence[str], stacks: Stacks, *, tolerance: float = 2.0
+               ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """:func:`score_segmenter`'s figures on the test slices, and one row per test stack (its
+    slices predicted as a stack, figures pooled over them): ``stack``, ``n_slices``, the
+    :data:`METRICS`."""
+    index = {n: i for i, n in enumerate(names)}
+    counts: dict[int, np.ndarray] = {}
+    for _stem, slices in stacks:
+        rows = [index[n] for n in slices]
+        pred = segmenter.predict_stack(np.stack([test[i][0] for i in rows]))
+        for k, i in enumerate(rows):
+            counts[i] = confusion_counts(pred[k], test[i][1], tolerance=tolerance)
+    for i, (image, mask) in enumerate(test):
+        if i not in counts:
+            counts[i] = confusion_counts(segmenter.predict(image), mask, tolerance=tolerance)
+
+    def pooled(rows: Sequence[int]) -> dict[str, float]:
+        total = np.sum([counts[i] for i in rows], axis=0)
+        classes = {int(c) for i in rows for c in np.unique(test[i][1])}
+        return scores_from_counts(total, classes)
+
+    per_stack = [{"stack": stem, "n_slices": len(slices),
+                  **pooled([index[n] for n in slices])} for stem, slices in stacks]
+    return pooled(range(len(test))), per_stack
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -225,9 +282,9 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     _check_settings(steps=steps, seeds=seeds, mix=mix, min_score=min_score,
                     batch_size=batch_size, crop=crop, tolerance=tolerance, device=device)
     start = time.perf_counter()
-    real_names, real_pairs = _load(real)
-    syn_names, syn_pairs = _load(synthetic)
-    test_names, test_pairs = _load(test)
+    real_names, real_pairs, real_stacks = _load(real)
+    syn_names, syn_pairs, syn_stacks = _load(synthetic)
+    test_names, test_pairs, test_stacks = _load(test)
     check_no_leak(dict(zip(test_names, (p[0] for p in test_pairs), strict=True)),
                   real=dict(zip(real_names, (p[0] for p in real_pairs), strict=True)),
                   synthetic=dict(zip(syn_names, (p[0] for p in syn_pairs), strict=True)))
@@ -257,6 +314,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         "steps": steps, "seeds": seeds, "mix": mix, "pretrain_synthetic": pretrain_synthetic,
         "min_score": min_score, "batch_size": batch_size, "crop": crop, "base": base, "lr": lr,
         "device": device, "tolerance": tolerance}
+    if real_stacks or syn_stacks or test_stacks:  # absent for 2-D sets: old results match
+        settings["n_stacks"] = [len(real_stacks), len(syn_stacks), len(test_stacks)]
     store = None if out is None else _RunStore(Path(out), settings, (
         (real_names, real_pairs), (syn_names, syn_pairs), (test_names, test_pairs)))
     kept_syn = syn_pool
@@ -293,16 +352,19 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
 
             seg = train_segmenter(phases, cfg, progress=step_cb, weights_from=weights_from)
             done += steps
-            figures = score_segmenter(seg, test_pairs, tolerance=tolerance)
+            figures, per_stack = score_test(seg, test_pairs, test_names, test_stacks,
+                                            tolerance=tolerance)
             run = {"arm": arm, "seed": seed, **figures,
                    "seconds": round(seg.seconds, 1), "precision": seg.precision}
+            if per_stack:
+                run["stacks"] = per_stack
             runs.append(run)
             settings.setdefault("precision", seg.precision)
             settings.setdefault("precision_rule", seg.precision_rule)
             settings.setdefault("class_weights", [round(float(w), 4) for w in seg.weights])
             if arm == ARM_REAL and seed == 0 and min_score is not None:
                 kept_syn = _filter_by_score(syn_pairs, syn_names, seg, real_pairs, min_score,
-                                            settings, quality)
+                                            settings, quality, syn_stacks)
                 if store is not None:  # before the run: a saved run implies its filter
                     store.save_kept(kept_syn.names)
             if store is not None:
@@ -316,7 +378,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
 
 #: Result files of an evaluate run (kept when settings differ).
 EVALUATE_OUTPUTS: tuple[str, ...] = ("evaluation_runs.csv", "evaluation.csv", "evaluation.md",
-                                     "evaluation.png", "runs")
+                                     "evaluation.png", "evaluation_stacks.csv", "runs")
 
 
 class _RunStore:
@@ -378,16 +440,23 @@ def _kept_pool(syn_pairs: list[tuple[np.ndarray, np.ndarray]], syn_names: list[s
 
 def _filter_by_score(syn_pairs: list[tuple[np.ndarray, np.ndarray]], syn_names: list[str],
                      seg: Any, real_pairs: list[tuple[np.ndarray, np.ndarray]],
-                     min_score: float, settings: dict[str, Any], quality: Any) -> Any:
+                     min_score: float, settings: dict[str, Any], quality: Any,
+                     stacks: Stacks = ()) -> Any:
+    """The synthetic pairs scoring at least ``min_score``; a stack's slices are kept or
+    dropped together, by the mean of their scores (a stack's ``score``, as in curation)."""
     from .segmenter import Pool
 
     reference = quality.reference_from_pairs(real_pairs)
-    keep = []
-    for (image, mask), name in zip(syn_pairs, syn_names, strict=True):
-        figs = quality.sample_figures(image, mask, reference=reference,
-                                      predicted=seg.predict(image))
-        if figs["score"] >= min_score:
-            keep.append(((image, mask), name))
+    scores = {name: quality.sample_figures(image, mask, reference=reference,
+                                           predicted=seg.predict(image))["score"]
+              for (image, mask), name in zip(syn_pairs, syn_names, strict=True)}
+    for _stem, slices in stacks:
+        finite = [scores[n] for n in slices if math.isfinite(scores[n])]
+        mean = float(np.mean(finite)) if finite else math.nan
+        scores.update({n: mean for n in slices})
+    keep = [((image, mask), name) for (image, mask), name in zip(syn_pairs, syn_names,
+                                                                 strict=True)
+            if scores[name] >= min_score]
     settings["n_synthetic_kept"] = len(keep)
     if not keep:
         raise ValueError(f"no synthetic pair has a quality score >= {min_score}; lower min_score "
@@ -424,13 +493,20 @@ def markdown_table(result: EvaluationResult) -> str:
         lines.append(f"| {arm} | " + " | ".join(_fmt(*figs[c]) for c in cols) + " |")
     lines += ["", "Mean ± standard deviation over seeds; Dice/IoU pool the pixels of all test "
               "images; n/a: the class is in neither prediction nor truth.", ""]
+    if s.get("n_stacks"):
+        r, y, t = s["n_stacks"]
+        lines += [f"(Z, Y, X) stacks were split into 2-D slices, counted above as pairs: real "
+                  f"{r}, synthetic {y}, test {t} stack(s). Test stacks are predicted slice by "
+                  "slice; each stack's figures, per arm and seed, are in "
+                  "evaluation_stacks.csv.", ""]
     lines += [f"- {n}" for n in result.notes]
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
     """Write ``evaluation_runs.csv`` (one row per arm and seed), ``evaluation.csv`` (mean and
-    std per arm), ``evaluation.md`` and ``evaluation.png`` into ``out``."""
+    std per arm), with test stacks ``evaluation_stacks.csv`` (one row per arm, seed and stack),
+    ``evaluation.md`` and ``evaluation.png`` into ``out``."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -451,6 +527,17 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
         for arm, figs in result.summary.items():
             w2.writerow([arm, result.settings["seeds"],
                          *[f"{v:.6f}" for m in METRICS for v in figs[m]]])
+    stack_rows = [{"arm": r["arm"], "seed": r["seed"], **row}
+                  for r in result.runs for row in r.get("stacks", [])]
+    stacks_csv = out / "evaluation_stacks.csv"
+    if stack_rows:
+        stack_keys = ["arm", "seed", "stack", "n_slices", *METRICS]
+        with stacks_csv.open("w", newline="", encoding="utf-8") as fh:
+            w3 = csv.DictWriter(fh, fieldnames=stack_keys)
+            w3.writeheader()
+            for row in stack_rows:
+                w3.writerow({k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k])
+                             for k in stack_keys})
     md = out / "evaluation.md"
     md.write_text(markdown_table(result), encoding="utf-8")
     png = out / "evaluation.png"
@@ -471,5 +558,5 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(png)
-    result.files = [runs_csv, sum_csv, md, png]
+    result.files = [runs_csv, sum_csv, *([stacks_csv] if stack_rows else []), md, png]
     return result.files

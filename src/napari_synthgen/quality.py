@@ -342,12 +342,21 @@ def reference_from_pairs(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *,
 
 
 def reference_from_folder(folder: str | Path) -> ReferenceStats:
-    """Reference statistics from a paired folder of real images (``images/``, ``masks/``)."""
+    """Reference statistics from a paired folder of real images (``images/``, ``masks/``);
+    a (Z, Y, X) pair counts slice by slice."""
     from .io import find_pairs, read_image, read_mask
 
     pairs = find_pairs(folder)
-    return reference_from_pairs(((read_image(p.image), read_mask(p.mask)) for p in pairs),
-                                sources=[p.stem for p in pairs])
+
+    def slices() -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        for p in pairs:
+            image, mask = read_image(p.image), read_mask(p.mask)
+            if image.ndim == 3 and mask.shape == image.shape and image.shape[-1] not in (3, 4):
+                yield from zip(image, mask, strict=True)
+            else:
+                yield image, mask
+
+    return reference_from_pairs(slices(), sources=[p.stem for p in pairs])
 
 
 def reference_record(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:

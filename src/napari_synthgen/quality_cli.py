@@ -65,9 +65,10 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         "pairs only, real plus synthetic, and synthetic only; score each on the real test "
         "pairs (Dice and IoU per class, boundary F1 with a distance tolerance), mean and "
         "spread over seeds. Writes evaluation.csv, evaluation_runs.csv, evaluation.md and "
-        "evaluation.png. The default budget takes a few minutes on a 2-core laptop with "
-        "ISBI-size images; for a real run use e.g. --steps 1000 --batch-size 8 --seeds 3 "
-        "(--device cuda on a GPU).")
+        "evaluation.png. (Z, Y, X) stack pairs are split into 2-D slices (<stem>_zNNN); "
+        "test stacks also get per-stack rows in evaluation_stacks.csv. The default budget "
+        "takes a few minutes on a 2-core laptop with ISBI-size images; for a real run use "
+        "e.g. --steps 1000 --batch-size 8 --seeds 3 (--device cuda on a GPU).")
     p.add_argument("--real", type=Path, required=True, help="paired folder of real training pairs")
     p.add_argument("--synthetic", type=Path, required=True,
                    help="paired folder of synthetic pairs (e.g. the curated export)")

@@ -212,6 +212,14 @@ class Segmenter:
                 out[y0:ey, x0:ex] = pred[cy:cy + ey - y0, cx:cx + ex - x0]
         return out
 
+    def predict_stack(self, stack: np.ndarray) -> np.ndarray:
+        """The class masks of a (Z, Y, X) stack, slice by slice (the segmenter is 2-D: each
+        slice is normalised and predicted on its own, as a 2-D test image would be)."""
+        arr = np.asarray(stack)
+        if arr.ndim != 3:
+            raise ValueError(f"expected a (Z, Y, X) stack; got shape {arr.shape}.")
+        return np.stack([self.predict(arr[k]) for k in range(arr.shape[0])])
+
     def _predict(self, x: np.ndarray) -> np.ndarray:
         torch = _torch()
         from .devices import autocast, resolve_device
@@ -244,6 +252,9 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
     so all arms of an evaluation can share the same weights. Each phase starts a fresh Adam
     optimiser (fine-tuning after pre-training starts from the weights, not the moments).
     """
+    from ._triton_guard import keep_triton_out
+
+    keep_triton_out()  # the optimiser imports torch._dynamo: triton would crash beside a viewer
     torch = _torch()
     from .devices import auto_precision, autocast, check_precision, resolve_device
 

@@ -7,8 +7,8 @@ import json
 import os
 import random
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,19 @@ from .common import (
     SPLITS_NAME,
     ExportError,
     Worded,
+    _short_list,
     _utc_now,
 )
 from .manifest import _read_ledger
 from .session import ExportSession
+from .stacks import (
+    _stack_shape,
+    check_spacing,
+    file_is_stack,
+    is_stack,
+    pair_spacing,
+    write_with_spacing,
+)
 
 #: Folds nnU-Net trains by default; with fewer real pairs, one fold per real pair.
 DEFAULT_FOLDS = 5
@@ -56,6 +65,7 @@ class NnunetExport:
     n_synthetic: int
     n_real: int
     warnings: list[str] = field(default_factory=list)
+    stacks: bool = False  # 3-D cases (Tiff3DIO, spacing in <case>.json)
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class _Case:
     image: Path
     mask: Path
     sha256: Mapping[str, str] | None = None  # expected file hashes (synthetic cases)
+    stack: bool = False  # a (Z, Y, X) case
+    spacing: tuple[float, float, float] | None = None  # (z, y, x) the manifest records
 
 
 def export_nnunet(
@@ -75,38 +87,107 @@ def export_nnunet(
     dataset_id: int = 501,
     name: str = "SynthEM",
     real: str | os.PathLike | None = None,
-    file_ending: str = ".png",
+    file_ending: str | None = None,
     n_folds: int | None = None,
     overwrite: bool = False,
+    spacing: Sequence[float] | None = None,
 ) -> NnunetExport:
     """Write accepted samples (plus optional real pairs) as an nnU-Net v2 raw dataset.
 
     Synthetic cases are only ever trained on: ``splits_final.json`` validates on real cases
     (from ``real``, a paired images/masks folder), so scores measure real-data performance.
     ``n_folds`` None means one fold per real pair, at most 5 (1 without real pairs).
+    (Z, Y, X) stacks become 3-D cases in nnU-Net's Tiff3DIO layout: ``.tif`` files and a
+    ``<case>.json`` beside each holding ``{"spacing": [z, y, x]}``, from the manifest or the
+    files, else ``spacing``; 2-D and 3-D cases are never mixed in one dataset.
+    ``file_ending`` None means ``.png`` for 2-D cases and ``.tif`` for stacks.
     Reads the export without locking it, so an open session may keep curating. Nothing is
     raised as a Python warning (a GUI worker would hide it): ``warnings`` of the result say
     what the user must know.
     """
     _check_nnunet_args(dataset_id, name, file_ending, n_folds)
+    fallback = None
+    if spacing is not None:
+        try:
+            fallback = check_spacing(spacing)
+        except ValueError:
+            got = repr(spacing).replace("{", "{{").replace("}", "}}")  # a template below
+            raise ExportError(Worded(
+                "{0} must be three positive numbers (z, y, x), e.g. 50,4,4 for 50 nm sections "
+                f"of 4 nm pixels; got {got}.", ("spacing", ...))) from None
     source = export_folder.folder if isinstance(export_folder, ExportSession) else Path(
         export_folder
     ).expanduser().absolute()
     synthetic = _synthetic_cases(source)
     real_cases = _real_cases(real) if real is not None else []
-    folds, warnings = choose_folds(len(real_cases), n_folds)
+    stacks = _check_dimensions(synthetic, real_cases)
+    if stacks:
+        if file_ending not in (None, ".tif"):
+            raise ExportError(f"nnU-Net reads 3-D cases from .tif files (Tiff3DIO); "
+                              f"file_ending {file_ending!r} cannot hold a stack.")
+        file_ending = ".tif"
+    elif file_ending is None:
+        file_ending = ".png"
+    cases, warnings = [*synthetic, *real_cases], []
+    if stacks:
+        cases, warnings = _with_spacing(cases, fallback)
+    folds, fold_warnings = choose_folds(len(real_cases), n_folds)
+    warnings = fold_warnings + warnings
     dataset = Path(out_dir).expanduser().absolute() / f"Dataset{dataset_id:03d}_{name}"
     _prepare_dataset_dir(dataset, overwrite)
-    for case in [*synthetic, *real_cases]:
+    for case in cases:
         _write_case(dataset, case, file_ending)
-    names = [c.name for c in [*synthetic, *real_cases]]
+    names = [c.name for c in cases]
     _remove_stale_cases(dataset, names, file_ending)
-    info = _dataset_json(name, file_ending, synthetic, real_cases, source, real, folds)
+    info = _dataset_json(name, file_ending, synthetic, real_cases, source, real, folds, stacks)
     _write_json(dataset / "dataset.json", info)
     splits = _make_splits([c.name for c in synthetic], [c.name for c in real_cases], folds)
     _write_json(dataset / SPLITS_NAME, splits)
     return NnunetExport(dataset, dataset / SPLITS_NAME, folds, len(synthetic), len(real_cases),
-                        warnings)
+                        warnings, stacks)
+
+
+def _check_dimensions(synthetic: list[_Case], real_cases: list[_Case]) -> bool:
+    """True when every case is a (Z, Y, X) stack, False when every case is 2-D; a mix is
+    refused (nnU-Net trains one kind of case per dataset)."""
+    flat = [c.name for c in [*synthetic, *real_cases] if not c.stack]
+    deep = [c.name for c in [*synthetic, *real_cases] if c.stack]
+    if flat and deep:
+        raise ExportError(Worded(
+            f"the export mixes 2-D cases ({_short_list(flat)}) and (Z, Y, X) stacks "
+            f"({_short_list(deep)}); an nnU-Net dataset holds one kind. Export each kind as "
+            "its own dataset: curate stacks and 2-D pairs into separate export folders (undo "
+            "or reject the other kind here), give {0} pairs of the same kind, and choose "
+            "another {1} for the second dataset.", ("real", ...), ("dataset_id", ...),
+        ))
+    return bool(deep)
+
+
+def _with_spacing(cases: list[_Case], fallback: tuple[float, float, float] | None
+                  ) -> tuple[list[_Case], list[str]]:
+    """Each stack case with its spacing: the manifest's, else its files', else ``fallback``;
+    stacks without any are refused, and a ``fallback`` the files contradict is a warning."""
+    out, missing, differ = [], [], []
+    for case in cases:
+        found = case.spacing or pair_spacing(case.image, case.mask)
+        if found is not None and fallback is not None and not np.allclose(found, fallback):
+            differ.append(f"{case.name} {tuple(found)}")
+        chosen = found or fallback
+        if chosen is None:
+            missing.append(case.name)
+        out.append(replace(case, spacing=chosen))
+    if missing:
+        raise ExportError(Worded(
+            f"nnU-Net needs the voxel spacing of 3-D cases, and {_short_list(missing)} record "
+            "none (no ImageJ spacing or resolution in the files, none in the manifest); pass "
+            "{0} (the stacks' z, y, x spacing, e.g. 50,4,4 for 50 nm sections of 4 nm "
+            "pixels). Nothing was written.", ("spacing", "Z,Y,X"),
+        ))
+    warnings = [Worded(
+        f"{{0}} was used only for stacks without a spacing of their own; these record "
+        f"another one, which was kept: {_short_list(differ)}.", ("spacing", ...),
+    )] if differ else []
+    return out, warnings
 
 
 def choose_folds(n_real: int, n_folds: int | None) -> tuple[int, list[str]]:
@@ -204,7 +285,7 @@ def _check_nnunet_args(
             f"dataset {{0}} {name!r}: use letters, digits, '_' and '-' only (e.g. 'SynthEM').",
             ("name", ...),
         ))
-    if file_ending not in _NNUNET_ENDINGS:
+    if file_ending is not None and file_ending not in _NNUNET_ENDINGS:
         raise ExportError(f"file_ending must be one of {', '.join(_NNUNET_ENDINGS)}.")
     if n_folds is not None and (
         isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 1
@@ -227,9 +308,12 @@ def _synthetic_cases(source: Path) -> list[_Case]:
     for sid in ledger.ids("accept"):
         record = ledger.decisions[sid]
         files = record["files"]
-        cases.append(
-            _Case(sid, source / files["image"], source / files["mask"], record.get("sha256"))
-        )
+        shape = record.get("shape")
+        image = source / files["image"]
+        stack = _stack_shape(shape) if isinstance(shape, list) else file_is_stack(image)
+        spacing = record.get("spacing")
+        cases.append(_Case(sid, image, source / files["mask"], record.get("sha256"), stack,
+                           tuple(spacing) if isinstance(spacing, list) else None))
     return cases
 
 
@@ -239,7 +323,11 @@ def _real_cases(real: str | os.PathLike) -> list[_Case]:
         pairs = find_pairs(real)
     except ValueError as exc:
         raise ExportError(f"real data: {exc}") from exc
-    return [_Case(f"real_{p.stem}", p.image, p.mask) for p in pairs]
+    try:
+        return [_Case(f"real_{p.stem}", p.image, p.mask, stack=file_is_stack(p.image))
+                for p in pairs]
+    except ValueError as exc:  # a damaged file
+        raise ExportError(f"real data: {exc}") from exc
 
 
 def _prepare_dataset_dir(dataset: Path, overwrite: bool) -> None:
@@ -267,7 +355,8 @@ def _write_case(dataset: Path, case: _Case, file_ending: str) -> None:
                     "manifest; open the export in a session to see what was found."
                 )
     try:
-        image = _png_image(read_image(case.image), case.image)
+        image = read_image(case.image)
+        image = image if case.stack else _png_image(image, case.image)
         mask = read_mask(case.mask)
     except (OSError, ValueError) as exc:  # MaskError is a ValueError
         raise ExportError(f"{case.name}: {exc}") from exc
@@ -275,8 +364,16 @@ def _write_case(dataset: Path, case: _Case, file_ending: str) -> None:
         raise ExportError(
             f"{case.name}: image shape {image.shape} and mask shape {mask.shape} differ."
         )
-    write_array(dataset / "imagesTr" / f"{case.name}_0000{file_ending}", image)
-    write_mask(dataset / "labelsTr" / f"{case.name}{file_ending}", mask)
+    if case.stack and not is_stack(image):
+        raise ExportError(f"{case.name}: expected a (Z, Y, X) stack; {case.image} holds "
+                          f"{image.shape}.")
+    images, labels = dataset / "imagesTr", dataset / "labelsTr"
+    write_with_spacing(write_array, images / f"{case.name}_0000{file_ending}", image,
+                       case.spacing)
+    write_with_spacing(write_mask, labels / f"{case.name}{file_ending}", mask, case.spacing)
+    if case.stack:  # Tiff3DIO's sidecar: image1_0000.tif -> image1.json, seg1.tif -> seg1.json
+        for folder in (images, labels):
+            _write_json(folder / f"{case.name}.json", {"spacing": list(case.spacing or ())})
 
 
 def _png_image(image: np.ndarray, path: Path) -> np.ndarray:
@@ -299,7 +396,8 @@ def _png_image(image: np.ndarray, path: Path) -> np.ndarray:
 
 def _remove_stale_cases(dataset: Path, names: list[str], file_ending: str) -> None:
     """After an overwrite, remove cases of an earlier export that are no longer included."""
-    keep = {f"{n}_0000{file_ending}" for n in names} | {f"{n}{file_ending}" for n in names}
+    keep = ({f"{n}_0000{file_ending}" for n in names} | {f"{n}{file_ending}" for n in names}
+            | {f"{n}.json" for n in names})
     for sub in ("imagesTr", "labelsTr"):
         for p in (dataset / sub).iterdir():
             if p.is_file() and p.name not in keep:
@@ -314,9 +412,10 @@ def _dataset_json(
     source: Path,
     real: str | os.PathLike | None,
     n_folds: int,
+    stacks: bool = False,
 ) -> dict[str, Any]:
     """nnU-Net's dataset.json plus a ``synthgen`` entry saying which cases are synthetic."""
-    return {
+    info = {
         "name": name,
         "description": "Synthetic EM images curated with napari-synthgen"
         + (", plus real images" if real_cases else ""),
@@ -324,7 +423,7 @@ def _dataset_json(
         "labels": {cls: i for i, cls in enumerate(CLASS_NAMES)},
         "numTraining": len(synthetic) + len(real_cases),
         "file_ending": file_ending,
-        "overwrite_image_reader_writer": "NaturalImage2DIO",
+        "overwrite_image_reader_writer": "Tiff3DIO" if stacks else "NaturalImage2DIO",
         "synthgen": {
             "synthetic_cases": [c.name for c in synthetic],
             "real_cases": [c.name for c in real_cases],
@@ -339,6 +438,11 @@ def _dataset_json(
             "random split, which validates on synthetic cases).",
         },
     }
+    if stacks:
+        info["synthgen"]["dimensions"] = 3
+        info["synthgen"]["spacing"] = ("each case's (z, y, x) voxel spacing is in "
+                                       "<case>.json beside its files (Tiff3DIO)")
+    return info
 
 
 def _make_splits(synthetic: list[str], real: list[str], n_folds: int) -> list[dict[str, list]]:

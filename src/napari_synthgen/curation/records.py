@@ -15,6 +15,7 @@ import numpy as np
 from ..io import sha256_array
 from ..masks import MaskError, validate_mask
 from .common import _MAX_INLINE_ARRAY, ExportError
+from .stacks import is_stack
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -80,11 +81,13 @@ def _json_key(key: Any, where: str) -> str:
 
 
 def _check_image(image: Any) -> np.ndarray:
-    """The image as an array if it is 2-D, numeric and finite, else ExportError."""
+    """The image as an array if it is 2-D or a (Z, Y, X) stack, numeric and finite, else
+    ExportError."""
     img = np.asarray(image)
-    if img.ndim != 2 or img.size == 0:
+    if not (img.ndim == 2 or is_stack(img)) or img.size == 0:
         raise ExportError(
-            f"the image has shape {img.shape}; a sample image is a non-empty 2-D (H, W) array."
+            f"the image has shape {img.shape}; a sample image is a non-empty 2-D (H, W) array "
+            "or a (Z, Y, X) stack."
         )
     if img.dtype.kind not in "uif":
         raise ExportError(
@@ -109,7 +112,8 @@ def _check_sample(image: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
     img = _check_image(image)
     if img.shape != m.shape:
         raise ExportError(
-            f"image shape {img.shape} and mask shape {m.shape} differ; a sample is a 2-D image "
-            "and its mask of the same height and width. Nothing was written."
+            f"image shape {img.shape} and mask shape {m.shape} differ; a sample is an image "
+            "and its mask of the same shape (a stack: the same slices, height and width). "
+            "Nothing was written."
         )
     return img, m

@@ -6,7 +6,9 @@ real pairs, else the statistics the generating model carries from its training d
 whose ``score`` is at least ``min_score`` is accepted, the others are rejected (no
 ``min_score``: every pair is accepted). Decisions go through :class:`ExportSession`, so the
 folder is the one the Curate widget writes and ``export`` reads, and a run stopped at any point
-resumes: pairs already decided (their ``candidate`` in the provenance) are skipped.
+resumes: pairs already decided (their ``candidate`` in the provenance) are skipped. A (Z, Y, X)
+pair is one sample, decided whole by its stack figures (:func:`.stacks.stack_figures`: ``score``
+is the mean of its slices' scores); its files' voxel spacing is recorded.
 """
 
 from __future__ import annotations
@@ -98,16 +100,17 @@ def _decide(session: ExportSession, pair: Any, provenance: dict[str, dict[str, A
             stats: Any, min_score: float | None, done: set[str]) -> dict[str, Any] | None:
     """Score one pair and accept or reject it; None when the export already decided it."""
     from ..io import read_image, read_mask
-    from ..quality import sample_figures
+    from .stacks import figures_of, is_stack, pair_spacing
 
     candidate = os.fspath(pair.image.absolute())
     if candidate in done:
         return None
     image, mask = read_image(pair.image), read_mask(pair.mask)
-    figures = sample_figures(image, mask, reference=stats)
+    figures = figures_of(image, mask, reference=stats)
+    spacing = pair_spacing(pair.image, pair.mask) if is_stack(image) else None
     score = figures.get("score", float("nan"))
     keep = min_score is None or (math.isfinite(score) and score >= min_score)
     prov = {**provenance.get(f"images/{pair.image.name}", {}), "candidate": candidate,
             "rule": "accept all" if min_score is None else f"score >= {min_score}"}
     decide = session.accept if keep else session.reject
-    return decide(image, mask, provenance=prov, quality=figures)
+    return decide(image, mask, provenance=prov, quality=figures, spacing=spacing)

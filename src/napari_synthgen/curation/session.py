@@ -7,7 +7,7 @@ import copy
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from .common import (
 )
 from .manifest import _Ledger, _ManifestFolder
 from .records import _check_image, _check_mask, _check_sample, _json_key, _jsonable
+from .stacks import check_spacing, write_with_spacing
 
 try:  # POSIX only; elsewhere sessions are not locked
     import fcntl
@@ -285,21 +286,25 @@ class ExportSession(_ManifestFolder):
         provenance: Mapping[str, Any] | None = None,
         quality: Mapping[str, Any] | None = None,
         synthetic: bool = True,
+        spacing: Sequence[float] | None = None,
     ) -> dict[str, Any]:
         """Store an image and its mask as training data and record it; returns the record.
 
         Everything is validated before anything is written; the record is on disk (fsynced)
         when this returns. ``provenance`` is stored as given (``source_mask``, ``model``,
         ``seed``, ``params`` ...); any key is allowed, including "quality" or "synthetic".
+        A (Z, Y, X) stack and its mask stack are one sample; ``spacing`` (z, y, x), when
+        known, is recorded (``spacing``) for the nnU-Net export.
         """
         with self._mutex:
             self._check_open()
             img, m = _check_sample(image, mask)
             self._check_storable(img)
-            record = self._new_record("accept", img, m, quality, synthetic, provenance)
+            record = self._new_record("accept", img, m, quality, synthetic, provenance,
+                                      spacing)
             sid = self._reserve_id()
             files = {"image": f"images/{sid}{self._ext}", "mask": f"masks/{sid}{self._ext}"}
-            paths = self._write_sample(files, img, m)
+            paths = self._write_sample(files, img, m, record.get("spacing"))
             record = {"id": sid, **record, "files": files}
             record["sha256"] = {k: sha256_file(p) for k, p in paths.items()}
             self._append(record, rollback=list(paths.values()))
@@ -313,10 +318,11 @@ class ExportSession(_ManifestFolder):
         provenance: Mapping[str, Any] | None = None,
         quality: Mapping[str, Any] | None = None,
         synthetic: bool = True,
+        spacing: Sequence[float] | None = None,
     ) -> dict[str, Any]:
         """Record that a sample was rejected (hashes and figures, no pixels); returns the record.
 
-        ``provenance`` is stored as given, as for :meth:`accept`.
+        ``provenance`` and ``spacing`` are stored as given, as for :meth:`accept`.
         """
         with self._mutex:
             self._check_open()
@@ -324,7 +330,8 @@ class ExportSession(_ManifestFolder):
             m = None if mask is None else _check_mask(mask)
             if img is not None and m is not None:
                 img, m = _check_sample(img, m)
-            record = self._new_record("reject", img, m, quality, synthetic, provenance)
+            record = self._new_record("reject", img, m, quality, synthetic, provenance,
+                                      spacing)
             record = {"id": self._reserve_id(), **record}
             self._append(record)
             return copy.deepcopy(record)
@@ -363,12 +370,18 @@ class ExportSession(_ManifestFolder):
         quality: Mapping[str, Any] | None,
         synthetic: bool,
         provenance: Mapping[str, Any] | None,
+        spacing: Sequence[float] | None = None,
     ) -> dict[str, Any]:
         """The record fields that need no files, all JSON-checked before anything is written."""
         record: dict[str, Any] = {"decision": decision, "time": _utc_now()}
         if image is not None:
             record["shape"] = list(image.shape)
             record["dtype"] = str(image.dtype)
+        if spacing is not None:
+            try:
+                record["spacing"] = list(check_spacing(spacing))
+            except ValueError as exc:
+                raise ExportError(f"{exc} Nothing was written.") from exc
         if decision == "reject" and (image is not None or mask is not None):
             record["sha256"] = {
                 k: sha256_array(a) for k, a in (("image", image), ("mask", mask)) if a is not None
@@ -407,7 +420,12 @@ class ExportSession(_ManifestFolder):
             raise ExportError(f"the session on {self._folder} is closed; open a new one.")
 
     def _check_storable(self, image: np.ndarray) -> None:
-        """PNG stores only 8- and 16-bit grey images; say so before anything is written."""
+        """PNG stores only 2-D 8- and 16-bit grey images; say so before anything is written."""
+        if self._ext == ".png" and image.ndim != 2:
+            raise ExportError(
+                f"PNG holds 2-D images; this sample is a {image.shape} stack. Open the export "
+                "with image_format='.tif' (stacks are kept whole, one TIFF per stack)."
+            )
         if self._ext == ".png" and image.dtype not in (np.uint8, np.uint16):
             raise ExportError(
                 f"PNG holds 8- or 16-bit images; this image is {image.dtype}. Open the export "
@@ -425,15 +443,16 @@ class ExportSession(_ManifestFolder):
         return _format_id(n)
 
     def _write_sample(
-        self, files: Mapping[str, str], image: np.ndarray, mask: np.ndarray
+        self, files: Mapping[str, str], image: np.ndarray, mask: np.ndarray,
+        spacing: Sequence[float] | None = None,
     ) -> dict[str, Path]:
         """Write image, then mask, atomically and never over a file; all or nothing."""
         paths = {k: self._folder / v for k, v in files.items()}
         written: list[Path] = []
         try:
-            write_image(paths["image"], image, overwrite=False)
+            write_with_spacing(write_image, paths["image"], image, spacing, overwrite=False)
             written.append(paths["image"])
-            write_mask(paths["mask"], mask, overwrite=False)
+            write_with_spacing(write_mask, paths["mask"], mask, spacing, overwrite=False)
             written.append(paths["mask"])
         except BaseException:
             _remove_quietly(written)

@@ -1,6 +1,7 @@
 """The Curate widget's queue items and the work it runs off the GUI thread.
 
-A queue item holds a candidate, its decision and its quality figures. The workers read a
+A queue item holds a candidate, its decision and its quality figures; a (Z, Y, X) pair is one
+item (decided whole, figures of :func:`.curation.stacks.stack_figures`). The workers read a
 generated folder (:func:`read_folder`), compute figures (:func:`figures_work`), read a
 reference (:func:`read_reference`, from a folder or a model file's header:
 :func:`model_reference`) and record bulk decisions (:func:`bulk_work`); they use core code only.
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..curation import ExportSession
+from ..curation.stacks import figures_of, is_stack, pair_spacing
 from ..io import read_image, read_mask
-from ..quality import ReferenceStats, sample_figures
+from ..quality import ReferenceStats
 from ._bus import ModelAnnouncement
 from ._figures import Curves, curves
 from ._worker import Progress
@@ -68,6 +70,25 @@ class QueueItem:
         image = self.image if self.image is not None else read_image(self.image_path)
         mask = self.mask if self.mask is not None else read_mask(self.mask_path)
         return image, mask
+
+    def spacing(self, image: np.ndarray) -> tuple[float, float, float] | None:
+        """The voxel spacing of a (Z, Y, X) item, as its files record it (None for 2-D items
+        and stacks whose files record none)."""
+        return pair_spacing(self.image_path, self.mask_path) if is_stack(image) else None
+
+
+def item_curves(image: np.ndarray, mask: np.ndarray) -> Curves:
+    """The quality panel's curves; a stack's are pooled over its slices (histograms of all
+    its pixels, the mean of its slices' spectra)."""
+    if not is_stack(image):
+        return curves(image, mask)
+    from ..quality import class_histograms, log_power_spectrum
+
+    width = image.shape[-1]
+    hist = class_histograms(image.reshape(-1, width), mask.reshape(-1, width))
+    sums = hist.sum(axis=1, keepdims=True)
+    hist = np.where(sums > 0, hist / np.maximum(sums, 1.0), 0.0)
+    return Curves(hist, np.mean([log_power_spectrum(s) for s in image], axis=0))
 
 
 def read_folder(folder: Path) -> list[QueueItem]:
@@ -132,7 +153,7 @@ def figures_work(items: list[QueueItem], reference: ReferenceStats | None
     for n, item in enumerate(items):
         try:
             image, mask = item.peek()
-            fig, crv, err = sample_figures(image, mask, reference=reference), curves(
+            fig, crv, err = figures_of(image, mask, reference=reference), item_curves(
                 image, mask), None
         except Exception as exc:  # one bad sample must not stop the others
             fig, crv, err = None, None, str(exc) or type(exc).__name__
@@ -151,7 +172,7 @@ def item_quality(item: QueueItem, image: np.ndarray, mask: np.ndarray,
     figures = item.figures
     if figures is None:
         try:
-            figures = sample_figures(image, mask, reference=reference)
+            figures = figures_of(image, mask, reference=reference)
         except Exception as exc:
             return {**basic_figures(image, mask), **named, "figures_error": str(exc)}
     return {**figures, **named}
@@ -166,7 +187,8 @@ def bulk_work(session: ExportSession, decision: str,
     for n, (item, provenance) in enumerate(entries):
         image, mask = item.peek()
         quality = item_quality(item, image, mask, reference, source)
-        yield item, fn(image, mask, provenance=provenance, quality=quality)
+        yield item, fn(image, mask, provenance=provenance, quality=quality,
+                       spacing=item.spacing(image))
         yield Progress(n + 1, len(entries))
 
 

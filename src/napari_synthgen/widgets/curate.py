@@ -82,7 +82,9 @@ FIELDS = {"n_folds": "Folds", "real": "Real data (validation)",
 
 def _figures_html(fig: dict[str, Any]) -> str:
     multi = "yes" if fig["multi_class"] else "<b style='color:#f66'>no: one class only</b>"
-    return (
+    stack = (f"stack of {fig['n_slices']} slices (slider: page through them) · score: mean "
+             "over slices<br>" if "n_slices" in fig else "")
+    return stack + (
         f"intensity mean {fig['mean']:.1f} · std {fig['std']:.1f} · range {fig['min']:.0f}–"
         f"{fig['max']:.0f} · {fig['levels']} levels<br>"
         f"background {fig['frac_background']:.1%} · interior {fig['frac_interior']:.1%} · "
@@ -386,6 +388,8 @@ class CurateWidget(Container):
         try:
             image, mask = item.arrays()
             fig = basic_figures(image, mask)
+            if image.ndim == 3:
+                fig["n_slices"] = image.shape[0]
         except Exception as exc:
             report_error(exc, f"Showing {item.name}")
             return
@@ -393,6 +397,9 @@ class CurateWidget(Container):
         overlay = {**mask_layer_kwargs(CANDIDATE_MASK_LAYER), "opacity": 0.35}
         overlay.pop("name")
         self._set_layer(CANDIDATE_MASK_LAYER, mask, Labels, **overlay)
+        if image.ndim == 3:  # a stack: the dims slider pages through it, from its worst slice
+            worst = (item.figures or {}).get("worst_slice", 0)
+            self.viewer.dims.set_current_step(0, max(int(worst), 0))
         self.figures.value = _figures_html(fig)
         self._show_quality(item)
         self._update_labels()
@@ -474,7 +481,8 @@ class CurateWidget(Container):
             session = self._require_session()
             image, mask = item.arrays()
             fn = session.accept if decision == "accept" else session.reject
-            record = fn(image, mask, provenance=item.provenance, quality=self._quality(item))
+            record = fn(image, mask, provenance=item.provenance, quality=self._quality(item),
+                        spacing=item.spacing(image))
         except Exception as exc:
             report_error(exc, decision.capitalize())
             return None
