@@ -309,10 +309,10 @@ def test_a_pair_is_written_both_or_neither(tmp_path: Path, monkeypatch) -> None:
     mask = make_layout("dense", (32, 32), seed=0)
     real_encode = io._encode
 
-    def fail_on_mask(tmp: Path, array: np.ndarray, dest: Path) -> None:
+    def fail_on_mask(tmp: Path, array: np.ndarray, dest: Path, **options) -> None:
         if dest.parent.name == "masks":
             raise OSError("simulated failure writing the mask")
-        real_encode(tmp, array, dest)
+        real_encode(tmp, array, dest, **options)
 
     monkeypatch.setattr(io, "_encode", fail_on_mask)
     with pytest.raises(OSError, match="simulated"):
