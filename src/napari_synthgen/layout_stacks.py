@@ -298,13 +298,17 @@ def _dense_stack(
                           (2.0, 0.5 * irr)], 0.6 * drift, _KeyRngs(_child(rng)))
     thick = _z_fields(hw, [(0.4 * spacing, 1.0)], 0.6 * drift, _KeyRngs(_child(rng)))
     blobs = _z_fields(hw, [(0.6 * spacing, 1.0)], 0.6 * drift, _KeyRngs(_child(rng)))
+    radii_big = big_r
+    inclusions = _Inclusions(big_r, width, irr, n_z, drift, rng)
     out = np.empty(dims, np.uint8)
     for z in range(n_z):
         if z:
             _step_cells(cells, hw, spacing, typical_r, rho, speed, drift, ramp, turnover, rng)
-        labels = _rasterise(cells, hw, spacing)
+        labels, radii = _rasterise(cells, hw, spacing)
+        dark = inclusions.paint(labels, cells.pos[: len(radii_big)], radii[: len(radii_big)], z)
         (labels,) = _warp([labels], *next(warp))
         mask = _membranes(labels, width)
+        mask[np.isin(labels, dark)] = BOUNDARY
         if irr > 0:
             _thicken_where(mask, next(thick)[0], irr)
             _swell_junctions(mask, labels, width, irr, next(blobs))
@@ -364,12 +368,15 @@ def _step_cells(
     cells.add(np.clip(pos, 0, np.array(hw) - 1), vel, target, 2.0 / ramp)
 
 
-def _rasterise(cells: _Cells, hw: tuple[int, int], spacing: float) -> np.ndarray:
+def _rasterise(
+    cells: _Cells, hw: tuple[int, int], spacing: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Cell labels of one slice: an additively weighted Voronoi diagram of the cells' disks.
 
     Each pixel joins the cell whose disk surface is nearest, as in :mod:`layouts`; disks are
     shrunk so that none overlaps. A cell that appears or ends has a negative weight that
     grows or falls over a few slices, so its region grows from, or shrinks to, nothing.
+    Returns the labels (cell number + 1) and each cell's disk radius on this slice.
     """
     weight = cells.target * np.exp(cells.logsize)
     weight = np.where(cells.life >= 0, cells.life * weight, cells.life * 0.7 * spacing)
@@ -407,7 +414,57 @@ def _rasterise(cells: _Cells, hw: tuple[int, int], spacing: float) -> np.ndarray
         take = own < dist[win]
         dist[win][take] = own[take]
         labels[win][take] = ids[c]
-    return labels
+    return labels, np.maximum(r, 0.0)
+
+
+class _Inclusions:
+    """Organelle profiles inside large cells (as :func:`layouts._inclusions` paints on one
+    slice), here tubes through several slices that move with their cell and narrow towards
+    their ends; some are solid dark blobs (all boundary), the others small cells."""
+
+    def __init__(self, big_r: np.ndarray, width: int, irr: float, n_z: int, drift: float,
+                 rng: np.random.Generator) -> None:
+        pace = drift / DEFAULT_DRIFT
+        rows = []  # host, z centre, half length, a, b/a, theta, reach, phi, dark
+        for host in np.flatnonzero(rng.random(len(big_r)) < 0.6 * irr):
+            z = -rng.uniform(0, 20.0 / pace) if pace else 0.0
+            while z < n_z:
+                length = rng.uniform(10.0, 40.0) / pace if pace else math.inf
+                rows.append([host, z + length / 2 if pace else 0.0, length / 2,
+                             rng.uniform(3.0, 9.0) + width, rng.uniform(0.5, 1.0),
+                             rng.uniform(0, math.pi), rng.uniform(0, 1),
+                             rng.uniform(0, 2 * math.pi), rng.random() < 0.4])
+                if not pace:
+                    break
+                z += length + rng.uniform(0, 10.0) / pace
+        self.rows = np.array(rows, dtype=np.float64).reshape(-1, 9)
+        self.width = width
+        self.spin = rng.normal(0, 0.3 * drift, len(self.rows))
+
+    def paint(self, labels: np.ndarray, centres: np.ndarray, radii: np.ndarray,
+              z: int) -> np.ndarray:
+        """Paint the profiles of slice ``z`` into ``labels`` (in place); return the dark ids."""
+        if not len(self.rows):
+            return np.zeros(0, np.int32)
+        host = self.rows[:, 0].astype(np.intp)
+        zc, half, a = self.rows[:, 1], self.rows[:, 2], self.rows[:, 3]
+        u = np.where(np.isfinite(half), (z - zc) / np.where(np.isfinite(half), half, 1), 0.0)
+        a = a * np.sqrt(np.clip(1 - u * u, 0, 1))
+        r = radii[host]
+        live = (np.abs(u) < 1) & (a >= 2.0) & (r > a + self.width + 4)
+        if not live.any():
+            return np.zeros(0, np.int32)
+        rows, host, a, r = self.rows[live], host[live], a[live], r[live]
+        reach = rows[:, 6] * (r - a - self.width - 2)
+        blobs = np.column_stack([
+            centres[host, 0] + reach * np.sin(rows[:, 7]),
+            centres[host, 1] + reach * np.cos(rows[:, 7]),
+            a, a * rows[:, 4], rows[:, 5] + self.spin[live] * z, np.zeros(len(rows)),
+        ])
+        start = int(labels.max()) + 1
+        ((flat, owner),) = _stamps(labels.shape, blobs)
+        np.put(labels, flat, start + owner)
+        return (start + np.flatnonzero(rows[:, 8] > 0)).astype(np.int32)
 
 
 def _swell_junctions(
