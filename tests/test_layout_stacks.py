@@ -174,3 +174,11 @@ def test_masks_depth_1_is_the_2d_output_of_before(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "masks.jsonl").read_bytes() == (
         tmp_path / "b" / "masks.jsonl").read_bytes()
     assert "depth" not in (tmp_path / "a" / "masks.jsonl").read_text()
+
+
+def test_a_stack_larger_than_memory_is_refused_before_any_file(tmp_path: Path, capsys) -> None:
+    assert main(["masks", "--layout", "dense", "--n", "1", "--size", "4096", "4096", "--depth",
+                 "10000000", "--out", str(tmp_path / "huge")]) == 1
+    err = capsys.readouterr().err
+    assert "mask stack needs about" in err and "use at most --depth" in err
+    assert not (tmp_path / "huge").exists()

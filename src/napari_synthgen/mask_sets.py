@@ -31,7 +31,7 @@ from .layouts import (
     sparse_organelles,
     variation,
 )
-from .limits import check_layout_memory, check_seed
+from .limits import LAYOUT_BYTES_PER_PX, check_layout_memory, check_memory, check_seed
 from .masks import MaskSource
 
 LOG_NAME = "masks.jsonl"
@@ -163,6 +163,10 @@ def make_layout_set(
         if len(shape) != 2:
             raise ValueError(f"with depth={z} give shape as (H, W); got {shape}.")
         z_drift = DEFAULT_DRIFT if drift is None else drift
+        h, w = shape
+        # a stack holds depth bytes per px beside one slice's working memory
+        check_memory(h * w * (LAYOUT_BYTES_PER_PX + z), what=f"a {z} x {h} x {w} mask stack",
+                     largest=lambda b: int(b / (h * w)) - LAYOUT_BYTES_PER_PX, option="depth")
         layout_stack(kind, (2, 2 * MIN_SIDE, 2 * MIN_SIDE), drift=z_drift, **opts)  # checks
 
         def make(hw: tuple[int, ...], seed: int, **kw: Any) -> np.ndarray:
