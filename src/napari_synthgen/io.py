@@ -3,6 +3,11 @@
 Every write goes to a temporary file in the destination folder, is flushed to disk, then
 renamed over the destination: a crash or a full disk never leaves a half-written file under
 the final name, and an existing file is never clobbered unless the caller asks for it.
+
+(Z, Y, X) stacks are TIFF ImageJ hyperstacks (axes ZYX, grey), which Fiji and napari open as
+stacks, with the voxel spacing (z, y, x) in nm when given (:func:`read_spacing`). Whether a
+last axis of 3 or 4 is colour is decided by the file's axes, never by the shape, so a stack of
+three or four slices stays a stack; masks are never read as colour unless the file says so.
 """
 
 from __future__ import annotations
