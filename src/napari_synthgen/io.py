@@ -16,6 +16,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ Spacing = tuple[float, float, float]
 #: Length units ImageJ writes, in nanometres (spacing is read back in nm).
 _UNIT_NM: dict[str, float] = {
     "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
-    "um": 1e3, "\u00b5m": 1e3, "\\u00B5m": 1e3, "micron": 1e3, "microns": 1e3,
+    "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "\\u00b5m": 1e3, "micron": 1e3, "microns": 1e3,
     "micrometer": 1e3, "micrometre": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9,
     "a": 0.1, "angstrom": 0.1,
 }
@@ -148,10 +149,15 @@ def read_spacing(path: str | os.PathLike) -> tuple[float, float, float] | None:
     for tag in (yres, xres):
         num, den = tag.value if tag is not None else (1, 1)
         per_px.append(float(num) / float(den) if den and num else 0.0)
-    z_spacing = ij.get("spacing")
+    try:
+        z_spacing = None if ij.get("spacing") is None else float(ij["spacing"])
+    except (TypeError, ValueError):
+        z_spacing = None  # unreadable: as if absent
+    if z_spacing is not None and not (math.isfinite(z_spacing) and z_spacing > 0):
+        z_spacing = None
     unit = str(ij.get("unit", "")).strip()
     if ij:
-        scale = _UNIT_NM.get(unit.lower(), _UNIT_NM.get(unit, 1.0)) if unit else 1.0
+        scale = _UNIT_NM.get(unit.lower(), 1.0) if unit else 1.0
         has_xy = unit not in ("", "pixel", "pixels") or any(v not in (0.0, 1.0) for v in per_px)
         if z_spacing is None and not has_xy:
             return None
