@@ -309,10 +309,10 @@ def test_a_pair_is_written_both_or_neither(tmp_path: Path, monkeypatch) -> None:
     mask = make_layout("dense", (32, 32), seed=0)
     real_encode = io._encode
 
-    def fail_on_mask(tmp: Path, array: np.ndarray, dest: Path) -> None:
+    def fail_on_mask(tmp: Path, array: np.ndarray, dest: Path, **options) -> None:
         if dest.parent.name == "masks":
             raise OSError("simulated failure writing the mask")
-        real_encode(tmp, array, dest)
+        real_encode(tmp, array, dest, **options)
 
     monkeypatch.setattr(io, "_encode", fail_on_mask)
     with pytest.raises(OSError, match="simulated"):
@@ -408,3 +408,21 @@ def test_an_encoding_override_against_the_models_record_is_refused(
     assert main(["generate", "--model", str(no_background_model), "--masks",
                  str(mask_folder / "a_dense.tif"), "--out", str(out), "--encoding", "rgb",
                  "--device", "cpu"]) == 0
+
+
+def test_a_stack_mask_gives_a_stack_image_with_its_spacing(tmp_path: Path,
+                                                           tiny_model: Path) -> None:
+    from napari_synthgen.layout_stacks import layout_stack
+
+    stack = layout_stack("dense", (3, 48, 56), seed=4)  # three slices: once misread as RGB
+    io.write_mask(tmp_path / "vol.tif", stack, spacing=(50.0, 4.0, 4.0))
+    assert main(["generate", "--model", str(tiny_model), "--masks", str(tmp_path / "vol.tif"),
+                 "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    image_path = tmp_path / "out" / "images" / "vol_s0.tif"
+    image = io.read_image(image_path)
+    assert image.shape == (3, 48, 56)
+    assert io.read_spacing(image_path) == (50.0, 4.0, 4.0)
+    with tifffile.TiffFile(image_path) as tif:  # Fiji and napari see a z-stack, not colour
+        assert tif.is_imagej and tif.series[0].axes == "ZYX"
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "out" / "masks" / "vol_s0.tif"), stack)
+    assert io.read_spacing(tmp_path / "out" / "masks" / "vol_s0.tif") == (50.0, 4.0, 4.0)

@@ -201,3 +201,80 @@ def test_atomic_path_cleans_up_on_error(tmp_path: Path) -> None:
         tmp.write_bytes(b"half")
         raise RuntimeError("boom")
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- stacks, spacing
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_a_narrow_mask_stack_round_trips_as_a_stack(tmp_path: Path, depth: int) -> None:
+    import tifffile
+
+    stack = np.random.default_rng(depth).integers(0, 3, (depth, 20, 24), dtype=np.uint8)
+    io.write_mask(tmp_path / "m.tif", stack)
+    back = io.read_mask(tmp_path / "m.tif")
+    assert back.shape == (depth, 20, 24)
+    np.testing.assert_array_equal(back, stack)
+    with tifffile.TiffFile(tmp_path / "m.tif") as tif:  # an ImageJ hyperstack, grey, ZYX
+        assert tif.is_imagej and tif.imagej_metadata["slices"] == depth
+        assert tif.series[0].axes == "ZYX"
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+    assert get_reader(str(tmp_path / "m.tif"))(str(tmp_path / "m.tif"))[0][0].shape == stack.shape
+
+
+def test_an_old_planar_rgb_stack_file_reads_as_a_mask_stack(tmp_path: Path) -> None:
+    import tifffile
+
+    stack = np.random.default_rng(0).integers(0, 3, (3, 20, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "old.tif", stack, photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "old.tif"), stack)
+    narrow = np.random.default_rng(1).integers(0, 3, (6, 20, 3), dtype=np.uint8)
+    io.write_mask(tmp_path / "narrow.tif", narrow)  # (Z, H, 3): last axis 3, still no colour
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "narrow.tif"), narrow)
+
+
+def test_spacing_round_trips_and_absent_spacing_is_none(tmp_path: Path) -> None:
+    stack = np.ones((5, 16, 16), np.uint8)
+    io.write_mask(tmp_path / "s.tif", stack, spacing=(45.0, 4.6, 4.6))
+    assert io.read_spacing(tmp_path / "s.tif") == (45.0, 4.6, 4.6)
+    io.write_image(tmp_path / "i.tif", np.zeros((5, 16, 16), np.uint16), spacing=(50, 4, 4))
+    assert io.read_spacing(tmp_path / "i.tif") == (50.0, 4.0, 4.0)
+    assert io.read_image(tmp_path / "i.tif").shape == (5, 16, 16)
+    io.write_mask(tmp_path / "flat.tif", stack[0], spacing=(50, 4, 4))
+    assert io.read_spacing(tmp_path / "flat.tif") == (50.0, 4.0, 4.0)
+    assert io.read_mask(tmp_path / "flat.tif").shape == (16, 16)
+    io.write_mask(tmp_path / "none.tif", stack)
+    io.write_mask(tmp_path / "none.png", stack[0])
+    assert io.read_spacing(tmp_path / "none.tif") is None
+    assert io.read_spacing(tmp_path / "none.png") is None
+    img, msk = io.write_pair(tmp_path / "p" / "i.tif", stack * 100, tmp_path / "p" / "m.tif",
+                             stack, spacing=(30, 2, 2))
+    assert io.read_spacing(img) == io.read_spacing(msk) == (30.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match=r"spacing must be three positive numbers"):
+        io.write_mask(tmp_path / "bad.tif", stack, spacing=(0, 4, 4))
+
+
+def test_fiji_micron_spacing_is_read_in_nm(tmp_path: Path) -> None:
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "fiji.tif", np.zeros((4, 8, 8), np.uint8), imagej=True,
+                     resolution=(1 / 0.004, 1 / 0.004),
+                     metadata={"axes": "ZYX", "spacing": 0.05, "unit": "micron"})
+    assert io.read_spacing(tmp_path / "fiji.tif") == (50.0, 4.0, 4.0)
+
+
+def test_rgb_images_still_read_as_rgb_and_2d_writes_are_unchanged(tmp_path: Path,
+                                                                 isbi_mask: np.ndarray) -> None:
+    import tifffile
+
+    rgb = np.zeros((20, 24, 3), np.uint8)
+    rgb[..., 0] = 90
+    io.write_image(tmp_path / "rgb.tif", rgb)
+    assert io.read_image(tmp_path / "rgb.tif").shape == (20, 24)  # RGB -> grey, not a stack
+    io.write_array(tmp_path / "pal.tif", to_palette(isbi_mask))  # a palette TIFF is colour
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "pal.tif"), isbi_mask)
+    io.write_mask(tmp_path / "m.tif", isbi_mask)  # 2-D without spacing: the bytes of before
+    tifffile.imwrite(tmp_path / "before.tif", isbi_mask, compression="zlib")
+    assert (tmp_path / "m.tif").read_bytes() == (tmp_path / "before.tif").read_bytes()
+    with pytest.raises(ValueError, match=r"PNG holds one 2-D slice"):
+        io.write_mask(tmp_path / "s.png", np.ones((3, 16, 16), np.uint8))

@@ -67,6 +67,7 @@ def _model_help(what: str) -> str:
 
 
 def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
+    from .layout_stacks import DEFAULT_DRIFT, MAX_DRIFT
     from .layouts import LAYOUT_KINDS, MAX_BOUNDARY_WIDTH, MIN_SIDE
 
     p = sub.add_parser(
@@ -79,7 +80,7 @@ def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
                       help="new masks: dense tissue (no background) or sparse organelles")
     what.add_argument("--variations-of", type=Path, metavar="SRC",
                       help="vary every mask in SRC (a mask file, a folder of masks or a paired "
-                      "folder)")
+                      "folder); a (Z, H, W) stack is varied as a volume, continuous through z")
     p.add_argument("--n", type=_number(int, 1), required=True,
                    help="masks to make (--layout) or variations per source mask")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -87,6 +88,13 @@ def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
                    help="the same seed (and options) gives byte-identical files")
     p.add_argument("--size", type=_number(int, MIN_SIDE), nargs=2, metavar=("H", "W"),
                    help="mask height and width in px (--layout)")
+    p.add_argument("--depth", type=_number(int, 1), default=1, metavar="Z",
+                   help="--layout: slices per mask; above 1 each file is a (Z, H, W) stack whose "
+                   "cells and organelles continue through z (default 1: 2-D masks)")
+    p.add_argument("--drift", type=_number(float, 0, MAX_DRIFT), default=None, metavar="D",
+                   help="--layout with --depth: change between adjacent slices, 0..1 (default "
+                   f"{DEFAULT_DRIFT:g}: about 0.2 of the pixels change class per slice, like "
+                   "real serial sections)")
     p.add_argument("--density", type=_number(float, 0, 1, low_open=True), default=None,
                    help="dense: cells per area (0.5 is ISBI-like); sparse: fraction covered "
                    "by organelles (default 0.3)")
@@ -402,7 +410,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
     from .mask_sets import make_layout_set, make_variation_set, mask_sources
 
     layout_only = {"--size": args.size, "--density": args.density,
-                   "--irregularity": args.irregularity, "--blob-size": args.blob_size}
+                   "--irregularity": args.irregularity, "--blob-size": args.blob_size,
+                   "--depth": None if args.depth == 1 else args.depth, "--drift": args.drift}
     vary_only = {"--strength": args.strength, "--grow": args.grow, "--coverage": args.coverage,
                  "--read-as": None if args.read_as == "auto" else args.read_as}
     if args.layout is not None:
@@ -413,6 +422,8 @@ def cmd_masks(args: argparse.Namespace) -> int:
             raise UsageError("--blob-size applies to --layout sparse only.")
         if args.layout == "sparse" and args.irregularity is not None:
             raise UsageError("--irregularity applies to --layout dense only.")
+        if args.drift is not None and args.depth == 1:
+            raise UsageError("--drift applies to stacks: add --depth Z (2 or more slices).")
         if args.blob_size is not None and args.blob_size[0] > args.blob_size[1]:
             raise UsageError(f"--blob-size MIN MAX needs MIN <= MAX; got {args.blob_size}.")
         total, desc = args.n, f"masks ({args.layout})"
@@ -428,6 +439,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
                 density=args.density, boundary_width=args.boundary_width,
                 irregularity=args.irregularity,
                 blob_size=None if args.blob_size is None else tuple(args.blob_size),
+                depth=args.depth, drift=args.drift,
                 overwrite=args.overwrite, progress=lambda i, path: bar.update(1))
         else:
             result = make_variation_set(

@@ -33,6 +33,7 @@ from . import __version__
 from .io import (
     pair_complete,
     read_mask,
+    read_spacing,
     remove_stale_temporaries,
     sha256_array,
     sha256_file,
@@ -366,6 +367,7 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
             try:
                 mask = read_mask(mask_path, job.read_as, boundary_width=job.boundary_width,
                                  allow_float=job.allow_float)
+                spacing = read_spacing(mask_path)  # a stack's image keeps its voxel size
             except (MaskError, ValueError, OSError) as exc:
                 failed += len(seeds)
                 failed_files.append({"path": os.fspath(mask_path), "reason": str(exc)})
@@ -398,7 +400,7 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
                 try:
                     t0 = time.perf_counter()
                     image = synth(mask, seed=seed)
-                    write_pair(image_path, image, mask_out, mask)
+                    write_pair(image_path, image, mask_out, mask, spacing=spacing)
                 except (ValueError, OSError, RuntimeError) as exc:
                     failed += 1
                     failed_files.append({"path": os.fspath(mask_path),

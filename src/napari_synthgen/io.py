@@ -3,6 +3,11 @@
 Every write goes to a temporary file in the destination folder, is flushed to disk, then
 renamed over the destination: a crash or a full disk never leaves a half-written file under
 the final name, and an existing file is never clobbered unless the caller asks for it.
+
+(Z, Y, X) stacks are TIFF ImageJ hyperstacks (axes ZYX, grey), which Fiji and napari open as
+stacks, with the voxel spacing (z, y, x) in nm when given (:func:`read_spacing`). Whether a
+last axis of 3 or 4 is colour is decided by the file's axes, never by the shape, so a stack of
+three or four slices stays a stack; masks are never read as colour unless the file says so.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +28,20 @@ import numpy as np
 from .masks import MaskError, MaskSource, coerce_mask, validate_mask
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png")
+
+#: Voxel spacing (z, y, x) in nanometres, as :func:`read_spacing` returns and writers take.
+Spacing = tuple[float, float, float]
+
+#: Length units ImageJ writes, in nanometres (spacing is read back in nm).
+_UNIT_NM: dict[str, float] = {
+    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
+    "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "\\u00b5m": 1e3, "micron": 1e3, "microns": 1e3,
+    "micrometer": 1e3, "micrometre": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9,
+    "a": 0.1, "angstrom": 0.1,
+}
+
+#: Data types the ImageJ TIFF format holds (others are written as plain multi-page TIFF).
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
 
 
 class PairingError(ValueError):
@@ -68,12 +88,86 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"{p}: no such file.")
     with decoding(p):
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(p))
+            return _read_tiff(p)[0]
         import imageio.v3 as iio
 
         return np.asarray(iio.imread(p))
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+    """A TIFF's first series and its axes (``'YX'``, ``'ZYX'``, ``'YXS'`` for RGB, ...).
+
+    The axes, not the shape, say whether a last axis of 3 or 4 is colour: a stack of three
+    slices is ``'ZYX'`` (or ``'SYX'``/``'QYX'`` from older writers), an RGB image ``'YXS'``.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        arr = np.asarray(series.asarray())
+        axes = str(series.axes)
+    if len(axes) != arr.ndim:  # squeezed or odd series: describe the array as it came out
+        axes = axes[-arr.ndim:] if len(axes) > arr.ndim else "Q" * (arr.ndim - len(axes)) + axes
+    return arr, axes
+
+
+def _is_colour(path: Path, arr: np.ndarray) -> bool:
+    """True when ``arr`` read from ``path`` is an RGB(A) picture (colour samples last).
+
+    TIFF: by the file's axes (``...S`` last). PNG is 2-D, so a last axis of 3 or 4 is colour.
+    """
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        return False
+    if path.suffix.lower() in (".tif", ".tiff"):
+        with decoding(path):
+            return _read_tiff(path)[1].endswith("S")
+    return True
+
+
+def read_spacing(path: str | os.PathLike) -> tuple[float, float, float] | None:
+    """Voxel spacing (z, y, x) in nm a TIFF records, or None when it records none.
+
+    Read from ImageJ metadata (``spacing``, ``unit``) and the X/YResolution tags (pixels per
+    unit), as Fiji writes them; units other than nm are converted (a file without a unit gives
+    its numbers as they are). Without a z spacing, z is taken equal to x. PNG records none.
+    """
+    p = Path(path)
+    suffix = _check_suffix(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file.")
+    if suffix == ".png":
+        return None
+    import tifffile
+
+    with decoding(p), tifffile.TiffFile(p) as tif:
+        page = tif.pages.first
+        ij = tif.imagej_metadata or {}
+        xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
+        runit = page.tags.get("ResolutionUnit")
+        runit_value = int(runit.value) if runit is not None else 2  # TIFF default: inch
+    per_px = []
+    for tag in (yres, xres):
+        num, den = tag.value if tag is not None else (1, 1)
+        per_px.append(float(num) / float(den) if den and num else 0.0)
+    try:
+        z_spacing = None if ij.get("spacing") is None else float(ij["spacing"])
+    except (TypeError, ValueError):
+        z_spacing = None  # unreadable: as if absent
+    if z_spacing is not None and not (math.isfinite(z_spacing) and z_spacing > 0):
+        z_spacing = None
+    unit = str(ij.get("unit", "")).strip()
+    if ij:
+        scale = _UNIT_NM.get(unit.lower(), 1.0) if unit else 1.0
+        has_xy = unit not in ("", "pixel", "pixels") or any(v not in (0.0, 1.0) for v in per_px)
+        if z_spacing is None and not has_xy:
+            return None
+    elif runit_value == 3:  # centimetre: a physical size even without ImageJ's unit
+        scale = 1e7
+    else:  # inch (usually screen dpi) or none: nothing physical is said
+        return None
+    y, x = ((scale / v) if v > 0 else scale for v in per_px)
+    z = float(z_spacing) * scale if z_spacing is not None else x
+    return tuple(float(f"{v:.7g}") for v in (z, y, x))  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
@@ -97,9 +191,13 @@ def decoding(path: str | os.PathLike) -> Iterator[None]:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a grey-level image; RGB(A) images that are grey in all channels become 2-D."""
+    """Read a grey-level image or (Z, Y, X) stack; RGB(A) images become 2-D grey.
+
+    Whether a last axis of 3 or 4 is colour is decided by the TIFF's axes, so a stack of
+    three or four slices stays a stack.
+    """
     arr = read_array(path)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:
+    if _is_colour(Path(path), arr) and arr.shape[0] > 4:
         rgb = arr[..., :3]
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
             return np.ascontiguousarray(rgb[..., 0])
@@ -116,8 +214,14 @@ def read_mask(
     boundary_width: int = 1,
     allow_float: bool = False,
 ) -> np.ndarray:
-    """Read a mask file and coerce it to classes (see :func:`masks.coerce_mask`)."""
+    """Read a mask file and coerce it to classes (see :func:`masks.coerce_mask`).
+
+    A TIFF stack is a stack whatever its depth: ``source="auto"`` reads palette colours only
+    from a file whose axes say colour (``YXS``), never from a (Z, Y, X) stack.
+    """
     arr = read_array(path)
+    if source == "auto" and arr.ndim == 3 and not _is_colour(Path(path), arr):
+        source = "classes"
     try:
         return coerce_mask(
             arr, source, boundary_width=boundary_width, allow_float=allow_float
@@ -211,24 +315,78 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_array(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = True) -> Path:
-    """Write an array as TIFF (deflate-compressed) or PNG, atomically. Returns the path."""
+def write_array(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    overwrite: bool = True,
+    spacing: tuple[float, float, float] | None = None,
+) -> Path:
+    """Write an array as TIFF (deflate-compressed) or PNG, atomically. Returns the path.
+
+    A (Z, Y, X) array is written as an ImageJ hyperstack (axes ZYX, grey), which Fiji and
+    napari open as a stack; an (H, W, 3|4) array with H > 4 as RGB(A). ``spacing`` (z, y, x)
+    in nm is recorded as ImageJ ``spacing`` and X/Y resolution (TIFF only).
+    """
     dest = Path(path)
     _check_suffix(dest)
+    spacing = _check_spacing(spacing)
     with atomic_path(dest, overwrite=overwrite) as tmp:
-        _encode(tmp, array, dest)
+        _encode(tmp, array, dest, spacing=spacing)
     return dest
 
 
-def _encode(tmp: Path, array: np.ndarray, dest: Path) -> None:
-    """Encode ``array`` into the file ``tmp`` in the format ``dest``'s suffix names."""
+def _check_spacing(spacing: object) -> Spacing | None:
+    """``spacing`` as three positive finite floats (z, y, x), or None."""
+    if spacing is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in spacing)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3 or not all(np.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(
+            f"spacing must be three positive numbers (z, y, x) in nm, e.g. (50, 4, 4); "
+            f"got {spacing!r}."
+        )
+    return vals  # type: ignore[return-value]
+
+
+def _encode(
+    tmp: Path, array: np.ndarray, dest: Path, *, spacing: Spacing | None = None,
+    stack: bool = False,
+) -> None:
+    """Encode ``array`` into the file ``tmp`` in the format ``dest``'s suffix names.
+
+    ``stack=True`` (masks) writes any 3-D array as (Z, Y, X), never as colour.
+    """
     suffix = _check_suffix(dest)
     arr = np.ascontiguousarray(array)
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(tmp, arr, compression="zlib" if arr.dtype == np.uint8 else None)
+        compression = "zlib" if arr.dtype == np.uint8 else None
+        colour = not stack and arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4
+        if (arr.ndim == 2 and spacing is None) or colour or arr.ndim > 3:
+            tifffile.imwrite(tmp, arr, compression=compression)  # as always
+            return
+        axes = "ZYX" if arr.ndim == 3 else "YX"
+        kwargs: dict = {"photometric": "minisblack", "compression": compression}
+        if spacing is not None:
+            kwargs["resolution"] = (1.0 / spacing[2], 1.0 / spacing[1])
+        if arr.dtype in _IMAGEJ_DTYPES:
+            meta: dict = {"axes": axes}
+            if spacing is not None:
+                meta.update(spacing=spacing[0], unit="nm")
+            tifffile.imwrite(tmp, arr, imagej=True, metadata=meta, **kwargs)
+        else:  # ImageJ cannot hold this dtype: a plain stack, one page per slice
+            tifffile.imwrite(tmp, arr, metadata={"axes": axes}, **kwargs)
         return
+    if stack and arr.ndim == 3:
+        raise ValueError(
+            f"{dest.name}: PNG holds one 2-D slice; this is a stack of shape {arr.shape}."
+            " Save it as .tif instead."
+        )
     if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
         raise ValueError(
             f"{dest.name}: PNG holds 2-D 8- or 16-bit images; got {arr.dtype} {arr.shape}."
@@ -240,7 +398,8 @@ def _encode(tmp: Path, array: np.ndarray, dest: Path) -> None:
 
 
 def write_pair(image_path: str | os.PathLike, image: np.ndarray,
-               mask_path: str | os.PathLike, mask: np.ndarray) -> tuple[Path, Path]:
+               mask_path: str | os.PathLike, mask: np.ndarray, *,
+               spacing: tuple[float, float, float] | None = None) -> tuple[Path, Path]:
     """Write an image and its mask all-or-nothing (as far as a crash goes).
 
     Both are encoded to temporary files first; then the mask is renamed into place, then the
@@ -249,10 +408,11 @@ def write_pair(image_path: str | os.PathLike, image: np.ndarray,
     """
     img_dest, mask_dest = Path(image_path), Path(mask_path)
     valid = validate_mask(mask)
+    spacing = _check_spacing(spacing)
     # contexts exit innermost first: the mask's rename, then the image's
     with atomic_path(img_dest) as tmp_img, atomic_path(mask_dest) as tmp_mask:
-        _encode(tmp_img, image, img_dest)
-        _encode(tmp_mask, valid, mask_dest)
+        _encode(tmp_img, image, img_dest, spacing=spacing, stack=valid.ndim == 3)
+        _encode(tmp_mask, valid, mask_dest, spacing=spacing, stack=True)
     return img_dest, mask_dest
 
 
@@ -279,14 +439,36 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = True) -> Path:
-    """Write an image atomically (TIFF or PNG by suffix)."""
-    return write_array(path, image, overwrite=overwrite)
+def write_image(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    *,
+    overwrite: bool = True,
+    spacing: tuple[float, float, float] | None = None,
+) -> Path:
+    """Write an image or (Z, Y, X) stack atomically (TIFF or PNG by suffix), with spacing."""
+    return write_array(path, image, overwrite=overwrite, spacing=spacing)
 
 
-def write_mask(path: str | os.PathLike, mask: np.ndarray, *, overwrite: bool = True) -> Path:
-    """Validate and write a class mask as ``uint8`` atomically (TIFF or PNG by suffix)."""
-    return write_array(path, validate_mask(mask), overwrite=overwrite)
+def write_mask(
+    path: str | os.PathLike,
+    mask: np.ndarray,
+    *,
+    overwrite: bool = True,
+    spacing: tuple[float, float, float] | None = None,
+) -> Path:
+    """Validate and write a class mask as ``uint8`` atomically (TIFF or PNG by suffix).
+
+    A 3-D mask is always a (Z, Y, X) stack (an ImageJ hyperstack), never colour, whatever
+    its depth; ``spacing`` (z, y, x) in nm is recorded in a TIFF.
+    """
+    valid = validate_mask(mask)
+    dest = Path(path)
+    _check_suffix(dest)
+    spacing = _check_spacing(spacing)
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        _encode(tmp, valid, dest, spacing=spacing, stack=True)
+    return dest
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -557,6 +557,11 @@ def _thick_stretches(
     if irregularity == 0:
         return
     field, _ = _smooth_noise(mask.shape, [(0.4 * spacing, 1.0)], rng)
+    _thicken_where(mask, field, irregularity)
+
+
+def _thicken_where(mask: np.ndarray, field: np.ndarray, irregularity: float) -> None:
+    """:func:`_thick_stretches` with its random field given (layout_stacks varies it in z)."""
     grown = mask == BOUNDARY
     for frac in (1.0, 0.4):
         patch = field > np.quantile(field, 1.0 - frac * irregularity)
@@ -875,6 +880,11 @@ def _morph_2d(mask: np.ndarray, grow: int, coverage: float, rng: np.random.Gener
     else:
         field, _ = _smooth_noise(mask.shape, [(24.0, 1.0)], rng)
         patch = field > np.quantile(field, 1.0 - coverage)
+    return _morph_in(mask, grow, patch)
+
+
+def _morph_in(mask: np.ndarray, grow: int, patch: np.ndarray) -> np.ndarray:
+    """:func:`_morph_2d` inside a given ``patch`` (layout_stacks varies it slowly in z)."""
     out = mask.copy()
     if grow > 0:
         for _ in range(grow):

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from .io import IMAGE_SUFFIXES, is_paired_folder, list_images, read_mask, write_mask
+from .layout_stacks import DEFAULT_DRIFT, layout_stack, vary_stack
 from .layouts import (
     LAYOUT_KINDS,
     MIN_SIDE,
@@ -30,7 +31,7 @@ from .layouts import (
     sparse_organelles,
     variation,
 )
-from .limits import check_layout_memory, check_seed
+from .limits import LAYOUT_BYTES_PER_PX, check_layout_memory, check_memory, check_seed
 from .masks import MaskSource
 
 LOG_NAME = "masks.jsonl"
@@ -119,6 +120,8 @@ def make_layout_set(
     boundary_width: int | None = None,
     irregularity: float | None = None,
     blob_size: tuple[float, float] | None = None,
+    depth: int = 1,
+    drift: float | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> MaskSetResult:
@@ -126,6 +129,9 @@ def make_layout_set(
 
     Options left ``None`` take the layout's default. ``irregularity`` is for dense tissue,
     ``blob_size`` (min, max px) for sparse organelles. Files are uint8 TIFFs of classes 0..2.
+    ``depth`` > 1 makes each file a (depth, H, W) stack continuous through z
+    (:func:`layout_stacks.layout_stack`, with ``drift``: the change per slice); ``shape`` is
+    then (H, W). ``depth`` 1 gives the 2-D masks of earlier versions, byte for byte.
     """
     if kind not in LAYOUT_KINDS:
         raise ValueError(f"unknown layout kind {kind!r}; use one of {', '.join(LAYOUT_KINDS)}.")
@@ -150,18 +156,36 @@ def make_layout_set(
         make = sparse_organelles
     shape = _check_shape(shape)
     make((2 * MIN_SIDE, 2 * MIN_SIDE), seed=0, **opts)  # checks the options before any write
+    z = _check_count(depth, "depth")
+    if z == 1 and drift is not None:
+        raise ValueError("drift applies to stacks only (depth 2 or more).")
+    if z > 1:
+        if len(shape) != 2:
+            raise ValueError(f"with depth={z} give shape as (H, W); got {shape}.")
+        z_drift = DEFAULT_DRIFT if drift is None else drift
+        h, w = shape
+        # a stack holds depth bytes per px beside one slice's working memory
+        check_memory(h * w * (LAYOUT_BYTES_PER_PX + z), what=f"a {z} x {h} x {w} mask stack",
+                     largest=lambda b: int(b / (h * w)) - LAYOUT_BYTES_PER_PX, option="depth")
+        layout_stack(kind, (2, 2 * MIN_SIDE, 2 * MIN_SIDE), drift=z_drift, **opts)  # checks
+
+        def make(hw: tuple[int, ...], seed: int, **kw: Any) -> np.ndarray:
+            return layout_stack(kind, (z, *hw), drift=z_drift, seed=seed, **kw)
     out_dir = Path(out)
     paths = _claim(out_dir, [layout_name(kind, seed, i) for i in range(count)], overwrite)
     records = []
     for i, path in enumerate(paths):
         s = derived_seed(seed, i)
         write_mask(path, make(shape, seed=s, **opts))
-        records.append({
+        rec = {
             "file": path.name, "layout": kind, "index": i, "seed": seed, "mask_seed": s,
             "shape": list(shape), "options": {k: (list(v) if isinstance(v, tuple) else v)
                                               for k, v in opts.items()},
             "plugin_version": __version__,
-        })
+        }
+        if z > 1:  # 2-D records stay as they were
+            rec.update(shape=[z, *shape], depth=z, drift=z_drift)
+        records.append(rec)
         if progress is not None:
             progress(i + 1, path)
     _log(out_dir, records)
@@ -208,6 +232,8 @@ def make_variation_set(
     Each variation is an elastic warp of ``strength`` (0: none), then boundaries thickened or
     thinned by a random whole number of px in ``-grow..grow`` over about ``coverage`` of the
     image (``grow`` 0: none). ``read_as`` and ``boundary_width`` say how to read the sources.
+    A (Z, H, W) stack is varied as a volume (:func:`layout_stacks.vary_stack`): the warp and
+    the patches change slowly with z, so the variation stays continuous through z.
     """
     count = _check_count(n)
     derived_seed(seed)
@@ -221,8 +247,9 @@ def make_variation_set(
                          ".png); keep one of them.")
     masks = [read_mask(f, read_as, boundary_width=boundary_width) for f in files]
     # validate options on the first mask before any file is claimed or written
-    variation(masks[0], strength=strength, seed=0)
-    morphological_variation(masks[0], grow=int(grow), coverage=coverage, seed=0)
+    variation(masks[0][..., :MIN_SIDE, :MIN_SIDE], strength=strength, seed=0)
+    morphological_variation(masks[0][..., :MIN_SIDE, :MIN_SIDE], grow=int(grow),
+                            coverage=coverage, seed=0)
     out_dir = Path(out)
     names = [variation_name(f.stem, seed, j) for f in files for j in range(count)]
     paths = iter(_claim(out_dir, names, overwrite))
@@ -233,8 +260,11 @@ def make_variation_set(
             s = derived_seed(seed, _name_key(src.stem), j)
             rng = np.random.default_rng(s)
             g = int(rng.integers(-int(grow), int(grow) + 1)) if grow else 0
-            varied = variation(mask, strength=strength, seed=s)
-            varied = morphological_variation(varied, grow=g, coverage=coverage, seed=s)
+            if mask.ndim == 3:
+                varied = vary_stack(mask, strength=strength, grow=g, coverage=coverage, seed=s)
+            else:
+                varied = variation(mask, strength=strength, seed=s)
+                varied = morphological_variation(varied, grow=g, coverage=coverage, seed=s)
             write_mask(path, varied)
             written.append(path)
             records.append({

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, find_pairs, is_paired_folder, read_array, read_image, write_mask
-from .masks import MaskError, coerce_mask, label_colours
+from .io import IMAGE_SUFFIXES, find_pairs, is_paired_folder, read_image, read_mask, write_mask
+from .masks import MaskError, label_colours
 
 LayerData = tuple[Any, dict[str, Any], str]
 ReaderFn = Callable[[str | list[str]], list[LayerData]]
@@ -29,7 +29,7 @@ def mask_layer_kwargs(name: str, **extra: Any) -> dict[str, Any]:
 def _as_mask_or_none(path: Path) -> np.ndarray | None:
     """The file as a class mask if it is one (classes or palette colours), else None."""
     try:
-        return coerce_mask(read_array(path))
+        return read_mask(path)
     except (MaskError, ValueError, OSError):
         return None
 
@@ -67,7 +67,7 @@ def read_paired_folder(path: str | list[str]) -> list[LayerData]:
     groups: dict[tuple[tuple[int, ...], str], list[tuple[np.ndarray, np.ndarray, str]]] = {}
     for pair in pairs:
         img = read_image(pair.image)
-        mask = coerce_mask(read_array(pair.mask))
+        mask = read_mask(pair.mask)
         if img.shape[-2:] != mask.shape[-2:]:
             raise MaskError(
                 f"{pair.stem}: image shape {img.shape} and mask shape {mask.shape} differ."

@@ -24,8 +24,9 @@ from ..io import (
     is_paired_folder,
     read_array,
     read_image,
+    read_mask,
 )
-from ..masks import N_CLASSES, PALETTE, MaskError, class_record, coerce_mask
+from ..masks import N_CLASSES, PALETTE, MaskError, class_record
 
 ALIGNED_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -104,7 +105,7 @@ def load_samples(folders: Sequence[str | Path]) -> list[Sample]:
             for pair in pairs:
                 try:
                     image = read_image(pair.image)
-                    mask = coerce_mask(read_array(pair.mask))
+                    mask = read_mask(pair.mask)
                 except (MaskError, ValueError, OSError) as exc:
                     problems.append(f"{folder.name}/{pair.stem}: {exc}")
                     continue
