@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _spacing(text: str) -> tuple[float, float, float]:
     """argparse ``type``: ``Z,Y,X`` as three positive numbers."""
-    from .curation.stacks import check_spacing
+    from .io import check_spacing
 
     try:
         return check_spacing(text.replace(" ", ",").split(",") if text.strip() else ())

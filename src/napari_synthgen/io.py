@@ -330,14 +330,15 @@ def write_array(
     """
     dest = Path(path)
     _check_suffix(dest)
-    spacing = _check_spacing(spacing)
+    spacing = check_spacing(spacing)
     with atomic_path(dest, overwrite=overwrite) as tmp:
         _encode(tmp, array, dest, spacing=spacing)
     return dest
 
 
-def _check_spacing(spacing: object) -> Spacing | None:
-    """``spacing`` as three positive finite floats (z, y, x), or None."""
+def check_spacing(spacing: object, *, what: str = "spacing") -> Spacing | None:
+    """``spacing`` as three positive finite floats (z, y, x), None for None, or a ValueError
+    naming ``what`` (a keyword, a CLI flag) and an example."""
     if spacing is None:
         return None
     try:
@@ -346,8 +347,8 @@ def _check_spacing(spacing: object) -> Spacing | None:
         vals = ()
     if len(vals) != 3 or not all(np.isfinite(v) and v > 0 for v in vals):
         raise ValueError(
-            f"spacing must be three positive numbers (z, y, x) in nm, e.g. (50, 4, 4); "
-            f"got {spacing!r}."
+            f"{what} must be three positive numbers (z, y, x) in nm, e.g. (50, 4, 4) for 50 nm "
+            f"sections of 4 nm pixels; got {spacing!r}."
         )
     return vals  # type: ignore[return-value]
 
@@ -408,7 +409,7 @@ def write_pair(image_path: str | os.PathLike, image: np.ndarray,
     """
     img_dest, mask_dest = Path(image_path), Path(mask_path)
     valid = validate_mask(mask)
-    spacing = _check_spacing(spacing)
+    spacing = check_spacing(spacing)
     # contexts exit innermost first: the mask's rename, then the image's
     with atomic_path(img_dest) as tmp_img, atomic_path(mask_dest) as tmp_mask:
         _encode(tmp_img, image, img_dest, spacing=spacing, stack=valid.ndim == 3)
@@ -465,7 +466,7 @@ def write_mask(
     valid = validate_mask(mask)
     dest = Path(path)
     _check_suffix(dest)
-    spacing = _check_spacing(spacing)
+    spacing = check_spacing(spacing)
     with atomic_path(dest, overwrite=overwrite) as tmp:
         _encode(tmp, valid, dest, spacing=spacing, stack=True)
     return dest

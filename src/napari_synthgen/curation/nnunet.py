@@ -17,6 +17,7 @@ import numpy as np
 from .. import __version__
 from ..io import (
     atomic_path,
+    check_spacing,
     find_pairs,
     read_image,
     read_mask,
@@ -38,14 +39,7 @@ from .common import (
 )
 from .manifest import _read_ledger
 from .session import ExportSession
-from .stacks import (
-    _stack_shape,
-    check_spacing,
-    file_is_stack,
-    is_stack,
-    pair_spacing,
-    write_with_spacing,
-)
+from .stacks import _stack_shape, file_is_stack, is_stack, pair_spacing
 
 #: Folds nnU-Net trains by default; with fewer real pairs, one fold per real pair.
 DEFAULT_FOLDS = 5
@@ -368,9 +362,8 @@ def _write_case(dataset: Path, case: _Case, file_ending: str) -> None:
         raise ExportError(f"{case.name}: expected a (Z, Y, X) stack; {case.image} holds "
                           f"{image.shape}.")
     images, labels = dataset / "imagesTr", dataset / "labelsTr"
-    write_with_spacing(write_array, images / f"{case.name}_0000{file_ending}", image,
-                       case.spacing)
-    write_with_spacing(write_mask, labels / f"{case.name}{file_ending}", mask, case.spacing)
+    write_array(images / f"{case.name}_0000{file_ending}", image, spacing=case.spacing)
+    write_mask(labels / f"{case.name}{file_ending}", mask, spacing=case.spacing)
     if case.stack:  # Tiff3DIO's sidecar: image1_0000.tif -> image1.json, seg1.tif -> seg1.json
         for folder in (images, labels):
             _write_json(folder / f"{case.name}.json", {"spacing": list(case.spacing or ())})

@@ -17,6 +17,7 @@ from .. import __version__
 from ..io import (
     DiskFullError,
     atomic_path,
+    check_spacing,
     fsync_dir,
     sha256_array,
     sha256_file,
@@ -43,7 +44,6 @@ from .common import (
 )
 from .manifest import _Ledger, _ManifestFolder
 from .records import _check_image, _check_mask, _check_sample, _json_key, _jsonable
-from .stacks import check_spacing, write_with_spacing
 
 try:  # POSIX only; elsewhere sessions are not locked
     import fcntl
@@ -450,9 +450,9 @@ class ExportSession(_ManifestFolder):
         paths = {k: self._folder / v for k, v in files.items()}
         written: list[Path] = []
         try:
-            write_with_spacing(write_image, paths["image"], image, spacing, overwrite=False)
+            write_image(paths["image"], image, overwrite=False, spacing=spacing)
             written.append(paths["image"])
-            write_with_spacing(write_mask, paths["mask"], mask, spacing, overwrite=False)
+            write_mask(paths["mask"], mask, overwrite=False, spacing=spacing)
             written.append(paths["mask"])
         except BaseException:
             _remove_quietly(written)

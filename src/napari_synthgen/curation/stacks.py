@@ -10,21 +10,13 @@ does on 2-D samples.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-#: Length units ImageJ writes, in nanometres (spacing is given in nm when the file names one).
-_UNIT_NM: dict[str, float] = {
-    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "um": 1e3, "\u00b5m": 1e3,
-    "micron": 1e3, "microns": 1e3, "micrometer": 1e3, "micrometre": 1e3, "mm": 1e6,
-    "cm": 1e7, "m": 1e9, "a": 0.1, "angstrom": 0.1,
-}
 
 Spacing = tuple[float, float, float]
 
@@ -41,7 +33,7 @@ def _stack_shape(shape: Sequence[int]) -> bool:
 
 def file_is_stack(path: str | os.PathLike) -> bool:
     """Whether an image file holds a (Z, Y, X) stack, read from its header only (PNG: never);
-    the shape decides, as for ``io.read_image``."""
+    the file's axes decide, as for ``io.read_image`` (colour samples ``S`` last: a picture)."""
     p = Path(path)
     if p.suffix.lower() not in (".tif", ".tiff"):
         return False
@@ -51,66 +43,19 @@ def file_is_stack(path: str | os.PathLike) -> bool:
 
     with decoding(p), tifffile.TiffFile(p) as tif:
         series = tif.series[0]
-        shape = list(series.shape)
-    while len(shape) > 3 and shape[0] == 1:
-        shape.pop(0)
-    return _stack_shape(shape)
-
-
-def check_spacing(spacing: Any, *, what: str = "spacing") -> Spacing:
-    """``spacing`` as three positive finite floats (z, y, x), or a ValueError saying so."""
-    try:
-        vals = tuple(float(v) for v in spacing)
-    except (TypeError, ValueError):
-        vals = ()
-    if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
-        raise ValueError(f"{what} must be three positive numbers (z, y, x), e.g. (50, 4, 4) "
-                         f"for 50 nm sections of 4 nm pixels; got {spacing!r}.")
-    return vals  # type: ignore[return-value]
+        dims = [(a, n) for a, n in zip(str(series.axes), series.shape, strict=False) if n > 1]
+    return len(dims) == 3 and dims[-1][0] != "S"
 
 
 def spacing_of(path: str | os.PathLike) -> Spacing | None:
-    """The voxel spacing (z, y, x) a TIFF records, or None when it records none.
-
-    Uses ``io.read_spacing`` when the io module has it; otherwise reads the ImageJ ``spacing``
-    and ``unit`` and the X/YResolution tags (pixels per unit) itself, in nm when the unit is
-    known (numbers as they are otherwise); without a z spacing z is taken equal to x. PNGs
-    and missing files give None.
-    """
+    """The voxel spacing (z, y, x) a TIFF records (:func:`io.read_spacing`), or None when it
+    records none; PNGs and missing files give None (whoever reads the file reports those)."""
     from .. import io
 
     p = Path(path)
     if p.suffix.lower() not in (".tif", ".tiff") or not p.is_file():
-        return None  # PNG records none; a missing file is reported by whoever reads it
-    reader: Callable[[Any], Spacing | None] | None = getattr(io, "read_spacing", None)
-    if reader is not None:
-        return reader(p)
-    import tifffile
-
-    with io.decoding(p), tifffile.TiffFile(p) as tif:
-        page = tif.pages.first
-        ij = tif.imagej_metadata or {}
-        tags = [page.tags.get("YResolution"), page.tags.get("XResolution")]
-        runit = page.tags.get("ResolutionUnit")
-        runit_value = int(runit.value) if runit is not None else 2
-    per_px = []
-    for tag in tags:
-        num, den = tag.value if tag is not None else (1, 1)
-        per_px.append(float(num) / float(den) if den and num else 0.0)
-    z_spacing = ij.get("spacing")
-    unit = str(ij.get("unit", "")).strip()
-    if ij:
-        scale = _UNIT_NM.get(unit.lower(), 1.0) if unit else 1.0
-        has_xy = unit not in ("", "pixel", "pixels") or any(v not in (0.0, 1.0) for v in per_px)
-        if z_spacing is None and not has_xy:
-            return None
-    elif runit_value == 3:  # centimetre: a physical size even without ImageJ's unit
-        scale = 1e7
-    else:  # inch (usually screen dpi) or none: nothing physical is said
         return None
-    y, x = ((scale / v) if v > 0 else scale for v in per_px)
-    z = float(z_spacing) * scale if z_spacing is not None else x
-    return tuple(float(f"{v:.7g}") for v in (z, y, x))  # type: ignore[return-value]
+    return io.read_spacing(p)
 
 
 def pair_spacing(image_path: str | os.PathLike | None,
@@ -122,15 +67,6 @@ def pair_spacing(image_path: str | os.PathLike | None,
             if spacing is not None:
                 return spacing
     return None
-
-
-def write_with_spacing(writer: Callable[..., Path], path: str | os.PathLike, array: np.ndarray,
-                       spacing: Sequence[float] | None, **kwargs: Any) -> Path:
-    """``writer(path, array, **kwargs)``, recording ``spacing`` in the file when the io writer
-    takes a ``spacing`` keyword (the manifest records it either way)."""
-    if spacing is not None and "spacing" in inspect.signature(writer).parameters:
-        return writer(path, array, spacing=tuple(spacing), **kwargs)
-    return writer(path, array, **kwargs)
 
 
 # --------------------------------------------------------------------------- figures
