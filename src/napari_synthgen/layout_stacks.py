@@ -26,8 +26,6 @@ from scipy import ndimage as ndi
 from scipy.special import ndtr
 
 from .layouts import (
-    _CROSS,
-    _SQUARE,
     LAYOUT_KINDS,
     _blob_params,
     _cell_count,
@@ -41,6 +39,7 @@ from .layouts import (
     _drop_empty_objects,
     _drop_fragments,
     _drop_specks,
+    _junction_centres,
     _large_cells,
     _mean_blob_area,
     _membranes,
@@ -50,6 +49,7 @@ from .layouts import (
     _smooth_noise,
     _stamps,
     _surface_distance,
+    _swell_around,
     _thicken_where,
     _warp,
 )
@@ -473,26 +473,14 @@ def _swell_junctions(
 ) -> None:
     """:func:`layouts._junction_blobs` with its choices read from fields that change slowly
     in z, so a swollen junction stays swollen while it moves (in place)."""
-    hi = ndi.maximum_filter(labels, footprint=_SQUARE, mode="nearest")
-    lo = ndi.minimum_filter(labels, footprint=_SQUARE, mode="nearest")
-    junction, n = ndi.label((hi > labels) & (lo < labels), structure=_SQUARE)
-    if n == 0:
+    centres = _junction_centres(labels)
+    if len(centres) == 0:
         return
-    boxes = ndi.find_objects(junction)
-    centres = np.array(
-        [[(b[0].start + b[0].stop) // 2, (b[1].start + b[1].stop) // 2] for b in boxes]
-    )
     u1 = ndtr(fields[0][centres[:, 0], centres[:, 1]] / _rms(fields[0]))
     u2 = ndtr(fields[1][centres[:, 0], centres[:, 1]] / _rms(fields[1]))
     chosen = u1 < 0.3 + 0.6 * irr
     radii = 2 + width - 4.8 * irr * np.log(np.clip(u2, 1e-6, 1.0))
-    level = np.clip(np.rint(radii / 4), 1, 4).astype(np.int8)
-    zone = np.zeros(mask.shape, dtype=np.int8)
-    _paint_disks(zone, centres[chosen], radii[chosen], level[chosen])
-    swollen = mask == BOUNDARY
-    for k in range(1, 5):
-        swollen = ndi.binary_dilation(swollen, structure=_CROSS if k % 2 else _SQUARE)
-        mask[swollen & (zone >= k)] = BOUNDARY
+    _swell_around(mask, centres[chosen], radii[chosen])
 
 
 def _rms(a: np.ndarray) -> float:

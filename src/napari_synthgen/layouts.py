@@ -530,20 +530,33 @@ def _junction_blobs(
     """
     if irregularity == 0:
         return
+    centres = _junction_centres(labels)
+    n = len(centres)
+    if n == 0:
+        return
+    chosen = rng.random(n) < 0.3 + 0.6 * irregularity
+    radii = 2 + width + rng.gamma(1.2, 4.0 * irregularity, size=n)
+    _swell_around(mask, centres[chosen], radii[chosen])
+
+
+def _junction_centres(labels: np.ndarray) -> np.ndarray:
+    """(n, 2) centres of the places where three or more cells of ``labels`` meet."""
     hi = ndi.maximum_filter(labels, footprint=_SQUARE, mode="nearest")
     lo = ndi.minimum_filter(labels, footprint=_SQUARE, mode="nearest")
     junction, n = ndi.label((hi > labels) & (lo < labels), structure=_SQUARE)
     if n == 0:
-        return
+        return np.zeros((0, 2), dtype=np.int64)
     boxes = ndi.find_objects(junction)
-    centres = np.array(
+    return np.array(
         [[(b[0].start + b[0].stop) // 2, (b[1].start + b[1].stop) // 2] for b in boxes]
     )
-    chosen = rng.random(n) < 0.3 + 0.6 * irregularity
-    radii = 2 + width + rng.gamma(1.2, 4.0 * irregularity, size=n)
+
+
+def _swell_around(mask: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> None:
+    """Dilate the membrane by 1-4 px (radius / 4) within ``radii`` of ``centres`` (in place)."""
     level = np.clip(np.rint(radii / 4), 1, 4).astype(np.int8)
     zone = np.zeros(mask.shape, dtype=np.int8)
-    _paint_disks(zone, centres[chosen], radii[chosen], level[chosen])
+    _paint_disks(zone, centres, radii, level)
     swollen = mask == BOUNDARY
     for k in range(1, 5):  # alternate cross and square: octagons, close to disks
         swollen = ndi.binary_dilation(swollen, structure=_CROSS if k % 2 else _SQUARE)
