@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_synthgen.mask_interpolation import (
     interpolate_painted,
@@ -17,7 +18,6 @@ from napari_synthgen.masks import (
     MaskError,
     instances_to_mask,
     mask_to_instances,
-    rebuild_boundaries,
 )
 
 
@@ -33,15 +33,15 @@ def _centre(mask: np.ndarray) -> tuple[float, float]:
 
 
 def _assert_valid(mask: np.ndarray) -> None:
-    """Values are classes and boundaries are closed: rebuilding them keeps every cell."""
+    """Values are classes and boundaries are closed: no interior touches background, and
+    cells stay apart under 8-connectivity too."""
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2}
     interior = mask == INTERIOR
     # no interior pixel touches background
     pad = np.pad(mask, 1, mode="edge")
     for nb in (pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]):
         assert not (interior & (nb == BACKGROUND)).any()
-    assert int(mask_to_instances(rebuild_boundaries(mask, width=1)).max()) == int(
-        mask_to_instances(mask).max())
+    assert ndi.label(interior)[1] == ndi.label(interior, structure=np.ones((3, 3)))[1]
 
 
 def test_discs_move_and_keep_their_size_in_between() -> None:

@@ -1,13 +1,18 @@
 """Fill the unpainted slices of a (Z, Y, X) mask stack between painted ones.
 
-A user paints a few key slices of a stack; the slices between them are made by morphing each
-cell from one key to the next. Cells are matched between two keys by overlap
-(:func:`masks.mask_to_instances` splits a mask into cells), and every matched cell's region
-and interior are interpolated as signed distance functions; a cell with no partner shrinks to
-nothing half-way (or grows from nothing). Each pixel goes to the region whose interpolated
-distance is smallest, so the cells tile the slice as in the keys, and the boundary class is
-then closed per slice as in :mod:`layouts` (an interior pixel touching another cell or
-background becomes boundary), so every slice is a valid mask. Pure NumPy/SciPy.
+A user paints a few key slices of a stack; the slices between two keys are made by morphing
+each cell from one key to the next. Cells are :func:`masks.mask_to_instances`'s (interior
+grown into its boundary), matched one to one between the keys by overlap (IoU, best first);
+each cell's region is interpolated as a signed distance function, and a cell with no partner
+shrinks steadily to nothing at the other key (or grows from nothing). Each pixel goes to the
+cell of smallest interpolated distance, so the cells tile the slice as in the keys (where both
+keys have background, it is wherever no cell reaches). The boundary class is then redrawn per
+slice with :func:`masks.instances_to_mask`, at the width whose share of boundary pixels comes
+closest to the keys' shares interpolated, so every slice is a valid mask with closed
+boundaries. Pure NumPy/SciPy; same inputs, same bytes.
+
+On ISBI 2012 (keys k and k + 4, the 3 sections between them made) this agrees with the real
+sections better than copying the nearest key: scripts/mask_interpolation_real.py.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from scipy import ndimage as ndi
 
 from .masks import (
     BOUNDARY,
+    INTERIOR,
     MaskError,
     instances_to_mask,
     mask_to_instances,
@@ -29,9 +35,6 @@ from .masks import (
 MATCH_IOU: float = 0.05
 #: The widest boundary (px on each side of a cell edge) drawn between interpolated cells.
 MAX_WIDTH: int = 8
-
-
-
 
 
 def painted_slices(stack: np.ndarray, *, blank: int | None = None) -> list[int]:
@@ -69,7 +72,8 @@ def interpolate_slices(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     share_a, share_b = float((ma == BOUNDARY).mean()), float((mb == BOUNDARY).mean())
     for i in range(int(n)):
         t = (i + 1) / (n + 1)
-        out[i] = _slice_at(regions, ma.shape, t, (1.0 - t) * share_a + t * share_b)
+        out[i] = _slice_at(regions, ma.shape, t, (1.0 - t) * share_a + t * share_b,
+                           bool((ma == 0).any() and (mb == 0).any()))
     return out
 
 
@@ -130,6 +134,11 @@ class _Region:
                  grown: tuple[np.ndarray, np.ndarray]) -> None:
         self.label, self.box, self.grown = label, box, grown
 
+    def distance(self, t: float) -> np.ndarray:
+        """The signed distance at fraction ``t`` from key a to key b (in the box)."""
+        ga, gb = self.grown
+        return (1.0 - t) * ga + t * gb
+
 
 def _box(shape: tuple[int, ...], *masks: np.ndarray) -> tuple[slice, slice]:
     """The bounding box of the union of ``masks`` (full-image boolean arrays), 1 px wider."""
@@ -139,9 +148,10 @@ def _box(shape: tuple[int, ...], *masks: np.ndarray) -> tuple[slice, slice]:
 
 
 def _vanishing(sdf: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """The distance of a region with no partner, shifted so that it is gone half-way."""
+    """The distance of a region with no partner in the other key, shifted so that the region
+    shrinks steadily to nothing there (measured on ISBI: better than gone half-way)."""
     depth = float(-sdf[region].min())
-    return sdf + 2.0 * (depth + 1.0)
+    return sdf + (depth + 1.0)
 
 
 def _match(ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +200,7 @@ def _regions(a: np.ndarray, b: np.ndarray) -> list[_Region]:
         out.append(_Region(label, box, (ga, gb)))
 
     bg_a, bg_b = ia == 0, ib == 0
-    if bg_a.any() or bg_b.any():
+    if bg_a.any() != bg_b.any():  # background in one key only: a region that comes or goes
         add(0, bg_a if bg_a.any() else None, bg_b if bg_b.any() else None)
     label = 0
     for i, box in enumerate(boxes_a, start=1):
@@ -206,7 +216,7 @@ def _regions(a: np.ndarray, b: np.ndarray) -> list[_Region]:
 
 
 def _slice_at(regions: list[_Region], shape: tuple[int, int], t: float,
-              boundary_share: float) -> np.ndarray:
+              boundary_share: float, background: bool) -> np.ndarray:
     """The mask at fraction ``t`` between the two keys the regions were made from.
 
     Each pixel goes to the region of smallest interpolated distance; boundaries are then
@@ -216,12 +226,13 @@ def _slice_at(regions: list[_Region], shape: tuple[int, int], t: float,
     best = np.full(shape, np.inf, dtype=np.float32)
     labels = np.zeros(shape, dtype=np.int32)
     for reg in regions:
-        ga, gb = reg.grown
-        d = (1.0 - t) * ga + t * gb
+        d = reg.distance(t)
         view = best[reg.box]
         win = d < view
         view[win] = d[win]
         labels[reg.box][win] = reg.label
+    if background:  # both keys have background: it is wherever no cell reaches
+        labels[best >= 0] = 0
     chosen = instances_to_mask(labels, boundary_width=1)
     share = float((chosen == BOUNDARY).mean())
     for width in range(2, MAX_WIDTH + 1):
@@ -232,4 +243,20 @@ def _slice_at(regions: list[_Region], shape: tuple[int, int], t: float,
         if abs(wider_share - boundary_share) >= abs(share - boundary_share):
             break
         chosen, share = wider, wider_share
-    return chosen
+    return _close_diagonals(chosen)
+
+
+def _close_diagonals(mask: np.ndarray) -> np.ndarray:
+    """Interior pieces touching only diagonally are parted by boundary (as layouts.py closes
+    gaps), so 8-connected labelling finds the same cells as 4-connected labelling."""
+    interior = mask == INTERIOR
+    pieces = ndi.label(interior)[0]
+    padded = np.pad(pieces, 1)
+    h, w = pieces.shape
+    bad = np.zeros_like(interior)
+    for dy, dx in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
+        nb = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        bad |= (nb > 0) & (nb != pieces)
+    out = mask.copy()
+    out[interior & bad] = BOUNDARY
+    return out
