@@ -206,6 +206,11 @@ def test_stack_paint_interpolate_undo_save_reopen(make_napari_viewer, tmp_path: 
     before = layer.data.copy()
     assert not before[1].any() and not before[2].any()
     # Interpolate by its key on the layer: one cell per middle slice, moving along x
+    from napari.utils.shortcuts import default_shortcuts
+
+    key = KeyBinding.from_str("K")
+    assert not [name for name, keys in default_shortcuts.items()  # napari's own keys
+                if any(KeyBinding.validate(k) == key for k in keys)]
     _press(layer, "K")
     np.testing.assert_array_equal(layer.data[[0, 3]], before[[0, 3]])
     xs = [np.nonzero(layer.data[z])[1].mean() for z in range(4)]
@@ -219,7 +224,7 @@ def test_stack_paint_interpolate_undo_save_reopen(make_napari_viewer, tmp_path: 
     assert editor.save_mask() == tmp_path / "stack.tif"
     editor.open_path.value = tmp_path / "stack.tif"
     opened = editor.open_mask()
-    assert opened.data.shape == (4, 48, 80)
+    assert opened.data.shape == (4, 48, 80) and editor.interpolate_button.enabled
     np.testing.assert_array_equal(opened.data, layer.data)
     # 3-D view toggle
     editor.view_3d.value = True
@@ -260,3 +265,16 @@ def test_depth_one_and_2d_masks_are_unchanged(make_napari_viewer) -> None:
     n = len(notification_manager.records)
     assert editor.interpolate() is None  # a 2-D mask has no slices to fill
     assert any("2-D mask" in str(r.message) for r in notification_manager.records[n:])
+    # the 2-D edits give the core functions' bytes, whatever Apply to says
+    from napari_synthgen.layouts import variation
+    from napari_synthgen.masks import rebuild_boundaries
+
+    layer.data_setitem(np.nonzero(np.pad(np.ones((10, 14), bool), ((8, 12), (6, 20)))),
+                       INTERIOR)
+    editor.apply_to.value = "current slice"
+    before = layer.data.copy()
+    editor.rebuild()
+    assert layer.data.tobytes() == rebuild_boundaries(before, width=2).tobytes()
+    before = layer.data.copy()
+    editor.variation()
+    assert layer.data.tobytes() == variation(before, strength=0.5, seed=0).tobytes()
