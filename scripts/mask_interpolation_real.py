@@ -1,14 +1,16 @@
 """Mask interpolation between painted slices, measured on real serial sections.
 
     python scripts/mask_interpolation_real.py [--data ../shared/data] [--gap 4] [--step 1]
+        [--stacks isbi2012 vnc_stack1]
 
-ISBI 2012's masks are 30 consecutive sections. For every k (every ``--step``-th), sections k and
-k + ``--gap`` are the painted keys and the ``--gap`` - 1 sections between them are made by
+The masks of ISBI 2012 (30 consecutive 512 x 512 sections) and VNC stack 1 (20 consecutive
+1024 x 1024 sections). For every k (every ``--step``-th), sections k and k + ``--gap`` are the
+painted keys and the ``--gap`` - 1 sections between them are made by
 :func:`napari_synthgen.mask_interpolation.interpolate_slices` and, for comparison, by copying
 the nearest key (the earlier one on a tie). Each is compared with the real sections: pixel
 agreement (fraction of pixels with the real class) and mean cell IoU (every real cell against
-its best-overlapping cell of the made slice).
-Prints a Markdown table. The data set stays outside the package (../shared/data/isbi2012).
+its best-overlapping cell of the made slice). Prints a Markdown table. The data sets stay
+outside the package (their licences: ../shared/data/*/README.md).
 """
 
 from __future__ import annotations
@@ -35,29 +37,21 @@ def cell_iou(real: np.ndarray, made: np.ndarray) -> float:
     na, nb = int(ra.max()), int(mb.max())
     if na == 0:
         return float("nan")
+    if nb == 0:
+        return 0.0
     pairs = np.bincount(ra.ravel().astype(np.int64) * (nb + 1) + mb.ravel(),
                         minlength=(na + 1) * (nb + 1)).reshape(na + 1, nb + 1)
     area_r, area_m = pairs.sum(axis=1)[1:], pairs.sum(axis=0)[1:]
     inter = pairs[1:, 1:].astype(np.float64)
     iou = inter / (area_r[:, None] + area_m[None, :] - inter + 1e-12)
-    return float(iou.max(axis=1).mean()) if nb else 0.0
+    return float(iou.max(axis=1).mean())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--gap", type=int, default=4, help="keys k and k + gap")
-    parser.add_argument("--step", type=int, default=1, help="take every step-th k")
-    args = parser.parse_args()
-    folder = args.data / "isbi2012" / "masks"
-    names = sorted(p.name for p in folder.glob("*.tif"))
-    if not names:
-        raise SystemExit(f"{folder} holds no .tif masks.")
-    stack = np.stack([tifffile.imread(folder / n) for n in names])
-    gap = args.gap
-    scores: dict[str, list[tuple[float, float]]] = {"interpolated": [], "nearest": []}
-    seconds = 0.0
-    for k in range(0, len(stack) - gap, args.step):
+def measure(stack: np.ndarray, gap: int, step: int) -> tuple[dict[str, np.ndarray], float, int]:
+    """Per made slice (pixel agreement, cell IoU) for both methods; seconds per window."""
+    scores: dict[str, list[tuple[float, float]]] = {"interpolated": [], "nearest key": []}
+    seconds, windows = 0.0, range(0, len(stack) - gap, step)
+    for k in windows:
         a, b = stack[k], stack[k + gap]
         t0 = time.perf_counter()
         made = interpolate_slices(a, b, gap - 1)
@@ -65,16 +59,35 @@ def main() -> None:
         for i in range(1, gap):
             real = stack[k + i]
             nearest = a if i <= gap - i else b
-            for name, m in (("interpolated", made[i - 1]), ("nearest", nearest)):
+            for name, m in (("interpolated", made[i - 1]), ("nearest key", nearest)):
                 scores[name].append((float((m == real).mean()), cell_iou(real, m)))
-    n_windows = len(range(0, len(stack) - gap, args.step))
-    print(f"ISBI 2012 masks, keys k and k+{gap} for {n_windows} values of k, "
-          f"{gap - 1} slices made between each ({seconds / n_windows:.2f} s per window)\n")
-    print("| method | pixel agreement | mean cell IoU |")
-    print("|---|---|---|")
-    for name, rows in scores.items():
-        arr = np.array(rows)
-        print(f"| {name} | {arr[:, 0].mean():.3f} | {np.nanmean(arr[:, 1]):.3f} |")
+    return ({name: np.array(rows) for name, rows in scores.items()},
+            seconds / max(len(windows), 1), len(windows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--gap", type=int, default=4, help="keys k and k + gap")
+    parser.add_argument("--step", type=int, default=1, help="take every step-th k")
+    parser.add_argument("--stacks", nargs="+", default=["isbi2012", "vnc_stack1"])
+    args = parser.parse_args()
+    if args.gap < 2 or args.step < 1:
+        raise SystemExit("--gap must be at least 2 (a slice between the keys), --step at least 1.")
+    print(f"Keys k and k+{args.gap}, the {args.gap - 1} sections between them made.\n")
+    print("| stack | windows | method | pixel agreement | mean cell IoU | s per window |")
+    print("|---|---|---|---|---|---|")
+    for name in args.stacks:
+        folder = args.data / name / "masks"
+        paths = sorted(folder.glob("*.tif"))
+        if len(paths) <= args.gap:
+            raise SystemExit(f"{folder} holds {len(paths)} .tif masks; need more than --gap.")
+        stack = np.stack([tifffile.imread(p) for p in paths])
+        scores, seconds, n = measure(stack, args.gap, args.step)
+        for method, arr in scores.items():
+            sec = f"{seconds:.2f}" if method == "interpolated" else ""
+            print(f"| {name} | {n} | {method} | {arr[:, 0].mean():.3f} | "
+                  f"{np.nanmean(arr[:, 1]):.3f} | {sec} |")
 
 
 if __name__ == "__main__":

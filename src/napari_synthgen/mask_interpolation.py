@@ -5,8 +5,8 @@ each cell from one key to the next. Cells are :func:`masks.mask_to_instances`'s 
 grown into its boundary), matched one to one between the keys by overlap (IoU, best first);
 each cell's region is interpolated as a signed distance function, and a cell with no partner
 shrinks steadily to nothing at the other key (or grows from nothing). Each pixel goes to the
-cell of smallest interpolated distance, so the cells tile the slice as in the keys (where both
-keys have background, it is wherever no cell reaches). The boundary class is then redrawn per
+cell (or background) of smallest interpolated distance, so the cells tile the slice as in the
+keys. The boundary class is then redrawn per
 slice with :func:`masks.instances_to_mask`, at the width whose share of boundary pixels comes
 closest to the keys' shares interpolated, so every slice is a valid mask with closed
 boundaries. Pure NumPy/SciPy; same inputs, same bytes.
@@ -72,8 +72,7 @@ def interpolate_slices(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     share_a, share_b = float((ma == BOUNDARY).mean()), float((mb == BOUNDARY).mean())
     for i in range(int(n)):
         t = (i + 1) / (n + 1)
-        out[i] = _slice_at(regions, ma.shape, t, (1.0 - t) * share_a + t * share_b,
-                           bool((ma == 0).any() and (mb == 0).any()))
+        out[i] = _slice_at(regions, ma.shape, t, (1.0 - t) * share_a + t * share_b)
     return out
 
 
@@ -200,7 +199,7 @@ def _regions(a: np.ndarray, b: np.ndarray) -> list[_Region]:
         out.append(_Region(label, box, (ga, gb)))
 
     bg_a, bg_b = ia == 0, ib == 0
-    if bg_a.any() != bg_b.any():  # background in one key only: a region that comes or goes
+    if bg_a.any() or bg_b.any():  # background is a region like a cell
         add(0, bg_a if bg_a.any() else None, bg_b if bg_b.any() else None)
     label = 0
     for i, box in enumerate(boxes_a, start=1):
@@ -216,7 +215,7 @@ def _regions(a: np.ndarray, b: np.ndarray) -> list[_Region]:
 
 
 def _slice_at(regions: list[_Region], shape: tuple[int, int], t: float,
-              boundary_share: float, background: bool) -> np.ndarray:
+              boundary_share: float) -> np.ndarray:
     """The mask at fraction ``t`` between the two keys the regions were made from.
 
     Each pixel goes to the region of smallest interpolated distance; boundaries are then
@@ -231,8 +230,6 @@ def _slice_at(regions: list[_Region], shape: tuple[int, int], t: float,
         win = d < view
         view[win] = d[win]
         labels[reg.box][win] = reg.label
-    if background:  # both keys have background: it is wherever no cell reaches
-        labels[best >= 0] = 0
     chosen = instances_to_mask(labels, boundary_width=1)
     share = float((chosen == BOUNDARY).mean())
     for width in range(2, MAX_WIDTH + 1):
