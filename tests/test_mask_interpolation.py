@@ -44,7 +44,7 @@ def _assert_valid(mask: np.ndarray) -> None:
     assert ndi.label(interior)[1] == ndi.label(interior, structure=np.ones((3, 3)))[1]
 
 
-def test_discs_move_and_keep_their_size_in_between() -> None:
+def test_a_moved_disc_sits_at_intermediate_positions_in_between() -> None:
     shape = (64, 96)  # discs overlapping a little: the same cell, moved 20 px
     a, b = _disc(shape, 32, 38, 14), _disc(shape, 32, 58, 14)
     made = interpolate_slices(a, b, 3)
@@ -95,3 +95,21 @@ def test_unpainted_ends_stay_and_bad_input_is_refused() -> None:
     with pytest.raises(MaskError, match="one shape"):
         interpolate_slices(stack[1], stack[1, :20], 2)
     assert interpolate_slices(stack[1], stack[3], 0).shape == (0, 40, 40)
+
+
+@pytest.mark.parametrize("corner", [(0, 0), (256, 256)])
+def test_real_middle_section_is_closer_than_a_copied_key(isbi_dir, corner) -> None:
+    """VNC stack 1 (with background): sections 0 and 4 painted, 2 made; the made one agrees
+    with the real section 2 better than a copy of section 0, and keeps the keys' background."""
+    import tifffile
+
+    y, x = corner
+    folder = isbi_dir.parent / "vnc_stack1" / "masks"
+    real = np.stack([tifffile.imread(folder / f"vnc_{i:02d}.tif")[y:y + 256, x:x + 256]
+                     for i in range(5)])
+    made = interpolate_slices(real[0], real[4], 3)
+    assert (made[1] == real[2]).mean() > (real[0] == real[2]).mean() + 0.01
+    keys_bg = max((real[0] == BACKGROUND).mean(), (real[4] == BACKGROUND).mean())
+    for m in made:
+        _assert_valid(m)
+        assert (m == BACKGROUND).mean() <= keys_bg + 0.02
