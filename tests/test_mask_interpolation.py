@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -113,3 +116,10 @@ def test_real_middle_section_is_closer_than_a_copied_key(isbi_dir, corner) -> No
     for m in made:
         _assert_valid(m)
         assert (m == BACKGROUND).mean() <= keys_bg + 0.02
+
+
+def test_core_module_imports_no_gui_and_no_torch() -> None:
+    code = ("import sys, napari_synthgen.mask_interpolation; bad = [m for m in sys.modules if "
+            "m.split('.')[0] in ('napari', 'magicgui', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', "
+            "'superqt', 'torch')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
