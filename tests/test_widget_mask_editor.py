@@ -226,6 +226,13 @@ def test_stack_paint_interpolate_undo_save_reopen(make_napari_viewer, tmp_path: 
     opened = editor.open_mask()
     assert opened.data.shape == (4, 48, 80) and editor.interpolate_button.enabled
     np.testing.assert_array_equal(opened.data, layer.data)
+    # a stack opened from a file with voxel spacing is saved with it
+    io.write_mask(tmp_path / "spaced.tif", layer.data, spacing=(50.0, 4.0, 4.0))
+    editor.open_path.value = tmp_path / "spaced.tif"
+    editor.open_mask()
+    editor.save_path.value = tmp_path / "spaced_copy.tif"
+    assert editor.save_mask() == tmp_path / "spaced_copy.tif"
+    assert io.read_spacing(tmp_path / "spaced_copy.tif") == pytest.approx((50.0, 4.0, 4.0))
     # 3-D view toggle
     editor.view_3d.value = True
     assert viewer.dims.ndisplay == 3

@@ -30,7 +30,7 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 
 from .. import layouts
-from ..io import read_mask, write_mask
+from ..io import read_mask, read_spacing, write_mask
 from ..mask_interpolation import interpolate_painted, painted_slices
 from ..masks import (
     CLASS_NAMES,
@@ -308,19 +308,22 @@ class MaskEditor(Container):
             return None
 
     def open_mask(self, *_: object) -> Labels | None:
-        """Read a mask file (TIFF/PNG) into a new mask layer."""
+        """Read a mask file (TIFF/PNG) into a new mask layer; a stack keeps the voxel spacing
+        its file records, for Save."""
         try:
             path = Path(self.open_path.value)
             mask = read_mask(path, self.open_as.value, boundary_width=self.boundary_width.value)
-            return self._use(add_mask_layer(self.viewer, mask, path.stem,
-                                            metadata={"source": str(path)}))
+            metadata: dict[str, object] = {"source": str(path)}
+            if mask.ndim == 3 and (spacing := read_spacing(path)) is not None:
+                metadata["spacing"] = spacing  # written back by Save
+            return self._use(add_mask_layer(self.viewer, mask, path.stem, metadata=metadata))
         except Exception as exc:
             report_error(exc, "Open mask")
             return None
 
     def save_mask(self, *_: object) -> Path | None:
         """Save the mask layer as a uint8 TIFF/PNG (atomic; values above 2 refused); a stack
-        as a (Z, Y, X) TIFF."""
+        as a (Z, Y, X) TIFF, with the voxel spacing of the file it was opened from."""
         try:
             layer = self._require_layer()
             path = Path(self.save_path.value)
@@ -334,7 +337,9 @@ class MaskEditor(Container):
                     ("Cancel", "Overwrite")) != "Overwrite":
                 show_info(f"Not saved: {path} is kept as it was.")
                 return None
-            write_mask(path, np.asarray(layer.data))
+            data = np.asarray(layer.data)
+            spacing = layer.metadata.get("spacing") if data.ndim == 3 else None
+            write_mask(path, data, spacing=spacing)
             layer.metadata["source"] = str(path)
             show_info(f"Saved {layer.name} to {path}")
             return path
