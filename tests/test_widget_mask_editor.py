@@ -178,3 +178,110 @@ def test_reader_and_sample_through_napari(make_napari_viewer, tmp_path: Path,
     io.write_mask(tmp_path / "m.tif", isbi_mask)
     [layer] = viewer.open(str(tmp_path / "m.tif"), plugin=PLUGIN)
     assert layer.data.dtype == np.uint8 and layer.opacity == 1.0
+
+
+def _discs(shape: tuple[int, int], cx: int) -> np.ndarray:
+    """A slice with one cell (a disc of interior inside its boundary) on background."""
+    from napari_synthgen.masks import instances_to_mask
+
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    inst = ((yy - shape[0] // 2) ** 2 + (xx - cx) ** 2 <= 12**2).astype(np.int32)
+    return instances_to_mask(inst, boundary_width=2)
+
+
+def test_stack_paint_interpolate_undo_save_reopen(make_napari_viewer, tmp_path: Path) -> None:
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    assert not editor.interpolate_button.enabled  # no stack yet
+    editor.new_height.value, editor.new_width.value = 48, 80
+    editor.depth.value = 4
+    editor.fill.value = "background"
+    layer = editor.new_mask()
+    assert layer.data.shape == (4, 48, 80) and editor.interpolate_button.enabled
+    # paint slices 0 and 3 (as strokes would: through the layer's data)
+    first, last = _discs((48, 80), 30), _discs((48, 80), 48)
+    slab = np.zeros((4, 48, 80), np.uint8)
+    slab[0], slab[3] = first, last
+    layer.data_setitem(np.nonzero(slab), slab[np.nonzero(slab)])
+    before = layer.data.copy()
+    assert not before[1].any() and not before[2].any()
+    # Interpolate by its key on the layer: one cell per middle slice, moving along x
+    from napari.utils.shortcuts import default_shortcuts
+
+    key = KeyBinding.from_str("K")
+    assert not [name for name, keys in default_shortcuts.items()  # napari's own keys
+                if any(KeyBinding.validate(k) == key for k in keys)]
+    _press(layer, "K")
+    np.testing.assert_array_equal(layer.data[[0, 3]], before[[0, 3]])
+    xs = [np.nonzero(layer.data[z])[1].mean() for z in range(4)]
+    assert xs[0] < xs[1] < xs[2] < xs[3]
+    assert {INTERIOR, BOUNDARY} <= set(np.unique(layer.data[1]))
+    layer.undo()  # one undo step restores the unpainted slices
+    np.testing.assert_array_equal(layer.data, before)
+    assert editor.interpolate() > 0  # the button does the same
+    # save as a TIFF stack (a .png name too) and open it again as (Z, Y, X)
+    editor.save_path.value = tmp_path / "stack.png"
+    assert editor.save_mask() == tmp_path / "stack.tif"
+    editor.open_path.value = tmp_path / "stack.tif"
+    opened = editor.open_mask()
+    assert opened.data.shape == (4, 48, 80) and editor.interpolate_button.enabled
+    np.testing.assert_array_equal(opened.data, layer.data)
+    # a stack opened from a file with voxel spacing is saved with it
+    io.write_mask(tmp_path / "spaced.tif", layer.data, spacing=(50.0, 4.0, 4.0))
+    editor.open_path.value = tmp_path / "spaced.tif"
+    editor.open_mask()
+    editor.save_path.value = tmp_path / "spaced_copy.tif"
+    assert editor.save_mask() == tmp_path / "spaced_copy.tif"
+    assert io.read_spacing(tmp_path / "spaced_copy.tif") == pytest.approx((50.0, 4.0, 4.0))
+    # 3-D view toggle
+    editor.view_3d.value = True
+    assert viewer.dims.ndisplay == 3
+    viewer.dims.ndisplay = 2
+    assert editor.view_3d.value is False
+
+
+def test_stack_edits_apply_to_every_or_the_current_slice(make_napari_viewer,
+                                                          isbi_mask: np.ndarray) -> None:
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    stack = np.stack([isbi_mask[:96, :96], isbi_mask[96:192, :96], isbi_mask[:96, 96:192]])
+    layer = viewer.add_labels(stack.copy(), name="stack")
+    editor.mask_layer.value = layer
+    editor.boundary_width.value = 1
+    viewer.dims.set_current_step(0, 1)
+    editor.apply_to.value = "current slice"
+    editor.rebuild()
+    changed = [not np.array_equal(layer.data[z], stack[z]) for z in range(3)]
+    assert changed == [False, True, False]
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, stack)
+    editor.apply_to.value = "every slice"
+    editor.rebuild()
+    assert all(not np.array_equal(layer.data[z], stack[z]) for z in range(3))
+
+
+def test_depth_one_and_2d_masks_are_unchanged(make_napari_viewer) -> None:
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    editor.new_height.value, editor.new_width.value = 30, 40
+    assert editor.depth.value == 1
+    layer = editor.new_mask()
+    assert layer.data.shape == (30, 40) and not editor.interpolate_button.enabled
+    n = len(notification_manager.records)
+    assert editor.interpolate() is None  # a 2-D mask has no slices to fill
+    assert any("2-D mask" in str(r.message) for r in notification_manager.records[n:])
+    # the 2-D edits give the core functions' bytes, whatever Apply to says
+    from napari_synthgen.layouts import variation
+    from napari_synthgen.masks import rebuild_boundaries
+
+    layer.data_setitem(np.nonzero(np.pad(np.ones((10, 14), bool), ((8, 12), (6, 20)))),
+                       INTERIOR)
+    editor.apply_to.value = "current slice"
+    before = layer.data.copy()
+    editor.rebuild()
+    assert layer.data.tobytes() == rebuild_boundaries(before, width=2).tobytes()
+    before = layer.data.copy()
+    editor.variation()
+    assert layer.data.tobytes() == variation(before, strength=0.5, seed=0).tobytes()

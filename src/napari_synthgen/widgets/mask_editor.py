@@ -1,5 +1,8 @@
 """Mask editor: new / open / save masks, paint classes, rebuild boundaries, layouts, variations.
 
+Masks are 2-D or (Z, Y, X) stacks (Depth above 1); for a stack, the Stacks section applies the
+edits to every slice or the current one, interpolates unpainted slices between painted ones
+(:mod:`mask_interpolation`, key K on the mask layer) and switches the 3-D view.
 Every edit of an existing mask goes through ``Labels.data_setitem`` so that Ctrl+Z undoes it,
 like a brush stroke. New masks start with a class the current synthesis model knows (interior
 for the demo model, which never saw background); the Synthesize widget says which on the bus.
@@ -7,11 +10,14 @@ for the demo model, which never saw background); the Synthesize widget says whic
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -24,7 +30,8 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 
 from .. import layouts
-from ..io import read_mask, write_mask
+from ..io import read_mask, read_spacing, write_mask
+from ..mask_interpolation import interpolate_painted, painted_slices
 from ..masks import (
     CLASS_NAMES,
     class_fractions,
@@ -53,10 +60,25 @@ if TYPE_CHECKING:
     import napari
 
 _TYPED_SIZE = "(typed size)"
+#: Key that interpolates a stack's unpainted slices (free in napari's Labels keymap).
+INTERPOLATE_KEY = "K"
+_EVERY, _CURRENT = "every slice", "current slice"
 
 
 def _row(*widgets: object, label: str = "") -> Container:
     return Container(widgets=list(widgets), layout="horizontal", labels=False, label=label)
+
+
+def _interpolate_key(editor: MaskEditor) -> Callable[[Labels], None]:
+    """The K binding of a mask layer: interpolate it, holding the editor weakly (a closed
+    editor is not kept alive by the layers it bound)."""
+    ref = weakref.ref(editor)
+
+    def interpolate(layer: Labels) -> None:
+        if (alive := ref()) is not None:
+            alive.interpolate(layer=layer)
+
+    return interpolate
 
 
 class MaskEditor(Container):
@@ -72,6 +94,9 @@ class MaskEditor(Container):
         # new / open / save
         self.new_height = SpinBox(value=512, min=8, max=65536, label="Height")
         self.new_width = SpinBox(value=512, min=8, max=65536, label="Width")
+        self.depth = SpinBox(value=1, min=1, max=4096, label="Depth",
+                             tooltip="Slices of a new mask: 1 is a 2-D mask, more a (Z, Y, X) "
+                                     "stack.")
         self.like = ComboBox(label="Size of", choices=self._image_choices)
         self.fill = ComboBox(choices=list(CLASS_NAMES), value="background", label="Fill")
         self.fill_note = Label(value="")
@@ -106,6 +131,16 @@ class MaskEditor(Container):
         self.strength = FloatSpinBox(value=0.5, min=0.0, max=3.0, step=0.1, label="Strength")
         self.variation_seed = SpinBox(value=0, min=0, max=2**31 - 1, label="Seed")
         self.variation_button = PushButton(text="Variation")
+        # stacks (Z, Y, X)
+        self.apply_to = ComboBox(choices=[_EVERY, _CURRENT], value=_EVERY, label="Apply to",
+                                 tooltip="Where Rebuild boundaries and Variation act on a "
+                                         "stack.")
+        self.interpolate_button = PushButton(text=f"Interpolate [{INTERPOLATE_KEY}]")
+        self.interpolate_button.tooltip = (
+            "Fill every unpainted slice between two painted ones (cells morphed from one "
+            "painted slice to the next); Ctrl+Z undoes it.")
+        self.view_3d = CheckBox(value=False, text="3-D view")
+        self.stack_note = Label(value="")
         self.status = Label(value="")
 
         self.extend([
@@ -115,7 +150,7 @@ class MaskEditor(Container):
             self.status,
         ])
         add_collapsible(self, "New, open, save", [
-            self.new_height, self.new_width, self.like, self.fill, self.fill_note,
+            self.new_height, self.new_width, self.depth, self.like, self.fill, self.fill_note,
             self.new_button,
             self.open_path, self.open_as, self.open_button, self.save_path, self.save_button,
         ])
@@ -126,6 +161,9 @@ class MaskEditor(Container):
         add_collapsible(self, "New layouts and variations", [
             self.layout_kind, self.density, self.layout_width, self.layout_seed,
             self.layout_button, self.strength, self.variation_seed, self.variation_button,
+        ])
+        self.stacks_section = add_collapsible(self, "Stacks (Z, Y, X)", [
+            self.apply_to, self.interpolate_button, self.view_3d, self.stack_note,
         ])
 
         self.new_button.changed.connect(self.new_mask)
@@ -139,6 +177,9 @@ class MaskEditor(Container):
         self.convert_button.changed.connect(self.convert)
         self.layout_button.changed.connect(self.new_layout)
         self.variation_button.changed.connect(self.variation)
+        self.interpolate_button.changed.connect(self.interpolate)
+        self.view_3d.changed.connect(self._view_3d_changed)
+        viewer.dims.events.ndisplay.connect(self._ndisplay_changed)
         self.mask_layer.changed.connect(self._layer_changed)
 
         events = viewer.layers.events
@@ -147,6 +188,7 @@ class MaskEditor(Container):
         viewer.layers.selection.events.active.connect(self._active_changed)
         wrap_label(self.fill_note)
         wrap_label(self.status)
+        wrap_label(self.stack_note)
         for path_field in (self.open_path, self.save_path):
             widen_path(path_field)
         self.bus.model_changed.connect(self.model_changed)
@@ -158,6 +200,7 @@ class MaskEditor(Container):
     def teardown(self) -> None:
         """The widget was closed: stop following the synthesis model."""
         self.bus.model_changed.disconnect(self.model_changed, missing_ok=True)
+        self.viewer.dims.events.ndisplay.disconnect(self._ndisplay_changed)
 
     def model_changed(self, model: ModelAnnouncement | None) -> None:
         """Start new masks with a class ``model`` knows (the user can still pick another)."""
@@ -199,11 +242,13 @@ class MaskEditor(Container):
 
     def _layer_changed(self, *_: object) -> None:
         layer = self.layer
+        self._stack_state(layer)
         if layer is None:
             self.status.value = "No mask layer: make one with New mask or New layout."
             return
         if id(layer) not in self._bound:
             bind_class_keys(layer)
+            layer.bind_key(INTERPOLATE_KEY, _interpolate_key(self), overwrite=True)
             self._bound.add(id(layer))
         self.brush.value = int(min(max(layer.brush_size, 1), 100))
         self.opacity.value = round(layer.opacity * 100)
@@ -238,15 +283,22 @@ class MaskEditor(Container):
 
     # ------------------------------------------------------------------ actions
     def new_mask(self, *_: object) -> Labels | None:
-        """Add an empty mask of the typed size, or of the chosen image layer's size."""
+        """Add an empty mask of the typed size, or of the chosen image layer's size; with
+        Depth above 1 a (Z, Y, X) stack of that many slices."""
         try:
             like = self.like.value
+            depth = self.depth.value
             if like is not None:
                 shape = tuple(like.data.shape[:-1] if like.rgb else like.data.shape)
                 kwargs = {"scale": like.scale, "translate": like.translate}
+                if depth > 1 and len(shape) == 2:  # a stack over a 2-D image's plane
+                    shape = (depth, *shape)
+                    kwargs = {"scale": (1.0, *like.scale), "translate": (0.0, *like.translate)}
             else:
                 shape = (self.new_height.value, self.new_width.value)
                 kwargs = {}
+                if depth > 1:
+                    shape = (depth, *shape)
             fill = CLASS_NAMES.index(self.fill.value)
             layer = add_mask_layer(self.viewer, empty_mask(shape, fill), "mask", **kwargs)
             select_class(layer, 1 if fill != 1 else 2)
@@ -256,30 +308,38 @@ class MaskEditor(Container):
             return None
 
     def open_mask(self, *_: object) -> Labels | None:
-        """Read a mask file (TIFF/PNG) into a new mask layer."""
+        """Read a mask file (TIFF/PNG) into a new mask layer; a stack keeps the voxel spacing
+        its file records, for Save."""
         try:
             path = Path(self.open_path.value)
             mask = read_mask(path, self.open_as.value, boundary_width=self.boundary_width.value)
-            return self._use(add_mask_layer(self.viewer, mask, path.stem,
-                                            metadata={"source": str(path)}))
+            metadata: dict[str, object] = {"source": str(path)}
+            if mask.ndim == 3 and (spacing := read_spacing(path)) is not None:
+                metadata["spacing"] = spacing  # written back by Save
+            return self._use(add_mask_layer(self.viewer, mask, path.stem, metadata=metadata))
         except Exception as exc:
             report_error(exc, "Open mask")
             return None
 
     def save_mask(self, *_: object) -> Path | None:
-        """Save the mask layer as a uint8 TIFF/PNG (atomic; values above 2 refused)."""
+        """Save the mask layer as a uint8 TIFF/PNG (atomic; values above 2 refused); a stack
+        as a (Z, Y, X) TIFF, with the voxel spacing of the file it was opened from."""
         try:
             layer = self._require_layer()
             path = Path(self.save_path.value)
             if path.suffix.lower() not in (".tif", ".tiff", ".png"):
                 path = path.with_suffix(".tif")
+            if layer.data.ndim == 3 and path.suffix.lower() == ".png":
+                path = path.with_suffix(".tif")  # a PNG holds one slice; a TIFF the stack
             if path.exists() and _common.ask(
                     self.native, "Overwrite the file?",
                     f"{path} already exists. Overwrite it with {layer.name}?",
                     ("Cancel", "Overwrite")) != "Overwrite":
                 show_info(f"Not saved: {path} is kept as it was.")
                 return None
-            write_mask(path, np.asarray(layer.data))
+            data = np.asarray(layer.data)
+            spacing = layer.metadata.get("spacing") if data.ndim == 3 else None
+            write_mask(path, data, spacing=spacing)
             layer.metadata["source"] = str(path)
             show_info(f"Saved {layer.name} to {path}")
             return path
@@ -306,7 +366,8 @@ class MaskEditor(Container):
         """Redraw all boundaries with the chosen width from the painted interior (undoable)."""
         try:
             layer = self._require_layer()
-            new = rebuild_boundaries(np.asarray(layer.data), width=self.boundary_width.value)
+            width = self.boundary_width.value
+            new = self._on_slices(layer, lambda m: rebuild_boundaries(m, width=width))
             n = apply_in_place(layer, new)
             self._show_fractions()
             show_info(f"Boundaries rebuilt ({n} pixels changed); Ctrl+Z undoes it.")
@@ -354,9 +415,66 @@ class MaskEditor(Container):
         """A seeded elastic variation of the mask, applied in place (undoable)."""
         try:
             layer = self._require_layer()
-            new = layouts.variation(np.asarray(layer.data), strength=self.strength.value,
-                                    seed=self.variation_seed.value)
+            strength, seed = self.strength.value, self.variation_seed.value
+            new = self._on_slices(
+                layer, lambda m: layouts.variation(m, strength=strength, seed=seed))
             apply_in_place(layer, new)
             self._show_fractions()
         except Exception as exc:
             report_error(exc, "Variation")
+
+    # ------------------------------------------------------------------ stacks
+    def _stack_state(self, layer: Labels | None) -> None:
+        """Enable the Stacks section for a (Z, Y, X) mask layer only."""
+        stack = layer is not None and layer.data.ndim == 3
+        for widget in (self.apply_to, self.interpolate_button):
+            widget.enabled = stack
+        if layer is None or not stack:
+            self.stack_note.value = "For (Z, Y, X) stacks: make one with Depth above 1."
+        else:
+            self.stack_note.value = (
+                f"{layer.data.shape[0]} slices. Paint some of them, then Interpolate "
+                f"({INTERPOLATE_KEY} on the mask layer) fills the slices between.")
+
+    def current_slice(self, layer: Labels) -> int:
+        """The index of the slice of ``layer`` the viewer shows."""
+        z = layer.world_to_data(self.viewer.dims.point)[0]
+        return int(np.clip(round(float(z)), 0, layer.data.shape[0] - 1))
+
+    def _on_slices(self, layer: Labels,
+                   fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``fn`` applied to the whole mask, or only to the current slice of a stack when
+        Apply to says so (the other slices are returned unchanged)."""
+        data = np.asarray(layer.data)
+        if data.ndim != 3 or self.apply_to.value == _EVERY:
+            return fn(data)
+        z = self.current_slice(layer)
+        new = data.copy()
+        new[z] = fn(data[z])
+        return new
+
+    def interpolate(self, *_: object, layer: Labels | None = None) -> int | None:
+        """Fill every unpainted slice between painted ones as one undoable edit; returns the
+        pixels changed."""
+        try:
+            layer = layer if isinstance(layer, Labels) else self._require_layer()
+            data = np.asarray(layer.data)
+            if data.ndim != 3:
+                raise ValueError(
+                    f"{layer.name} is a 2-D mask; interpolation fills slices of a (Z, Y, X) "
+                    "stack. Make one with Depth above 1, or open a TIFF stack.")
+            before = painted_slices(data)
+            n = apply_in_place(layer, interpolate_painted(data))
+            self._show_fractions()
+            show_info(f"Interpolated between slices {', '.join(map(str, before))} "
+                      f"({n} pixels changed); Ctrl+Z undoes it.")
+            return n
+        except Exception as exc:
+            report_error(exc, "Interpolate")
+            return None
+
+    def _view_3d_changed(self, on: bool) -> None:
+        self.viewer.dims.ndisplay = 3 if on else 2
+
+    def _ndisplay_changed(self, *_: object) -> None:
+        self.view_3d.value = self.viewer.dims.ndisplay == 3
