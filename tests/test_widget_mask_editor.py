@@ -258,6 +258,14 @@ def test_stack_edits_apply_to_every_or_the_current_slice(make_napari_viewer,
     editor.apply_to.value = "every slice"
     editor.rebuild()
     assert all(not np.array_equal(layer.data[z], stack[z]) for z in range(3))
+    # Variation of every slice varies the stack as a volume (continuous through z)
+    from napari_synthgen.layout_stacks import vary_stack
+
+    before = layer.data.copy()
+    editor.variation()
+    assert layer.data.tobytes() == vary_stack(before, strength=0.5, seed=0).tobytes()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
 
 
 def test_depth_one_and_2d_masks_are_unchanged(make_napari_viewer) -> None:

@@ -31,6 +31,7 @@ from napari.layers import Image, Labels
 
 from .. import layouts
 from ..io import read_mask, read_spacing, write_mask
+from ..layout_stacks import vary_stack
 from ..mask_interpolation import interpolate_painted, painted_slices
 from ..masks import (
     CLASS_NAMES,
@@ -412,12 +413,18 @@ class MaskEditor(Container):
             return None
 
     def variation(self, *_: object) -> None:
-        """A seeded elastic variation of the mask, applied in place (undoable)."""
+        """A seeded elastic variation of the mask, applied in place (undoable); a whole stack
+        is varied as a volume (the warp changes slowly with z), so it stays continuous."""
         try:
             layer = self._require_layer()
             strength, seed = self.strength.value, self.variation_seed.value
-            new = self._on_slices(
-                layer, lambda m: layouts.variation(m, strength=strength, seed=seed))
+
+            def vary(m: np.ndarray) -> np.ndarray:
+                if m.ndim == 3:
+                    return vary_stack(m, strength=strength, seed=seed)
+                return layouts.variation(m, strength=strength, seed=seed)
+
+            new = self._on_slices(layer, vary)
             apply_in_place(layer, new)
             self._show_fractions()
         except Exception as exc:
