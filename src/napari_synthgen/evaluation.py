@@ -16,6 +16,14 @@ so a test stack sharing one section with a training set is refused). Test stacks
 slice by slice (:meth:`.segmenter.Segmenter.predict_stack`); their slices count in the pooled
 figures like any test image, and each stack also gets its own row per run
 (``evaluation_stacks.csv``: the figures pooled over its slices).
+
+With ``real_sizes`` the evaluation becomes a study of how the gain changes with the amount of
+real data: for each size n and seed s the real-only and real + synthetic arms train on the
+first n real pairs of a permutation drawn from seed s (so one seed's subsets are nested), the
+synthetic-only arm runs once per seed. The real-only arm records a validation curve (held-out
+real pairs not in its subset, else its training loss only), and each size gets the paired
+difference real + synthetic minus real-only per seed and test image with a bootstrap 95%
+confidence interval (:func:`paired_ci`).
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ class EvaluationResult:
     notes: list[str]
     settings: dict[str, Any]
     files: list[Path] = field(default_factory=list)
+    #: with ``real_sizes``: one row per size and arm (:func:`size_rows`)
+    sizes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def arms(self) -> list[str]:
@@ -172,6 +182,16 @@ def score_test(segmenter: Any, test: Sequence[tuple[np.ndarray, np.ndarray]],
     """:func:`score_segmenter`'s figures on the test slices, and one row per test stack (its
     slices predicted as a stack, figures pooled over them): ``stack``, ``n_slices``, the
     :data:`METRICS`."""
+    pooled, per_stack, _ = score_test_images(segmenter, test, names, stacks,
+                                             tolerance=tolerance)
+    return pooled, per_stack
+
+
+def score_test_images(segmenter: Any, test: Sequence[tuple[np.ndarray, np.ndarray]],
+                      names: Sequence[str], stacks: Stacks, *, tolerance: float = 2.0
+                      ) -> tuple[dict[str, float], list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`score_test`'s figures, and one row per test image (``image`` and its own
+    :data:`METRICS`), which the study pairs between arms."""
     index = {n: i for i, n in enumerate(names)}
     counts: dict[int, np.ndarray] = {}
     for _stem, slices in stacks:
@@ -190,7 +210,8 @@ def score_test(segmenter: Any, test: Sequence[tuple[np.ndarray, np.ndarray]],
 
     per_stack = [{"stack": stem, "n_slices": len(slices),
                   **pooled([index[n] for n in slices])} for stem, slices in stacks]
-    return pooled(range(len(test))), per_stack
+    per_image = [{"image": n, **pooled([i])} for i, n in enumerate(names)]
+    return pooled(range(len(test))), per_stack, per_image
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -259,7 +280,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
              min_score: float | None = None, batch_size: int = 4, crop: int = 128,
              base: int = 16, lr: float = 2e-3, device: str = "cpu", precision: str = "auto",
              tolerance: float = 2.0, arms: Sequence[str] | None = None,
-             progress: Progress | None = None, out: str | Path | None = None
+             progress: Progress | None = None, out: str | Path | None = None,
+             real_sizes: Sequence[int] | None = None, val_every: int | None = None
              ) -> EvaluationResult:
     """Train the small segmenter on real, real + synthetic and synthetic pairs (same budget,
     seeds 0..seeds-1) and score each on the real test pairs. Paired folders in, figures out.
@@ -267,6 +289,11 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     ``arms`` picks a subset of the arms (default all three). ``min_score`` keeps only synthetic
     pairs whose quality score (reference: the real folder; consistency: the seed-0 real-only
     segmenter) is at least that value. Raises :class:`LeakError` for a leaked test image.
+
+    ``real_sizes`` (e.g. ``(1, 2, 5)``) makes it a study: the real arms run at each size on
+    subsets of the real pairs (:func:`real_subset`), the real-only arm records a validation
+    curve every ``val_every`` steps (default a tenth of ``steps``), and each size gets the
+    paired difference with its confidence interval (``result.sizes``).
 
     With ``out``, each arm x seed's figures are saved in ``out/runs/`` as it finishes and
     reused by a rerun with the same settings (a killed run resumes; more ``seeds`` add runs);
@@ -281,6 +308,20 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         check_writable(out)
     _check_settings(steps=steps, seeds=seeds, mix=mix, min_score=min_score,
                     batch_size=batch_size, crop=crop, tolerance=tolerance, device=device)
+    study = real_sizes is not None
+    if study:
+        from .limits import check_range
+
+        if min_score is not None:
+            raise ValueError("min_score cannot be combined with real_sizes (the quality "
+                             "filter needs the real-only segmenter of all real pairs); "
+                             "filter the synthetic set first (`napari-synthgen curate "
+                             "--min-score`) and evaluate the curated folder.")
+        if val_every is None:
+            val_every = max(1, steps // 10)
+        check_range("val_every", val_every, 1, what="training steps between validation points")
+    elif val_every is not None:
+        raise ValueError("val_every applies to the study only; use it with real_sizes.")
     start = time.perf_counter()
     real_names, real_pairs, real_stacks = _load(real)
     syn_names, syn_pairs, syn_stacks = _load(synthetic)
@@ -288,6 +329,10 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     check_no_leak(dict(zip(test_names, (p[0] for p in test_pairs), strict=True)),
                   real=dict(zip(real_names, (p[0] for p in real_pairs), strict=True)),
                   synthetic=dict(zip(syn_names, (p[0] for p in syn_pairs), strict=True)))
+    units = real_units(real_names, real_stacks)
+    sizes: list[int | None] = [None]
+    if study:
+        sizes = list(check_sizes(real_sizes, len(units), real))  # type: ignore[arg-type]
     mixed = ARM_PRETRAIN if pretrain_synthetic else ARM_MIXED
     all_arms = [ARM_REAL, mixed, ARM_SYNTHETIC]
     chosen = list(arms) if arms is not None else all_arms
@@ -305,7 +350,14 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     real_pool = Pool.from_pairs(real_pairs, real_names)
     syn_pool = Pool.from_pairs(syn_pairs, syn_names)
     weights_from = [real_pool, syn_pool]
-    total = steps * seeds * len(chosen)
+    # the runs, in order: (arm, size or None, seed); the synthetic arm needs no size
+    jobs = [(arm, n, seed) for n in sizes for arm in chosen if arm != ARM_SYNTHETIC
+            for seed in range(seeds)]
+    if ARM_SYNTHETIC in chosen:
+        jobs += [(ARM_SYNTHETIC, None, seed) for seed in range(seeds)]
+    if not study:  # arm by arm, as before the study existed
+        jobs.sort(key=lambda j: chosen.index(j[0]))
+    total = steps * len(jobs)
     done = 0
     runs: list[dict[str, Any]] = []
     settings: dict[str, Any] = {
@@ -316,74 +368,257 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         "device": device, "tolerance": tolerance}
     if real_stacks or syn_stacks or test_stacks:  # absent for 2-D sets: old results match
         settings["n_stacks"] = [len(real_stacks), len(syn_stacks), len(test_stacks)]
+    if study:  # absent without the study: old results match
+        settings["real_sizes"] = sizes
+        settings["val_every"] = val_every
+        settings["n_real_units"] = len(units)
     store = None if out is None else _RunStore(Path(out), settings, (
         (real_names, real_pairs), (syn_names, syn_pairs), (test_names, test_pairs)))
     kept_syn = syn_pool
     if store is not None and min_score is not None and (kept := store.kept()) is not None:
         kept_syn = _kept_pool(syn_pairs, syn_names, kept, settings)
-    for arm in chosen:
-        for seed in range(seeds):
-            stage = f"{arm} seed {seed}"
-            saved = None if store is None else store.run(arm, seed)
-            if saved is not None:  # finished by an earlier, interrupted run
-                runs.append(saved["run"])
-                for key in ("precision", "precision_rule", "class_weights"):
-                    settings.setdefault(key, saved[key])
-                done += steps
-                if progress is not None:
-                    progress(f"{stage} (saved)", done, total)
-                continue
-            cfg = SegmenterConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr,
-                                  base=base, seed=seed, device=device, precision=precision)
-            if arm == ARM_REAL:
-                phases = [Phase(steps, real_pool)]
-            elif arm == ARM_SYNTHETIC:
-                phases = [Phase(steps, kept_syn)]
-            elif arm == ARM_PRETRAIN:
-                phases = [Phase(steps // 2, kept_syn), Phase(steps - steps // 2, real_pool)]
-            else:
-                phases = [Phase(steps, real_pool, kept_syn, mix)]
-            phases = [p for p in phases if p.steps > 0]
-            offset = done
-
-            def step_cb(d: int, t: int, offset: int = offset, stage: str = stage) -> None:
-                if progress is not None:
-                    progress(stage, offset + d, total)
-
-            seg = train_segmenter(phases, cfg, progress=step_cb, weights_from=weights_from)
+    for arm, n, seed in jobs:
+        stage = f"{arm} seed {seed}" if n is None else f"{arm} n={n} seed {seed}"
+        saved = None if store is None else store.run(arm, seed, n)
+        if saved is not None:  # finished by an earlier, interrupted run
+            runs.append(saved["run"])
+            for key in ("precision", "precision_rule", "class_weights"):
+                settings.setdefault(key, saved[key])
             done += steps
-            figures, per_stack = score_test(seg, test_pairs, test_names, test_stacks,
-                                            tolerance=tolerance)
-            run = {"arm": arm, "seed": seed, **figures,
-                   "seconds": round(seg.seconds, 1), "precision": seg.precision}
-            if per_stack:
-                run["stacks"] = per_stack
-            runs.append(run)
-            settings.setdefault("precision", seg.precision)
-            settings.setdefault("precision_rule", seg.precision_rule)
-            settings.setdefault("class_weights", [round(float(w), 4) for w in seg.weights])
-            if arm == ARM_REAL and seed == 0 and min_score is not None:
-                kept_syn = _filter_by_score(syn_pairs, syn_names, seg, real_pairs, min_score,
-                                            settings, quality, syn_stacks)
-                if store is not None:  # before the run: a saved run implies its filter
-                    store.save_kept(kept_syn.names)
-            if store is not None:
-                store.save_run(run, seg.precision_rule,
-                               [round(float(w), 4) for w in seg.weights])
-    summary = {arm: {m: _mean_std([r[m] for r in runs if r["arm"] == arm]) for m in METRICS}
-               for arm in chosen}
+            if progress is not None:
+                progress(f"{stage} (saved)", done, total)
+            continue
+        cfg = SegmenterConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr,
+                              base=base, seed=seed, device=device, precision=precision)
+        pool, extra = real_pool, {}
+        held: list[tuple[np.ndarray, np.ndarray]] = []
+        if n is not None:
+            order = subset_order(len(units), seed)
+            chosen_idx = sorted(i for u in order[:n] for i in units[u])
+            pool = Pool([real_pool.images[i] for i in chosen_idx],
+                        [real_pool.masks[i] for i in chosen_idx],
+                        [real_names[i] for i in chosen_idx])
+            extra = {"n_real": n, "real_subset": list(pool.names)}
+            left = [i for u in order[n:n + VAL_UNITS] for i in units[u]][:VAL_IMAGES]
+            held = [real_pairs[i] for i in left]
+            if arm == ARM_REAL:
+                extra["val_source"] = (
+                    "held-out real pairs " + ", ".join(real_names[i] for i in left) if left
+                    else "training loss only (every real pair is in the subset)")
+        if arm == ARM_REAL:
+            phases = [Phase(steps, pool)]
+        elif arm == ARM_SYNTHETIC:
+            phases = [Phase(steps, kept_syn)]
+        elif arm == ARM_PRETRAIN:
+            phases = [Phase(steps // 2, kept_syn), Phase(steps - steps // 2, pool)]
+        else:
+            phases = [Phase(steps, pool, kept_syn, mix)]
+        phases = [p for p in phases if p.steps > 0]
+        offset = done
+
+        def step_cb(d: int, t: int, offset: int = offset, stage: str = stage) -> None:
+            if progress is not None:
+                progress(stage, offset + d, total)
+
+        curve: list[dict[str, Any]] = []
+
+        def watch(d: int, loss: float, seg: Any, held: list = held,
+                  curve: list = curve) -> None:
+            point: dict[str, Any] = {"step": d, "train_loss": loss}
+            if held:
+                figs = score_segmenter(seg, held, tolerance=tolerance)
+                point.update({f"val_{m}": figs[m] for m in HEADLINE})
+            curve.append(point)
+
+        watching = study and arm == ARM_REAL
+        seg = train_segmenter(phases, cfg, progress=step_cb, weights_from=weights_from,
+                              watch=watch if watching else None,
+                              watch_every=val_every or 0)
+        done += steps
+        figures, per_stack, per_image = score_test_images(seg, test_pairs, test_names,
+                                                          test_stacks, tolerance=tolerance)
+        run = {"arm": arm, "seed": seed, **figures,
+               "seconds": round(seg.seconds, 1), "precision": seg.precision}
+        if per_stack:
+            run["stacks"] = per_stack
+        if study:
+            run.update(extra)
+            run["images"] = per_image
+            if watching:
+                run["curve"] = curve
+        runs.append(run)
+        settings.setdefault("precision", seg.precision)
+        settings.setdefault("precision_rule", seg.precision_rule)
+        settings.setdefault("class_weights", [round(float(w), 4) for w in seg.weights])
+        if arm == ARM_REAL and seed == 0 and min_score is not None:
+            kept_syn = _filter_by_score(syn_pairs, syn_names, seg, real_pairs, min_score,
+                                        settings, quality, syn_stacks)
+            if store is not None:  # before the run: a saved run implies its filter
+                store.save_kept(kept_syn.names)
+        if store is not None:
+            store.save_run(run, seg.precision_rule,
+                           [round(float(w), 4) for w in seg.weights])
+    labels = list(dict.fromkeys(run_label(r) for r in runs))
+    summary = {lab: {m: _mean_std([r[m] for r in runs if run_label(r) == lab])
+                     for m in METRICS} for lab in labels}
     settings["seconds"] = round(time.perf_counter() - start, 1)
-    return EvaluationResult(runs, summary, compare(summary, seeds), settings)
+    if not study:
+        return EvaluationResult(runs, summary, compare(summary, seeds), settings)
+    rows = size_rows(runs, [n for n in sizes if n is not None], mixed)
+    return EvaluationResult(runs, summary, study_notes(rows, seeds), settings, sizes=rows)
+
+
+# --------------------------------------------------------------------------- the study
+
+#: at most this many held-out real pairs (files) and images (slices) score a validation point
+VAL_UNITS, VAL_IMAGES = 4, 8
+#: what seeds the permutation of the real pairs, beside the run's seed
+SUBSET_STREAM = 17
+#: bootstrap resamples and their fixed seed: the same runs give the same interval
+N_BOOT, BOOT_SEED = 2000, 0
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """A run's row in the summary: its arm, and in a study its number of real pairs."""
+    n = run.get("n_real")
+    return run["arm"] if n is None else f"{run['arm']} n={n}"
+
+
+def real_units(names: Sequence[str], stacks: Stacks) -> list[list[int]]:
+    """The real pairs as drawn for subsets: one 2-D pair, or all slices of one stack (a
+    subset takes a stack whole, as it is one file)."""
+    index = {n: i for i, n in enumerate(names)}
+    of_stack = {index[s]: [index[x] for x in slices] for _, slices in stacks
+                for s in slices[:1]}
+    in_stack = {index[s] for _, slices in stacks for s in slices}
+    return [of_stack.get(i, [i]) for i in range(len(names))
+            if i in of_stack or i not in in_stack]
+
+
+def subset_order(n_units: int, seed: int) -> np.ndarray:
+    """The seeded permutation of ``n_units`` real pairs whose first n make seed ``seed``'s
+    subset of size n (so one seed's subsets are nested: the 2 pairs hold the 1)."""
+    return np.random.default_rng([seed, SUBSET_STREAM]).permutation(n_units)
+
+
+def real_subset(n_units: int, n: int, seed: int) -> list[int]:
+    """Indices of the ``n`` real pairs seed ``seed`` trains on (sorted)."""
+    return sorted(int(i) for i in subset_order(n_units, seed)[:n])
+
+
+def check_sizes(real_sizes: Sequence[int], n_units: int, folder: str | Path) -> list[int]:
+    """The sizes sorted without repeats; a size below 1 or above the real pairs is refused."""
+    sizes = sorted({int(n) for n in real_sizes})
+    if not sizes:
+        raise ValueError("real_sizes is empty; give at least one number of real pairs, "
+                         "e.g. 1,2,5.")
+    if sizes[0] < 1:
+        raise ValueError(f"real_sizes {sizes[0]} is not a number of real pairs; use "
+                         "real_sizes of at least 1.")
+    if sizes[-1] > n_units:
+        raise ValueError(f"real_sizes {sizes[-1]} is more than the {n_units} real pair(s) in "
+                         f"{folder}; use real_sizes of at most {n_units}.")
+    return sizes
+
+
+def paired_ci(diffs: np.ndarray, *, level: float = 0.95, n_boot: int = N_BOOT,
+              seed: int = BOOT_SEED) -> tuple[float, float, float]:
+    """Mean of a (seeds, test images) array of paired differences and its percentile
+    bootstrap interval, resampling seeds and test images independently (both vary between
+    studies); seeded, so the same differences give the same interval. NaN for no data."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"expected a (seeds, test images) array; got shape {d.shape}.")
+    if d.size == 0:
+        return math.nan, math.nan, math.nan
+    n_s, n_i = d.shape
+    rng = np.random.default_rng(seed)
+    ws = rng.multinomial(n_s, np.full(n_s, 1.0 / n_s), size=n_boot).astype(np.float64)
+    wi = rng.multinomial(n_i, np.full(n_i, 1.0 / n_i), size=n_boot).astype(np.float64)
+    means = np.einsum("bs,si,bi->b", ws, d, wi) / (n_s * n_i)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    lo_d, hi_d = float(d.min()), float(d.max())  # a mean cannot leave the data's range
+    return (float(d.mean()), float(np.clip(low, lo_d, hi_d)), float(np.clip(high, lo_d, hi_d)))
+
+
+def paired_differences(runs: Sequence[dict[str, Any]], arm: str, base: str, n: int,
+                       metric: str) -> np.ndarray:
+    """``arm`` minus ``base`` per seed (rows) and test image (columns) at ``n`` real pairs;
+    seeds missing in either arm and images where a figure is undefined (NaN) are left out."""
+    def by_seed(a: str) -> dict[int, dict[str, float]]:
+        return {r["seed"]: {im["image"]: im[metric] for im in r.get("images", [])}
+                for r in runs if r["arm"] == a and r.get("n_real") == n}
+
+    top, bottom = by_seed(arm), by_seed(base)
+    seeds = sorted(set(top) & set(bottom))
+    if not seeds:
+        return np.zeros((0, 0))
+    images = list(top[seeds[0]])
+    d = np.array([[top[s].get(i, math.nan) - bottom[s].get(i, math.nan) for i in images]
+                  for s in seeds], dtype=np.float64)
+    return d[:, np.isfinite(d).all(axis=0)]
+
+
+def size_rows(runs: Sequence[dict[str, Any]], sizes: Sequence[int], mixed: str
+              ) -> list[dict[str, Any]]:
+    """The study's table: per size and arm the headline figures' mean and std over seeds; on
+    the mixed arm's rows the paired difference to real-only with its 95% interval; the
+    synthetic-only arm once, as 0 real pairs."""
+    rows: list[dict[str, Any]] = []
+    for n in [*sizes, 0]:
+        for arm in (ARM_REAL, mixed) if n else (ARM_SYNTHETIC,):
+            chosen = [r for r in runs if r["arm"] == arm and (r.get("n_real") or 0) == n]
+            if not chosen:
+                continue
+            row: dict[str, Any] = {"n_real": n, "arm": arm, "n_seeds": len(chosen)}
+            for m in HEADLINE:
+                row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([r[m] for r in chosen])
+            if arm == mixed:
+                for m in HEADLINE:
+                    d = paired_differences(runs, mixed, ARM_REAL, n, m)
+                    mean, low, high = paired_ci(d)
+                    row.update({f"diff_{m}": mean, f"diff_{m}_low": low,
+                                f"diff_{m}_high": high, f"diff_{m}_pairs": int(d.size)})
+            rows.append(row)
+    return rows
+
+
+def study_notes(rows: Sequence[dict[str, Any]], n_seeds: int) -> list[str]:
+    """One sentence per size and headline figure: the paired difference, its interval, and
+    whether the interval excludes 0."""
+    notes = []
+    for row in rows:
+        for m in HEADLINE:
+            if f"diff_{m}" not in row or math.isnan(row[f"diff_{m}"]):
+                continue
+            diff, low, high = row[f"diff_{m}"], row[f"diff_{m}_low"], row[f"diff_{m}_high"]
+            text = (f"{row['n_real']} real pair(s): {row['arm']} - real {m} {diff:+.3f} "
+                    f"[95% CI {low:+.3f}, {high:+.3f}]")
+            if low > 0:
+                text += ": the synthetic pairs helped"
+            elif high < 0:
+                text += ": the synthetic pairs hurt"
+            else:
+                text += ": the interval holds 0, so this is no evidence either way"
+            if n_seeds < 2:
+                text += " (one seed: the interval covers test images only; run --seeds 3)"
+            notes.append(text)
+    return notes
 
 
 #: Result files of an evaluate run (kept when settings differ).
 EVALUATE_OUTPUTS: tuple[str, ...] = ("evaluation_runs.csv", "evaluation.csv", "evaluation.md",
-                                     "evaluation.png", "evaluation_stacks.csv", "runs")
+                                     "evaluation.png", "evaluation_stacks.csv", "runs",
+                                     "evaluation_sizes.csv", "evaluation_sizes.png",
+                                     "evaluation_curves.csv", "evaluation_curves.png")
 
 
 class _RunStore:
-    """Each finished arm x seed in ``out/runs/``, under the settings recorded in
-    ``out/evaluate_settings.json`` (those that change a run's figures: not ``seeds``)."""
+    """Each finished arm x seed (x size, in a study) in ``out/runs/``, under the settings
+    recorded in ``out/evaluate_settings.json`` (those that change a run's figures: not
+    ``seeds``, nor ``real_sizes``: a size's subsets depend on the seed alone, so more seeds or
+    sizes add runs)."""
 
     def __init__(self, out: Path, settings: dict[str, Any],
                  data: Sequence[tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]]) -> None:
@@ -391,26 +626,27 @@ class _RunStore:
 
         self.folder = out / "runs"
         fixed = {k: v for k, v in settings.items()
-                 if k not in ("seeds", "real", "synthetic", "test")}
+                 if k not in ("seeds", "real_sizes", "real", "synthetic", "test")}
         fixed["data"] = [fingerprint((n, im, m) for n, (im, m) in zip(names, pairs, strict=True))
                          for names, pairs in data]
         open_results(out, "evaluate", fixed, EVALUATE_OUTPUTS)
 
-    def _path(self, arm: str, seed: int) -> Path:
-        return self.folder / f"{arm}_seed{seed}.json"
+    def _path(self, arm: str, seed: int, n: int | None = None) -> Path:
+        return self.folder / (f"{arm}_seed{seed}.json" if n is None
+                              else f"{arm}_n{n}_seed{seed}.json")
 
-    def run(self, arm: str, seed: int) -> dict[str, Any] | None:
+    def run(self, arm: str, seed: int, n: int | None = None) -> dict[str, Any] | None:
         """A finished run's record, or None."""
         from .results import load_json
 
-        rec = load_json(self._path(arm, seed))
+        rec = load_json(self._path(arm, seed, n))
         return rec if isinstance(rec, dict) and "run" in rec else None
 
     def save_run(self, run: dict[str, Any], precision_rule: str,
                  class_weights: list[float]) -> None:
         from .results import save_json
 
-        save_json(self._path(run["arm"], run["seed"]),
+        save_json(self._path(run["arm"], run["seed"], run.get("n_real")),
                   {"run": run, "precision": run["precision"], "precision_rule": precision_rule,
                    "class_weights": class_weights})
 
@@ -500,7 +736,62 @@ def markdown_table(result: EvaluationResult) -> str:
                   "slice; each stack's figures, per arm and seed, are in "
                   "evaluation_stacks.csv.", ""]
     lines += [f"- {n}" for n in result.notes]
+    if result.sizes:
+        lines += ["", *study_markdown(result)]
     return "\n".join(lines) + "\n"
+
+
+def _ci(row: dict[str, Any], m: str) -> str:
+    if math.isnan(row.get(f"diff_{m}", math.nan)):
+        return "n/a"
+    return (f"{row[f'diff_{m}']:+.3f} [{row[f'diff_{m}_low']:+.3f}, "
+            f"{row[f'diff_{m}_high']:+.3f}]")
+
+
+def study_markdown(result: EvaluationResult) -> list[str]:
+    """The study's section of ``evaluation.md``: the table by number of real pairs, how the
+    subsets, intervals and validation curves were made, and how far each curve still moved."""
+    s, rows = result.settings, result.sizes
+    lines = ["## Against the number of real pairs", "",
+             "| real pairs | arm | seeds | " + " | ".join(HEADLINE) + " | "
+             + " | ".join(f"paired difference {m} [95% CI]" for m in HEADLINE) + " |",
+             "|---|---|---|" + "---|" * (2 * len(HEADLINE))]
+    for row in rows:
+        figs = [_fmt(row[f"{m}_mean"], row[f"{m}_std"]) for m in HEADLINE]
+        diffs = [_ci(row, m) if f"diff_{m}" in row else "" for m in HEADLINE]
+        lines.append(f"| {row['n_real'] or '0 (synthetic only)'} | {row['arm']} | "
+                     f"{row['n_seeds']} | " + " | ".join(figs + diffs) + " |")
+    lines += [
+        "",
+        "Figures: mean ± standard deviation over seeds of the figures pooled over the test "
+        "images. Paired difference: the real + synthetic arm minus the real-only arm, per seed "
+        "and test image (each image's own figure; images where it is undefined are left "
+        f"out), averaged; the interval is a percentile bootstrap ({N_BOOT} resamples, seeds "
+        f"and test images resampled independently, bootstrap seed {BOOT_SEED}, so the same "
+        "results give the same interval). Seed s trains size n on the first n real pairs of a "
+        f"permutation drawn from (s, {SUBSET_STREAM}): one seed's subsets are nested; the "
+        "subsets are in evaluation_runs.csv (real_subset). All arms weight the loss with the "
+        "class frequencies of all real and synthetic masks.", ""]
+    curves = [r for r in result.runs if r.get("curve")]
+    if curves:
+        lines += [f"Convergence of the real-only arm (evaluation_curves.png, "
+                  f"evaluation_curves.csv; a point every {s.get('val_every')} steps):", ""]
+        for n in sorted({r["n_real"] for r in curves}):
+            mine = [r for r in curves if r["n_real"] == n]
+            key = "val_boundary_f1" if "val_boundary_f1" in mine[0]["curve"][-1] \
+                else "train_loss"
+            moved = []
+            for r in mine:
+                c = r["curve"]
+                half = next((p for p in c if p["step"] >= c[-1]["step"] / 2), c[0])
+                moved.append(c[-1][key] - half[key])
+            what = ("held-out boundary F1" if key != "train_loss" else
+                    "training loss (every real pair is in the subset: no held-out pair)")
+            lines.append(f"- {n} real pair(s): {what} changed by {np.nanmean(moved):+.3f} "
+                         "over the second half of the budget (mean over seeds); a change "
+                         "near 0 says the budget was long enough.")
+        lines.append("")
+    return lines
 
 
 def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
@@ -516,10 +807,14 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     runs_csv, sum_csv = out / "evaluation_runs.csv", out / "evaluation.csv"
     keys = ["arm", "seed", *METRICS, "seconds", "precision"]
+    if result.sizes:
+        keys[1:1] = ["n_real"]
+        keys.append("real_subset")
     with runs_csv.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
-        for r in result.runs:
+        for run in result.runs:
+            r = {"n_real": 0, **run, "real_subset": ";".join(run.get("real_subset", []))}
             w.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k]) for k in keys})
     with sum_csv.open("w", newline="", encoding="utf-8") as fh:
         w2 = csv.writer(fh)
@@ -559,4 +854,101 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(png)
     result.files = [runs_csv, sum_csv, *([stacks_csv] if stack_rows else []), md, png]
+    if result.sizes:
+        result.files += write_study(result, out)
     return result.files
+
+
+def _csv_value(v: Any) -> Any:
+    return f"{v:.6f}" if isinstance(v, float) else v
+
+
+def write_study(result: EvaluationResult, out: Path) -> list[Path]:
+    """The study's files: ``evaluation_sizes.csv`` (one row per size and arm),
+    ``evaluation_sizes.png`` (figures against real pairs; paired differences with their
+    intervals), ``evaluation_curves.csv`` and ``evaluation_curves.png`` (the real-only arm's
+    training loss and held-out figures against steps)."""
+    from matplotlib.figure import Figure
+
+    sizes_csv = out / "evaluation_sizes.csv"
+    keys = ["n_real", "arm", "n_seeds", *[f"{m}_{x}" for m in HEADLINE for x in ("mean", "std")],
+            *[f"diff_{m}{x}" for m in HEADLINE for x in ("", "_low", "_high", "_pairs")]]
+    with sizes_csv.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        for row in result.sizes:
+            w.writerow({k: _csv_value(row.get(k, "")) for k in keys})
+    curves_csv = out / "evaluation_curves.csv"
+    ckeys = ["n_real", "seed", "step", "train_loss", *[f"val_{m}" for m in HEADLINE],
+             "val_source"]
+    curve_runs = [r for r in result.runs if r.get("curve")]
+    with curves_csv.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=ckeys)
+        w.writeheader()
+        for r in curve_runs:
+            for point in r["curve"]:
+                w.writerow({k: _csv_value(v) for k, v in {
+                    "n_real": r["n_real"], "seed": r["seed"], "val_source": r["val_source"],
+                    **{k: point.get(k, "") for k in ckeys[2:-1]}}.items()})
+
+    rows = result.sizes
+    arms = list(dict.fromkeys(r["arm"] for r in rows if r["n_real"]))
+    sizes_png = out / "evaluation_sizes.png"
+    fig = Figure(figsize=(10, 4 * len(HEADLINE)), dpi=100)
+    for k, m in enumerate(HEADLINE):
+        ax = fig.add_subplot(len(HEADLINE), 2, 2 * k + 1)
+        for arm in arms:
+            mine = [r for r in rows if r["arm"] == arm]
+            ax.errorbar([r["n_real"] for r in mine], [r[f"{m}_mean"] for r in mine],
+                        yerr=[0 if math.isnan(r[f"{m}_std"]) else r[f"{m}_std"] for r in mine],
+                        marker="o", capsize=3, label=arm)
+        for r in rows:
+            if not r["n_real"] and not math.isnan(r[f"{m}_mean"]):
+                ax.axhline(r[f"{m}_mean"], color="grey", ls="--", label=f"{r['arm']} only")
+        ax.set_xlabel("real training pairs")
+        ax.set_ylabel(f"{m} on real test images")
+        ax.set_title(f"{m} (mean ± std over seeds)", fontsize=9)
+        ax.legend(fontsize=8)
+        ax = fig.add_subplot(len(HEADLINE), 2, 2 * k + 2)
+        mine = [r for r in rows if f"diff_{m}" in r and not math.isnan(r[f"diff_{m}"])]
+        xs = [r["n_real"] for r in mine]
+        ds = np.array([r[f"diff_{m}"] for r in mine])
+        if mine:
+            err = np.array([[d - r[f"diff_{m}_low"] for d, r in zip(ds, mine, strict=True)],
+                            [r[f"diff_{m}_high"] - d for d, r in zip(ds, mine, strict=True)]])
+            ax.errorbar(xs, ds, yerr=err, marker="o", capsize=3, color="C1")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("real training pairs")
+        ax.set_ylabel(f"{m}: with synthetic - real only")
+        ax.set_title("paired difference, 95% bootstrap CI (seeds x test images)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(sizes_png)
+
+    curves_png = out / "evaluation_curves.png"
+    fig = Figure(figsize=(10, 4), dpi=100)
+    ax_loss, ax_val = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ns = sorted({r["n_real"] for r in curve_runs})
+    for j, n in enumerate(ns):
+        for i, r in enumerate(x for x in curve_runs if x["n_real"] == n):
+            steps = [p["step"] for p in r["curve"]]
+            label = f"{n} real" if i == 0 else None
+            ax_loss.plot(steps, [p["train_loss"] for p in r["curve"]], color=f"C{j}",
+                         marker=".", label=label)
+            if "val_boundary_f1" in r["curve"][0]:
+                ax_val.plot(steps, [p["val_boundary_f1"] for p in r["curve"]], color=f"C{j}",
+                            marker=".", label=label)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("training loss (mean since the last point)")
+    ax_loss.set_title("real-only arm: training loss (lines: seeds)", fontsize=9)
+    ax_val.set_xlabel("step")
+    ax_val.set_ylabel("boundary F1 on held-out real pairs")
+    ax_val.set_title("real-only arm: held-out real pairs not in the subset", fontsize=9)
+    for ax in (ax_loss, ax_val):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if not ax_val.lines:
+        ax_val.text(0.5, 0.5, "no held-out real pair at any size", ha="center",
+                    transform=ax_val.transAxes)
+    fig.tight_layout()
+    fig.savefig(curves_png)
+    return [sizes_csv, sizes_png, curves_csv, curves_png]

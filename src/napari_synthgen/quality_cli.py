@@ -25,6 +25,18 @@ def _fraction(low_open: bool, high_open: bool) -> Any:
     return cli_type(float, 0, 1, low_open=low_open, high_open=high_open)
 
 
+def _sizes(text: str) -> list[int]:
+    """argparse ``type``: comma-separated whole numbers >= 1 (``1,2,5``)."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers of real pairs >= 1 separated by commas, e.g. 1,2,5; got {text!r}")
+    return sizes
+
+
 def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``napari-synthgen report --samples DIR --reference DIR --out DIR``."""
     from .report import DEFAULT_CONSISTENCY_STEPS, DEFAULT_FLAG_BELOW
@@ -65,7 +77,8 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         "pairs only, real plus synthetic, and synthetic only; score each on the real test "
         "pairs (Dice and IoU per class, boundary F1 with a distance tolerance), mean and "
         "spread over seeds. Writes evaluation.csv, evaluation_runs.csv, evaluation.md and "
-        "evaluation.png. (Z, Y, X) stack pairs are split into 2-D slices (<stem>_zNNN); "
+        "evaluation.png. With --real-sizes 1,2,5 it is a study against the number of real pairs "
+        "(see --real-sizes). (Z, Y, X) stack pairs are split into 2-D slices (<stem>_zNNN); "
         "test stacks also get per-stack rows in evaluation_stacks.csv. The default budget "
         "takes a few minutes on a 2-core laptop with ISBI-size images; for a real run use "
         "e.g. --steps 1000 --batch-size 8 --seeds 3 (--device cuda on a GPU).")
@@ -93,6 +106,17 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: the project's rule for training at this batch size")
+    p.add_argument("--real-sizes", type=_sizes, default=None, metavar="N,N,...",
+                   help="a study against the amount of real data: the real-only and "
+                   "real+synthetic arms run at each size on a subset of that many real pairs "
+                   "(the first N of a permutation drawn per seed, so nested), synthetic-only "
+                   "once; adds evaluation_sizes.csv/.png (paired differences with a 95%% "
+                   "bootstrap CI over seeds and test images) and evaluation_curves.csv/.png "
+                   "(the real-only arm's validation curve)")
+    p.add_argument("--val-every", type=_positive_int, default=None, metavar="STEPS",
+                   help="with --real-sizes: a validation point of the real-only arm every "
+                   "STEPS steps (default: a tenth of --steps); held-out real pairs not in the "
+                   "subset, else the training loss only")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
                    help="folder for the result files")
     p.set_defaults(func=cmd_evaluate)
@@ -157,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           pretrain_synthetic=args.pretrain_synthetic, min_score=args.min_score,
                           batch_size=args.batch_size, crop=args.crop, device=args.device,
                           precision=args.precision, tolerance=args.tolerance, progress=progress,
-                          out=args.out)
+                          out=args.out, real_sizes=args.real_sizes, val_every=args.val_every)
     except LeakError as exc:
         bar.close()
         print(f"napari-synthgen evaluate: error: {exc}", file=sys.stderr)

@@ -166,6 +166,9 @@ def _crop_batch(pool: Pool, n: int, crop: int, rng: np.random.Generator
 
 #: ``progress(done, total)`` after each training step.
 StepCallback = Callable[[int, int], None]
+#: ``watch(done, mean_loss, segmenter)`` every ``watch_every`` steps: the steps done, the mean
+#: training loss since the last call, and the network as it is (a :class:`Segmenter` view).
+WatchCallback = Callable[[int, float, "Segmenter"], None]
 
 
 @dataclass
@@ -245,12 +248,15 @@ class Segmenter:
 
 def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
                     progress: StepCallback | None = None,
-                    weights_from: Sequence[Pool] | None = None) -> Segmenter:
+                    weights_from: Sequence[Pool] | None = None,
+                    watch: WatchCallback | None = None, watch_every: int = 0) -> Segmenter:
     """Train one segmenter through ``phases`` (e.g. synthetic pre-training, then real).
 
     Class weights come from the masks of ``weights_from`` (default: every pool of the phases),
     so all arms of an evaluation can share the same weights. Each phase starts a fresh Adam
     optimiser (fine-tuning after pre-training starts from the weights, not the moments).
+    ``watch`` (every ``watch_every`` steps and after the last) sees the network mid-training,
+    for a validation curve; it changes nothing in training (same weights with or without it).
     """
     from ._triton_guard import keep_triton_out
 
@@ -279,6 +285,7 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
         rng = np.random.default_rng([config.seed, 9])
         total = sum(ph.steps for ph in phases)
         done = 0
+        loss_sum, loss_n = 0.0, 0
         start = time.perf_counter()
         net.train()
         for ph in phases:
@@ -309,6 +316,14 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
                 opt.step()
                 sched.step()
                 done += 1
+                if watch is not None:
+                    loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+                    if done == total or (watch_every > 0 and done % watch_every == 0):
+                        watch(done, loss_sum / loss_n, Segmenter(
+                            net, config, precision, rule, weights,
+                            time.perf_counter() - start))
+                        net.train()  # predict() switched to eval mode
+                        loss_sum, loss_n = 0.0, 0
                 if progress is not None:
                     progress(done, total)
         seconds = time.perf_counter() - start
