@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_subsets_drawn_per_seed_are_reproducible_and_nested() -> None:
     for seed in range(4):
         subsets = [ev.real_subset(10, n, seed) for n in range(1, 11)]
         assert subsets == [ev.real_subset(10, n, seed) for n in range(1, 11)]  # reproducible
-        for small, big in zip(subsets, subsets[1:], strict=False):
+        for small, big in itertools.pairwise(subsets):
             assert len(big) == len(small) + 1 and set(small) < set(big)  # nested
         assert subsets[-1] == list(range(10))
     assert len({tuple(ev.real_subset(10, 3, seed)) for seed in range(6)}) > 1  # seeds differ
@@ -135,6 +136,7 @@ def test_real_sizes_write_a_table_a_figure_and_curves(folders: dict[str, Path],
             assert r["diff_boundary_f1_pairs"] == "4"
             low, d, high = (float(r[f"diff_boundary_f1{x}"]) for x in ("_low", "", "_high"))
             assert low <= d <= high
+            assert r["diff_dice_interior_pairs"] == "4" and r["diff_mean_dice_low"]
         else:
             assert r["diff_boundary_f1"] == ""
     runs = _csv(out / "evaluation_runs.csv")
