@@ -286,6 +286,7 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
         total = sum(ph.steps for ph in phases)
         done = 0
         loss_sum, loss_n = 0.0, 0
+        watched = 0.0  # seconds spent in watch(), not counted as training time
         start = time.perf_counter()
         net.train()
         for ph in phases:
@@ -319,14 +320,15 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
                 if watch is not None:
                     loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
                     if done == total or (watch_every > 0 and done % watch_every == 0):
+                        t0 = time.perf_counter()
                         watch(done, loss_sum / loss_n, Segmenter(
-                            net, config, precision, rule, weights,
-                            time.perf_counter() - start))
+                            net, config, precision, rule, weights, t0 - start - watched))
                         net.train()  # predict() switched to eval mode
                         loss_sum, loss_n = 0.0, 0
+                        watched += time.perf_counter() - t0
                 if progress is not None:
                     progress(done, total)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - watched
     finally:
         torch.set_num_threads(old_threads)
     return Segmenter(net, config, precision, rule, weights, seconds)
