@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,16 @@ def test_real_sizes_write_a_table_a_figure_and_curves(folders: dict[str, Path],
                "val_boundary_f1" not in r["curve"][-1] for r in largest)
     assert [(r["n_real"], r["arm"]) for r in again.sizes][-3:] == [
         (4, "real"), (4, "real+synthetic"), (0, "synthetic")]
+    # same inputs and seeds, a fresh folder: the same subsets, curves and figures
+    fresh = ev.evaluate(folders["real"], folders["synthetic"], folders["test"], steps=4,
+                        seeds=2, crop=64, batch_size=2, val_every=2, real_sizes=[1],
+                        arms=[ev.ARM_REAL], out=tmp_path / "fresh")
+
+    def figures(run: dict) -> str:
+        return json.dumps({k: v for k, v in run.items() if k != "seconds"}, sort_keys=True)
+
+    assert [figures(r) for r in fresh.runs] == [
+        figures(r) for r in again.runs if r["arm"] == "real" and r["n_real"] == 1]
 
 
 def test_a_size_larger_than_the_real_folder_is_refused(folders: dict[str, Path],
