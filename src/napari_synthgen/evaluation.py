@@ -800,7 +800,8 @@ def study_markdown(result: EvaluationResult) -> list[str]:
 def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
     """Write ``evaluation_runs.csv`` (one row per arm and seed), ``evaluation.csv`` (mean and
     std per arm), with test stacks ``evaluation_stacks.csv`` (one row per arm, seed and stack),
-    ``evaluation.md`` and ``evaluation.png`` into ``out``."""
+    ``evaluation.md`` and ``evaluation.png`` into ``out``; a study adds the number of real pairs
+    (``n_real``) to the rows, and :func:`write_study`'s files."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -825,11 +826,13 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
         for arm, figs in result.summary.items():
             w2.writerow([arm, result.settings["seeds"],
                          *[f"{v:.6f}" for m in METRICS for v in figs[m]]])
-    stack_rows = [{"arm": r["arm"], "seed": r["seed"], **row}
+    stack_rows = [{"arm": r["arm"], "n_real": r.get("n_real", 0), "seed": r["seed"], **row}
                   for r in result.runs for row in r.get("stacks", [])]
     stacks_csv = out / "evaluation_stacks.csv"
     if stack_rows:
         stack_keys = ["arm", "seed", "stack", "n_slices", *METRICS]
+        if result.sizes:  # which size a row belongs to
+            stack_keys[1:1] = ["n_real"]
         with stacks_csv.open("w", newline="", encoding="utf-8") as fh:
             w3 = csv.DictWriter(fh, fieldnames=stack_keys)
             w3.writeheader()
