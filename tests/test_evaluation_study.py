@@ -81,6 +81,8 @@ def test_the_interval_of_known_differences() -> None:
     clear = ev.paired_ci(np.array([[0.1, 0.12, 0.09], [0.11, 0.1, 0.13]]))
     assert 0.09 <= clear[1] < clear[0] < clear[2] <= 0.13  # away from 0
     assert all(np.isnan(ev.paired_ci(np.zeros((0, 0)))))
+    single = ev.paired_ci(np.array([[0.3]]))  # one seed, one image: nothing to resample
+    assert single[0] == 0.3 and np.isnan(single[1]) and np.isnan(single[2])
     with pytest.raises(ValueError, match="seeds, test images"):
         ev.paired_ci(np.zeros(4))
 

@@ -528,12 +528,15 @@ def paired_ci(diffs: np.ndarray, *, level: float = 0.95, n_boot: int = N_BOOT,
               seed: int = BOOT_SEED) -> tuple[float, float, float]:
     """Mean of a (seeds, test images) array of paired differences and its percentile
     bootstrap interval, resampling seeds and test images independently (both vary between
-    studies); seeded, so the same differences give the same interval. NaN for no data."""
+    studies); seeded, so the same differences give the same interval. NaN for no data, and
+    a NaN interval for a single difference (one seed and one test image: nothing to resample)."""
     d = np.asarray(diffs, dtype=np.float64)
     if d.ndim != 2:
         raise ValueError(f"expected a (seeds, test images) array; got shape {d.shape}.")
     if d.size == 0:
         return math.nan, math.nan, math.nan
+    if d.size == 1:
+        return float(d[0, 0]), math.nan, math.nan
     n_s, n_i = d.shape
     rng = np.random.default_rng(seed)
     ws = rng.multinomial(n_s, np.full(n_s, 1.0 / n_s), size=n_boot).astype(np.float64)
@@ -596,8 +599,12 @@ def study_notes(rows: Sequence[dict[str, Any]], n_seeds: int) -> list[str]:
             if f"diff_{m}" not in row or math.isnan(row[f"diff_{m}"]):
                 continue
             diff, low, high = row[f"diff_{m}"], row[f"diff_{m}_low"], row[f"diff_{m}_high"]
-            text = (f"{row['n_real']} real pair(s): {row['arm']} - real {m} {diff:+.3f} "
-                    f"[95% CI {low:+.3f}, {high:+.3f}]")
+            text = f"{row['n_real']} real pair(s): {row['arm']} - real {m} {diff:+.3f}"
+            if math.isnan(low):
+                notes.append(text + " (one seed and one test image: no interval; run --seeds 3"
+                             " on more test images)")
+                continue
+            text += f" [95% CI {low:+.3f}, {high:+.3f}]"
             if low > 0:
                 text += ": the synthetic pairs helped"
             elif high < 0:
@@ -747,6 +754,8 @@ def markdown_table(result: EvaluationResult) -> str:
 def _ci(row: dict[str, Any], m: str) -> str:
     if math.isnan(row.get(f"diff_{m}", math.nan)):
         return "n/a"
+    if math.isnan(row[f"diff_{m}_low"]):
+        return f"{row[f'diff_{m}']:+.3f} [no interval]"
     return (f"{row[f'diff_{m}']:+.3f} [{row[f'diff_{m}_low']:+.3f}, "
             f"{row[f'diff_{m}_high']:+.3f}]")
 
@@ -925,7 +934,7 @@ def write_study(result: EvaluationResult, out: Path) -> list[Path]:
         if mine:
             err = np.array([[d - r[f"diff_{m}_low"] for d, r in zip(ds, mine, strict=True)],
                             [r[f"diff_{m}_high"] - d for d, r in zip(ds, mine, strict=True)]])
-            ax.errorbar(xs, ds, yerr=err, marker="o", capsize=3, color="C1")
+            ax.errorbar(xs, ds, yerr=np.nan_to_num(err), marker="o", capsize=3, color="C1")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(sizes)
         ax.set_xlabel("real training pairs")
