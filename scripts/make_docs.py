@@ -41,9 +41,10 @@ IMAGES: dict[str, str] = {
     "evaluate.png": "napari-synthgen evaluate: a tiny utility check (real / real+synth / synth)",
     "synthesize_diffusion.png": "the Synthesize widget with the bundled diffusion model",
 }
-#: pictures of long runs (an hour of CPU or more): made by the scripts named, not by make docs
+#: pictures of long runs (minutes to hours of CPU): made by the scripts named, not by make docs
 RESULTS: dict[str, tuple[str, ...]] = {
     "utility_compare.png": ("scripts/utility_run_isbi.sh", "scripts/utility_compare.py"),
+    "volume_slices.png": ("scripts/volume_figure.py",),
 }
 MAX_BYTES = 290_000
 TRAIN_STEPS = 300  # the recorded run (about 30 s on 2 CPU cores); the picture stops at 80 %
