@@ -34,6 +34,7 @@ from napari_synthgen.layouts import dense_tissue, sparse_organelles  # noqa: E40
 from napari_synthgen.mask_sets import derived_seed  # noqa: E402
 from napari_synthgen.mask_stats import (  # noqa: E402
     FIT_STATS,
+    IRREGULARITY_KNOTS,
     aspect_range,
     layout_params,
     measure_masks,
@@ -46,8 +47,8 @@ DATA = REPO.parent / "shared" / "data"
 GRID = {
     "dense": [
         {"density": d, "boundary_width": w, "irregularity": r}
-        for d, w, r in itertools.product((0.1, 0.2, 0.35, 0.5, 0.7, 1.0), (1, 2, 3, 4, 6, 8),
-                                         (0.0, 0.25, 0.5, 0.75, 1.0))
+        for d, w, r in itertools.product((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+                                         (1, 2, 3, 4, 6, 8), IRREGULARITY_KNOTS)
     ],
     # a seeded random design over (log density, width, log size, size range, aspect)
     "sparse": [

@@ -228,3 +228,11 @@ def test_like_sparse_source_gives_organelles_like_it(tmp_path: Path) -> None:
     make_like_set(src, tmp_path / "z", n=1, depth=2, shape=(64, 64))
     rec = json.loads((tmp_path / "z" / "masks.jsonl").read_text())
     assert rec["depth"] == 2 and "aspect" not in rec["options"] and "size" in rec["options"]
+
+
+def test_sparse_aspect_is_checked_and_shapes_the_organelles() -> None:
+    with pytest.raises(ValueError, match="aspect must be"):
+        sparse_organelles((64, 64), aspect=(0.8, 0.5))
+    round_ = measure_masks(sparse_organelles((256, 256), aspect=(0.9, 1.0), seed=3))
+    long_ = measure_masks(sparse_organelles((256, 256), aspect=(0.3, 0.4), seed=3))
+    assert round_.elongation < 1.3 < 2.0 < long_.elongation
