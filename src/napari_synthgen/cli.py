@@ -69,9 +69,11 @@ def _model_help(what: str) -> str:
 def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
     from .layout_stacks import DEFAULT_DRIFT, MAX_DRIFT
     from .layouts import LAYOUT_KINDS, MAX_BOUNDARY_WIDTH, MIN_SIDE
+    from .mask_stats import STRENGTH_HELP
 
     p = sub.add_parser(
-        "masks", help="make new masks (layouts) or variations of masks, for generate",
+        "masks", help="make new masks (layouts, layouts like real masks) or variations of "
+        "masks, for generate",
         description="Write seeded 3-class masks (uint8 TIFF, 0 background, 1 interior, "
         "2 boundary) that `generate --masks DIR` reads. The same seed gives the same files; "
         "mask i does not depend on --n.")
@@ -81,20 +83,27 @@ def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--variations-of", type=Path, metavar="SRC",
                       help="vary every mask in SRC (a mask file, a folder of masks or a paired "
                       "folder); a (Z, H, W) stack is varied as a volume, continuous through z")
+    what.add_argument("--like", type=Path, metavar="DIR",
+                      help="new layouts calibrated on the masks in DIR (a folder of masks, a "
+                      "paired folder or one mask file): dense or sparse, cell / organelle sizes "
+                      "and their spread, boundary width, shapes and coverage are measured and "
+                      "matched; masks.jsonl records the statistics and each mask's parameters. "
+                      "--density, --boundary-width, --irregularity, --blob-size override them")
     p.add_argument("--n", type=_number(int, 1), required=True,
-                   help="masks to make (--layout) or variations per source mask")
+                   help="masks to make (--layout, --like) or variations per source mask")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=SEED_TYPE, default=0,
                    help="the same seed (and options) gives byte-identical files")
     p.add_argument("--size", type=_number(int, MIN_SIDE), nargs=2, metavar=("H", "W"),
-                   help="mask height and width in px (--layout)")
+                   help="mask height and width in px (--layout; --like: default the first "
+                   "source mask's)")
     p.add_argument("--depth", type=_number(int, 1), default=1, metavar="Z",
-                   help="--layout: slices per mask; above 1 each file is a (Z, H, W) stack whose "
-                   "cells and organelles continue through z (default 1: 2-D masks)")
+                   help="--layout, --like: slices per mask; above 1 each file is a (Z, H, W) "
+                   "stack whose cells and organelles continue through z (default 1: 2-D masks)")
     p.add_argument("--drift", type=_number(float, 0, MAX_DRIFT), default=None, metavar="D",
-                   help="--layout with --depth: change between adjacent slices, 0..1 (default "
-                   f"{DEFAULT_DRIFT:g}: about 0.2 of the pixels change class per slice, like "
-                   "real serial sections)")
+                   help="--layout or --like with --depth: change between adjacent slices, "
+                   f"0..1 (default {DEFAULT_DRIFT:g}: about 0.2 of the pixels change class per "
+                   "slice, like real serial sections)")
     p.add_argument("--density", type=_number(float, 0, 1, low_open=True), default=None,
                    help="dense: cells per area (0.5 is ISBI-like); sparse: fraction covered "
                    "by organelles (default 0.3)")
@@ -107,14 +116,15 @@ def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
                    metavar=("MIN", "MAX"), default=None,
                    help="sparse: range of organelle lengths in px (default 10 40)")
     p.add_argument("--strength", type=_number(float, 0, 1), default=None,
-                   help="variations: elastic warp strength 0..1 (default 0.5; 0: none)")
+                   help="variations: elastic warp strength 0..1 (default 0.5; 0: none). "
+                   f"--like: how much wider than measured, 0..1 (default 0): {STRENGTH_HELP}")
     p.add_argument("--grow", type=_number(int, 0, MAX_BOUNDARY_WIDTH), default=None,
                    help="variations: thicken or thin boundaries by up to this many px "
                    "(default 1; 0: none)")
     p.add_argument("--coverage", type=_number(float, 0, 1), default=None,
                    help="variations: fraction of the image --grow changes (default 0.5)")
     p.add_argument("--read-as", default="auto", choices=MASK_READ_AS,
-                   help="variations: how to read the source masks")
+                   help="variations, --like: how to read the source masks")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
 
 
@@ -355,6 +365,7 @@ _CLI_WORDING: tuple[tuple[str, str], ...] = (
     (r" Pass tolerance=\.\.\. for slightly off colours\.",
      " Save the mask without lossy compression (TIFF or PNG)."),
     (r"\bboundary_width\b", "--boundary-width"),
+    (r"\bblob_size\b", "--blob-size"),
     (r"\boverwrite=True\b", "--overwrite"),
 )
 
@@ -407,7 +418,7 @@ def _describe_classes(known: dict[int, float] | None) -> str:
 
 def cmd_masks(args: argparse.Namespace) -> int:
     """Write a seeded set of new masks, or variations of existing masks, with progress."""
-    from .mask_sets import make_layout_set, make_variation_set, mask_sources
+    from .mask_sets import make_layout_set, make_like_set, make_variation_set, mask_sources
 
     layout_only = {"--size": args.size, "--density": args.density,
                    "--irregularity": args.irregularity, "--blob-size": args.blob_size,
@@ -427,6 +438,14 @@ def cmd_masks(args: argparse.Namespace) -> int:
         if args.blob_size is not None and args.blob_size[0] > args.blob_size[1]:
             raise UsageError(f"--blob-size MIN MAX needs MIN <= MAX; got {args.blob_size}.")
         total, desc = args.n, f"masks ({args.layout})"
+    elif args.like is not None:
+        _refuse({k: v for k, v in vary_only.items() if k not in ("--strength", "--read-as")},
+                "--variations-of")
+        if args.drift is not None and args.depth == 1:
+            raise UsageError("--drift applies to stacks: add --depth Z (2 or more slices).")
+        if args.blob_size is not None and args.blob_size[0] > args.blob_size[1]:
+            raise UsageError(f"--blob-size MIN MAX needs MIN <= MAX; got {args.blob_size}.")
+        total, desc = args.n, "masks (like)"
     else:
         _refuse(layout_only, "--layout")
         total = args.n * len(mask_sources(args.variations_of))
@@ -440,6 +459,16 @@ def cmd_masks(args: argparse.Namespace) -> int:
                 irregularity=args.irregularity,
                 blob_size=None if args.blob_size is None else tuple(args.blob_size),
                 depth=args.depth, drift=args.drift,
+                overwrite=args.overwrite, progress=lambda i, path: bar.update(1))
+        elif args.like is not None:
+            result = make_like_set(
+                args.like, args.out, n=args.n, seed=args.seed,
+                shape=None if args.size is None else tuple(args.size),
+                strength=0.0 if args.strength is None else args.strength,
+                density=args.density, boundary_width=args.boundary_width,
+                irregularity=args.irregularity,
+                blob_size=None if args.blob_size is None else tuple(args.blob_size),
+                depth=args.depth, drift=args.drift, read_as=args.read_as,
                 overwrite=args.overwrite, progress=lambda i, path: bar.update(1))
         else:
             result = make_variation_set(

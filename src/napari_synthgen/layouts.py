@@ -44,6 +44,9 @@ MIN_SIDE: int = 16
 #: Largest allowed membrane / ring width in pixels.
 MAX_BOUNDARY_WIDTH: int = 32
 
+#: Default range of an organelle's short axis as a fraction of its long axis.
+BLOB_ASPECT: tuple[float, float] = (0.35, 0.7)
+
 _CROSS = ndi.generate_binary_structure(2, 1)
 _SQUARE = np.ones((3, 3), dtype=bool)
 
@@ -98,6 +101,7 @@ def sparse_organelles(
     density: float = 0.3,
     boundary_width: int = 2,
     size: tuple[float, float] = (10, 40),
+    aspect: tuple[float, float] = BLOB_ASPECT,
     seed: int = 0,
 ) -> np.ndarray:
     """Mitochondria-like blobs on background, each an interior inside a closed boundary ring.
@@ -105,15 +109,16 @@ def sparse_organelles(
     ``density`` in (0, 1] is the fraction of the area the blobs cover (rings included), up to
     what fits: blobs keep apart while there is room (up to ~0.35), then pack and touch, still
     as separate objects; ~0.75 is the most reachable. ``size`` is the range of blob lengths (px,
-    long axis, log-uniform); the short axis is 0.35-0.7 of it, and at least
-    ``2 * boundary_width + 3`` so every blob keeps an interior inside its ring of
+    long axis, log-uniform); the short axis is ``aspect`` (uniform, default 0.35-0.7) of it, and
+    at least ``2 * boundary_width + 3`` so every blob keeps an interior inside its ring of
     ``boundary_width`` px.
     """
     hw = _check_shape(shape)
     d = _check_fraction(density, "density")
     w = _check_width(boundary_width)
     lo, hi = _check_size(size)
-    return _per_slice_shape(hw, seed, lambda s, rng: _sparse_2d(s, d, w, (lo, hi), rng)[0])
+    asp = _check_aspect(aspect)
+    return _per_slice_shape(hw, seed, lambda s, rng: _sparse_2d(s, d, w, (lo, hi), rng, asp)[0])
 
 
 def variation(mask: np.ndarray, *, strength: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -218,6 +223,18 @@ def _check_size(size: object) -> tuple[float, float]:
         raise ValueError(f"size must be (min, max) blob length in px; got {size!r}.") from None
     if not 0 < lo <= hi:
         raise ValueError(f"size must be (min, max) with 0 < min <= max (px); got {size!r}.")
+    return lo, hi
+
+
+def _check_aspect(aspect: object) -> tuple[float, float]:
+    """A (min, max) short / long axis ratio: 0 < min <= max <= 1."""
+    try:
+        lo, hi = (_real(v, "aspect") for v in aspect)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"aspect must be (min, max) short / long axis ratio; got {aspect!r}.") \
+            from None
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"aspect must be (min, max) with 0 < min <= max <= 1; got {aspect!r}.")
     return lo, hi
 
 
@@ -690,6 +707,7 @@ def _blob_params(
     centres: np.ndarray,
     rng: np.random.Generator,
     longest: float,
+    aspect: tuple[float, float] = BLOB_ASPECT,
 ) -> np.ndarray:
     """Random blobs at ``centres`` as rows (cy, cx, a, b, theta, m); log-uniform length.
 
@@ -699,7 +717,7 @@ def _blob_params(
     """
     length = np.exp(rng.uniform(math.log(size[0]), math.log(size[1]), n))
     length = np.maximum(np.minimum(length, max(size[0], longest)), 2 * width + 3)
-    short = np.clip(length * rng.uniform(0.35, 0.7, n), 2 * width + 3, length)
+    short = np.clip(length * rng.uniform(aspect[0], aspect[1], n), 2 * width + 3, length)
     jitter = rng.random((n, 2))
     return np.column_stack(
         [
@@ -753,11 +771,16 @@ def _clashes(cand: np.ndarray, placed: np.ndarray, gap: float) -> np.ndarray:
     return clash
 
 
-def _mean_blob_area(size: tuple[float, float], width: int, longest: float) -> float:
+def _mean_blob_area(
+    size: tuple[float, float], width: int, longest: float,
+    aspect: tuple[float, float] = BLOB_ASPECT,
+) -> float:
     """Expected blob area (px²) for :func:`_blob_params`, by quadrature over the lengths."""
     length = np.exp(np.linspace(math.log(size[0]), math.log(size[1]), 64))
     length = np.maximum(np.minimum(length, max(size[0], longest)), 2 * width + 3)
-    short = np.clip(length * 0.525, 2 * width + 3, length)
+    # the literal keeps the default's bytes ((0.35 + 0.7) / 2 rounds to 0.5249999999999999)
+    mean_aspect = 0.525 if aspect == BLOB_ASPECT else 0.5 * (aspect[0] + aspect[1])
+    short = np.clip(length * mean_aspect, 2 * width + 3, length)
     return float(np.mean(math.pi / 4 * length * short))
 
 
@@ -768,6 +791,7 @@ def _place_blobs(
     size: tuple[float, float],
     rng: np.random.Generator,
     warp: tuple[np.ndarray, np.ndarray] | None = None,
+    aspect: tuple[float, float] = BLOB_ASPECT,
 ) -> np.ndarray:
     """Instance labels of random blobs covering about ``density`` of the area.
 
@@ -780,7 +804,7 @@ def _place_blobs(
     labels = np.zeros(n_pix, dtype=np.int32)
     blocked = np.zeros(n_pix, dtype=bool)  # where no blob centre fits any more
     placed = np.zeros((0, 6))
-    mean_area = _mean_blob_area(size, width, 0.6 * min(hw))
+    mean_area = _mean_blob_area(size, width, 0.6 * min(hw), aspect)
     covered, rate = 0, 0.5
     for gap in (1.0 + width // 2, -(width + 1.0)):
         for _ in range(40):
@@ -791,7 +815,7 @@ def _place_blobs(
             m = (target - covered) / mean_area / max(rate, 0.05)
             m = int(np.clip(1.3 * m, 32, min(8000, 32 + 2 * free.size / mean_area)))
             centres = np.column_stack(np.unravel_index(free[rng.integers(0, free.size, m)], hw))
-            cand = _blob_params(m, width, size, centres, rng, 0.6 * min(hw))
+            cand = _blob_params(m, width, size, centres, rng, 0.6 * min(hw), aspect)
             cand = cand[~_clashes(cand, placed, gap)]
             grows = (0.0, max(gap, 0) + width + 1)
             (flat, owner), (bflat, bowner) = _stamps(hw, cand, grows, warp)
@@ -820,11 +844,12 @@ def _sparse_2d(
     width: int,
     size: tuple[float, float],
     rng: np.random.Generator,
+    aspect: tuple[float, float] = BLOB_ASPECT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One organelle slice and its blob labels: capsules and ellipses, gently bent, with rings."""
     scale = math.sqrt(size[0] * size[1])
     bend = _smooth_noise(hw, [(0.5 * scale, 0.1 * scale)], rng)
-    labels = _place_blobs(hw, density, width, size, rng, bend)
+    labels = _place_blobs(hw, density, width, size, rng, bend, aspect)
     mask = instances_to_mask(labels, boundary_width=width)
     return _drop_empty_objects(mask, labels)
 
@@ -915,6 +940,7 @@ def _morph_in(mask: np.ndarray, grow: int, patch: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
+    "BLOB_ASPECT",
     "CELL_AREA_AT_FULL_DENSITY",
     "LAYOUT_KINDS",
     "dense_tissue",

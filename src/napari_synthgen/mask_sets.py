@@ -4,8 +4,9 @@ Backs ``napari-synthgen masks`` and scripts. Mask ``i`` of a set is drawn from a
 from ``(seed, i)`` alone (``numpy.random.SeedSequence(seed, spawn_key=(i,))``), so it does not
 depend on how many masks are made: ``n=10`` gives the first ten masks of ``n=100``, byte for
 byte. A variation is derived from ``(seed, source file name, j)``, so adding a file to the
-source folder does not change the variations of the others. Every file written is recorded in
-``masks.jsonl`` (no times, so the same call writes the same bytes).
+source folder does not change the variations of the others. :func:`make_like_set` (``masks
+--like``) writes layouts calibrated on measured masks (:mod:`mask_stats`). Every file written is
+recorded in ``masks.jsonl`` (no times, so the same call writes the same bytes).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from .layouts import (
     variation,
 )
 from .limits import LAYOUT_BYTES_PER_PX, check_layout_memory, check_memory, check_seed
-from .masks import MaskSource
+from .mask_stats import MaskStats, calibrated_params, layout_params, measure_masks
+from .masks import MaskError, MaskSource
 
 LOG_NAME = "masks.jsonl"
 
@@ -109,6 +111,37 @@ def layout_name(kind: str, seed: int, index: int) -> str:
     return f"{kind}_seed{seed}_{index:05d}.tif"
 
 
+def _depth_maker(
+    kind: str,
+    make: Callable[..., np.ndarray],
+    shape: tuple[int, ...],
+    z: int,
+    drift: float | None,
+    opts: dict[str, Any],
+) -> tuple[Callable[..., np.ndarray], float | None]:
+    """The layout maker for ``depth`` z (2-D ``make`` for 1, else a z-continuous stack), checked.
+
+    Returns the maker and the drift used (None for 2-D masks).
+    """
+    if z == 1 and drift is not None:
+        raise ValueError("drift applies to stacks only (depth 2 or more).")
+    if z == 1:
+        return make, None
+    if len(shape) != 2:
+        raise ValueError(f"with depth={z} give shape as (H, W); got {shape}.")
+    z_drift = DEFAULT_DRIFT if drift is None else drift
+    h, w = shape
+    # a stack holds depth bytes per px beside one slice's working memory
+    check_memory(h * w * (LAYOUT_BYTES_PER_PX + z), what=f"a {z} x {h} x {w} mask stack",
+                 largest=lambda b: int(b / (h * w)) - LAYOUT_BYTES_PER_PX, option="depth")
+    layout_stack(kind, (2, 2 * MIN_SIDE, 2 * MIN_SIDE), drift=z_drift, **opts)  # checks
+
+    def stack(hw: tuple[int, ...], seed: int, **kw: Any) -> np.ndarray:
+        return layout_stack(kind, (z, *hw), drift=z_drift, seed=seed, **kw)
+
+    return stack, z_drift
+
+
 def make_layout_set(
     out: str | os.PathLike,
     *,
@@ -157,20 +190,7 @@ def make_layout_set(
     shape = _check_shape(shape)
     make((2 * MIN_SIDE, 2 * MIN_SIDE), seed=0, **opts)  # checks the options before any write
     z = _check_count(depth, "depth")
-    if z == 1 and drift is not None:
-        raise ValueError("drift applies to stacks only (depth 2 or more).")
-    if z > 1:
-        if len(shape) != 2:
-            raise ValueError(f"with depth={z} give shape as (H, W); got {shape}.")
-        z_drift = DEFAULT_DRIFT if drift is None else drift
-        h, w = shape
-        # a stack holds depth bytes per px beside one slice's working memory
-        check_memory(h * w * (LAYOUT_BYTES_PER_PX + z), what=f"a {z} x {h} x {w} mask stack",
-                     largest=lambda b: int(b / (h * w)) - LAYOUT_BYTES_PER_PX, option="depth")
-        layout_stack(kind, (2, 2 * MIN_SIDE, 2 * MIN_SIDE), drift=z_drift, **opts)  # checks
-
-        def make(hw: tuple[int, ...], seed: int, **kw: Any) -> np.ndarray:
-            return layout_stack(kind, (z, *hw), drift=z_drift, seed=seed, **kw)
+    make, z_drift = _depth_maker(kind, make, shape, z, drift, opts)
     out_dir = Path(out)
     paths = _claim(out_dir, [layout_name(kind, seed, i) for i in range(count)], overwrite)
     records = []
@@ -185,6 +205,111 @@ def make_layout_set(
         }
         if z > 1:  # 2-D records stay as they were
             rec.update(shape=[z, *shape], depth=z, drift=z_drift)
+        records.append(rec)
+        if progress is not None:
+            progress(i + 1, path)
+    _log(out_dir, records)
+    return MaskSetResult(out_dir, paths)
+
+
+def like_name(kind: str, seed: int, index: int) -> str:
+    """File name of mask ``index`` of a ``--like`` set: ``like_<kind>_seed<seed>_<index>.tif``."""
+    return f"like_{kind}_seed{seed}_{index:05d}.tif"
+
+
+def measure_source(
+    source: str | os.PathLike, *, read_as: MaskSource = "auto", boundary_width: int = 2
+) -> tuple[MaskStats, list[Path], tuple[int, int]]:
+    """Measure the masks of ``source`` (a mask file, a folder of masks or a paired folder).
+
+    Returns the statistics, the files measured and the first mask's (H, W).
+    """
+    files = mask_sources(source)
+    masks = [read_mask(f, read_as, boundary_width=boundary_width) for f in files]
+    try:
+        stats = measure_masks(masks)
+    except MaskError as exc:
+        raise MaskError(f"{source}: {exc}") from None
+    h, w = masks[0].shape[-2:]
+    return stats, files, (int(h), int(w))
+
+
+def make_like_set(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    n: int,
+    shape: Sequence[int] | None = None,
+    seed: int = 0,
+    strength: float = 0.0,
+    density: float | None = None,
+    boundary_width: int | None = None,
+    irregularity: float | None = None,
+    blob_size: tuple[float, float] | None = None,
+    depth: int = 1,
+    drift: float | None = None,
+    read_as: MaskSource = "auto",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> MaskSetResult:
+    """Write ``n`` new layouts whose statistics are calibrated on the masks of ``source``.
+
+    The masks are measured (:func:`mask_stats.measure_masks`: dense tissue or sparse
+    organelles, cell sizes, membrane width, shapes, coverage) and each new mask uses
+    :func:`mask_stats.layout_params` for them; ``strength`` 0..1 spreads the parameters from
+    mask to mask (:data:`mask_stats.STRENGTH_HELP`). Options given override the calibrated
+    value for every mask. ``shape`` defaults to the first source mask's (H, W); ``depth`` and
+    ``drift`` are as for :func:`make_layout_set` (stacks' organelles keep the stack layout's
+    own shape: the calibrated ``aspect`` is not used). ``masks.jsonl`` records the measured
+    statistics and each mask's parameters.
+    """
+    count = _check_count(n)
+    derived_seed(seed)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
+            0 <= strength <= 1):
+        raise ValueError(f"strength must be a number in [0, 1]; got {strength!r}.")
+    stats, files, first_hw = measure_source(source, read_as=read_as)
+    kind = stats.kind
+    if kind == "dense" and blob_size is not None:
+        raise ValueError(f"{source} measures as dense tissue; blob_size applies to sparse "
+                         "layouts only.")
+    if kind == "sparse" and irregularity is not None:
+        raise ValueError(f"{source} measures as sparse organelles; irregularity applies to "
+                         "dense layouts only.")
+    given: dict[str, Any] = {"density": density, "boundary_width": boundary_width,
+                             "irregularity": irregularity,
+                             "size": None if blob_size is None else tuple(blob_size)}
+    given = {k: v for k, v in given.items() if v is not None}
+    make = dense_tissue if kind == "dense" else sparse_organelles
+    z = _check_count(depth, "depth")
+    # stacks' organelles are tubes of the layout's own shape: no aspect
+    drop = ("aspect",) if z > 1 else ()
+
+    def params_for(p: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in {**p, **given}.items() if k not in drop}
+
+    base = params_for(calibrated_params(stats))
+    make((2 * MIN_SIDE, 2 * MIN_SIDE), seed=0, **base)  # checks the options before any write
+    shape = _check_shape(first_hw if shape is None else shape)
+    make, z_drift = _depth_maker(kind, make, shape, z, drift, base)
+    out_dir = Path(out)
+    paths = _claim(out_dir, [like_name(kind, seed, i) for i in range(count)], overwrite)
+    measured = stats.to_dict()
+    records = []
+    for i, path in enumerate(paths):
+        s = derived_seed(seed, i)
+        params = params_for(layout_params(stats, strength, seed=s))
+        write_mask(path, make(shape, seed=s, **params))
+        rec = {
+            "file": path.name, "layout": kind, "index": i, "seed": seed, "mask_seed": s,
+            "shape": list(shape) if z == 1 else [z, *shape],
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+            "like": {"source": os.fspath(source), "files": len(files), "strength": strength,
+                     "given": sorted(given), "stats": measured},
+            "plugin_version": __version__,
+        }
+        if z > 1:
+            rec.update(depth=z, drift=z_drift)
         records.append(rec)
         if progress is not None:
             progress(i + 1, path)
@@ -284,8 +409,11 @@ __all__ = [
     "MaskSetResult",
     "derived_seed",
     "layout_name",
+    "like_name",
     "make_layout_set",
+    "make_like_set",
     "make_variation_set",
     "mask_sources",
+    "measure_source",
     "variation_name",
 ]
