@@ -15,8 +15,17 @@ PY=${PYTHON:-python}
 RESUME=()
 if [ -f "$RUN/latest.json" ]; then RESUME=(--resume "$RUN"); fi
 mkdir -p "$(dirname "$RUN")"
+# the run imports from a copy of the code and config made when it first started, so that
+# editing the checkout meanwhile cannot break it (modules are imported lazily) nor change it
+CODE="$RUN.code"
+if [ ! -d "$CODE" ]; then
+  mkdir -p "$CODE"
+  cp -r "$HERE/src" "$CODE/src"
+  cp "$HERE/scripts/distill_demo.yaml" "$CODE/"
+  git -C "$HERE" rev-parse HEAD > "$CODE/commit" 2>/dev/null || true
+fi
 cd "$HERE"
-PYTHONPATH="$HERE/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 nohup "$PY" -m napari_synthgen \
-  train --config scripts/distill_demo.yaml --data "$DATA" --out "$RUN" "${RESUME[@]}" \
+PYTHONPATH="$CODE/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 nohup "$PY" -m napari_synthgen \
+  train --config "$CODE/distill_demo.yaml" --data "$DATA" --out "$RUN" "${RESUME[@]}" \
   >> "$RUN.log" 2>&1 &
 echo "started pid $! -> $RUN (log $RUN.log)"
