@@ -34,14 +34,14 @@ def teacher(isbi_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                           overrides=dict(TINY))
     data = TileSampler(load_samples([isbi_small]), tile=TILE, stride=None, batch_size=4,
                        seed=0, flips=True)
-    trainer = DiffusionTrainer(cfg, CPU, "fp32", total_steps=20)
-    for k in range(20):
+    trainer = DiffusionTrainer(cfg, CPU, "fp32", total_steps=16)
+    for k in range(16):
         trainer.step(*data.batch(k))
     return trainer.save_model(tmp_path_factory.mktemp("teacher") / "teacher.safetensors")
 
 
 def _cfg(data: Path, out: Path, teacher: Path, **kw: object):
-    values = {"data": [str(data)], "out": str(out), "steps": 24, "tile": TILE, "batch_size": 4,
+    values = {"data": [str(data)], "out": str(out), "steps": 16, "tile": TILE, "batch_size": 4,
               "device": "cpu", "precision": "fp32", "lr": 1e-3, "warmup_steps": 2,
               "distill_from": str(teacher), "distill_start_steps": 8, "distill_steps": 2,
               "checkpoint_every": 100, "sample_every": 100, "log_every": 100,
@@ -84,7 +84,7 @@ def test_the_distilled_file_records_its_teacher_and_samples_with_its_own_steps(
     assert rec["teacher"]["sha256"] == sha256_file(teacher)
     assert rec["teacher"]["name"] == str(teacher)
     assert (rec["rounds"], rec["start_steps"], rec["steps"], rec["sampler"]) == (2, 8, 2, "ddim")
-    assert rec["complete"] is True and rec["round_bounds"] == [0, 12, 24]
+    assert rec["complete"] is True and rec["round_bounds"] == [0, 8, 16]
     assert model.spec == load_diffusion(teacher).spec  # the teacher's architecture
     synth = DiffusionSynthesizer(model, device="cpu", precision="fp32")
     assert (synth.steps, synth.sampler, synth.notes) == (2, "ddim", [])
