@@ -187,7 +187,7 @@ class DiffusionFamily(Family):
              dropout: bool | None) -> LoadedModel:
         from ...models.checkpoints.common import CheckpointError
         from ...models.checkpoints.info import LoadedModel, model_info
-        from .files import build_from, describe_spec, steps_trained
+        from .files import build_from, describe_spec, model_sampling, steps_trained
 
         if doc is None or kind != "safetensors":
             raise CheckpointError("a diffusion model is a .safetensors file with a "
@@ -208,9 +208,15 @@ class DiffusionFamily(Family):
             "steps_trained": steps_trained(metadata),
             "samplers": "dpm (DPM-Solver++ 2M), ddim",
         }
+        made_for = model_sampling(metadata)
+        if made_for is not None:
+            teacher = (metadata["distilled"].get("teacher") or {}).get("name") or "?"
+            details["distilled"] = (f"{made_for[0]} {made_for[1]} steps, progressive "
+                                    f"distillation of {teacher}")
         details["summary"] = " · ".join(str(x) for x in (
             details["short"], spec.prediction_type, f"{spec.beta_schedule} schedule",
-            "EMA weights" if details["ema"] else None) if x)
+            "EMA weights" if details["ema"] else None,
+            f"distilled for {made_for[0]} {made_for[1]} steps" if made_for else None) if x)
         info = model_info(
             self.name, file, network, input_nc=spec.mask_channels, output_nc=1,
             encoding=spec.encoding, encoding_source="metadata", tile=spec.tile,
