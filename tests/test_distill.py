@@ -173,3 +173,38 @@ def test_the_bundled_fast_name_is_known_and_says_how_to_make_it_when_missing() -
         return
     with pytest.raises(FileNotFoundError, match=r"pack_diffusion_fast\.py"):
         resolve_model_source("demo-diffusion-fast")
+
+
+@pytest.mark.gui
+def test_the_synthesize_widget_opens_a_distilled_model_with_its_own_steps(
+        make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    from napari_synthgen.families.diffusion.files import save_diffusion
+    from napari_synthgen.families.diffusion.networks import build_unet, make_spec
+    from napari_synthgen.widgets._common import keep_triton_out
+
+    keep_triton_out()
+    torch.manual_seed(0)
+    spec = make_spec("small", tile=32, block_out_channels=(8, 16), attention=(False, True),
+                     attention_head_dim=8)
+    net = build_unet(spec)
+    plain = save_diffusion(tmp_path / "plain.safetensors", net, spec)
+    fast = save_diffusion(tmp_path / "fast.safetensors", net, spec,
+                          {"distilled": {"steps": 2, "sampler": "ddim", "rounds": 2}})
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-synthgen", "Synthesize")
+
+    def use(model: Path) -> None:
+        w.set_model(model)
+        qtbot.waitUntil(lambda: w.model is not None and w.model.info.path == str(model),
+                        timeout=20000)
+
+    def shown() -> tuple[int, str]:
+        return w.family_fields["steps"].value, w.family_fields["sampler"].value
+
+    use(fast)
+    assert shown() == (2, "ddim")
+    use(plain)
+    assert shown() == (20, "dpm")  # fields left at a model's defaults follow the next model
+    w.family_fields["steps"].value = 7
+    use(fast)
+    assert shown() == (7, "ddim")  # the user's steps stay; the untouched sampler follows
