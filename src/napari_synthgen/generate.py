@@ -344,6 +344,8 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
             yield GenerateEvent("setup", "variations without --stochastic are identical images.")
         if known is None:
             yield GenerateEvent("note", unknown_classes_message(label, synth.info.format))
+        for note in getattr(synth, "notes", ()):  # e.g. steps other than a distilled model's
+            yield GenerateEvent("note", note)
     model_sha = synth.info.sha256 or sha256_file(model_path)
     (job.out / "images").mkdir(parents=True, exist_ok=True)
     (job.out / "masks").mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,15 @@ def sample_folder() -> Path:
 BUNDLED_MODELS: dict[str, str] = {
     "demo": "demo_model/isbi2012_unet256_ngf16.safetensors",
     "demo-diffusion": "demo_diffusion/isbi2012_diffusion_small.safetensors",
+    "demo-diffusion-fast": "demo_diffusion_fast/isbi2012_diffusion_small_fast.safetensors",
+}
+
+#: How a bundled model that an installation may lack is made (said when it is missing).
+MAKE_BUNDLED: dict[str, str] = {
+    "demo-diffusion-fast": (
+        "it is the few-step distillation of demo-diffusion; make it with "
+        "'bash scripts/distill_demo.sh RUN' and 'python scripts/pack_diffusion_fast.py RUN' "
+        "from a source checkout, or use demo-diffusion"),
 }
 
 
@@ -51,9 +60,10 @@ def resolve_model_source(name_or_path: str | os.PathLike) -> Path:
         return path
     bundled = bundled_model_path(name)
     if not bundled.is_file():
+        how = MAKE_BUNDLED.get(name, "reinstall napari-synthgen")
         raise FileNotFoundError(
             f"the bundled model {name!r} is missing from this installation (expected "
-            f"{bundled}); reinstall napari-synthgen, or give a model file or folder."
+            f"{bundled}); {how}, or give a model file or folder."
         )
     return bundled
 

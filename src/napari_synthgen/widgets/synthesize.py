@@ -131,10 +131,16 @@ def family_options(model: Any) -> dict[str, Any]:
     diffusion."""
     from ..registry import synthesizer_class
 
-    params = inspect.signature(synthesizer_class(model).__init__).parameters
-    return {name: p.default for name, p in params.items()
-            if name not in _COMMON_KEYWORDS and p.default is not inspect.Parameter.empty
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    cls = synthesizer_class(model)
+    params = inspect.signature(cls.__init__).parameters
+    options = {name: p.default for name, p in params.items()
+               if name not in _COMMON_KEYWORDS and p.default is not inspect.Parameter.empty
+               and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    # a setting whose default depends on the model (a distilled model's own steps and sampler)
+    own = getattr(cls, "model_defaults", None)
+    if callable(own):
+        options.update({k: v for k, v in own(model).items() if k in options})
+    return options
 
 
 def _option_field(name: str, default: Any, choices: Any = None) -> Any:
@@ -256,6 +262,7 @@ class SynthesizeWidget(Container):
         self._live_pending = False
         self._family_fields: dict[str, Any] = {}  # family setting -> field (made when needed)
         self._family_shown: tuple[str, ...] = ()  # the loaded model's family settings
+        self._family_defaults: dict[str, Any] = {}  # their defaults for the last model loaded
         self._jobs = Workers()
         self._lock = threading.Lock()  # one synthesis at a time (CPU cores, kept tiles)
         self._closed = False
@@ -461,7 +468,9 @@ class SynthesizeWidget(Container):
 
     def _show_family_settings(self, model: Any) -> None:
         """Show the fields of ``model``'s family settings (made on first need, values kept
-        across models) and hide the others; hide Stochastic for families always stochastic."""
+        across models, except that a value left at the last model's default follows this
+        model's: a distilled model opens with its own steps) and hide the others; hide
+        Stochastic for families always stochastic."""
         from ..registry import synthesizer_class
 
         try:
@@ -472,6 +481,10 @@ class SynthesizeWidget(Container):
         except Exception:  # a family without a synthesizer: loading succeeded, runs will say
             options, always, choices = {}, False, {}
         for name, default in options.items():
+            field = self._family_fields.get(name)
+            if field is not None and field.value == self._family_defaults.get(name, default):
+                field.value = default  # left at the last model's default: follow this one's
+            self._family_defaults[name] = default
             if name not in self._family_fields:
                 field = _option_field(name, default, choices.get(name))
                 if field is None:

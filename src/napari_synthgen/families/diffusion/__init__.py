@@ -44,6 +44,13 @@ class DiffusionSettings:
     min_snr_gamma: float | None = 5.0
     grad_clip: float = 1.0
     preview_steps: int = 10
+    #: progressive distillation: the teacher (a diffusion model file, run folder or bundled
+    #: name); None trains from scratch. The student takes the teacher's architecture.
+    distill_from: str | None = None
+    #: the teacher's DDIM steps in the first round (halved every round)
+    distill_start_steps: int = 32
+    #: sampling steps of the final student (``--steps`` is split evenly over the rounds)
+    distill_steps: int = 4
     #: other DiffusionSpec fields (block_out_channels, attention...; for tests and trials)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -63,7 +70,8 @@ class DiffusionFamily(Family):
 
     name = "diffusion"
     settings = DiffusionSettings
-    arch_keys = ("unet_config", "prediction", "overrides")
+    arch_keys = ("unet_config", "prediction", "overrides", "distill_from",
+                 "distill_start_steps", "distill_steps")
     loss_names = ("mse",)
     # measured 7.9 KB per pixel for the small U-Net in fp32 at tile 256, with 2x margin
     train_bytes_per_px = 16384
@@ -86,6 +94,15 @@ class DiffusionFamily(Family):
                   "min-SNR loss weighting gamma (0: plain MSE; diffusion)"),
         CliOption("--preview-steps", "preview_steps", int,
                   "DPM-Solver++ steps of the EMA preview samples (diffusion)"),
+        CliOption("--distill-from", "distill_from", str,
+                  "distil this diffusion model (file, run folder or bundled name such as "
+                  "demo-diffusion) into a few-step model: progressive distillation, --steps "
+                  "split evenly over the rounds (diffusion)"),
+        CliOption("--distill-start-steps", "distill_start_steps", int,
+                  "the teacher's DDIM steps in the first distillation round; halved every "
+                  "round (diffusion)"),
+        CliOption("--distill-steps", "distill_steps", int,
+                  "sampling steps of the distilled model, e.g. 4 or 2 (diffusion)"),
     )
 
     # ----------------------------------------------------------------- settings
@@ -128,7 +145,11 @@ class DiffusionFamily(Family):
                             f"{s.min_snr_gamma}.")
         if s.preview_steps < 1:
             problems.append(f"preview_steps must be at least 1; got {s.preview_steps}.")
-        if not problems:
+        if not problems and s.distill_from:
+            from .distill import check_teacher
+
+            problems.extend(check_teacher(s.distill_from, cfg))
+        elif not problems:
             try:
                 self.diffusion_config(cfg).spec()
             except (TypeError, ValueError) as exc:  # tile, encoding or overrides that do not fit
@@ -136,15 +157,29 @@ class DiffusionFamily(Family):
         return problems
 
     def summary(self, config: Mapping[str, Any]) -> str:
+        if config.get("distill_from"):
+            return (f"progressive distillation of {config['distill_from']}: "
+                    f"{config.get('distill_start_steps')} -> {config.get('distill_steps')} "
+                    "DDIM steps")
         return f"{config.get('unet_config')} U-Net ({config.get('prediction')})"
 
     # ----------------------------------------------------------------- training
     def build_trainer(self, cfg: TrainConfig, device: torch.device, precision: str,
                       total_steps: int, ddp: bool) -> Any:
+        rank = int(os.environ.get("RANK", "0"))
+        if cfg.settings.distill_from:
+            from ...io import sha256_file
+            from .distill import DistillTrainer, read_teacher
+
+            teacher = read_teacher(cfg.settings.distill_from)
+            return DistillTrainer(self.diffusion_config(cfg), teacher, device, precision,
+                                  total_steps, ddp=ddp, rank=rank,
+                                  source=cfg.settings.distill_from,
+                                  sha256=teacher.info.sha256 or sha256_file(teacher.info.path))
         from .training import DiffusionTrainer
 
         return DiffusionTrainer(self.diffusion_config(cfg), device, precision, total_steps,
-                                ddp=ddp, rank=int(os.environ.get("RANK", "0")))
+                                ddp=ddp, rank=rank)
 
     # ----------------------------------------------------------------- files and synthesis
     def load(self, tensors: dict[str, torch.Tensor], doc: Mapping[str, Any] | None, *,
@@ -152,7 +187,7 @@ class DiffusionFamily(Family):
              dropout: bool | None) -> LoadedModel:
         from ...models.checkpoints.common import CheckpointError
         from ...models.checkpoints.info import LoadedModel, model_info
-        from .files import build_from, describe_spec, steps_trained
+        from .files import build_from, describe_spec, model_sampling, steps_trained
 
         if doc is None or kind != "safetensors":
             raise CheckpointError("a diffusion model is a .safetensors file with a "
@@ -173,9 +208,15 @@ class DiffusionFamily(Family):
             "steps_trained": steps_trained(metadata),
             "samplers": "dpm (DPM-Solver++ 2M), ddim",
         }
+        made_for = model_sampling(metadata)
+        if made_for is not None:
+            teacher = (metadata["distilled"].get("teacher") or {}).get("name") or "?"
+            details["distilled"] = (f"{made_for[0]} {made_for[1]} steps, progressive "
+                                    f"distillation of {teacher}")
         details["summary"] = " · ".join(str(x) for x in (
             details["short"], spec.prediction_type, f"{spec.beta_schedule} schedule",
-            "EMA weights" if details["ema"] else None) if x)
+            "EMA weights" if details["ema"] else None,
+            f"distilled for {made_for[0]} {made_for[1]} steps" if made_for else None) if x)
         info = model_info(
             self.name, file, network, input_nc=spec.mask_channels, output_nc=1,
             encoding=spec.encoding, encoding_source="metadata", tile=spec.tile,

@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ...models.checkpoints.info import LoadedModel
 
 FORMAT_VERSION = 1
+#: the sampler a distilled model was trained for (its ``distilled.steps`` are DDIM steps)
+DISTILL_SAMPLER = "ddim"
 _RESERVED = ("format_version", "family", "unet", "scheduler", "spec", "encoding", "tile")
 _RESAVE = "the file is incomplete or was altered; save the model again"
 
@@ -170,3 +172,15 @@ def describe_spec(spec: DiffusionSpec) -> str:
     """One line on a diffusion model's architecture (for notes and ``inspect``)."""
     return (f"napari-synthgen diffusion model: {spec.config}, widths "
             f"{list(spec.block_out_channels)}, {spec.prediction_type}")
+
+
+def model_sampling(metadata: Mapping[str, Any]) -> tuple[int, str] | None:
+    """(steps, sampler) a distilled model was made for, from its metadata's ``distilled``
+    record (written by ``distill.DistillTrainer``); None for a model that was not distilled."""
+    rec = metadata.get("distilled")
+    if not isinstance(rec, Mapping):
+        return None
+    steps, sampler = rec.get("steps"), rec.get("sampler", DISTILL_SAMPLER)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        return None
+    return steps, str(sampler)

@@ -38,6 +38,7 @@ from ...tiling import (
     plan_tiles,
     shift_offsets,
 )
+from .files import model_sampling
 from .networks import SAMPLERS, DiffusionSpec, cast_network, make_scheduler
 from .noise import (
     DEFAULT_Z_COUPLING,
@@ -49,6 +50,8 @@ from .noise import (
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 DEFAULT_PREVIEW_STEPS = 8
+#: sampling steps of a model that was not distilled (DPM-Solver++)
+DEFAULT_STEPS = 20
 #: how the tiles of a canvas larger than one tile are fused at every step: ``multidiffusion``
 #: (overlapping tiles, predictions blended) or ``shifted`` (non-overlapping tiles, grid moved)
 FUSIONS = ("multidiffusion", "shifted")
@@ -214,7 +217,9 @@ class DiffusionSynthesizer:
 
     ``model`` is a loaded diffusion model (``load_model``'s LoadedModel) or a path.
     ``tile`` defaults to the model's; ``overlap`` to a quarter tile; ``steps`` and ``sampler``
-    (``dpm`` = DPM-Solver++ 2M, ``ddim``) set the full run, ``preview_steps`` live preview.
+    (``dpm`` = DPM-Solver++ 2M, ``ddim``) set the full run (unset: the model's own,
+    :meth:`model_defaults`: a distilled model's few DDIM steps, else DPM-Solver++ 20; a value
+    other than a distilled model's own adds a line to ``notes``), ``preview_steps`` live preview.
     ``fusion`` fuses the tiles of a canvas larger than one tile at every step: ``multidiffusion``
     (overlapping tiles blended, the default) or ``shifted`` (non-overlapping tiles on a grid
     moved by a seeded offset at every step: 1.7x less U-Net work; see docs/design.md).
@@ -236,12 +241,26 @@ class DiffusionSynthesizer:
     def __init__(self, model: Any, *, device: str | torch.device = "auto",
                  precision: str = "auto", tile: int | None = None, overlap: int | None = None,
                  batch_size: int | None = None, encoding: str | None = None,
-                 stochastic: bool = True, steps: int = 20, sampler: str = "dpm",
+                 stochastic: bool = True, steps: int | None = None, sampler: str | None = None,
                  preview_steps: int = DEFAULT_PREVIEW_STEPS,
                  fusion: str = "multidiffusion", z_coupling: str = DEFAULT_Z_COUPLING
                  ) -> None:
         model = _diffusion_model(model)
         self.model, self.spec, self.info = model, model.spec, model.info
+        #: what the user should know about these settings (generate shows them as notes)
+        self.notes: list[str] = []
+        own = self.model_defaults(model)
+        made_for = model_sampling(self.info.metadata)
+        if made_for is not None:
+            asked = [f"{k} {v}" for k, v in (("steps", steps), ("sampler", sampler))
+                     if v is not None and v != own[k]]
+            if asked:
+                self.notes.append(
+                    f"this model was distilled for {made_for[0]} {made_for[1]} steps; running "
+                    f"{', '.join(asked)} as asked (leave them unset to use the model's own, "
+                    "which it was trained for; other values give blurrier or noisier images).")
+        steps = own["steps"] if steps is None else steps
+        sampler = own["sampler"] if sampler is None else sampler
         if encoding is not None and encoding != self.spec.encoding:
             raise DiffusionSamplingError(
                 f"this diffusion model was trained on {self.spec.encoding!r} masks; its "
@@ -288,6 +307,15 @@ class DiffusionSynthesizer:
         self.denoiser = Denoiser(model.network, self.spec, self.device, self.precision)
         self._windows: dict[tuple[int, int], torch.Tensor] = {}
         self._kept: dict[int, _Kept] = {}
+
+    @staticmethod
+    def model_defaults(model: Any) -> dict[str, Any]:
+        """The steps and sampler ``model`` runs with unless asked otherwise: a distilled
+        model's own (it was trained for them), else DPM-Solver++ with 20 steps."""
+        info = getattr(model, "info", None)
+        made_for = model_sampling(info.metadata) if info is not None else None
+        steps, sampler = made_for or (DEFAULT_STEPS, "dpm")
+        return {"steps": steps, "sampler": sampler}
 
     # ----------------------------------------------------------------- planning
     def plan(self, height: int, width: int) -> Any:

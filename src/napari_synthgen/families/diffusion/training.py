@@ -65,6 +65,11 @@ class DiffusionConfig:
     batch_size: int = 4
     #: other DiffusionSpec fields to change (block_out_channels, attention...; tests, trials)
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: progressive distillation (distill.py): the teacher (path or bundled name; None: plain
+    #: training), the teacher's DDIM steps in the first round and the final student's steps
+    distill_from: str | None = None
+    distill_start_steps: int = 32
+    distill_steps: int = 4
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("cosine", "constant"):
@@ -101,7 +106,8 @@ class DiffusionTrainer:
     loss_names: tuple[str, ...] = ("mse",)
 
     def __init__(self, cfg: DiffusionConfig, device: torch.device, precision: Precision,
-                 total_steps: int, ddp: bool = False, rank: int = 0) -> None:
+                 total_steps: int, ddp: bool = False, rank: int = 0,
+                 spec: DiffusionSpec | None = None) -> None:
         from ..._triton_guard import keep_triton_out
 
         keep_triton_out()
@@ -109,7 +115,7 @@ class DiffusionTrainer:
 
         self.cfg, self.device, self.precision, self.rank = cfg, device, precision, rank
         self.total_steps = int(total_steps)
-        self.spec = cfg.spec()
+        self.spec = spec if spec is not None else cfg.spec()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
             self.unet = build_unet(self.spec)

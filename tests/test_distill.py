@@ -1,0 +1,210 @@
+"""Progressive distillation of a diffusion model: the student, its file, resume, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_synthgen.cli import main
+from napari_synthgen.families.diffusion.distill import DistillPlan, check_plan
+from napari_synthgen.families.diffusion.files import load_diffusion
+from napari_synthgen.families.diffusion.sampling import (
+    Denoiser,
+    DiffusionSynthesizer,
+    sample_batch,
+)
+from napari_synthgen.families.diffusion.training import DiffusionConfig, DiffusionTrainer
+from napari_synthgen.layouts import make_layout
+from napari_synthgen.registry import load_model, make_config
+from napari_synthgen.training.config import ConfigError
+from napari_synthgen.training.data import TileSampler, load_samples
+from napari_synthgen.training.engine import latest_checkpoint, train
+
+CPU = torch.device("cpu")
+TINY = {"block_out_channels": [8, 16], "attention": [False, True], "attention_head_dim": 8}
+TILE = 32
+
+
+@pytest.fixture(scope="module")
+def teacher(isbi_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny diffusion model trained briefly on six ISBI slices (the teacher)."""
+    cfg = DiffusionConfig(tile=TILE, batch_size=4, lr=2e-3, warmup_steps=5,
+                          overrides=dict(TINY))
+    data = TileSampler(load_samples([isbi_small]), tile=TILE, stride=None, batch_size=4,
+                       seed=0, flips=True)
+    trainer = DiffusionTrainer(cfg, CPU, "fp32", total_steps=16)
+    for k in range(16):
+        trainer.step(*data.batch(k))
+    return trainer.save_model(tmp_path_factory.mktemp("teacher") / "teacher.safetensors")
+
+
+def _cfg(data: Path, out: Path, teacher: Path, **kw: object):
+    values = {"data": [str(data)], "out": str(out), "steps": 16, "tile": TILE, "batch_size": 4,
+              "device": "cpu", "precision": "fp32", "lr": 1e-3, "warmup_steps": 2,
+              "distill_from": str(teacher), "distill_start_steps": 8, "distill_steps": 2,
+              "checkpoint_every": 100, "sample_every": 100, "log_every": 100,
+              "n_preview": 1, **kw}
+    return make_config(family="diffusion", **values)
+
+
+@pytest.fixture(scope="module")
+def student(isbi_small: Path, teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-round distillation (8 -> 4 -> 2 DDIM steps) of the tiny teacher."""
+    out = tmp_path_factory.mktemp("distill") / "run"
+    events = list(train(_cfg(isbi_small, out, teacher)))
+    assert events[-1]["event"] == "finished", events[-1]
+    return out
+
+
+def test_the_student_in_few_steps_is_closer_to_the_teacher_than_the_teacher_in_few_steps(
+        student: Path, teacher: Path, isbi_small: Path) -> None:
+    masks = torch.stack([TileSampler(load_samples([isbi_small]), tile=TILE, stride=None,
+                                     batch_size=1, seed=9).batch(k)[0][0] for k in range(6)])
+
+    def samples(path: Path, steps: int) -> torch.Tensor:
+        model = load_diffusion(path)
+        den = Denoiser(model.network, model.spec, CPU, "fp32")
+        return sample_batch(den, masks, seed=3, steps=steps, sampler="ddim")
+
+    reference = samples(teacher, 8)  # what the distillation chain started from
+    own = float(((samples(teacher, 2) - reference) ** 2).mean())
+    distilled = float(((samples(load_model(student).info.path, 2) - reference) ** 2).mean())
+    print(f"MSE to the teacher's 8 steps: teacher 2 steps {own:.4f}, student {distilled:.4f}")
+    assert distilled < 0.8 * own, (distilled, own)
+
+
+def test_the_distilled_file_records_its_teacher_and_samples_with_its_own_steps(
+        student: Path, teacher: Path) -> None:
+    from napari_synthgen.io import sha256_file
+
+    model = load_model(student)
+    rec = model.info.metadata["distilled"]
+    assert rec["teacher"]["sha256"] == sha256_file(teacher)
+    assert rec["teacher"]["name"] == str(teacher)
+    assert (rec["rounds"], rec["start_steps"], rec["steps"], rec["sampler"]) == (2, 8, 2, "ddim")
+    assert rec["complete"] is True and rec["round_bounds"] == [0, 8, 16]
+    assert model.spec == load_diffusion(teacher).spec  # the teacher's architecture
+    synth = DiffusionSynthesizer(model, device="cpu", precision="fp32")
+    assert (synth.steps, synth.sampler, synth.notes) == (2, "ddim", [])
+    mask = make_layout("dense", (TILE, TILE), seed=1)
+    progress: list[tuple[int, int]] = []
+    synth(mask, seed=0, progress=lambda d, t: progress.append((d, t)))
+    assert progress[-1] == (2, 2)
+    # an explicit --steps wins, with a note; a model that was not distilled keeps 20 DPM steps
+    asked = DiffusionSynthesizer(model, device="cpu", precision="fp32", steps=8)
+    assert asked.steps == 8 and "distilled for 2 ddim steps" in asked.notes[0]
+    plain = DiffusionSynthesizer(load_diffusion(teacher), device="cpu", precision="fp32")
+    assert (plain.steps, plain.sampler, plain.notes) == (20, "dpm", [])
+
+
+def test_generate_uses_the_distilled_steps_and_notes_other_steps(
+        student: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import tifffile
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    tifffile.imwrite(masks / "m.tif", make_layout("dense", (TILE, TILE), seed=2))
+    common = ["--model", str(student), "--masks", str(masks), "--device", "cpu",
+              "--precision", "fp32"]
+    assert main(["generate", *common, "--out", str(tmp_path / "a")]) == 0
+    record = json.loads((tmp_path / "a" / "generate.jsonl").read_text().splitlines()[0])
+    assert (record["params"]["steps"], record["params"]["sampler"]) == (2, "ddim")
+    capsys.readouterr()
+    assert main(["generate", *common, "--out", str(tmp_path / "b"), "--steps", "3"]) == 0
+    said = capsys.readouterr()
+    shown = " ".join((said.out + said.err).split())  # the CLI wraps long lines
+    assert "distilled for 2 ddim steps; running steps 3 as asked" in shown
+
+
+def test_stop_and_resume_equals_an_uninterrupted_distillation(
+        tmp_path: Path, isbi_small: Path, teacher: Path) -> None:
+    kw = {"steps": 6, "distill_start_steps": 8, "distill_steps": 2}  # rounds at 0 and 3
+    straight = list(train(_cfg(isbi_small, tmp_path / "a", teacher, **kw)))
+    assert straight[-1]["reason"] == "completed"
+    calls = iter(range(100))
+    stopped = list(train(_cfg(isbi_small, tmp_path / "b", teacher, **kw),
+                         stop=lambda: next(calls) >= 3))  # stops at the round boundary
+    assert stopped[-1]["reason"] == "stopped" and stopped[-1]["step"] == 3
+    resumed = list(train(_cfg(isbi_small, tmp_path / "b", teacher, **kw),
+                         resume=tmp_path / "b"))
+    assert resumed[0]["resumed_from"] == 3 and resumed[-1]["step"] == 6
+    states = [torch.load(latest_checkpoint(tmp_path / r)[2], weights_only=True)["model"]
+              for r in ("a", "b")]
+    assert states[0]["round"] == states[1]["round"] == 1
+    for key in ("unet", "teacher"):
+        for name, value in states[0][key].items():
+            assert torch.equal(value, states[1][key][name]), (key, name)
+    for x, y in zip(states[0]["ema"]["shadow_params"], states[1]["ema"]["shadow_params"],
+                    strict=True):
+        assert torch.equal(x, y)
+    assert states[0]["sched"] == states[1]["sched"]
+    files = [load_model(tmp_path / r).network.state_dict() for r in ("a", "b")]
+    assert all(torch.equal(files[0][k], files[1][k]) for k in files[0])
+
+
+def test_a_pix2pix_or_missing_teacher_and_bad_step_counts_are_refused(
+        tmp_path: Path, isbi_small: Path, tiny_model: Path, teacher: Path) -> None:
+    with pytest.raises(ConfigError, match="is a pix2pix model; distillation needs a diffusion"):
+        _cfg(isbi_small, tmp_path / "p", tiny_model).validate()
+    with pytest.raises(ConfigError, match=r"cannot be used as the teacher: .*no such file"):
+        _cfg(isbi_small, tmp_path / "m", tmp_path / "nothing.safetensors").validate()
+    with pytest.raises(ConfigError, match="times a power of two"):
+        _cfg(isbi_small, tmp_path / "s", teacher, distill_start_steps=12).validate()
+    with pytest.raises(ConfigError, match="trained on 'onehot' masks"):
+        _cfg(isbi_small, tmp_path / "e", teacher, encoding="rgb").validate()
+    assert check_plan(32, 3) and not check_plan(32, 4, 3)
+    assert check_plan(32, 4, 2)  # three rounds need three steps
+    plan = DistillPlan(32, 4, 10)
+    assert plan.bounds() == [0, 3, 6, 10] and plan.round_of(6) == 2
+    assert [plan.student_steps(r) for r in range(3)] == [16, 8, 4]
+
+
+def test_the_bundled_fast_name_is_known_and_says_how_to_make_it_when_missing() -> None:
+    from napari_synthgen.sample_data import bundled_model_path, resolve_model_source
+
+    path = bundled_model_path("demo-diffusion-fast")
+    if path.is_file():
+        model = load_model("demo-diffusion-fast")
+        assert model.info.metadata["distilled"]["steps"] <= 4
+        return
+    with pytest.raises(FileNotFoundError, match=r"pack_diffusion_fast\.py"):
+        resolve_model_source("demo-diffusion-fast")
+
+
+@pytest.mark.gui
+def test_the_synthesize_widget_opens_a_distilled_model_with_its_own_steps(
+        make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    from napari_synthgen.families.diffusion.files import save_diffusion
+    from napari_synthgen.families.diffusion.networks import build_unet, make_spec
+    from napari_synthgen.widgets._common import keep_triton_out
+
+    keep_triton_out()
+    torch.manual_seed(0)
+    spec = make_spec("small", tile=32, block_out_channels=(8, 16), attention=(False, True),
+                     attention_head_dim=8)
+    net = build_unet(spec)
+    plain = save_diffusion(tmp_path / "plain.safetensors", net, spec)
+    fast = save_diffusion(tmp_path / "fast.safetensors", net, spec,
+                          {"distilled": {"steps": 2, "sampler": "ddim", "rounds": 2}})
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-synthgen", "Synthesize")
+
+    def use(model: Path) -> None:
+        w.set_model(model)
+        qtbot.waitUntil(lambda: w.model is not None and w.model.info.path == str(model),
+                        timeout=20000)
+
+    def shown() -> tuple[int, str]:
+        return w.family_fields["steps"].value, w.family_fields["sampler"].value
+
+    use(fast)
+    assert shown() == (2, "ddim")
+    use(plain)
+    assert shown() == (20, "dpm")  # fields left at a model's defaults follow the next model
+    w.family_fields["steps"].value = 7
+    use(fast)
+    assert shown() == (7, "ddim")  # the user's steps stay; the untouched sampler follows
