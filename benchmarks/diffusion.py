@@ -16,12 +16,18 @@ For the ``small`` configuration (4.3 M parameters):
   per denoising step, a 20-step image as 20 of those steps, the ratio), the peak memory of one
   step of each in a fresh process, and the seam ratio of a 512 x 512 image in 4 and 10 steps
   (mean gradient across the lines where tiles meet over the mean elsewhere; 1.0 is seamless)
-  with each fusion and with tiles sampled alone side by side (the seams the measure sees).
+  with each fusion and with tiles sampled alone side by side (the seams the measure sees);
+- ``--fast``: the bundled few-step ``demo-diffusion-fast`` (its defaults: 2 DDIM steps)
+  against its teacher ``demo-diffusion`` with DPM-Solver++ 20 steps, on the first ISBI mask
+  (512 x 512), rule precision, each after a warm-up call: wall and process CPU time, the ratio
+  fast / teacher (the issue's target: at most 0.1), and U-Net calls and the time inside them
+  (a timer around the network's forward), to show where the fast model's time goes.
 
 The sampled model is first trained for ``--train-steps`` steps (its weights are then past
 random, so precision errors are measured on images with structure; it is not a good model).
 Run: ``python benchmarks/diffusion.py`` (``--quick`` samples 512 x 512 instead of 1024, and
-compares the fusions at 512 and 1024); ``--fusion-only`` runs only the large-image comparison.
+compares the fusions at 512 and 1024); ``--fusion-only`` runs only the large-image comparison;
+``--fast`` runs only the few-step model against its teacher.
 """
 
 from __future__ import annotations
@@ -264,6 +270,57 @@ def fusion_rows(sizes: tuple[int, ...], steps: int, seam_side: int,
     return rows
 
 
+def fast_rows(repeats: int) -> list[tuple[str, str]]:
+    """``demo-diffusion-fast`` (its default 2 DDIM steps) against ``demo-diffusion`` with
+    DPM-Solver++ 20 steps on the first ISBI mask, in this process, after a warm-up call each."""
+    import tifffile
+
+    from napari_synthgen.registry import make_synthesizer
+
+    mask = tifffile.imread(sorted((SHARED / "masks").glob("*.tif"))[0])
+    synths = {"fast": make_synthesizer("demo-diffusion-fast"),
+              "teacher": make_synthesizer("demo-diffusion", steps=20)}
+    net: dict[str, list[float]] = {k: [] for k in synths}  # seconds of each U-Net call
+    for name, synth in synths.items():
+        synth(mask, seed=1)  # warm-up on the same size
+        network, start = synth.denoiser.network, [0.0]
+        network.register_forward_pre_hook(lambda *_, s=start: s.__setitem__(0, time.perf_counter()))
+        network.register_forward_hook(
+            lambda *_, s=start, n=name: net[n].append(time.perf_counter() - s[0]))
+    wall, cpu, calls, inside = {}, {}, {}, {}
+    for name in synths:
+        wall[name], cpu[name] = float("inf"), float("inf")
+    for _ in range(repeats):  # interleaved, best of ``repeats``: other load hits both alike
+        for name, synth in synths.items():
+            net[name].clear()
+            c0, t0 = time.process_time(), time.perf_counter()
+            synth(mask, seed=0)
+            w, c = time.perf_counter() - t0, time.process_time() - c0
+            if w < wall[name]:
+                calls[name], inside[name] = len(net[name]), sum(net[name])
+            wall[name], cpu[name] = min(wall[name], w), min(cpu[name], c)
+    rows: list[tuple[str, str]] = []
+    labels = {"fast": "demo-diffusion-fast, DDIM 2 (its default)",
+              "teacher": "demo-diffusion, DPM-Solver++ 20"}
+    for name, synth in synths.items():
+        rows.append((f"{mask.shape[0]} x {mask.shape[1]}, {labels[name]}, {synth.precision}: "
+                     "wall s (CPU s)", f"{wall[name]:.2f} ({cpu[name]:.2f})"))
+        rows.append((f"{labels[name]}: U-Net calls, s inside them (share of wall), "
+                     "ms per call", f"{calls[name]}, {inside[name]:.2f} "
+                     f"({inside[name] / wall[name]:.0%}), "
+                     f"{1000 * inside[name] / max(calls[name], 1):.0f}"))
+        print(*rows[-2:], sep="\n", flush=True)
+    rows.append(("fast / teacher, wall (CPU); target at most 0.1",
+                 f"**{wall['fast'] / wall['teacher']:.3f}** "
+                 f"({cpu['fast'] / cpu['teacher']:.3f})"))
+    rows.append(("fast / teacher, U-Net calls; time inside them",
+                 f"{calls['fast'] / calls['teacher']:.3f}; "
+                 f"{inside['fast'] / inside['teacher']:.3f}"))
+    for synth in synths.values():
+        synth.close()
+    return rows
+
+
 def print_table(rows: list[tuple[str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
     print()
@@ -283,7 +340,16 @@ def main() -> None:
                     help="only shifted windows against MultiDiffusion on large images")
     ap.add_argument("--fusion-steps", type=int, default=1,
                     help="denoising steps timed per large image (a 20-step image is 20 of them)")
+    ap.add_argument("--fast", action="store_true",
+                    help="only demo-diffusion-fast (2 DDIM steps) against its 20-step teacher")
+    ap.add_argument("--fast-repeats", type=int, default=2,
+                    help="timed calls of each model with --fast (best of them)")
     args = ap.parse_args()
+    if args.fast:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              f"{auto_precision(CPU, 'inference')[1]}", flush=True)
+        print_table(fast_rows(args.fast_repeats))
+        return
     fusion_args = (((512, 1024), args.fusion_steps, 256, (4, 10)) if args.quick
                    else ((1024, 2048), args.fusion_steps, 512, (4, 10)))
     if args.fusion_only:
