@@ -250,18 +250,7 @@ class DistillTrainer(DiffusionTrainer):
         weight = (a_t ** 2 / s_t.clamp_min(1e-8) ** 2).clamp_min(1.0).view(-1)
         per_sample = F.mse_loss(x_hat, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * weight).mean()
-        finite = bool(torch.isfinite(loss))
-        if finite:
-            self.scaler.scale(loss).backward()
-            if self.cfg.grad_clip:
-                self.scaler.unscale_(self.opt)
-                nn.utils.clip_grad_norm_(self.unet_raw.parameters(), self.cfg.grad_clip)
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.ema.step(self.unet_raw.parameters())
-        self.sched.step()
-        self.step_index += 1
-        return StepResult({"mse": float(loss.detach())}, finite)
+        return self._optimise(loss)
 
     def _ddim(self, net: nn.Module, z: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
               s: torch.Tensor) -> torch.Tensor:

@@ -170,6 +170,11 @@ class DiffusionTrainer:
         per_sample = F.mse_loss(out.float(), target, reduction="none").mean(dim=(1, 2, 3))
         weights = self._snr_weights(ab.view(-1))
         loss = (per_sample * weights).mean()
+        return self._optimise(loss)
+
+    def _optimise(self, loss: torch.Tensor) -> StepResult:
+        """Backward, clip, optimiser and EMA step for ``loss`` (skipped when it is not finite),
+        then the rate schedule; shared by plain training and distillation."""
         finite = bool(torch.isfinite(loss))
         if finite:
             self.scaler.scale(loss).backward()
