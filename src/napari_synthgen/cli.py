@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "model: serial (texture continues through z like serial sections, "
                      "default) or independent (each slice on its own; refused for pix2pix "
                      "models)")
+    gen.add_argument("--guidance", type=_number(float, 0), default=None, metavar="W",
+                     help="classifier-free guidance weight of a diffusion model trained with "
+                     "--unlabeled or --cond-dropout: 1 is the plain conditional model (default), "
+                     "above 1 follows the mask more strictly, below 1 leans on the unlabelled "
+                     "tissue (refused for other models)")
     _add_synthesis_options(gen)
 
     from .training.cli import add_train_parser
@@ -510,7 +515,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError("--variations must be at least 1.")
     model = resolve_model_source(args.model)
     options = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler),
-                                 ("fusion", args.fusion), ("z_coupling", args.z_coupling))
+                                 ("fusion", args.fusion), ("z_coupling", args.z_coupling),
+                                 ("guidance", args.guidance))
                if v is not None}
     if options:
         from .models.checkpoints.locate import model_family

@@ -7,6 +7,11 @@ A mask encoding is part of a model:
 - ``onehot``: one channel per class, +1 for the pixel's class and -1 elsewhere (3 channels).
 - ``label``: one channel, the class scaled to [-1, 1] (0 -> -1, 1 -> 0, 2 -> +1).
 
+Every encoding also has a null condition, all channels 0, for a training mask of
+:data:`~napari_synthgen.masks.NO_LABEL` (an image without a mask): ``rgb`` and ``onehot`` never
+produce it from a class, so a model can learn "no mask" apart from every layout (classifier-free
+guidance); in ``label`` it is the interior's code, so that encoding cannot learn it.
+
 Images are scaled to [-1, 1] from their intensity range (uint8: 0..255) and back.
 """
 
@@ -15,9 +20,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .masks import PALETTE
+from .masks import N_CLASSES, NO_LABEL, PALETTE
 
 ENCODINGS: tuple[str, ...] = ("rgb", "onehot", "label")
+#: encodings whose null condition (all channels 0) is not also a class's code
+NULL_ENCODINGS: tuple[str, ...] = ("rgb", "onehot")
 
 _LUTS: dict[str, np.ndarray] = {
     "rgb": PALETTE.astype(np.float32) / 127.5 - 1.0,
@@ -39,13 +46,18 @@ def n_channels(encoding: str) -> int:
 
 
 def encoding_lut(encoding: str, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The (3, C) look-up table from class to encoded channels, as a tensor on ``device``."""
-    return torch.from_numpy(_LUTS[check_encoding(encoding)].copy()).to(device)
+    """The (4, C) look-up table from class to encoded channels, as a tensor on ``device``; its
+    last row (all 0) is the null condition that :func:`encode_masks` gives ``NO_LABEL``."""
+    lut = _LUTS[check_encoding(encoding)]
+    return torch.from_numpy(np.concatenate([lut, np.zeros_like(lut[:1])])).to(device)
 
 
 def encode_masks(masks: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """Encode a batch of class masks ``(B, H, W)`` (integer) to ``(B, C, H, W)`` float."""
-    return lut[masks.long()].permute(0, 3, 1, 2).contiguous()
+    """Encode a batch of class masks ``(B, H, W)`` (integer) to ``(B, C, H, W)`` float;
+    ``NO_LABEL`` pixels get the null condition (all channels 0)."""
+    idx = masks.long()
+    idx = torch.where(idx == NO_LABEL, N_CLASSES, idx)
+    return lut[idx].permute(0, 3, 1, 2).contiguous()
 
 
 def encode_mask(mask: np.ndarray, encoding: str) -> np.ndarray:

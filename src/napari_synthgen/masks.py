@@ -19,6 +19,9 @@ INTERIOR: int = 1
 BOUNDARY: int = 2
 CLASS_NAMES: tuple[str, str, str] = ("background", "interior", "boundary")
 N_CLASSES: int = 3
+#: A training-mask value, never a user's: "no mask for this image" (an unlabelled image, or a
+#: mask dropped for classifier-free guidance). Encodings give it the null condition.
+NO_LABEL: int = 255
 
 #: Colours of the reference pix2pix runs: black background, green interior, red boundary.
 PALETTE: np.ndarray = np.array([[0, 0, 0], [0, 255, 0], [255, 0, 0]], dtype=np.uint8)

@@ -102,6 +102,9 @@ class Family:
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: order of keys in a saved configuration (None: common keys, then the family's)
     config_order: ClassVar[tuple[str, ...] | None] = None
+    #: whether its trainer learns from tiles without a mask (``NO_LABEL``: ``--unlabeled``,
+    #: ``cond_dropout``); a family that does not is refused them by name
+    learns_unlabeled: ClassVar[bool] = False
 
     # ----------------------------------------------------------------- settings
     def setting_names(self) -> tuple[str, ...]:

@@ -39,6 +39,11 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--unlabel-fraction", "unlabel_fraction", cli_type(float, 0, 1),
      "share of cells turned into background in each training mask, image kept "
      "(teaches class 0 as unlabelled tissue)"),
+    ("--unlabeled-share", "unlabeled_share", cli_type(float, 0, 1),
+     "share of each batch's tiles drawn from the --unlabeled images"),
+    ("--cond-dropout", "cond_dropout", cli_type(float, 0, 1),
+     "share of the labelled tiles trained without their mask (the null condition, for "
+     "guidance without unlabelled images)"),
     ("--seed", "seed", SEED_TYPE, "random seed"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
     ("--precision", "precision", str, "numeric precision"),
@@ -118,6 +123,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--data", nargs="+", default=None,
                    help="paired folders (images/ + masks/) or reference aligned folders")
     p.add_argument("--val", nargs="+", default=None, help="validation folders (else a split)")
+    p.add_argument("--unlabeled", nargs="+", default=None, metavar="DIR",
+                   help="raw images without masks that join training (folders of images, "
+                   "stacks, or paired folders' images/): they teach the tissue, the masks "
+                   "teach the layout (diffusion: the null condition of classifier-free "
+                   "guidance, see generate --guidance)")
     p.add_argument("--family", default=None, choices=registry.names(),
                    help=_with_default("model family", defaults.get("family")))
     length = p.add_argument_group(
@@ -151,7 +161,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     preset = _preset(args.config)
     values: dict[str, Any] = (_file_values(args.config, args.family)
                               if args.config and preset is None else {})
-    for key in ("data", "val"):
+    for key in ("data", "val", "unlabeled"):
         if getattr(args, key) is not None:
             values[key] = list(getattr(args, key))
     if args.family is not None:
@@ -230,8 +240,10 @@ def _print_human(event: Event, bar: Any) -> None:
         bar.update(event["step"])
         bar.write(
             f"training {cfg['family']} {arch} on "
-            f"{event['n_train_images']} images ({event['n_val_images']} validation), "
-            f"{event['total']} steps, {event['device']} {event['precision']}, "
+            f"{event['n_train_images']} images ({event['n_val_images']} validation"
+            + (f", {event['n_unlabeled_images']} unlabelled"
+               if event.get("n_unlabeled_images") else "")
+            + f"), {event['total']} steps, {event['device']} {event['precision']}, "
             f"{event['world_size']} process(es)"
             + (f"; resumed at step {event['resumed_from']}" if event["resumed_from"] else "")
         )

@@ -17,6 +17,12 @@ then a linear decay to zero over the second half, no flips.
 
 ``unlabel_fraction`` (both families) turns that share of the cells of each training mask into
 background, image kept, so that a model learns to paint unlabelled tissue there.
+
+``unlabeled`` (folders or files of raw images without masks) joins them to training:
+``unlabeled_share`` of each batch's tiles come from them, with the null condition (no mask,
+:data:`~napari_synthgen.masks.NO_LABEL`); ``cond_dropout`` drops the mask of that share of the
+labelled tiles too. Labelled masks teach the layout; every image teaches the tissue. What a
+family does with a tile without a mask is its own (diffusion: classifier-free guidance).
 """
 
 from __future__ import annotations
@@ -72,6 +78,12 @@ class TrainConfig:
     n_preview: int = 4
     #: share of cells turned into background in each training mask, image kept (0: off)
     unlabel_fraction: float = 0.0
+    #: folders (or files) of raw images without masks that join training (null condition)
+    unlabeled: list[str] = field(default_factory=list)
+    #: share of each batch's tiles drawn from ``unlabeled`` (used only when it is given)
+    unlabeled_share: float = 0.5
+    #: share of the labelled tiles whose mask is dropped (null condition) for guidance
+    cond_dropout: float = 0.0
     #: the family's own settings (its ``settings`` dataclass)
     settings: Any = None
 
@@ -149,7 +161,7 @@ class TrainConfig:
     # ----------------------------------------------------------------- checks
     def validate(self) -> TrainConfig:
         """Check values and combinations; raise :class:`ConfigError` saying what to change."""
-        from ..encoding import ENCODINGS
+        from ..encoding import ENCODINGS, NULL_ENCODINGS
 
         fam = self.family_entry
         problems = []
@@ -177,6 +189,21 @@ class TrainConfig:
         if not 0.0 <= self.unlabel_fraction <= 1.0:
             problems.append(f"unlabel_fraction is a share of cells in [0, 1]; got "
                             f"{self.unlabel_fraction}.")
+        for name in ("unlabeled_share", "cond_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{name} is a share of tiles in [0, 1]; got {value}.")
+        if self.unlabeled and self.unlabeled_share == 0.0:
+            problems.append("unlabeled folders are given but unlabeled_share is 0, so no "
+                            "unlabelled tile would be drawn; raise it (e.g. 0.5) or drop them.")
+        if (self.unlabeled or self.cond_dropout > 0) and not fam.learns_unlabeled:
+            problems.append(f"the {self.family} family does not learn from images without "
+                            "masks; drop --unlabeled / cond_dropout or use a family that does "
+                            "(diffusion).")
+        elif (self.unlabeled or self.cond_dropout > 0) and self.encoding not in NULL_ENCODINGS:
+            problems.append(f"unlabelled images and cond_dropout need a mask encoding with a "
+                            f"null condition ({' or '.join(NULL_ENCODINGS)}); encoding "
+                            f"{self.encoding!r} codes 'no mask' like the interior.")
         if problems:
             raise ConfigError(
                 "the training configuration has problems:\n  " + "\n  ".join(problems))

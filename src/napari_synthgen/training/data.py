@@ -18,15 +18,17 @@ import torch
 
 from ..encoding import image_to_unit
 from ..io import (
+    IMAGE_SUFFIXES,
     PairingError,
     decoding,
     find_pairs,
     is_paired_folder,
+    list_images,
     read_array,
     read_image,
     read_mask,
 )
-from ..masks import N_CLASSES, PALETTE, MaskError, class_record
+from ..masks import N_CLASSES, NO_LABEL, PALETTE, MaskError, class_record
 
 ALIGNED_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -135,6 +137,78 @@ def load_samples(folders: Sequence[str | Path]) -> list[Sample]:
     return samples
 
 
+@dataclass
+class RawImage:
+    """One image without a mask (a slice of a stack is one image), for ``--unlabeled``."""
+
+    name: str
+    image: np.ndarray
+
+
+def _raw_files(source: Path) -> list[Path]:
+    """The image files of one ``--unlabeled`` source: a file, a folder of images, or a paired
+    folder's ``images/`` (its masks are not used)."""
+    if source.is_file():
+        return [source]
+    folder = source / "images" if is_paired_folder(source) else source
+    return list_images(folder)
+
+
+def load_unlabeled(sources: Sequence[str | Path]) -> list[RawImage]:
+    """Read every raw image of ``--unlabeled``: 2-D grey images, and (Z, Y, X) stacks as Z
+    images. Raises :class:`DataError` listing every problem at once (unreadable, colour or
+    4-D files, empty folders), by file name."""
+    problems: list[str] = []
+    images: list[RawImage] = []
+    for source in map(Path, sources):
+        if not source.exists():
+            problems.append(f"{source}: no such file or folder.")
+            continue
+        if source.is_file() and source.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"{source}: not an image file ({', '.join(IMAGE_SUFFIXES)}).")
+            continue
+        files = _raw_files(source)
+        if not files:
+            problems.append(f"{source}: holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+            continue
+        for path in files:
+            try:
+                arr = read_image(path)
+            except (ValueError, OSError) as exc:
+                problems.append(f"{path.name}: {exc}")
+                continue
+            if arr.ndim == 2:
+                images.append(RawImage(f"{source.name}/{path.stem}", arr))
+            elif arr.ndim == 3:
+                images += [RawImage(f"{source.name}/{path.stem}[{z}]", arr[z])
+                           for z in range(arr.shape[0])]
+            else:
+                problems.append(f"{path.name}: shape {arr.shape}; unlabelled images are 2-D "
+                                "grey images or (Z, Y, X) stacks.")
+    if problems:
+        raise DataError("the unlabelled images have problems:\n  " + "\n  ".join(problems))
+    return images
+
+
+def check_unlabeled(labelled: Sequence[Sample], raw: Sequence[RawImage], tile: int) -> None:
+    """Refuse unlabelled images that cannot train beside the labelled ones: another bit depth
+    (they would be scaled to another grey range) or smaller than a tile."""
+    problems = []
+    dtypes = {str(s.image.dtype) for s in labelled}
+    other = [f"{r.name} ({r.image.dtype})" for r in raw if str(r.image.dtype) not in dtypes]
+    if other:
+        problems.append(f"{len(other)} unlabelled image(s) are not {' / '.join(sorted(dtypes))} "
+                        f"like the labelled ones: {', '.join(other[:5])}"
+                        f"{' ...' if len(other) > 5 else ''}; convert them to the same bit depth.")
+    small = [f"{r.name} ({r.image.shape[0]}x{r.image.shape[1]})" for r in raw
+             if min(r.image.shape) < tile]
+    if small:
+        problems.append(f"tile {tile} is larger than {len(small)} unlabelled image(s): "
+                        f"{', '.join(small[:5])}{' ...' if len(small) > 5 else ''}.")
+    if problems:
+        raise DataError("the unlabelled images have problems:\n  " + "\n  ".join(problems))
+
+
 def split_validation(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
     """Hold out the last ``fraction`` of source images (a contiguous block, by name order).
 
@@ -194,7 +268,8 @@ class TileSampler:
 
     def __init__(self, samples: list[Sample], *, tile: int, stride: int | None, batch_size: int,
                  seed: int, flips: bool = False, rot90: bool = False, rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, unlabeled: Sequence[RawImage] = (),
+                 unlabeled_share: float = 0.0, cond_dropout: float = 0.0) -> None:
         small = [f"{s.name} ({s.image.shape[0]}x{s.image.shape[1]})" for s in samples
                  if s.image.shape[0] < tile or s.image.shape[1] < tile]
         if small:
@@ -210,6 +285,9 @@ class TileSampler:
         self.rank, self.world = rank, world
         self.images = [torch.from_numpy(image_to_unit(s.image)) for s in samples]
         self.masks = [torch.from_numpy(s.mask) for s in samples]
+        self.raw = [torch.from_numpy(image_to_unit(r.image)) for r in unlabeled]
+        self.unlabeled_share = float(unlabeled_share) if self.raw else 0.0
+        self.cond_dropout = float(cond_dropout)
         self.grid: list[tuple[int, int, int]] = []
         if stride is not None:
             for i, s in enumerate(samples):
@@ -241,15 +319,39 @@ class TileSampler:
         h, w = self.samples[i].image.shape
         return i, int(rng.integers(h - self.tile + 1)), int(rng.integers(w - self.tile + 1))
 
+    def _raw_crop(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random crop of an unlabelled image, with a mask of ``NO_LABEL``."""
+        rng = np.random.default_rng([self.seed, 19, k])
+        raw = self.raw[int(rng.integers(len(self.raw)))]
+        h, w = raw.shape
+        y, x = int(rng.integers(h - self.tile + 1)), int(rng.integers(w - self.tile + 1))
+        im = raw[y : y + self.tile, x : x + self.tile]
+        return torch.full(im.shape, NO_LABEL, dtype=torch.uint8), im
+
+    def _no_mask(self, k: int) -> tuple[bool, bool]:
+        """(tile ``k`` is an unlabelled image's, tile ``k``'s mask is dropped): seeded draws
+        of their own, so the labelled tiles are those a run without them would draw."""
+        if not (self.unlabeled_share or self.cond_dropout):
+            return False, False
+        u, d = np.random.default_rng([self.seed, 17, k]).random(2)
+        return bool(u < self.unlabeled_share), bool(d < self.cond_dropout)
+
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(masks (B, T, T) uint8, images (B, 1, T, T) float in [-1, 1]) for this rank."""
+        """(masks (B, T, T) uint8, images (B, 1, T, T) float in [-1, 1]) for this rank; a tile
+        without a mask (an unlabelled image's, or a dropped one) has the mask ``NO_LABEL``."""
         t = self.tile
         first = step * self.global_batch + self.rank * self.batch_size
         masks, images = [], []
         for k in range(first, first + self.batch_size):
-            i, y, x = self._grid_index(k) if self.grid else self._crop(k)
-            m = self.masks[i][y : y + t, x : x + t]
-            im = self.images[i][y : y + t, x : x + t]
+            raw, dropped = self._no_mask(k)
+            if raw:
+                m, im = self._raw_crop(k)
+            else:
+                i, y, x = self._grid_index(k) if self.grid else self._crop(k)
+                m = self.masks[i][y : y + t, x : x + t]
+                im = self.images[i][y : y + t, x : x + t]
+                if dropped:
+                    m = torch.full_like(m, NO_LABEL)
             m, im = self._augment(m, im, k)
             masks.append(m)
             images.append(im)

@@ -44,7 +44,9 @@ from .data import (
     class_stats,
     fixed_tiles,
     intensity_stats,
+    check_unlabeled,
     load_samples,
+    load_unlabeled,
     split_validation,
 )
 from .runs import (
@@ -207,9 +209,14 @@ class _Run:
         else:
             train_s, val_s = split_validation(samples, cfg.val_fraction)
         self.train_samples, self.val_samples = train_s, val_s
+        self.unlabeled = load_unlabeled(cfg.unlabeled) if cfg.unlabeled else []
+        check_unlabeled(train_s, self.unlabeled, cfg.tile)
         self.sampler = TileSampler(train_s, tile=cfg.tile, stride=cfg.stride,
                                    batch_size=cfg.batch_size, seed=cfg.seed, flips=cfg.flips,
-                                   rot90=cfg.rot90, rank=self.dist.rank, world=self.dist.world)
+                                   rot90=cfg.rot90, rank=self.dist.rank, world=self.dist.world,
+                                   unlabeled=self.unlabeled,
+                                   unlabeled_share=cfg.unlabeled_share,
+                                   cond_dropout=cfg.cond_dropout)
         if val_s:
             TileSampler(val_s, tile=cfg.tile, stride=None, batch_size=1, seed=0)  # size check
         self.total = cfg.steps or cfg.epochs * self.sampler.steps_per_epoch()
@@ -258,6 +265,7 @@ class _Run:
             device=str(self.device), precision=self.precision,
             precision_note=self.precision_note, world_size=self.dist.world,
             n_train_images=len(train_s), n_val_images=len(val_s),
+            n_unlabeled_images=len(self.unlabeled),
             tiles_per_epoch=self.sampler.tiles_per_epoch,
             steps_per_epoch=self.sampler.steps_per_epoch(), out=str(self.out),
             config=cfg.to_dict(), intensity=self.stats,
@@ -316,6 +324,12 @@ class _Run:
                                 f"end of this run ({self.total} steps); raise --steps to go on.")
         return self.step
 
+    @property
+    def learned_null(self) -> bool:
+        """Whether the model saw tiles without a mask, so that it knows the null condition
+        (classifier-free guidance needs it)."""
+        return bool(self.unlabeled and self.cfg.unlabeled_share > 0) or self.cfg.cond_dropout > 0
+
     # ----------------------------------------------------------------- saving
     def save_checkpoint(self) -> Event:
         """Write the model file + state atomically, point latest.json at them, prune old ones."""
@@ -329,6 +343,7 @@ class _Run:
             torch.save(state, tmp)
         meta = {
             "intensity": self.stats, "classes": self.classes,
+            "null_condition": self.learned_null,
             "reference_stats": self.reference, "config": self.cfg.to_dict(),
             "step": step, "precision": self.precision, "precision_rule": self.precision_note,
             "provenance": {
@@ -338,6 +353,8 @@ class _Run:
                 "n_train_images": len(self.train_samples),
                 "train_images": [s.name for s in self.train_samples],
                 "val_images": [s.name for s in self.val_samples],
+                "unlabeled": list(self.cfg.unlabeled),
+                "unlabeled_images": [r.name for r in self.unlabeled],
                 "history": self.history,
             },
         }

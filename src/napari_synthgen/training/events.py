@@ -85,6 +85,8 @@ class Started(Event):
     world_size: int = 1
     n_train_images: int = 0
     n_val_images: int = 0
+    #: raw images without masks (``--unlabeled``; a stack counts its slices)
+    n_unlabeled_images: int = 0
     tiles_per_epoch: int = 0
     steps_per_epoch: int = 0
     out: str = ""

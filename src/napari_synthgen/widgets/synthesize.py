@@ -119,6 +119,11 @@ _OPTION_UI: dict[str, dict[str, Any]] = {
                    "continues from slice to slice like serial EM sections (initial noise "
                    "correlated along z); independent: every slice drawn on its own (texture "
                    "flickers along z). 2-D masks are the same either way."},
+    "guidance": {"label": "Guidance", "min": 0.0, "max": 20.0, "step": 0.25, "tooltip":
+                 "Classifier-free guidance (models trained with unlabelled images): 1 is the "
+                 "plain model; above 1 follows the mask more strictly, below 1 leans on the "
+                 "tissue learned from unlabelled images. Each value other than 1 doubles the "
+                 "network work."},
     "preview_steps": {"label": "Preview steps", "min": 1, "max": 1000, "tooltip":
                       "Denoising steps of live preview: few keep strokes quick; Synthesize "
                       "gives the full result."},
@@ -140,6 +145,10 @@ def family_options(model: Any) -> dict[str, Any]:
     own = getattr(cls, "model_defaults", None)
     if callable(own):
         options.update({k: v for k, v in own(model).items() if k in options})
+    # settings that mean nothing for this model (guidance without a learned null condition)
+    hidden = getattr(cls, "hidden_options", None)
+    for name in hidden(model) if callable(hidden) else ():
+        options.pop(name, None)
     return options
 
 
@@ -155,7 +164,8 @@ def _option_field(name: str, default: Any, choices: Any = None) -> Any:
     elif isinstance(default, int):
         field = SpinBox(min=ui.get("min", 0), max=ui.get("max", 2**31 - 1), **kw)
     elif isinstance(default, float):
-        field = FloatSpinBox(min=ui.get("min", 0.0), max=ui.get("max", 1e9), **kw)
+        field = FloatSpinBox(min=ui.get("min", 0.0), max=ui.get("max", 1e9),
+                             step=ui.get("step", 0.1), **kw)
     elif isinstance(default, str):
         field = LineEdit(**kw)
     else:

@@ -420,6 +420,12 @@ class TrainWidget(Container):
         self.data = LineEdit(label="Data folders", value="")
         self.add_data = PushButton(text="Add folder...")
         self.data_status = Label(value="Paired folders (images/ + masks/) or aligned A|B images.")
+        self.unlabeled = LineEdit(label="Unlabelled images", value="")
+        self.unlabeled.tooltip = (
+            "Folders (';'-separated) of raw images without masks, or image stacks: they join "
+            "training with no mask (the diffusion family learns the tissue from them; "
+            "Synthesize's Guidance then weighs mask against tissue).")
+        self.add_unlabeled = PushButton(text="Add unlabelled folder...")
 
     def _build_run_fields(self, common: dict[str, Any]) -> None:
         """Validation, run folder, family and the settings most runs change."""
@@ -452,13 +458,23 @@ class TrainWidget(Container):
         self.seed = SpinBox(value=common["seed"], min=0, max=2**31 - 1, label="Seed")
         self.encoding = ComboBox(choices=["rgb", "onehot", "label"], value=common["encoding"],
                                  label="Mask encoding")
+        self.unlabeled_share = FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05,
+                                            label="Unlabelled share")
+        self.unlabeled_share.tooltip = ("Share of each batch's tiles drawn from the unlabelled "
+                                        "images (when there are any).")
+        self.cond_dropout = FloatSpinBox(value=0.0, min=0.0, max=1.0, step=0.05,
+                                         label="Mask dropout")
+        self.cond_dropout.tooltip = (
+            "Share of the labelled tiles trained without their mask, so that a model without "
+            "unlabelled images also learns the null condition guidance needs (0.1 is usual).")
         #: config key -> the widget of a common setting (a family's ``defaults`` may set them)
         self.common_widgets: dict[str, Any] = {
             "steps": self.steps, "tile": self.tile, "batch_size": self.batch,
             "device": self.device, "stride": self.stride, "lr": self.lr, "flips": self.flips,
             "rot90": self.rot90, "precision": self.precision,
             "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every,
-            "seed": self.seed, "encoding": self.encoding, "unlabel_fraction": self.unlabel}
+            "seed": self.seed, "encoding": self.encoding, "unlabel_fraction": self.unlabel,
+            "unlabeled_share": self.unlabeled_share, "cond_dropout": self.cond_dropout}
         self._common_defaults = {k: w.value for k, w in self.common_widgets.items()}
 
     def _build_family_settings(self) -> None:
@@ -493,12 +509,15 @@ class TrainWidget(Container):
             Container(widgets=[self.data]),
             self.add_data,
             self.data_status,
+            Container(widgets=[self.unlabeled]),
+            self.add_unlabeled,
             main,
         ])
         self.family_section = add_collapsible(self, "Model settings", [self.family_box])
         advanced = add_collapsible(self, "Advanced", [
             self.stride, self.lr, self.flips, self.rot90, self.precision,
-            self.checkpoint_every, self.sample_every, self.seed, self.encoding])
+            self.checkpoint_every, self.sample_every, self.seed, self.encoding,
+            self.unlabeled_share, self.cond_dropout])
         self.extend([
             Container(widgets=[self.start_button, self.stop_button, self.resume_button],
                       layout="horizontal", labels=False),
@@ -506,7 +525,7 @@ class TrainWidget(Container):
             self.eta,
         ])
         self.native.layout().addWidget(self.plot.canvas)
-        for path_field in (self.data, self.val, self.out):
+        for path_field in (self.data, self.unlabeled, self.val, self.out):
             widen_path(path_field)
         self.extend([self.checkpoint_label, self.use_button])
         # magicgui places its widgets before ones added to the layout by hand: put the
@@ -524,7 +543,9 @@ class TrainWidget(Container):
         self.family.changed.connect(self._family_changed)
         self._family_changed(self.family.value)
         self.add_data.changed.connect(self._pick_data)
+        self.add_unlabeled.changed.connect(self._pick_unlabeled)
         self.data.changed.connect(self._validate_data)
+        self.unlabeled.changed.connect(self._validate_data)
         self.start_button.changed.connect(lambda *_: self.start())
         self.resume_button.changed.connect(lambda *_: self.start(resume=True))
         self.stop_button.changed.connect(self.stop)
@@ -634,6 +655,9 @@ class TrainWidget(Container):
     def data_folders(self) -> list[str]:
         return [p.strip() for p in str(self.data.value).split(";") if p.strip()]
 
+    def unlabeled_folders(self) -> list[str]:
+        return [p.strip() for p in str(self.unlabeled.value).split(";") if p.strip()]
+
     def _pick_data(self, *_: object) -> None:
         from qtpy.QtWidgets import QFileDialog
 
@@ -641,20 +665,33 @@ class TrainWidget(Container):
         if folder:
             self.data.value = ";".join([*self.data_folders(), folder])
 
+    def _pick_unlabeled(self, *_: object) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self.native, "Unlabelled images folder")
+        if folder:
+            self.unlabeled.value = ";".join([*self.unlabeled_folders(), folder])
+
     def _validate_data(self, *_: object) -> Any:
         """Check the data folders in a worker and say what was found or what is wrong."""
-        folders = self.data_folders()
+        folders, raw_folders = self.data_folders(), self.unlabeled_folders()
+        tile = self.tile.value
         if not folders:
             return None
         self.data_status.value = "Checking the data ..."
 
         def check() -> str:
-            from ..training.data import load_samples
+            from ..training.data import check_unlabeled, load_samples, load_unlabeled
 
             samples = load_samples(folders)
             shapes = sorted({s.image.shape for s in samples})
             shown = ", ".join(f"{h}x{w}" for h, w in shapes[:3])
-            return f"{len(samples)} image/mask pairs ({shown}{' ...' if len(shapes) > 3 else ''})"
+            text = f"{len(samples)} image/mask pairs ({shown}{' ...' if len(shapes) > 3 else ''})"
+            if raw_folders:
+                raw = load_unlabeled(raw_folders)
+                check_unlabeled(samples, raw, tile)
+                text += f" and {len(raw)} unlabelled images"
+            return text
 
         def show(text: str, _ctx: object = None) -> None:
             self.data_status.value = text
@@ -680,7 +717,8 @@ class TrainWidget(Container):
             flips=self.flips.value, rot90=self.rot90.value, precision=self.precision.value,
             checkpoint_every=self.checkpoint_every.value, sample_every=self.sample_every.value,
             seed=self.seed.value, encoding=self.encoding.value, log_every=1,
-            unlabel_fraction=self.unlabel.value,
+            unlabel_fraction=self.unlabel.value, unlabeled=self.unlabeled_folders(),
+            unlabeled_share=self.unlabeled_share.value, cond_dropout=self.cond_dropout.value,
             **self.family_settings(),
         )
 
@@ -786,8 +824,10 @@ class TrainWidget(Container):
                 self.plot.set_order(registry.get(family).loss_names)
             self.progress.max = event["total"]
             self.progress.value = event["step"]
+            raw = event.get("n_unlabeled_images")
             self.eta.value = (f"{event['n_train_images']} training / {event['n_val_images']} "
-                              f"validation images · {event['device']} {event['precision']}")
+                              "validation" + (f" / {raw} unlabelled" if raw else "")
+                              + f" images · {event['device']} {event['precision']}")
         elif kind == "progress":
             self.progress.max = event["total"]
             self.progress.value = event["step"]

@@ -11,6 +11,11 @@ image position), drawn in fixed 64-px blocks, so the same seed gives the same im
 the tile batch size, and two seeds differ. Samplers: DPM-Solver++ 2M and DDIM (eta 0), both
 deterministic given the noise.
 
+Classifier-free guidance (``guidance`` w, Ho & Salimans 2022): a model trained with tiles
+without a mask (``train --unlabeled`` / ``--cond-dropout``) also predicts for the null
+condition; the sampler uses null + w * (mask - null), one more U-Net call per tile and step
+when w is not 1.
+
 Cancelling: ``cancel()`` is called between steps (and between tile batches); when it returns
 True sampling stops by raising :class:`Cancelled`.
 """
@@ -55,6 +60,8 @@ DEFAULT_STEPS = 20
 #: how the tiles of a canvas larger than one tile are fused at every step: ``multidiffusion``
 #: (overlapping tiles, predictions blended) or ``shifted`` (non-overlapping tiles, grid moved)
 FUSIONS = ("multidiffusion", "shifted")
+#: the largest classifier-free guidance weight accepted (beyond it images saturate)
+MAX_GUIDANCE = 20.0
 
 
 class Cancelled(RuntimeError):
@@ -77,8 +84,11 @@ class Denoiser:
     """
 
     def __init__(self, network: torch.nn.Module, spec: DiffusionSpec, device: torch.device,
-                 precision: Precision, *, copy_network: bool = True) -> None:
+                 precision: Precision, *, copy_network: bool = True,
+                 guidance: float = 1.0) -> None:
         self.spec, self.device, self.precision = spec, device, precision
+        #: classifier-free guidance weight: 1 is the plain conditional model
+        self.guidance = float(guidance)
         net = copy.deepcopy(network) if copy_network else network
         net.eval().to(device)
         cpu_bf16 = device.type == "cpu" and precision == "bf16"
@@ -101,6 +111,17 @@ class Denoiser:
     def __call__(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | int
                  ) -> torch.Tensor:
         """Model output (v or epsilon) for noisy images ``x_t`` (B, 1, H, W), as float32."""
+        out = self._run(x_t, cond, t)
+        if self.guidance == 1.0:
+            return out
+        # classifier-free guidance: from the null condition (all 0) towards the mask's
+        # prediction and beyond, w * cond + (1 - w) * null
+        null = self._run(x_t, torch.zeros_like(cond), t)
+        return null + self.guidance * (out - null)
+
+    def _run(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | int
+             ) -> torch.Tensor:
+        """The network on (x_t, cond): tile by tile on the CPU, batched on CUDA."""
         inp = torch.cat([x_t, cond], 1).to(self.dtype).contiguous(
             memory_format=self.memory_format)
         steps = torch.full((1 if self.per_tile else inp.shape[0],), int(t), device=self.device,
@@ -196,6 +217,32 @@ def _overlaps(a: tuple[int, int], b: tuple[int, int], t: int) -> bool:
     return abs(a[0] - b[0]) < t and abs(a[1] - b[1]) < t
 
 
+def learned_null(model: Any) -> bool:
+    """Whether ``model`` was trained with tiles without a mask (``--unlabeled`` or
+    ``--cond-dropout``), so that it knows the null condition guidance needs."""
+    info = getattr(model, "info", None)
+    return bool(info is not None and info.metadata.get("null_condition"))
+
+
+def check_guidance(guidance: float, model: Any) -> float:
+    """``guidance`` as a float, or a :class:`DiffusionSamplingError` saying why it cannot
+    run: negative, or other than 1 for a model that never learned the null condition."""
+    try:
+        value = float(guidance)
+    except (TypeError, ValueError):
+        raise DiffusionSamplingError(f"guidance is a number (1: no guidance); got "
+                                     f"{guidance!r}.") from None
+    if not 0.0 <= value <= MAX_GUIDANCE:
+        raise DiffusionSamplingError(f"guidance must be between 0 and {MAX_GUIDANCE:g} "
+                                     f"(1: no guidance); got {value:g}.")
+    if value != 1.0 and not learned_null(model):
+        raise DiffusionSamplingError(
+            f"guidance {value:g} needs a model that learned the null condition (trained with "
+            "--unlabeled DIR or --cond-dropout); this one did not. Use guidance 1 or such a "
+            "model.")
+    return value
+
+
 def _diffusion_model(model: Any) -> Any:
     """``model`` if it is a loaded diffusion model (a LoadedModel of the diffusion family),
     else the diffusion model file it names (a path or a bundled name); a model of another
@@ -243,8 +290,8 @@ class DiffusionSynthesizer:
                  batch_size: int | None = None, encoding: str | None = None,
                  stochastic: bool = True, steps: int | None = None, sampler: str | None = None,
                  preview_steps: int = DEFAULT_PREVIEW_STEPS,
-                 fusion: str = "multidiffusion", z_coupling: str = DEFAULT_Z_COUPLING
-                 ) -> None:
+                 fusion: str = "multidiffusion", z_coupling: str = DEFAULT_Z_COUPLING,
+                 guidance: float = 1.0) -> None:
         model = _diffusion_model(model)
         self.model, self.spec, self.info = model, model.spec, model.info
         #: what the user should know about these settings (generate shows them as notes)
@@ -304,7 +351,9 @@ class DiffusionSynthesizer:
             self.precision, self.precision_note = auto_precision(self.device, "inference")
         else:
             self.precision = check_precision(self.requested_precision, self.device)
-        self.denoiser = Denoiser(model.network, self.spec, self.device, self.precision)
+        self.guidance = check_guidance(guidance, model)
+        self.denoiser = Denoiser(model.network, self.spec, self.device, self.precision,
+                                 guidance=self.guidance)
         self._windows: dict[tuple[int, int], torch.Tensor] = {}
         self._kept: dict[int, _Kept] = {}
 
@@ -316,6 +365,12 @@ class DiffusionSynthesizer:
         made_for = model_sampling(info.metadata) if info is not None else None
         steps, sampler = made_for or (DEFAULT_STEPS, "dpm")
         return {"steps": steps, "sampler": sampler}
+
+    @staticmethod
+    def hidden_options(model: Any) -> tuple[str, ...]:
+        """Settings that do not apply to ``model``: guidance, unless it learned the null
+        condition."""
+        return () if learned_null(model) else ("guidance",)
 
     # ----------------------------------------------------------------- planning
     def plan(self, height: int, width: int) -> Any:
@@ -581,12 +636,13 @@ class DiffusionSynthesizer:
             "sampler": self.sampler,
             "preview_steps": self.preview_steps,
             "fusion": self.fusion,
+            "guidance": self.guidance,
             "z_coupling": Z_COUPLINGS[self.z_coupling].record(),
             "prediction_type": self.spec.prediction_type,
             # what generate records with every image and GenerateJob.options passes back
             "family_settings": {"steps": self.steps, "sampler": self.sampler,
                                 "preview_steps": self.preview_steps, "fusion": self.fusion,
-                                "z_coupling": self.z_coupling},
+                                "z_coupling": self.z_coupling, "guidance": self.guidance},
         }
 
     def close(self) -> None:
