@@ -41,10 +41,10 @@ from .config import ConfigError, TrainConfig
 from .data import (
     DataError,
     TileSampler,
+    check_unlabeled,
     class_stats,
     fixed_tiles,
     intensity_stats,
-    check_unlabeled,
     load_samples,
     load_unlabeled,
     split_validation,
