@@ -549,6 +549,8 @@ def test_encoding_helpers() -> None:
         default_encoding(2)
     assert validate_encoding("onehot", 3) == "onehot"
     with pytest.raises(CheckpointError, match="no mask encoding fits"):
+        validate_encoding("rgb", 5)
+    with pytest.raises(CheckpointError, match="use sparse"):
         validate_encoding("rgb", 2)
 
 

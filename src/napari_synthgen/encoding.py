@@ -6,6 +6,9 @@ A mask encoding is part of a model:
   (black background, green interior, red boundary; 3 channels).
 - ``onehot``: one channel per class, +1 for the pixel's class and -1 elsewhere (3 channels).
 - ``label``: one channel, the class scaled to [-1, 1] (0 -> -1, 1 -> 0, 2 -> +1).
+- ``sparse``: for masks whose class 0 says nothing (organelle masks: unlabelled tissue);
+  interior and boundary one-hot (2 channels), class 0 the null condition (both 0), the code of
+  an image without a mask, so that raw images teach what class 0 looks like.
 
 Every encoding also has a null condition, all channels 0, for a training mask of
 :data:`~napari_synthgen.masks.NO_LABEL` (an image without a mask): ``rgb`` and ``onehot`` never
@@ -21,15 +24,17 @@ import numpy as np
 import torch
 
 from .masks import N_CLASSES, NO_LABEL, PALETTE
+from .models.checkpoints.common import ENCODINGS
 
-ENCODINGS: tuple[str, ...] = ("rgb", "onehot", "label")
-#: encodings whose null condition (all channels 0) is not also a class's code
-NULL_ENCODINGS: tuple[str, ...] = ("rgb", "onehot")
+#: encodings whose null condition (all channels 0) is not also a class's code (in ``sparse``
+#: it is class 0's, on purpose)
+NULL_ENCODINGS: tuple[str, ...] = ("rgb", "onehot", "sparse")
 
 _LUTS: dict[str, np.ndarray] = {
     "rgb": PALETTE.astype(np.float32) / 127.5 - 1.0,
     "onehot": np.eye(3, dtype=np.float32) * 2.0 - 1.0,
     "label": np.array([[-1.0], [0.0], [1.0]], dtype=np.float32),
+    "sparse": np.array([[0.0, 0.0], [1.0, -1.0], [-1.0, 1.0]], dtype=np.float32),
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import registry
 from ..limits import NICE_RANGE, SEED_TYPE, as_flags, cli_type
+from ..models.checkpoints.common import ENCODINGS
 from .config import TrainConfig
 from .events import Event, Failed
 
@@ -54,7 +55,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 #: options whose values are a fixed list (argparse enforces them)
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "encoding": ("rgb", "onehot", "label"),
+    "encoding": ENCODINGS,
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 #: the training length: one of these is required, on the command line or in --config

@@ -43,6 +43,7 @@ from qtpy.QtWidgets import QApplication
 from .. import registry
 from ..families.base import CliOption, Family
 from ..io import read_array
+from ..models.checkpoints.common import ENCODINGS
 from ..training.config import ConfigError, TrainConfig
 from ..training.runs import free_run_folder, next_run_folder, run_step
 from . import _common
@@ -456,8 +457,13 @@ class TrainWidget(Container):
         self.checkpoint_every = SpinBox(value=500, min=1, max=10_000_000, label="Checkpoint every")
         self.sample_every = SpinBox(value=100, min=1, max=10_000_000, label="Preview every")
         self.seed = SpinBox(value=common["seed"], min=0, max=2**31 - 1, label="Seed")
-        self.encoding = ComboBox(choices=["rgb", "onehot", "label"], value=common["encoding"],
+        self.encoding = ComboBox(choices=list(ENCODINGS), value=common["encoding"],
                                  label="Mask encoding")
+        self.encoding.tooltip = (
+            "How masks are fed to the model: onehot (diffusion default), rgb (pix2pix default), "
+            "label, or sparse: class 0 says nothing (organelle masks, where background is "
+            "unlabelled tissue) and is coded like an image without a mask, so unlabelled "
+            "images teach it.")
         self.unlabeled_share = FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05,
                                             label="Unlabelled share")
         self.unlabeled_share.tooltip = ("Share of each batch's tiles drawn from the unlabelled "

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_synthgen"
-ENCODINGS: tuple[str, ...] = ("rgb", "onehot", "label")
+#: The mask encodings (napari_synthgen.encoding says what each feeds a model).
+ENCODINGS: tuple[str, ...] = ("rgb", "onehot", "label", "sparse")
 #: Input channels each mask encoding feeds to the generator.
-ENCODING_CHANNELS: dict[str, int] = {"rgb": 3, "onehot": 3, "label": 1}
+ENCODING_CHANNELS: dict[str, int] = {"rgb": 3, "onehot": 3, "label": 1, "sparse": 2}
 REFERENCE_NAME = "latest_net_G.pth"
 #: Dictionary entries that hold the weights in common training-checkpoint layouts.
 CONTAINER_KEYS: tuple[str, ...] = ("state_dict", "model", "netG", "generator", "G", "net")
@@ -36,7 +37,8 @@ def default_encoding(input_nc: int) -> str:
         return "rgb"
     raise CheckpointError(
         f"the model takes {input_nc} input channels, but napari-synthgen feeds masks as "
-        "rgb (3 channels), onehot (3) or label (1); this model cannot be used with its masks."
+        "rgb (3 channels), onehot (3), sparse (2) or label (1); this model cannot be used "
+        "with its masks."
     )
 
 

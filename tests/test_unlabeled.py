@@ -1,0 +1,231 @@
+"""Unlabelled images in training (``--unlabeled``): the tiles without a mask, the null
+condition they teach a diffusion model, and classifier-free guidance at sampling."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_synthgen.cli import main
+from napari_synthgen.encoding import encode_masks, encoding_lut
+from napari_synthgen.families.diffusion.sampling import (
+    DiffusionSamplingError,
+    DiffusionSynthesizer,
+)
+from napari_synthgen.masks import NO_LABEL
+from napari_synthgen.registry import load_model, make_config, make_synthesizer
+from napari_synthgen.training.config import ConfigError
+from napari_synthgen.training.data import (
+    DataError,
+    TileSampler,
+    check_unlabeled,
+    load_samples,
+    load_unlabeled,
+)
+
+TINY = {"block_out_channels": [8, 16], "attention": [False, True], "attention_head_dim": 8}
+RUN = ["--tile", "32", "--batch-size", "4", "--device", "cpu", "--precision", "fp32",
+       "--preview-steps", "2", "--warmup-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory: pytest.TempPathFactory, isbi_dir: Path) -> Path:
+    """Raw images without masks: two ISBI slices, and a (3, Y, X) stack of three more."""
+    root = tmp_path_factory.mktemp("raw")
+    for i in (10, 11):
+        shutil.copy(isbi_dir / "images" / f"isbi2012_train_{i:02d}.tif", root)
+    stack = np.stack([tifffile.imread(isbi_dir / "images" / f"isbi2012_train_{i:02d}.tif")
+                      for i in (12, 13, 14)])
+    tifffile.imwrite(root / "stack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    return root
+
+
+def test_encoding_gives_no_label_the_null_condition() -> None:
+    masks = torch.tensor([[[0, 1], [2, NO_LABEL]]], dtype=torch.uint8)
+    for encoding in ("onehot", "rgb"):
+        enc = encode_masks(masks, encoding_lut(encoding))
+        assert torch.all(enc[0, :, 1, 1] == 0)  # the null condition
+        assert all(torch.any(enc[0, :, y, x] != 0) for y, x in ((0, 0), (0, 1), (1, 0)))
+
+
+def test_sparse_encoding_codes_class_0_as_an_image_without_a_mask() -> None:
+    masks = torch.tensor([[[0, 1, 2, NO_LABEL]]], dtype=torch.uint8)
+    enc = encode_masks(masks, encoding_lut("sparse"))[0, :, 0]
+    assert enc.shape == (2, 4)
+    assert torch.equal(enc[:, 0], enc[:, 3]) and torch.all(enc[:, 0] == 0)
+    assert enc[:, 1].tolist() == [1.0, -1.0] and enc[:, 2].tolist() == [-1.0, 1.0]
+
+
+def test_sparse_model_trains_with_unlabelled_images_and_samples_guided(
+        tmp_path: Path, isbi_small: Path, raw_dir: Path) -> None:
+    run = _train(tmp_path / "sparse", isbi_small, "--unlabeled", str(raw_dir), "--encoding",
+                 "sparse")
+    model = load_model(run)
+    assert model.spec.encoding == "sparse" and model.spec.in_channels == 3
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 1
+    s = make_synthesizer(model, device="cpu", precision="fp32", steps=2, guidance=2.0)
+    assert s(mask, seed=1).shape == (32, 32)
+
+
+def test_unlabelled_images_are_read_by_slice_and_problems_listed(
+        raw_dir: Path, tmp_path: Path, isbi_small: Path) -> None:
+    raw = load_unlabeled([raw_dir])
+    assert [r.name.split("/")[1] for r in raw] == ["isbi2012_train_10", "isbi2012_train_11",
+                                                   "stack[0]", "stack[1]", "stack[2]"]
+    # a paired folder gives its images (never its masks)
+    assert len(load_unlabeled([isbi_small])) == 6
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError) as err:
+        load_unlabeled([empty, tmp_path / "missing", tmp_path / "notes.txt"])
+    text = str(err.value)
+    assert "empty: holds no images" in text and "missing: no such file" in text
+    assert "notes.txt: not an image file" in text
+    labelled = load_samples([isbi_small])
+    with pytest.raises(DataError, match="not uint8 like the labelled ones"):
+        check_unlabeled(labelled, load_unlabeled([_uint16_copy(raw_dir, tmp_path)]), 32)
+    with pytest.raises(DataError, match="tile 1024 is larger than 5 unlabelled"):
+        check_unlabeled(labelled, raw, 1024)
+
+
+def _uint16_copy(raw_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "u16"
+    out.mkdir()
+    img = tifffile.imread(raw_dir / "isbi2012_train_10.tif").astype(np.uint16) * 257
+    tifffile.imwrite(out / "a.tif", img)
+    return out
+
+
+def test_sampler_draws_unlabelled_tiles_by_seed_and_keeps_the_labelled_ones(
+        isbi_small: Path, raw_dir: Path) -> None:
+    samples, raw = load_samples([isbi_small]), load_unlabeled([raw_dir])
+    kw = {"tile": 32, "stride": None, "batch_size": 8, "seed": 3, "flips": True, "rot90": True}
+    plain = TileSampler(samples, **kw)
+    mixed = TileSampler(samples, **kw, unlabeled=raw, unlabeled_share=0.5)
+    dropped = TileSampler(samples, **kw, cond_dropout=0.5)
+    n_raw = n_drop = 0
+    for step in range(6):
+        (pm, pi), (mm, mi), (dm, di) = plain.batch(step), mixed.batch(step), dropped.batch(step)
+        no_mask = (mm == NO_LABEL).all(dim=(1, 2))
+        assert torch.equal(no_mask, (mm == NO_LABEL).any(dim=(1, 2)))  # whole tiles only
+        n_raw += int(no_mask.sum())
+        # the labelled tiles are the ones a run without unlabelled images draws
+        assert torch.equal(mm[~no_mask], pm[~no_mask]) and torch.equal(mi[~no_mask], pi[~no_mask])
+        # a dropped mask keeps its image
+        gone = (dm == NO_LABEL).all(dim=(1, 2))
+        n_drop += int(gone.sum())
+        assert torch.equal(di, pi) and torch.equal(dm[~gone], pm[~gone])
+        # a pure function of (seed, step)
+        again = TileSampler(samples, **kw, unlabeled=raw, unlabeled_share=0.5).batch(step)
+        assert torch.equal(again[0], mm) and torch.equal(again[1], mi)
+    assert 12 <= n_raw <= 36 and 12 <= n_drop <= 36  # about half of 48 tiles
+    # two ranks see what one process with their whole batch sees
+    half = {**kw, "batch_size": 4}
+    ranks = [TileSampler(samples, **half, unlabeled=raw, unlabeled_share=0.5, rank=r, world=2)
+             for r in (0, 1)]
+    both = torch.cat([r.batch(2)[0] for r in ranks])
+    assert torch.equal(both, mixed.batch(2)[0])
+
+
+def test_config_refuses_what_cannot_learn_the_null_condition(isbi_small: Path,
+                                                             raw_dir: Path) -> None:
+    base = {"data": [str(isbi_small)], "steps": 1, "unlabeled": [str(raw_dir)]}
+    with pytest.raises(ConfigError, match="codes 'no mask' like the interior"):
+        make_config(family="diffusion", encoding="label", **base).validate()
+    with pytest.raises(ConfigError, match="unlabeled_share is 0"):
+        make_config(family="diffusion", unlabeled_share=0.0, **base).validate()
+    with pytest.raises(ConfigError, match=r"cond_dropout is a share of tiles in \[0, 1\]"):
+        make_config(family="diffusion", data=[str(isbi_small)], steps=1,
+                    cond_dropout=1.5).validate()
+
+
+def _train(root: Path, data: Path, *extra: str) -> Path:
+    """A tiny diffusion model of 3 steps trained through the CLI."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"overrides": TINY}), encoding="utf-8")
+    out = root / "run"
+    assert main(["train", "--family", "diffusion", "--data", str(data), "--out", str(out),
+                 "--steps", "3", "--config", str(cfg), *RUN, *extra]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def guided_model(tmp_path_factory: pytest.TempPathFactory, isbi_small: Path, raw_dir: Path,
+                 ) -> Path:
+    """Trained with unlabelled images: it knows the null condition."""
+    return _train(tmp_path_factory.mktemp("guided"), isbi_small, "--unlabeled", str(raw_dir),
+                  "--unlabeled-share", "0.5")
+
+
+def test_a_model_trained_with_unlabelled_images_records_them_and_takes_guidance(
+        guided_model: Path, tmp_path: Path, isbi_dir: Path, tiny_unet: Path) -> None:
+    model = load_model(guided_model)
+    meta = model.info.metadata
+    assert meta["null_condition"] is True
+    assert meta["config"]["unlabeled"] and meta["config"]["unlabeled_share"] == 0.5
+    assert meta["provenance"]["unlabeled_images"][-1].endswith("/stack[2]")
+    mask = tifffile.imread(isbi_dir / "masks" / "isbi2012_train_25.tif")[:64, :64]
+
+    def synth(**kw: object) -> np.ndarray:
+        s = make_synthesizer(model, device="cpu", precision="fp32", steps=2, **kw)
+        return s(mask, seed=4)
+
+    plain, one, guided = synth(), synth(guidance=1.0), synth(guidance=3.0)
+    assert np.array_equal(plain, one)  # guidance 1 is the plain model, bit for bit
+    assert not np.array_equal(plain, guided)
+    assert np.array_equal(guided, synth(guidance=3.0))  # seeded like every run
+    s = make_synthesizer(model, device="cpu", precision="fp32", steps=2, guidance=3.0)
+    assert s.describe()["family_settings"]["guidance"] == 3.0
+    # generate records the guidance with every image
+    masks = tmp_path / "m.tif"
+    tifffile.imwrite(masks, mask)
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(guided_model), "--masks", str(masks), "--out",
+                 str(out), "--steps", "2", "--guidance", "2.5", "--device", "cpu"]) == 0
+    text = (out / "generate.jsonl").read_text(encoding="utf-8")
+    assert '"guidance": 2.5' in text
+
+
+def test_guidance_is_refused_for_a_model_without_the_null_condition(
+        isbi_small: Path, guided_model: Path, tiny_model: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    plain = load_model(_train(tmp_path / "plain", isbi_small))
+    assert plain.info.metadata["null_condition"] is False
+    with pytest.raises(DiffusionSamplingError, match="needs a model that learned the null"):
+        DiffusionSynthesizer(plain, device="cpu", guidance=2.0)
+    with pytest.raises(DiffusionSamplingError, match="between 0 and 20"):
+        DiffusionSynthesizer(load_model(guided_model), device="cpu", guidance=-1.0)
+    # 1 (no guidance) is fine for every diffusion model; the widget hides the setting
+    assert DiffusionSynthesizer(plain, device="cpu", guidance=1.0).guidance == 1.0
+    assert DiffusionSynthesizer.hidden_options(plain) == ("guidance",)
+    assert DiffusionSynthesizer.hidden_options(load_model(guided_model)) == ()
+    masks = tmp_path / "m.tif"
+    tifffile.imwrite(masks, np.ones((32, 32), np.uint8))
+    assert main(["generate", "--model", str(tiny_model), "--masks", str(masks), "--out",
+                 str(tmp_path / "o"), "--guidance", "2"]) != 0
+    assert "--guidance applies to diffusion models only" in capsys.readouterr().err
+
+
+def test_guidance_combines_the_conditional_and_null_predictions(guided_model: Path) -> None:
+    """The sampler's model output is null + w * (cond - null), one more call per tile."""
+    from napari_synthgen.families.diffusion.sampling import Denoiser
+
+    model = load_model(guided_model)
+    d1 = Denoiser(model.network, model.spec, torch.device("cpu"), "fp32")
+    d3 = Denoiser(model.network, model.spec, torch.device("cpu"), "fp32", guidance=3.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 32, 32, generator=g)
+    masks = torch.randint(0, 3, (2, 32, 32), generator=g, dtype=torch.uint8)
+    cond = d1.encode(masks)
+    c, n = d1(x, cond, 500), d1(x, torch.zeros_like(cond), 500)
+    torch.testing.assert_close(d3(x, cond, 500), n + 3.0 * (c - n))
