@@ -229,3 +229,27 @@ def test_guidance_combines_the_conditional_and_null_predictions(guided_model: Pa
     cond = d1.encode(masks)
     c, n = d1(x, cond, 500), d1(x, torch.zeros_like(cond), 500)
     torch.testing.assert_close(d3(x, cond, 500), n + 3.0 * (c - n))
+
+
+def test_evaluate_refuses_a_test_image_the_generator_saw_unlabelled(
+        guided_model: Path, tmp_path: Path, isbi_dir: Path, isbi_small: Path) -> None:
+    """A test slice given to the generator as a raw image is a leak, like a labelled one."""
+    from napari_synthgen import evaluation as ev
+
+    syn = tmp_path / "syn"
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    tifffile.imwrite(masks / "m.tif", tifffile.imread(
+        isbi_dir / "masks" / "isbi2012_train_25.tif")[:64, :64])
+    assert main(["generate", "--model", str(guided_model), "--masks", str(masks), "--out",
+                 str(syn), "--steps", "1", "--device", "cpu"]) == 0
+    seen = ev.generator_seen(syn)
+    assert any(k.endswith("/isbi2012_train_10") for k in seen) and len(seen) == 5 + 5
+    test = tmp_path / "test"
+    for sub in ("images", "masks"):
+        (test / sub).mkdir(parents=True)
+        for i in (10, 26):  # 10 was a raw image of the generator; 26 was never seen
+            shutil.copy(isbi_dir / sub / f"isbi2012_train_{i:02d}.tif", test / sub)
+    with pytest.raises(ev.LeakError, match=r"isbi2012_train_10 is also generator "
+                                           r"G_step_0000003.safetensors/raw\d*/isbi2012_train_10"):
+        ev.evaluate(isbi_small, syn, test, steps=1, seeds=1)

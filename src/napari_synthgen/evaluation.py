@@ -106,14 +106,19 @@ def _load(folder: str | Path
     return names, pairs, stacks
 
 
-def check_no_leak(test: dict[str, np.ndarray], **training: dict[str, np.ndarray]) -> None:
+def check_no_leak(test: dict[str, np.ndarray], *, hashes: dict[str, str] | None = None,
+                  **training: dict[str, np.ndarray]) -> None:
     """Raise :class:`LeakError` when a test image's pixel data equals a training image's.
 
-    ``test`` and each ``training`` set map names to images; the message lists every match.
+    ``test`` and each ``training`` set map names to images; ``hashes`` maps more names to the
+    SHA-256 of their pixels (e.g. the images a generator learned from, as its model file
+    records them); the message lists every match.
     """
     from .io import sha256_array
 
     seen: dict[str, list[str]] = {}
+    for name, digest in (hashes or {}).items():
+        seen.setdefault(digest, []).append(name)
     for label, images in training.items():
         for name, img in images.items():
             seen.setdefault(sha256_array(np.asarray(img)), []).append(f"{label}/{name}")
@@ -122,7 +127,31 @@ def check_no_leak(test: dict[str, np.ndarray], **training: dict[str, np.ndarray]
     if leaks:
         raise LeakError("the test set must hold only images no arm trains on (compared by "
                         "pixel content):\n  " + "\n  ".join(leaks)
-                        + "\nRemove them from the test folder or from the training folders.")
+                        + "\nRemove them from the test folder or from the training folders (a "
+                        "generator's: train it again without them).")
+
+
+def generator_seen(synthetic: str | Path) -> dict[str, str]:
+    """'generator MODEL/image name' -> SHA-256 of every image the generators of a synthetic
+    folder learned from, read from the model files its ``generate.jsonl`` names (models made
+    before they recorded it, or no longer on disk, add nothing)."""
+    import contextlib
+
+    from .families.diffusion.files import read_header
+    from .generate import read_provenance
+    from .models.checkpoints.common import CheckpointError
+
+    models = {rec.get("model") for rec in read_provenance(Path(synthetic)).values()}
+    seen: dict[str, str] = {}
+    for model in sorted(m for m in models if isinstance(m, str)):
+        path = Path(model)
+        if path.suffix != ".safetensors" or not path.is_file():
+            continue
+        with contextlib.suppress(CheckpointError, OSError):
+            prov = (read_header(path) or {}).get("provenance") or {}
+            for name, digest in (prov.get("seen_sha256") or {}).items():
+                seen[f"generator {path.name}/{name}"] = digest
+    return seen
 
 
 def confusion_counts(pred: np.ndarray, truth: np.ndarray, *, tolerance: float = 2.0
@@ -327,6 +356,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     syn_names, syn_pairs, syn_stacks = _load(synthetic)
     test_names, test_pairs, test_stacks = _load(test)
     check_no_leak(dict(zip(test_names, (p[0] for p in test_pairs), strict=True)),
+                  hashes=generator_seen(synthetic),
                   real=dict(zip(real_names, (p[0] for p in real_pairs), strict=True)),
                   synthetic=dict(zip(syn_names, (p[0] for p in syn_pairs), strict=True)))
     units = real_units(real_names, real_stacks)

@@ -12,6 +12,7 @@ program such as the napari train widget); a notebook can iterate over them. The 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -324,6 +325,15 @@ class _Run:
                                 f"end of this run ({self.total} steps); raise --steps to go on.")
         return self.step
 
+    @functools.cached_property
+    def seen_sha256(self) -> dict[str, str]:
+        """Name -> SHA-256 of the pixels of every image the model trains on (labelled and
+        unlabelled), computed once."""
+        from ..io import sha256_array
+
+        return {**{s.name: sha256_array(s.image) for s in self.train_samples},
+                **{r.name: sha256_array(r.image) for r in self.unlabeled}}
+
     @property
     def learned_null(self) -> bool:
         """Whether the model saw tiles without a mask, so that it knows the null condition
@@ -355,6 +365,9 @@ class _Run:
                 "val_images": [s.name for s in self.val_samples],
                 "unlabeled": list(self.cfg.unlabeled),
                 "unlabeled_images": [r.name for r in self.unlabeled],
+                # the pixel content the model learned from, so that `evaluate` can refuse a
+                # test image the generator saw (labelled or not)
+                "seen_sha256": self.seen_sha256,
                 "history": self.history,
             },
         }
