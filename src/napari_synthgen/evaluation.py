@@ -137,9 +137,9 @@ def generator_seen(synthetic: str | Path) -> dict[str, str]:
     before they recorded it, or no longer on disk, add nothing)."""
     import contextlib
 
-    from .families.diffusion.files import read_header
     from .generate import read_provenance
     from .models.checkpoints.common import CheckpointError
+    from .models.checkpoints.ours import read_document
 
     models = {rec.get("model") for rec in read_provenance(Path(synthetic)).values()}
     seen: dict[str, str] = {}
@@ -148,7 +148,7 @@ def generator_seen(synthetic: str | Path) -> dict[str, str]:
         if path.suffix != ".safetensors" or not path.is_file():
             continue
         with contextlib.suppress(CheckpointError, OSError):
-            prov = (read_header(path) or {}).get("provenance") or {}
+            prov = (read_document(path) or {}).get("provenance") or {}
             for name, digest in (prov.get("seen_sha256") or {}).items():
                 seen[f"generator {path.name}/{name}"] = digest
     return seen

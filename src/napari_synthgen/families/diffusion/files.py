@@ -19,7 +19,7 @@ from torch import nn
 
 from ...io import atomic_path
 from ...models.checkpoints.common import METADATA_KEY, CheckpointError
-from ...models.checkpoints.ours import _json_default, header_document
+from ...models.checkpoints.ours import _json_default
 from .networks import (
     FAMILY,
     DiffusionSpec,
@@ -87,17 +87,9 @@ def save_diffusion(
 
 def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
     """The napari-synthgen header of a ``.safetensors`` file (None when it has none)."""
-    from safetensors import safe_open
+    from ...models.checkpoints.ours import read_document
 
-    try:
-        with safe_open(os.fspath(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error type for damaged files
-        raise CheckpointError(f"{path}: not a readable .safetensors file ({exc}).") from None
-    try:
-        return header_document(meta)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    return read_document(path)
 
 
 def _spec_of(doc: Mapping[str, Any], path: Path) -> DiffusionSpec:

@@ -147,6 +147,22 @@ def header_document(header: Mapping[str, str]) -> dict[str, Any] | None:
     return doc
 
 
+def read_document(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The napari-synthgen document of a ``.safetensors`` file, read from its header alone
+    (no weights); None when it has none. Any model family's file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error type for damaged files
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({exc}).") from None
+    try:
+        return header_document(meta)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
 def our_header(header: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
     """(family, header document) of a napari-synthgen file's safetensors header; None for
     other files. The format version and the family entry are checked."""

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Issue 17's study: does a generator that also learned from unlabelled slices make a segmenter
+# better than the few real pairs alone? One setting per run, no leakage anywhere:
+#
+#   isbi  ISBI 2012: labelled 00-04, unlabelled 05-24 (generator only), test 25-29
+#   vnc   ../shared/data/vnc_stack1 dense masks: labelled 00-04, unlabelled 05-14, test 15-19
+#         (contiguous blocks of serial sections, so test slices are not neighbours of the
+#         labelled ones)
+#   mito  the same VNC split with masks_mito (class 0 = unlabelled tissue; --encoding sparse)
+#
+#   bash scripts/utility_study.sh SETTING RUN_DIR        (run it in the background: hours on 2
+#                                                          CPU cores; see docs/unlabeled.md)
+#
+# Steps (each skipped when its output exists, so a stopped run continues where it was; the
+# generator resumes from its last checkpoint): the diffusion generator on the labelled pairs
+# plus the unlabelled slices (--unlabeled), synthetic masks (variations of the labelled masks
+# and layouts calibrated on them, masks --like), generate, report, then
+# evaluate --real-sizes 1,2,5 (real only against real + synthetic at each size; paired
+# differences with confidence intervals; the real-only arm's validation curve).
+# Knobs (environment): DIFF_STEPS (generator steps, 3000), UNLABELED (1: give the unlabelled
+# slices, 0: the labelled-only baseline generator), GUIDANCE (1), GEN_STEPS (DPM-Solver++
+# steps, 20), FUSION (multidiffusion), N_VAR (variations per SIZE x SIZE piece of a labelled
+# mask, 5), N_LIKE (calibrated layouts, 40), SIZE (synthetic mask side, 512), SEG_STEPS (segmenter
+# steps, 1500), SEEDS (3), SIZES (1,2,5).
+set -euo pipefail
+SETTING=${1:?usage: $0 isbi|vnc|mito RUN_DIR}
+R=${2:?usage: $0 isbi|vnc|mito RUN_DIR}
+SHARED=$(cd "$(dirname "$0")/../.." && pwd)/shared/data
+NS=${NS:-napari-synthgen}
+PY=${PY:-python}  # the environment's Python (it has tifffile)
+DIFF_STEPS=${DIFF_STEPS:-3000}
+UNLABELED=${UNLABELED:-1}
+GUIDANCE=${GUIDANCE:-1}
+GEN_STEPS=${GEN_STEPS:-20}
+FUSION=${FUSION:-multidiffusion}
+N_VAR=${N_VAR:-5}
+N_LIKE=${N_LIKE:-40}
+SIZE=${SIZE:-512}
+SEG_STEPS=${SEG_STEPS:-1500}
+SEEDS=${SEEDS:-3}
+SIZES=${SIZES:-1,2,5}
+
+case "$SETTING" in
+  isbi) SRC=$SHARED/isbi2012; IMG=images; MSK=masks; PRE=isbi2012_train_
+        LAB="00 01 02 03 04"; UNL=$(seq -f %02g 5 24); TEST="25 26 27 28 29"
+        GEN_ARGS=(--encoding onehot --unlabel-fraction 0.3) ;;
+  vnc)  SRC=$SHARED/vnc_stack1; IMG=images; MSK=masks; PRE=vnc_
+        LAB="00 01 02 03 04"; UNL=$(seq -f %02g 5 14); TEST="15 16 17 18 19"
+        GEN_ARGS=(--encoding onehot --unlabel-fraction 0.3) ;;
+  mito) SRC=$SHARED/vnc_stack1; IMG=images; MSK=masks_mito; PRE=vnc_
+        LAB="00 01 02 03 04"; UNL=$(seq -f %02g 5 14); TEST="15 16 17 18 19"
+        GEN_ARGS=(--encoding sparse) ;;
+  *) echo "unknown setting $SETTING: isbi, vnc or mito" >&2; exit 2 ;;
+esac
+
+mkdir -p "$R"/{real,test}/{images,masks} "$R/unlabeled"
+for i in $LAB; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/real/images/"; cp -n "$SRC/$MSK/$PRE$i.tif" "$R/real/masks/"; done
+for i in $TEST; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/test/images/"; cp -n "$SRC/$MSK/$PRE$i.tif" "$R/test/masks/"; done
+for i in $UNL; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/unlabeled/"; done  # images only: no masks
+
+# 1. the generator (a stopped run resumes from its last checkpoint)
+RAW=()
+if [ "$UNLABELED" = 1 ]; then RAW=(--unlabeled "$R/unlabeled" --unlabeled-share 0.5); fi
+DONE=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('step', 0))" "$R/gen/latest.json" 2>/dev/null || echo 0)
+if [ "$DONE" -lt "$DIFF_STEPS" ]; then
+  if [ -e "$R/gen/latest.json" ]; then $NS train --resume "$R/gen" --steps "$DIFF_STEPS"
+  else $NS train --family diffusion --data "$R/real" --val-fraction 0 --out "$R/gen" \
+    --steps "$DIFF_STEPS" --tile 128 --batch-size 4 --flips --rot90 "${GEN_ARGS[@]}" "${RAW[@]}" \
+    --lr-schedule constant --checkpoint-every 250 --sample-every 500 --log-every 25 --seed 0; fi
+fi
+
+# 2. synthetic masks: variations of the labelled masks (cut into SIZE x SIZE pieces first, so
+#    that 1024 x 1024 VNC slices give 512 x 512 samples: the segmenter trains on 128 px crops
+#    anyway, and diffusion time grows with the area) and layouts calibrated on them
+[ -e "$R/masks/.done" ] || {
+  mkdir -p "$R/pieces"
+  $PY - "$R/real/masks" "$R/pieces" "$SIZE" <<'PY'
+import sys
+from pathlib import Path
+
+import tifffile
+
+src, dst, size = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+for f in sorted(src.glob("*.tif")):
+    m = tifffile.imread(f)
+    for y in range(0, m.shape[0] - size + 1, size):
+        for x in range(0, m.shape[1] - size + 1, size):
+            tifffile.imwrite(dst / f"{f.stem}_y{y}_x{x}.tif", m[y:y + size, x:x + size])
+PY
+  $NS masks --variations-of "$R/pieces" --n "$N_VAR" --seed 1 --out "$R/masks"
+  $NS masks --like "$R/real" --n "$N_LIKE" --size "$SIZE" "$SIZE" --seed 2 --out "$R/masks/like"
+  mv "$R"/masks/like/*.tif "$R/masks/" && rm -r "$R/masks/like"
+  touch "$R/masks/.done"; }
+
+# 3. synthesis, 4. the figures, 5. the study
+[ -e "$R/syn/generate.jsonl" ] || $NS generate --model "$R/gen" --masks "$R/masks" --out "$R/syn" \
+  --seed 0 --steps "$GEN_STEPS" --guidance "$GUIDANCE" --fusion "$FUSION"
+[ -e "$R/report/report.csv" ] || $NS report --samples "$R/syn" --reference "$R/real" --out "$R/report"
+[ -e "$R/eval/evaluation_sizes.csv" ] || $NS evaluate --real "$R/real" --synthetic "$R/syn" \
+  --test "$R/test" --real-sizes "$SIZES" --steps "$SEG_STEPS" --batch-size 8 --seeds "$SEEDS" \
+  --out "$R/eval"
+echo "done: $R/eval/evaluation.md"
