@@ -177,6 +177,10 @@ def load_unlabeled(sources: Sequence[str | Path]) -> list[RawImage]:
             except (ValueError, OSError) as exc:
                 problems.append(f"{path.name}: {exc}")
                 continue
+            if np.issubdtype(arr.dtype, np.floating) and arr.size and float(arr.max()) > 1.0:
+                problems.append(f"{path.name}: float values above 1; give float images in "
+                                "[0, 1], or 8- or 16-bit images.")
+                continue
             if arr.ndim == 2:
                 images.append(RawImage(f"{source.name}/{path.stem}", arr))
             elif arr.ndim == 3:
@@ -285,7 +289,9 @@ class TileSampler:
         self.rank, self.world = rank, world
         self.images = [torch.from_numpy(image_to_unit(s.image)) for s in samples]
         self.masks = [torch.from_numpy(s.mask) for s in samples]
-        self.raw = [torch.from_numpy(image_to_unit(r.image)) for r in unlabeled]
+        # raw images stay in their own dtype (a uint8 slice is a quarter of its float32 copy:
+        # hundreds of them fit) and each crop is scaled on its own, to the same values
+        self.raw = [r.image for r in unlabeled]
         self.unlabeled_share = float(unlabeled_share) if self.raw else 0.0
         self.cond_dropout = float(cond_dropout)
         self.grid: list[tuple[int, int, int]] = []
@@ -325,7 +331,7 @@ class TileSampler:
         raw = self.raw[int(rng.integers(len(self.raw)))]
         h, w = raw.shape
         y, x = int(rng.integers(h - self.tile + 1)), int(rng.integers(w - self.tile + 1))
-        im = raw[y : y + self.tile, x : x + self.tile]
+        im = torch.from_numpy(image_to_unit(raw[y : y + self.tile, x : x + self.tile]))
         return torch.full(im.shape, NO_LABEL, dtype=torch.uint8), im
 
     def _no_mask(self, k: int) -> tuple[bool, bool]:
