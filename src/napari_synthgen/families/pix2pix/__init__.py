@@ -88,14 +88,16 @@ class Pix2PixFamily(Family):
         CliOption("--no-dropout", "dropout", help="pix2pix generator without dropout",
                   value=False),
     )
-    # the key order of config.yaml files written before families existed
+    # the key order of config.yaml files written before families existed (newer keys
+    # follow, so that older files keep their layout)
     config_order = (
         "data", "out", "family", "val", "val_fraction", "steps", "epochs", "tile", "stride",
         "batch_size", "flips", "rot90", "encoding", "netG", "ngf", "norm", "dropout",
         "output_nc", "netD", "ndf", "n_layers_D", "gan_mode", "lambda_l1", "lr", "beta1",
         "beta2", "decay_start", "init_type", "init_gain", "seed", "device", "precision",
         "channels_last", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
-        "n_preview", "unlabel_fraction",
+        "n_preview", "unlabel_fraction", "unlabeled", "unlabeled_share", "cond_dropout",
+        "lambda_unlabeled",
     )
 
     def validate(self, cfg: TrainConfig) -> list[str]:
