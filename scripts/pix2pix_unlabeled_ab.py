@@ -19,7 +19,7 @@ class-0 texture of their images is compared with the real held-out images':
 Usage (from the repository, outputs outside it)::
 
     PYTHONPATH=src python scripts/pix2pix_unlabeled_ab.py --out /work/runs/pixunl \\
-        --vnc ../shared/data/vnc_stack1 --steps 1500 --variants A B:1
+        --vnc ../shared/data/vnc_stack1 --steps 1500 --variants A B:1 B:10
 
 A variant is ``A`` (labelled only) or ``B:<lambda_unlabeled>``; finished runs are reused.
 Writes ``OUT/ab.json`` and ``OUT/ab.md`` (the table).
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("/work/runs/pixunl"))
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variants", nargs="+", default=["A", "B:1"])
+    p.add_argument("--variants", nargs="+", default=["A", "B:1", "B:10"])
     args = p.parse_args(argv)
     data = build_data(args.vnc, args.out)
     real = measure(data["heldout"], data["heldout"], None)
