@@ -50,6 +50,10 @@ class Pix2PixSettings:
     decay_start: float = 0.5
     init_type: str = field(default="normal", metadata={"choices": INIT_NAMES})
     init_gain: float = 0.02
+    #: weight of the unconditional PatchGAN's loss on G, trained on every real tile, the
+    #: ``--unlabeled`` images' too (used only when a run has tiles without a mask; 10 measured
+    #: best of 1 and 10 on class-0 texture, docs/unlabeled.md)
+    lambda_unlabeled: float = 10.0
 
 
 class Pix2PixFamily(Family):
@@ -62,6 +66,8 @@ class Pix2PixFamily(Family):
     defaults: ClassVar[Mapping[str, Any]] = {"out": "runs/pix2pix"}
     # measured 1.0 KB per pixel for unet_256 ngf 64 in fp32 at tile 256, with 2x margin
     train_bytes_per_px = 2048
+    # a tile without a mask trains an unconditional discriminator, never L1 (see training.py)
+    learns_unlabeled = True
     cli_options = (
         CliOption("--netG", "netG", str,
                   "pix2pix generator: unet_256, unet_128, resnet_9blocks, resnet_6blocks"),
@@ -74,20 +80,25 @@ class Pix2PixFamily(Family):
         CliOption("--n-layers-D", "n_layers_D", int, "layers of an n_layers discriminator"),
         CliOption("--gan-mode", "gan_mode", str, "pix2pix GAN loss: lsgan, vanilla or hinge"),
         CliOption("--lambda-l1", "lambda_l1", float, "pix2pix weight of the L1 loss"),
+        CliOption("--lambda-unlabeled", "lambda_unlabeled", float,
+                  "pix2pix weight of the unconditional discriminator that learns the texture "
+                  "of every image, the --unlabeled ones too"),
         CliOption("--beta1", "beta1", float, "Adam beta1 (pix2pix)"),
         CliOption("--decay-start", "decay_start", float,
                   "fraction of the run before the rate decays (pix2pix)"),
         CliOption("--no-dropout", "dropout", help="pix2pix generator without dropout",
                   value=False),
     )
-    # the key order of config.yaml files written before families existed
+    # the key order of config.yaml files written before families existed (newer keys
+    # follow, so that older files keep their layout)
     config_order = (
         "data", "out", "family", "val", "val_fraction", "steps", "epochs", "tile", "stride",
         "batch_size", "flips", "rot90", "encoding", "netG", "ngf", "norm", "dropout",
         "output_nc", "netD", "ndf", "n_layers_D", "gan_mode", "lambda_l1", "lr", "beta1",
         "beta2", "decay_start", "init_type", "init_gain", "seed", "device", "precision",
         "channels_last", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
-        "n_preview", "unlabel_fraction",
+        "n_preview", "unlabel_fraction", "unlabeled", "unlabeled_share", "cond_dropout",
+        "lambda_unlabeled",
     )
 
     def validate(self, cfg: TrainConfig) -> list[str]:
@@ -110,8 +121,9 @@ class Pix2PixFamily(Family):
         for name in ("ngf", "ndf", "n_layers_D"):
             if getattr(cfg, name) < 1:
                 problems.append(f"{name} must be at least 1; got {getattr(cfg, name)}.")
-        if cfg.lambda_l1 < 0:
-            problems.append(f"lambda_l1 must be >= 0; got {cfg.lambda_l1}.")
+        for name in ("lambda_l1", "lambda_unlabeled"):
+            if getattr(cfg, name) < 0:
+                problems.append(f"{name} must be >= 0; got {getattr(cfg, name)}.")
         if not 0.0 <= cfg.beta1 < 1.0:  # else a late "unexpected error" from Adam
             problems.append(f"beta1 must be in [0, 1); got {cfg.beta1}.")
         if not 0.0 <= cfg.decay_start <= 1.0:
