@@ -146,7 +146,7 @@ def test_cli_trains_pix2pix_with_unlabeled_and_records_them(tmp_path: Path, raw_
     assert events[0]["n_unlabeled_images"] == 3
     assert "DU_real" in [e for e in events if e["event"] == "progress"][-1]["losses"]
     meta = load_model(out).info.metadata
-    assert meta["null_condition"] is True
+    assert meta["null_condition"] is False  # its generator never sees the null input
     assert meta["config"]["lambda_unlabeled"] == 2.0
     assert meta["provenance"]["unlabeled_images"] == [
         f"{raw_dir.name}/isbi2012_train_{i}" for i in (20, 21, 22)]

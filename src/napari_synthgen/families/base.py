@@ -105,6 +105,9 @@ class Family:
     #: whether its trainer learns from tiles without a mask (``NO_LABEL``: ``--unlabeled``,
     #: ``cond_dropout``); a family that does not is refused them by name
     learns_unlabeled: ClassVar[bool] = False
+    #: whether its model learns the null condition from those tiles (then its file records
+    #: ``null_condition`` and sampling can be guided; the mask encoding must have a null code)
+    learns_null_condition: ClassVar[bool] = False
 
     # ----------------------------------------------------------------- settings
     def setting_names(self) -> tuple[str, ...]:

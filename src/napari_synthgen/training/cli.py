@@ -128,7 +128,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="raw images without masks that join training (folders of images, "
                    "stacks, or paired folders' images/): they teach the tissue, the masks "
                    "teach the layout (diffusion: the null condition of classifier-free "
-                   "guidance, see generate --guidance)")
+                   "guidance, see generate --guidance; pix2pix: an unconditional "
+                   "discriminator, see --lambda-unlabeled)")
     p.add_argument("--family", default=None, choices=registry.names(),
                    help=_with_default("model family", defaults.get("family")))
     length = p.add_argument_group(

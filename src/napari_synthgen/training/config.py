@@ -200,7 +200,8 @@ class TrainConfig:
             problems.append(f"the {self.family} family does not learn from images without "
                             "masks; drop --unlabeled / cond_dropout or use a family that does "
                             "(diffusion).")
-        elif (self.unlabeled or self.cond_dropout > 0) and self.encoding not in NULL_ENCODINGS:
+        elif ((self.unlabeled or self.cond_dropout > 0) and fam.learns_null_condition
+              and self.encoding not in NULL_ENCODINGS):
             problems.append(f"unlabelled images and cond_dropout need a mask encoding with a "
                             f"null condition ({' or '.join(NULL_ENCODINGS)}); encoding "
                             f"{self.encoding!r} codes 'no mask' like the interior.")

@@ -338,6 +338,8 @@ class _Run:
     def learned_null(self) -> bool:
         """Whether the model saw tiles without a mask, so that it knows the null condition
         (classifier-free guidance needs it)."""
+        if not self.cfg.family_entry.learns_null_condition:
+            return False
         return bool(self.unlabeled and self.cfg.unlabeled_share > 0) or self.cfg.cond_dropout > 0
 
     # ----------------------------------------------------------------- saving

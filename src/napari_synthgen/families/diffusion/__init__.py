@@ -74,6 +74,7 @@ class DiffusionFamily(Family):
                  "distill_start_steps", "distill_steps")
     loss_names = ("mse",)
     learns_unlabeled = True  # a tile without a mask trains the null condition (guidance)
+    learns_null_condition = True
     # measured 7.9 KB per pixel for the small U-Net in fp32 at tile 256, with 2x margin
     train_bytes_per_px = 16384
     defaults: ClassVar[Mapping[str, Any]] = {
