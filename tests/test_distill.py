@@ -205,7 +205,8 @@ def test_stop_and_resume_equals_an_uninterrupted_distillation(
 
 
 def test_a_pix2pix_or_missing_teacher_and_bad_step_counts_are_refused(
-        tmp_path: Path, isbi_small: Path, tiny_model: Path, teacher: Path) -> None:
+        tmp_path: Path, isbi_small: Path, tiny_model: Path, teacher: Path,
+        student: Path) -> None:
     with pytest.raises(ConfigError, match="is a pix2pix model; distillation needs a diffusion"):
         _cfg(isbi_small, tmp_path / "p", tiny_model).validate()
     with pytest.raises(ConfigError, match=r"cannot be used as the teacher: .*no such file"):
@@ -214,6 +215,13 @@ def test_a_pix2pix_or_missing_teacher_and_bad_step_counts_are_refused(
         _cfg(isbi_small, tmp_path / "s", teacher, distill_start_steps=12).validate()
     with pytest.raises(ConfigError, match="trained on 'onehot' masks"):
         _cfg(isbi_small, tmp_path / "e", teacher, encoding="rgb").validate()
+    # a distilled teacher runs only its own steps: a round must start from them
+    two = load_model(student).info.path
+    with pytest.raises(ConfigError, match="itself distilled for 2 DDIM steps"):
+        _cfg(isbi_small, tmp_path / "d", Path(two), distill_start_steps=4,
+             distill_steps=1).validate()
+    _cfg(isbi_small, tmp_path / "d", Path(two), distill_start_steps=2,
+         distill_steps=1).validate()
     assert check_plan(32, 3) and not check_plan(32, 4, 3)
     assert check_plan(32, 4, 2)  # three rounds need three steps
     plan = DistillPlan(32, 4, 10)
