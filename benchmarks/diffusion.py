@@ -22,12 +22,19 @@ For the ``small`` configuration (4.3 M parameters):
   (512 x 512), rule precision, each after a warm-up call: wall and process CPU time, the ratio
   fast / teacher (the issue's target: at most 0.1), and U-Net calls and the time inside them
   (a timer around the network's forward), to show where the fast model's time goes.
+  ``--fast-model`` times another few-step model instead (a file, e.g. a 1-step run's model).
+- ``--preview``: live preview of one brush stroke, drawn by the few-step model (its own
+  steps, as the Synthesize widget's "Preview model" does) against the teacher with its
+  preview steps (8, the widget's default): on the first ISBI mask (512 x 512), each keeps a
+  preview of the whole mask, then the same 10 strokes (discs of radius 8 painted membrane at
+  random places) are redrawn with ``update``; median ms per stroke, U-Net calls, the ratio.
 
 The sampled model is first trained for ``--train-steps`` steps (its weights are then past
 random, so precision errors are measured on images with structure; it is not a good model).
 Run: ``python benchmarks/diffusion.py`` (``--quick`` samples 512 x 512 instead of 1024, and
 compares the fusions at 512 and 1024); ``--fusion-only`` runs only the large-image comparison;
-``--fast`` runs only the few-step model against its teacher.
+``--fast`` runs only the few-step model against its teacher; ``--preview`` only the stroke
+preview of both.
 """
 
 from __future__ import annotations
@@ -270,15 +277,22 @@ def fusion_rows(sizes: tuple[int, ...], steps: int, seam_side: int,
     return rows
 
 
-def fast_rows(repeats: int) -> list[tuple[str, str]]:
-    """``demo-diffusion-fast`` (its default 2 DDIM steps) against ``demo-diffusion`` with
-    DPM-Solver++ 20 steps on the first ISBI mask, in this process, after a warm-up call each."""
+def _label(model: str, synth: DiffusionSynthesizer) -> str:
+    """'isbi2012_diffusion_small_fast.safetensors, DDIM 1 (its default)'."""
+    sampler = {"ddim": "DDIM", "dpm": "DPM-Solver++"}[synth.sampler]
+    return f"{Path(model).name}, {sampler} {synth.steps} (its default)"
+
+
+def fast_rows(repeats: int, model: str = "demo-diffusion-fast") -> list[tuple[str, str]]:
+    """A few-step ``model`` (default ``demo-diffusion-fast``, with its own steps) against
+    ``demo-diffusion`` with DPM-Solver++ 20 steps on the first ISBI mask, in this process,
+    after a warm-up call each."""
     import tifffile
 
     from napari_synthgen.registry import make_synthesizer
 
     mask = tifffile.imread(sorted((SHARED / "masks").glob("*.tif"))[0])
-    synths = {"fast": make_synthesizer("demo-diffusion-fast"),
+    synths = {"fast": make_synthesizer(model),
               "teacher": make_synthesizer("demo-diffusion", steps=20)}
     net: dict[str, list[float]] = {k: [] for k in synths}  # seconds of each U-Net call
     for name, synth in synths.items():
@@ -300,7 +314,7 @@ def fast_rows(repeats: int) -> list[tuple[str, str]]:
                 calls[name], inside[name] = len(net[name]), sum(net[name])
             wall[name], cpu[name] = min(wall[name], w), min(cpu[name], c)
     rows: list[tuple[str, str]] = []
-    labels = {"fast": "demo-diffusion-fast, DDIM 2 (its default)",
+    labels = {"fast": _label(model, synths["fast"]),
               "teacher": "demo-diffusion, DPM-Solver++ 20"}
     for name, synth in synths.items():
         rows.append((f"{mask.shape[0]} x {mask.shape[1]}, {labels[name]}, {synth.precision}: "
@@ -316,6 +330,52 @@ def fast_rows(repeats: int) -> list[tuple[str, str]]:
     rows.append(("fast / teacher, U-Net calls; time inside them",
                  f"{calls['fast'] / calls['teacher']:.3f}; "
                  f"{inside['fast'] / inside['teacher']:.3f}"))
+    for synth in synths.values():
+        synth.close()
+    return rows
+
+
+def preview_rows(model: str = "demo-diffusion-fast", strokes: int = 10) -> list[tuple[str, str]]:
+    """One brush stroke's live preview: the few-step ``model`` with its own steps against
+    ``demo-diffusion`` with the widget's default preview steps, on the first ISBI mask."""
+    import tifffile
+
+    from napari_synthgen.registry import load_model, make_synthesizer
+
+    mask = tifffile.imread(sorted((SHARED / "masks").glob("*.tif"))[0])
+    student = load_model(model)
+    own = DiffusionSynthesizer.model_defaults(student)["steps"]  # as the widget builds it
+    synths = {"student": make_synthesizer(student, preview_steps=own),
+              "teacher": make_synthesizer("demo-diffusion")}
+    calls = dict.fromkeys(synths, 0)
+    for name, synth in synths.items():
+        synth.denoiser.network.register_forward_pre_hook(
+            lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+        synth.update(mask, seed=0)  # the kept preview of the whole mask (and a warm-up)
+    rng = np.random.default_rng(0)
+    yy, xx = np.ogrid[: mask.shape[0], : mask.shape[1]]
+    times: dict[str, list[float]] = {k: [] for k in synths}
+    n_calls: dict[str, list[int]] = {k: [] for k in synths}
+    for _ in range(strokes):  # the same strokes for both, interleaved
+        y, x = rng.integers(16, mask.shape[0] - 16, size=2)
+        mask = mask.copy()
+        mask[(yy - y) ** 2 + (xx - x) ** 2 <= 64] = 2
+        for name, synth in synths.items():
+            calls[name] = 0
+            t0 = time.perf_counter()
+            synth.update(mask)
+            times[name].append(time.perf_counter() - t0)
+            n_calls[name].append(calls[name])
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    labels = {"student": f"{Path(model).name}, {synths['student'].sampler} "
+                         f"{synths['student'].preview_steps} steps (its own)",
+              "teacher": f"demo-diffusion, {synths['teacher'].sampler} "
+                         f"{synths['teacher'].preview_steps} preview steps"}
+    rows = [(f"{mask.shape[0]} x {mask.shape[1]}, one stroke's preview, {labels[k]}: median "
+             f"ms of {strokes} (U-Net calls, mean)",
+             f"{1000 * med[k]:.0f} ({np.mean(n_calls[k]):.1f})") for k in synths]
+    rows.append(("stroke preview, student / teacher (median time)",
+                 f"**{med['student'] / med['teacher']:.3f}**"))
     for synth in synths.values():
         synth.close()
     return rows
@@ -344,11 +404,16 @@ def main() -> None:
                     help="only demo-diffusion-fast (2 DDIM steps) against its 20-step teacher")
     ap.add_argument("--fast-repeats", type=int, default=2,
                     help="timed calls of each model with --fast (best of them)")
+    ap.add_argument("--fast-model", default="demo-diffusion-fast",
+                    help="the few-step model of --fast and --preview (bundled name or file)")
+    ap.add_argument("--preview", action="store_true",
+                    help="only one stroke's live preview: few-step model against the teacher")
     args = ap.parse_args()
-    if args.fast:
+    if args.fast or args.preview:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"{auto_precision(CPU, 'inference')[1]}", flush=True)
-        print_table(fast_rows(args.fast_repeats))
+        print_table(fast_rows(args.fast_repeats, args.fast_model) if args.fast
+                    else preview_rows(args.fast_model))
         return
     fusion_args = (((512, 1024), args.fusion_steps, 256, (4, 10)) if args.quick
                    else ((1024, 2048), args.fusion_steps, 512, (4, 10)))

@@ -2,13 +2,15 @@
 membrane contrast and ``evaluate``'s synthetic-only boundary F1.
 
     python scripts/fast_vs_teacher.py [--data ../shared/data] [--slices 24 25 26 27 28 29]
-        [--size 256] [--eval-steps 100] [--eval-seeds 2] [--no-eval]
+        [--size 256] [--eval-steps 100] [--eval-seeds 2] [--no-eval] [--fast-model MODEL]
 
 For the ISBI 2012 slices ``--slices`` (default the last six, 24..29), top-left ``--size`` px
-crops, synthesizes every mask with ``demo-diffusion-fast`` (its default: 2 DDIM steps) and with
-``demo-diffusion`` (DPM-Solver++ 20 steps), seed 0, in this process, and prints a Markdown
-table per model (and the real crops): the mean ``report`` score per image (reference: the real
-crops' pairs, as scripts/z_consistency_synthetic.py), membrane contrast (mean interior minus
+crops, synthesizes every mask with ``--fast-model`` (default the bundled
+``demo-diffusion-fast``; or any model file distilled from demo-diffusion, e.g. a run's 1-step
+model; with its own default steps) and with ``demo-diffusion`` (DPM-Solver++ 20 steps), seed 0,
+in this process, and prints a Markdown table per model (and the real crops): the mean
+``report`` score per image (reference: the real crops' pairs, as
+scripts/z_consistency_synthetic.py), membrane contrast (mean interior minus
 mean membrane grey level), RMS difference to the teacher's image and seconds per image. Then,
 unless ``--no-eval``, ``evaluate``'s synthetic-only arm (small segmenter, ``--eval-steps``
 steps, seeds 0..``--eval-seeds``-1, crop 128) trained on each synthetic set and scored on real
@@ -32,8 +34,7 @@ from napari_synthgen.evaluation import ARM_SYNTHETIC, evaluate
 from napari_synthgen.registry import make_synthesizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODELS = {"demo-diffusion-fast, DDIM 2": ("demo-diffusion-fast", {}),
-          "demo-diffusion, DPM-Solver++ 20": ("demo-diffusion", {"steps": 20})}
+TEACHER = ("demo-diffusion", {"steps": 20})
 
 
 def read(folder: Path, index: int, crop: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=100)
     parser.add_argument("--eval-seeds", type=int, default=2)
     parser.add_argument("--no-eval", action="store_true")
+    parser.add_argument("--fast-model", default="demo-diffusion-fast",
+                        help="the few-step model (bundled name or file; its own steps)")
     args = parser.parse_args()
     isbi = args.data / "isbi2012"
     crop = np.s_[:args.size, :args.size]
@@ -75,14 +78,18 @@ def main() -> None:
     stats = quality.reference_from_pairs(real)
     sets: dict[str, list[np.ndarray]] = {"real crops": [im for im, _ in real]}
     seconds: dict[str, float] = {}
-    for label, (model, settings) in MODELS.items():
-        synth = make_synthesizer(model, **settings)
+    synths = [make_synthesizer(args.fast_model), make_synthesizer(TEACHER[0], **TEACHER[1])]
+    model_names = [Path(args.fast_model).name, TEACHER[0]]
+    samplers = {"ddim": "DDIM", "dpm": "DPM-Solver++"}
+    labels = [f"{n}, {samplers.get(s.sampler, s.sampler)} {s.steps}"
+              for n, s in zip(model_names, synths, strict=True)]
+    for label, synth in zip(labels, synths, strict=True):
         synth(masks[0], seed=1)  # warm-up
         start = time.perf_counter()
         sets[label] = [synth(m, seed=0) for m in masks]
         seconds[label] = (time.perf_counter() - start) / len(masks)
         synth.close()
-    teacher = sets[list(MODELS)[1]]
+    teacher = sets[labels[1]]
     print(f"ISBI 2012 slices {args.slices}, top-left {args.size} px, seed 0\n")
     print("| images | report score (mean ± std) | membrane contrast | RMS to teacher | "
           "s / image |")
@@ -97,7 +104,7 @@ def main() -> None:
         sec = f"{seconds[label]:.1f}" if label in seconds else ""
         print(f"| {label} | {np.mean(s):.3f} ± {np.std(s):.3f} | "
               f"{contrast(images, masks):.1f} | {rms:.1f} | {sec} |", flush=True)
-    fast, teach = list(MODELS)
+    fast, teach = labels
     print(f"\nscore, fast minus teacher: {scores[fast] - scores[teach]:+.3f} "
           "(target: within 0.02)")
     if args.no_eval:
@@ -109,7 +116,7 @@ def main() -> None:
         real_dir = write_pairs(root / "real", names, sets["real crops"], masks)
         test_dir = write_pairs(root / "test", [f"test_{i:02d}" for i in range(4)],
                                [im for im, _ in test], [m for _, m in test])
-        for k, label in enumerate(MODELS):
+        for k, label in enumerate(labels):
             syn_dir = write_pairs(root / f"syn{k}", names, sets[label], masks)
             start = time.perf_counter()
             result = evaluate(real_dir, syn_dir, test_dir, steps=args.eval_steps,

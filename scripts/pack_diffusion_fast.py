@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -32,22 +33,22 @@ CARD = """# Few-step demo diffusion model: `{file}`
 
 A {steps}-step version of the bundled `demo-diffusion` model, made by progressive distillation
 (Salimans & Ho 2022): {rounds} rounds, each teaching the student to do in one DDIM step what its
-teacher did in two ({start} -> {steps} steps). Same masks in, same kind of image out, about
+teacher did in two ({start} -> {steps} step{plural}{runs_note}). Same masks in, same kind of image out, about
 {speed} times fewer network evaluations than the teacher's 20 DPM-Solver++ steps. It is bundled
 so that the plugin has a fast diffusion model out of the box (`--model demo-diffusion-fast`,
 or "demo-diffusion-fast (bundled)" in the Synthesize widget's model list); it samples with
-{steps} DDIM steps by default (the steps it was distilled for; `--steps` still wins, with a
+{steps} DDIM step{plural} by default (the steps it was distilled for; `--steps` still wins, with a
 note).
 
 | | |
 | --- | --- |
-| Teacher | `{teacher_file}` (`demo-diffusion`), SHA-256 `{teacher_sha}` |
+| Teacher | `{teacher_file}` (`demo-diffusion`), SHA-256 `{teacher_sha}`{via} |
 | Architecture | the teacher's: diffusers `UNet2DModel`, configuration `small`; input: noisy image + one-hot mask in [-1, 1]; v-prediction, `squaredcos_cap_v2` betas, 1000 timesteps |
-| Method | progressive distillation, {start} -> {steps} DDIM steps in {rounds} rounds of {per_round} optimisation steps (round ends at steps {bounds}); target in closed form from two teacher DDIM steps, truncated-SNR weighted x loss; the EMA student becomes the next round's teacher |
+| Method | progressive distillation, {stages}; target in closed form from two teacher DDIM steps, truncated-SNR weighted x loss; the EMA student becomes the next round's teacher |
 | Weights | float16 copy of the student's EMA weights (decay {ema_decay}, warm-up per round); {size_mb:.1f} MB |
 | Training data | the teacher's: ISBI 2012 training slices (27 for training, 3 held out), 128-px crops, batch {batch}, flips and 90-degree turns, unlabel share {unlabel} |
-| Training | {total} steps, lr {lr} ({schedule} per round, {warmup} warm-up steps), seed {seed}, {precision} on {host} |
-| Sampling | DDIM, {steps} steps (`sampler {sampler}`) |
+| Training ({last}) | {total} steps, lr {lr} ({schedule} per round, {warmup} warm-up steps), seed {seed}, {precision} on {host} |
+| Sampling | DDIM, {steps} step{plural} (`sampler {sampler}`) |
 | SHA-256 | `{sha}` |
 
 ## How it was made
@@ -55,11 +56,10 @@ note).
 From the repository root, with `../shared` beside it:
 
 ```bash
-bash scripts/distill_demo.sh RUN ../shared/data/isbi2012   # scripts/distill_demo.yaml
-python scripts/pack_diffusion_fast.py RUN
+{commands}
 ```
 
-`train_config.yaml` beside this card is the configuration the run saved. A stopped run
+`train_config.yaml` beside this card is the configuration the last run saved. A stopped run
 continues exactly with the same `distill_demo.sh` command.
 
 ## Measurements
@@ -80,6 +80,30 @@ Trained on third-party research data (ISBI 2012 EM segmentation challenge). Cite
 Arganda-Carreras et al. (2015) *Front. Neuroanat.* 9:142, doi:10.3389/fnana.2015.00142, and
 Cardona et al. (2010) *PLoS Biol* 8(10): e1000502, doi:10.1371/journal.pbio.1000502.
 """
+
+
+#: the configuration that makes each stage, by the steps it starts from (demo-diffusion: 32)
+CONFIGS = {32: "scripts/distill_demo.yaml", 2: "scripts/distill_demo_1step.yaml"}
+
+
+def chain(rec: dict) -> list[dict]:
+    """The ``distilled`` records of a model and of the students it was distilled from (a run
+    whose teacher was itself distilled keeps the teacher's record), first run first."""
+    out = [rec]
+    while isinstance(out[-1].get("teacher", {}).get("distilled"), dict):
+        out.append(out[-1]["teacher"]["distilled"])
+    return out[::-1]
+
+
+def describe_stage(rec: dict) -> str:
+    """'32 -> 2 DDIM steps in 4 rounds of 150 optimisation steps (round ends at steps 150,
+    300, 450)'."""
+    bounds = rec.get("round_bounds", [])
+    per = (bounds[1] - bounds[0]) if len(bounds) > 1 else "?"
+    ends = ", ".join(str(b) for b in bounds[1:-1])
+    return (f"{rec['start_steps']} -> {rec['steps']} DDIM steps in {rec['rounds']} "
+            f"round{'s' if rec['rounds'] != 1 else ''} of {per} optimisation steps"
+            + (f" (round ends at steps {ends})" if ends else ""))
 
 
 def pack(run: Path, dest: Path = DEST, *, partial: bool = False) -> Path:
@@ -107,13 +131,28 @@ def pack(run: Path, dest: Path = DEST, *, partial: bool = False) -> Path:
         shutil.copyfile(run_dir / "config.yaml", dest / "train_config.yaml")
     cfg = meta.get("config", {})
     prov = meta.get("provenance", {})
-    bounds = rec.get("round_bounds", [])
+    stages = chain(rec)
+    root = stages[0]["teacher"]
+    commands = []
+    for k, st in enumerate(stages):
+        config = CONFIGS.get(st["start_steps"], "CONFIG")
+        commands += [f"bash scripts/distill_demo.sh RUN{k + 1} ../shared/data/isbi2012 {config}",
+                     f"python scripts/pack_diffusion_fast.py RUN{k + 1}"]
     card = CARD.format(
-        file=out.name, steps=rec["steps"], rounds=rec["rounds"], start=rec["start_steps"],
-        speed=f"{20 / rec['steps']:g}", teacher_file=rec["teacher"].get("file"),
-        teacher_sha=rec["teacher"].get("sha256"),
-        per_round=(bounds[1] - bounds[0]) if len(bounds) > 1 else "?",
-        bounds=", ".join(str(b) for b in bounds[1:-1]) or "none",
+        file=out.name, steps=rec["steps"], plural="s" if rec["steps"] != 1 else "", rounds=sum(st["rounds"] for st in stages),
+        start=stages[0]["start_steps"],
+        runs_note=(f"; {len(stages)} runs, each from the previous one's packed model"
+                   if len(stages) > 1 else ""),
+        speed=f"{20 / rec['steps']:g}", teacher_file=root.get("file"),
+        teacher_sha=root.get("sha256"),
+        via="".join(f"; then its {st['steps']}-step student, SHA-256 "
+                    f"`{rec_next['teacher'].get('sha256')}`"
+                    for st, rec_next in pairwise(stages)),
+        stages=", then ".join(describe_stage(st) + (f" (`{CONFIGS[st['start_steps']]}`)"
+                                                     if st["start_steps"] in CONFIGS else "")
+                              for st in stages),
+        last="last run" if len(stages) > 1 else "the run",
+        commands="\n".join(commands),
         ema_decay=meta.get("ema_decay"), size_mb=out.stat().st_size / 2**20,
         batch=cfg.get("batch_size"), unlabel=cfg.get("unlabel_fraction"),
         total=meta.get("steps_trained"), lr=cfg.get("lr"), schedule=cfg.get("lr_schedule"),

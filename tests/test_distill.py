@@ -99,6 +99,64 @@ def test_the_distilled_file_records_its_teacher_and_samples_with_its_own_steps(
     assert (plain.steps, plain.sampler, plain.notes) == (20, "dpm", [])
 
 
+def test_a_distilled_student_is_distilled_again_to_one_step_and_found_as_a_student(
+        isbi_small: Path, student: Path, teacher: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One more round from the 2-step student (as scripts/distill_demo_1step.yaml does from
+    demo-diffusion-fast): a 2-step start is accepted, the 1-step file records the whole chain,
+    and both students are found for the original teacher, fewest steps first."""
+    import shutil
+
+    from napari_synthgen.io import sha256_file
+    from napari_synthgen.models.checkpoints.students import (
+        ancestors,
+        find_students,
+        header_document,
+    )
+
+    assert check_plan(2, 1, 4) == [] and DistillPlan(2, 1, 4).rounds == 1
+    two = load_model(student)
+    out = tmp_path_factory.mktemp("distill1") / "run"
+    events = list(train(_cfg(isbi_small, out, Path(two.info.path), steps=4,
+                             distill_start_steps=2, distill_steps=1)))
+    assert events[-1]["event"] == "finished", events[-1]
+    one = load_model(out)
+    rec = one.info.metadata["distilled"]
+    assert (rec["rounds"], rec["start_steps"], rec["steps"], rec["complete"]) == (1, 2, 1, True)
+    assert rec["teacher"]["distilled"]["steps"] == 2  # the teacher's own record, kept
+    assert ancestors(header_document(one.info.path)) == [two.info.sha256,
+                                                         sha256_file(teacher)]
+    synth = DiffusionSynthesizer(one, device="cpu", precision="fp32")
+    assert (synth.steps, synth.sampler) == (1, "ddim")
+    # beside the teacher: both students (an unfinished one and a stranger are not offered)
+    folder = Path(teacher).parent
+    shutil.copy(one.info.path, folder / "one_step.safetensors")
+    shutil.copy(two.info.path, folder / "two_step.safetensors")
+    found = find_students(load_model(teacher).info)
+    assert [(s.name, s.steps, s.sampler) for s in found] == [
+        ("one_step.safetensors", 1, "ddim"), ("two_step.safetensors", 2, "ddim")]
+    assert found[0].label() == "one_step.safetensors (1 step)"
+    assert find_students(load_model(folder / "one_step.safetensors").info) == []
+    assert [s.steps for s in find_students(load_model(folder / "two_step.safetensors").info)
+            ] == [1]
+
+
+def test_the_bundled_demo_diffusion_has_the_bundled_fast_model_as_its_student() -> None:
+    from types import SimpleNamespace
+
+    from napari_synthgen.io import sha256_file
+    from napari_synthgen.models.checkpoints.students import find_students
+    from napari_synthgen.sample_data import bundled_model_path
+
+    demo = bundled_model_path("demo-diffusion")
+    if not demo.is_file() or not bundled_model_path("demo-diffusion-fast").is_file():
+        pytest.skip("the bundled diffusion models are not installed")
+    info = SimpleNamespace(path=str(demo), sha256=sha256_file(demo), family="diffusion")
+    found = find_students(info)  # headers only: no weights loaded
+    assert [s.source for s in found] == ["demo-diffusion-fast"]
+    assert found[0].sampler == "ddim" and found[0].steps in (1, 2)
+
+
 def test_generate_uses_the_distilled_steps_and_notes_other_steps(
         student: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
@@ -147,7 +205,8 @@ def test_stop_and_resume_equals_an_uninterrupted_distillation(
 
 
 def test_a_pix2pix_or_missing_teacher_and_bad_step_counts_are_refused(
-        tmp_path: Path, isbi_small: Path, tiny_model: Path, teacher: Path) -> None:
+        tmp_path: Path, isbi_small: Path, tiny_model: Path, teacher: Path,
+        student: Path) -> None:
     with pytest.raises(ConfigError, match="is a pix2pix model; distillation needs a diffusion"):
         _cfg(isbi_small, tmp_path / "p", tiny_model).validate()
     with pytest.raises(ConfigError, match=r"cannot be used as the teacher: .*no such file"):
@@ -156,6 +215,13 @@ def test_a_pix2pix_or_missing_teacher_and_bad_step_counts_are_refused(
         _cfg(isbi_small, tmp_path / "s", teacher, distill_start_steps=12).validate()
     with pytest.raises(ConfigError, match="trained on 'onehot' masks"):
         _cfg(isbi_small, tmp_path / "e", teacher, encoding="rgb").validate()
+    # a distilled teacher runs only its own steps: a round must start from them
+    two = load_model(student).info.path
+    with pytest.raises(ConfigError, match="itself distilled for 2 DDIM steps"):
+        _cfg(isbi_small, tmp_path / "d", Path(two), distill_start_steps=4,
+             distill_steps=1).validate()
+    _cfg(isbi_small, tmp_path / "d", Path(two), distill_start_steps=2,
+         distill_steps=1).validate()
     assert check_plan(32, 3) and not check_plan(32, 4, 3)
     assert check_plan(32, 4, 2)  # three rounds need three steps
     plan = DistillPlan(32, 4, 10)

@@ -11,6 +11,13 @@ A family whose synthesizer takes settings of its own (diffusion: steps, sampler,
 fusion) gets fields for them, read from its synthesizer's constructor, shown only while a model
 of that family is loaded; they are settings like the others (part of what a synthesizer is built
 with).
+
+A diffusion model with a few-step student (a model distilled from it, found by
+``models.checkpoints.students``: the bundled demo-diffusion has demo-diffusion-fast) can have its
+live preview drawn by the student ("Preview model"): strokes are redrawn with the student's own
+steps while Synthesize runs the model's full sampler. The student's synthesizer is a second
+immutable value beside the model's, built, held and retired the same way; a Synthesize run kept
+for live preview hands its result over, so the next stroke redraws only the tiles it touched.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ if TYPE_CHECKING:
     import napari
 
 _MODEL_DEFAULT = "model's own"
+_SAME_MODEL = "same model"
+#: settings a preview drawn by a student takes from the student, not from the fields
+_STUDENT_OWN = ("steps", "sampler", "preview_steps")
 _RECENT_HINT = "(recent models)"
 DEBOUNCE_MS = 120
 RUN_KEY = "Shift-S"
@@ -206,14 +216,22 @@ class _Run:
     z: int = 0
     t0: float = field(default_factory=time.perf_counter)
     built: bool = False  # the worker built ``synth``
+    #: live preview drawn by a few-step student of ``teacher`` (the loaded model); ``model``
+    #: is the student, None until loaded (the worker loads it)
+    student: Any = None
+    teacher: Any = None
+    #: a synthesizer whose kept result (a Synthesize run) the student continues from
+    handoff: Any = None
 
 
 def _ensure_synth(run: _Run) -> Any:
     """Worker: the run's synthesizer, built here for the run's model and settings when the
     widget had none that fits; ``params`` (what the provenance records) come from it."""
     if run.synth is None:
-        from ..registry import make_synthesizer
+        from ..registry import load_model, make_synthesizer
 
+        if run.model is None:  # a student not loaded yet (a few MB; in the worker)
+            run.model = load_model(run.student.source)
         run.synth = make_synthesizer(run.model, **run.settings)
         run.built = True
     run.params = run.synth.describe()
@@ -227,11 +245,14 @@ def _previews_itself(synth: Any) -> bool:
     return {"seed", "cancel"} <= set(inspect.signature(synth.update).parameters)
 
 
-def _load(path: str, encoding: str | None) -> Any:
+def _load(path: str, encoding: str | None) -> tuple[Any, list[Any]]:
+    """Worker: the model and its few-step students (headers only, milliseconds)."""
+    from ..models.checkpoints.students import find_students
     from ..registry import load_model
 
     keep_triton_out()  # a diffusion model imports diffusers: no crash beside napari's OpenGL
-    return load_model(path, encoding=encoding)
+    model = load_model(path, encoding=encoding)
+    return model, find_students(model.info)
 
 
 class SynthesizeWidget(Container):
@@ -259,6 +280,12 @@ class SynthesizeWidget(Container):
         the workers and the synthesis lock."""
         self._synth: Any = None  # current Synthesizer, created lazily (torch loads on first use)
         self._synth_for: tuple[Any, dict[str, Any]] | None = None  # (model, settings) it fits
+        self._psynth: Any = None  # the live-preview student's synthesizer, likewise
+        self._psynth_for: tuple[Any, dict[str, Any]] | None = None
+        self._students: list[Any] = []  # the loaded model's few-step students
+        self._student_models: dict[str, Any] = {}  # student source -> loaded student
+        self._handoff: Any = None  # a synthesizer whose kept run the student continues
+        self._preview_offered = False  # the loaded model draws its own preview (diffusion)
         self._holds: dict[int, int] = {}  # id(synthesizer) -> running jobs holding it
         self._model: Any = None
         self._model_path: str | None = None
@@ -315,6 +342,14 @@ class SynthesizeWidget(Container):
         self.run_button = PushButton(text="Synthesize [Shift+S]")
         self.cancel_button = PushButton(text="Cancel")
         self.live = CheckBox(value=False, text="Live preview (follows the brush)")
+        self.preview_model = ComboBox(label="Preview model", choices=[_SAME_MODEL])
+        self.preview_model.tooltip = (
+            "Which model draws live preview. A few-step model distilled from the loaded one "
+            "(e.g. demo-diffusion-fast for demo-diffusion) redraws strokes with its own 1-2 "
+            "steps; Synthesize still runs the loaded model's full sampler. 'same model': the "
+            "loaded model with its preview steps.")
+        self._preview_box = Container(widgets=[self.preview_model], labels=True)
+        self._preview_box.visible = False
         self.show_3d = CheckBox(value=True, text="Show a synthesized stack in 3-D")
         self.show_3d.tooltip = ("After Synthesize of a (Z, Y, X) mask stack, switch the viewer "
                                 "to 3-D (the viewer's 2-D/3-D button switches back).")
@@ -338,7 +373,7 @@ class SynthesizeWidget(Container):
         body.extend([
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                       labels=False),
-            self.live, self.show_3d, self.status,
+            self.live, self._preview_box, self.show_3d, self.status,
         ])
         wrap_label(self.model_info)
         wrap_label(self.status)
@@ -360,6 +395,7 @@ class SynthesizeWidget(Container):
         self.run_button.changed.connect(self.synthesize)
         self.cancel_button.changed.connect(self.cancel)
         self.live.changed.connect(self._live_toggled)
+        self.preview_model.changed.connect(self._preview_model_changed)
         self.mask_layer.changed.connect(self._mask_changed)
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed):
@@ -448,12 +484,14 @@ class SynthesizeWidget(Container):
             progress=f"Loading {Path(path).name}",
             on_result=self._model_loaded, on_error=self._model_failed)
 
-    def _model_loaded(self, model: Any, path: str) -> None:
+    def _model_loaded(self, loaded: tuple[Any, list[Any]], path: str) -> None:
         if path != self._model_path:  # another model was chosen since
             return
+        model, self._students = loaded
         self._model = model
         info = model.info
         self._show_family_settings(model)
+        self._show_preview_models()
         self.model_info.value = _describe(info)
         self.model_info.tooltip = "\n".join(info.notes)
         if info.path:
@@ -508,6 +546,36 @@ class SynthesizeWidget(Container):
         self.family_box.visible = bool(self._family_shown)
         self.stochastic.visible = not always
 
+    def _show_preview_models(self) -> None:
+        """Offer the loaded model's few-step students as the preview model (the first, with
+        the fewest steps, chosen); shown for models that draw their own preview (diffusion)."""
+        choices = [(_SAME_MODEL, _SAME_MODEL), *((s.label(), s.source) for s in self._students)]
+        with self.preview_model.changed.blocked():
+            self.preview_model.choices = choices
+            self.preview_model.value = choices[1][1] if len(choices) > 1 else _SAME_MODEL
+        self._retire_preview()
+        self._preview_offered = "preview_steps" in self._family_shown
+        self._preview_box.visible = self._preview_offered
+
+    @property
+    def preview_student(self) -> Any:
+        """The few-step student drawing live preview (a ``Student``), or None: the model."""
+        if not self._preview_offered:
+            return None
+        return next((s for s in self._students if s.source == self.preview_model.value), None)
+
+    @staticmethod
+    def _preview_settings(settings: dict[str, Any], student: Any) -> dict[str, Any]:
+        """A student's synthesizer settings: the fields' (device, tiling, fusion...), but its
+        own steps and sampler, and its steps for a preview."""
+        own = {k: v for k, v in settings.items() if k not in _STUDENT_OWN}
+        return {**own, "preview_steps": student.steps}
+
+    def _preview_model_changed(self, *_: object) -> None:
+        self._retire_preview()
+        if self.live.value and self._live_layer is not None:
+            self._on_paint()  # show the preview drawn by the newly chosen model
+
     def _synth_settings(self) -> dict[str, Any]:
         return {
             "device": self.device.value, "precision": self.precision.value,
@@ -528,10 +596,12 @@ class SynthesizeWidget(Container):
         return self._model
 
     def _fitting_synth(self, model: Any, settings: dict[str, Any]) -> Any:
-        """The current synthesizer if it was built for ``model`` and ``settings``, else None."""
-        if (self._synth is not None and self._synth_for is not None
-                and self._synth_for[0] is model and self._synth_for[1] == settings):
-            return self._synth
+        """The current synthesizer (the model's, or the preview student's) if it was built for
+        ``model`` and ``settings``, else None."""
+        for synth, made_for in ((self._synth, self._synth_for), (self._psynth, self._psynth_for)):
+            if (synth is not None and made_for is not None and model is not None
+                    and made_for[0] is model and made_for[1] == settings):
+                return synth
         return None
 
     def synthesizer(self) -> Any:
@@ -552,6 +622,12 @@ class SynthesizeWidget(Container):
         if old is not None and id(old) not in self._holds:
             old.close()
 
+    def _retire_preview(self) -> None:
+        """Likewise for the preview student's synthesizer."""
+        old, self._psynth, self._psynth_for = self._psynth, None, None
+        if old is not None and id(old) not in self._holds:
+            old.close()
+
     def _hold(self, synth: Any) -> None:
         self._holds[id(synth)] = self._holds.get(id(synth), 0) + 1
 
@@ -561,14 +637,22 @@ class SynthesizeWidget(Container):
             self._holds[id(synth)] = n
             return
         self._holds.pop(id(synth), None)
-        if synth is not self._synth:  # replaced while it ran
+        if synth is not self._synth and synth is not self._psynth:  # replaced while it ran
             synth.close()
 
     def _settings_changed(self, *_: object) -> None:
         """A setting changed: running work keeps its synthesizer; the next run builds a new one."""
-        if self._synth_for is not None and self._synth_for[1] == self._synth_settings():
+        settings, student = self._synth_settings(), self.preview_student
+        same = self._synth_for is not None and self._synth_for[1] == settings
+        same_preview = self._psynth_for is None or (
+            student is not None and self._psynth_for[1] == self._preview_settings(settings,
+                                                                                  student))
+        if same and same_preview:
             return  # e.g. more variations of a model already stochastic: nothing to rebuild
-        self._retire()
+        if not same:
+            self._retire()
+        if not same_preview:
+            self._retire_preview()
         if self.live.value and self._live_layer is not None:
             self._on_paint()  # show the preview with the new settings
 
@@ -600,25 +684,42 @@ class SynthesizeWidget(Container):
     @staticmethod
     def _provenance(run: _Run, mask_sha: str, seed: int) -> dict[str, Any]:
         """Where an image came from, from what its run started with; ``mask_sha`` is the hash
-        of the mask that was synthesized (the layer may have been painted since)."""
+        of the mask that was synthesized (the layer may have been painted since). A preview
+        drawn by a student names the student as the model and the loaded model it stands in
+        for under ``preview_of``."""
         info = run.model.info
-        return {
+        meta = {
             "source_mask": run.source, "source_mask_sha256": mask_sha,
             "model": info.path, "model_sha256": info.sha256, "family": info.family,
             "architecture": info.architecture, "seed": seed,
             "params": {k: v for k, v in run.params.items() if k != "model"},
         }
+        if run.student is not None:
+            meta["preview_model"] = {"name": run.student.name, "steps": run.student.steps,
+                                     "sampler": run.student.sampler}
+            meta["preview_of"] = {"model": run.teacher.info.path,
+                                  "model_sha256": run.teacher.info.sha256}
+        return meta
 
     def _start_run(self, mask_layer: Labels, seeds: list[int], keep: bool, *,
-                   z: int = 0) -> _Run:
+                   z: int = 0, preview: bool = False) -> _Run:
         """Capture everything a run needs now: the model, the settings and the current
-        synthesizer if it fits them (held until the run ends; else the worker builds one)."""
+        synthesizer if it fits them (held until the run ends; else the worker builds one).
+        ``preview``: a live preview, drawn by the preview student when one is chosen."""
         model, settings = self._require_model(), self._synth_settings()
+        student = self.preview_student if preview else None
+        teacher, handoff = None, None
+        if student is not None:
+            teacher, handoff = model, self._handoff
+            model = self._student_models.get(student.source)  # None: the worker loads it
+            settings = self._preview_settings(settings, student)
         synth = self._fitting_synth(model, settings)
         run = _Run(synth=synth, model=model, settings=settings, params={}, layer=mask_layer,
                    source=mask_layer.metadata.get("source", f"layer:{mask_layer.name}"),
                    mask=np.array(mask_layer.data, dtype=np.uint8, copy=True), seeds=seeds,
-                   keep=keep, known=model_classes(model.info), request=self._live_request, z=z)
+                   keep=keep, known=model_classes((teacher or model).info),
+                   request=self._live_request, z=z, student=student, teacher=teacher,
+                   handoff=handoff)
         if synth is not None:
             self._hold(synth)
         return run
@@ -628,6 +729,9 @@ class SynthesizeWidget(Container):
         if nothing replaced the model or settings meanwhile (the next run reuses it, with the
         tiles live preview keeps); otherwise it is closed."""
         synth = run.synth
+        if run.student is not None:
+            self._settle_preview(run)
+            return
         if synth is None:  # nothing was built (cancelled first, or the build failed)
             return
         if not run.built:
@@ -636,6 +740,27 @@ class SynthesizeWidget(Container):
         if (not self._closed and self._synth is None and self._model is run.model
                 and self._synth_settings() == run.settings):
             self._synth, self._synth_for = synth, (run.model, run.settings)
+        else:
+            synth.close()
+
+    def _settle_preview(self, run: _Run) -> None:
+        """A preview drawn by a student ended: keep the student model it loaded, and adopt
+        or close its synthesizer as :meth:`_settle` does for the model's."""
+        current = not self._closed and self._model is run.teacher
+        if current and run.model is not None:
+            self._student_models.setdefault(run.student.source, run.model)
+        if self._handoff is run.handoff and run.synth is not None:
+            self._handoff = None  # handed over (or the preview samples afresh)
+        synth = run.synth
+        if synth is None:
+            return
+        if not run.built:
+            self._release(synth)
+            return
+        student = self.preview_student
+        if (current and self._psynth is None and student == run.student
+                and self._preview_settings(self._synth_settings(), student) == run.settings):
+            self._psynth, self._psynth_for = synth, (run.model, run.settings)
         else:
             synth.close()
 
@@ -705,6 +830,7 @@ class SynthesizeWidget(Container):
                              + (f" · {own}" if own else ""))
         if run.keep and run.layer is self._live_layer:
             self._live_applied = max(self._live_applied, run.request)
+            self._handoff = run.synth  # a preview student continues from this result
         candidates = [Candidate(img, run.mask, self._provenance(run, mask_sha, s),
                                 name=f"{run.layer.name} seed {s}")
                       for img, s in zip(images, run.seeds, strict=True)]
@@ -750,17 +876,20 @@ class SynthesizeWidget(Container):
             return  # a model that finishes loading starts the preview
         try:
             z = int(self.viewer.dims.current_step[0]) if layer.data.ndim == 3 else 0
-            run = self._start_run(layer, [self.seed.value], True, z=z)
+            run = self._start_run(layer, [self.seed.value], True, z=z, preview=True)
         except Exception as exc:
             report_error(exc, "Live preview")
             return
         lock, stop = self._lock, self._stop
+        from ..models.checkpoints.students import hand_over_kept
 
         def work(run: _Run) -> tuple[np.ndarray, list | None, float, str, list[int]]:
             t0 = time.perf_counter()
             mask, z = run.mask, run.z
             with lock:
                 synth = _ensure_synth(run)
+                if run.handoff is not None:  # continue from a Synthesize run of the model
+                    hand_over_kept(run.handoff, synth)
                 if _previews_itself(synth):  # diffusion: first preview (or a new seed) with
                     fresh = not synth.kept(z)  # few steps, then only what a stroke touched
                     image, regions = synth.update(mask, seed=run.seeds[0], z=z,
@@ -792,7 +921,11 @@ class SynthesizeWidget(Container):
             self.synthesized.emit(Candidate(image, run.mask[run.z] if run.mask.ndim == 3
                                             else run.mask, meta, name="live preview"))
         what = "synthesized" if regions is None else f"{len(regions)} tile(s) updated"
-        self.status.value = f"live preview: {what} in {dt * 1000:.0f} ms"
+        who = run.student.name if run.student is not None else _model_name(run.model.info)
+        steps = run.params.get("preview_steps")
+        if steps is not None:
+            who += f", {steps} step{'s' if steps != 1 else ''}"
+        self.status.value = f"live preview: {who}, {dt * 1000:.0f} ms ({what})"
 
     def _live_finished(self, run: _Run) -> None:
         self._live_running = False
@@ -824,7 +957,9 @@ class SynthesizeWidget(Container):
     def close_model(self) -> None:
         """Stop using the model; synthesizers still held by running work close when it ends."""
         self._retire()
+        self._retire_preview()
         self._model = None
+        self._students, self._student_models, self._handoff = [], {}, None
 
     def teardown(self) -> None:
         """The widget was closed: stop listening to the other widgets and free the model."""

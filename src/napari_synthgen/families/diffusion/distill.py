@@ -140,8 +140,14 @@ def check_teacher(source: str, cfg: Any) -> list[str]:
     if cfg.tile % spec.divisor:
         problems.append(f"tile {cfg.tile} must be a multiple of {spec.divisor} for the "
                         f"teacher's U-Net.")
-    problems.extend(check_plan(cfg.settings.distill_start_steps, cfg.settings.distill_steps,
-                               cfg.steps, spec.num_train_timesteps))
+    start = cfg.settings.distill_start_steps
+    made_for = (teacher.info.metadata.get("distilled") or {}).get("steps")
+    if isinstance(made_for, int) and made_for != start:
+        problems.append(f"the teacher {source!r} was itself distilled for {made_for} DDIM steps "
+                        f"and samples well only with those; set distill_start_steps to "
+                        f"{made_for} (got {start}).")
+    problems.extend(check_plan(start, cfg.settings.distill_steps, cfg.steps,
+                               spec.num_train_timesteps))
     return problems
 
 
