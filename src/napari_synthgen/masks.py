@@ -23,6 +23,12 @@ N_CLASSES: int = 3
 #: mask dropped for classifier-free guidance). Encodings give it the null condition.
 NO_LABEL: int = 255
 
+#: The mask encodings, names only (napari_synthgen.encoding says what each feeds a model;
+#: kept here, free of torch, for the widgets and the CLI parser).
+ENCODINGS: tuple[str, ...] = ("rgb", "onehot", "label", "sparse")
+#: Input channels each mask encoding feeds to a model.
+ENCODING_CHANNELS: dict[str, int] = {"rgb": 3, "onehot": 3, "label": 1, "sparse": 2}
+
 #: Colours of the reference pix2pix runs: black background, green interior, red boundary.
 PALETTE: np.ndarray = np.array([[0, 0, 0], [0, 255, 0], [255, 0, 0]], dtype=np.uint8)
 PALETTE.setflags(write=False)

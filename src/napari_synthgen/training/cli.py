@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import registry
 from ..limits import NICE_RANGE, SEED_TYPE, as_flags, cli_type
-from ..models.checkpoints.common import ENCODINGS
+from ..masks import ENCODINGS
 from .config import TrainConfig
 from .events import Event, Failed
 

@@ -43,7 +43,7 @@ from qtpy.QtWidgets import QApplication
 from .. import registry
 from ..families.base import CliOption, Family
 from ..io import read_array
-from ..models.checkpoints.common import ENCODINGS
+from ..masks import ENCODINGS
 from ..training.config import ConfigError, TrainConfig
 from ..training.runs import free_run_folder, next_run_folder, run_step
 from . import _common

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from ...masks import ENCODING_CHANNELS, ENCODINGS
+
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_synthgen"
-#: The mask encodings (napari_synthgen.encoding says what each feeds a model).
-ENCODINGS: tuple[str, ...] = ("rgb", "onehot", "label", "sparse")
-#: Input channels each mask encoding feeds to the generator.
-ENCODING_CHANNELS: dict[str, int] = {"rgb": 3, "onehot": 3, "label": 1, "sparse": 2}
+
 REFERENCE_NAME = "latest_net_G.pth"
 #: Dictionary entries that hold the weights in common training-checkpoint layouts.
 CONTAINER_KEYS: tuple[str, ...] = ("state_dict", "model", "netG", "generator", "G", "net")
