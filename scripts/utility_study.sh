@@ -6,7 +6,7 @@
 #   vnc   ../shared/data/vnc_stack1 dense masks: labelled 00-04, unlabelled 05-14, test 15-19
 #         (contiguous blocks of serial sections, so test slices are not neighbours of the
 #         labelled ones)
-#   mito  the same VNC split with masks_mito (class 0 = unlabelled tissue; --encoding sparse)
+#   mito  the same VNC split with masks_mito (class 0 = tissue that is not a mitochondrion)
 #
 #   bash scripts/utility_study.sh SETTING RUN_DIR        (run it in the background: hours on 2
 #                                                          CPU cores; see docs/unlabeled.md)
@@ -17,8 +17,11 @@
 # and layouts calibrated on them, masks --like), generate, report, then
 # evaluate --real-sizes 1,2,5 (real only against real + synthetic at each size; paired
 # differences with confidence intervals; the real-only arm's validation curve).
-# Knobs (environment): DIFF_STEPS (generator steps, 3000), UNLABELED (1: give the unlabelled
-# slices, 0: the labelled-only baseline generator), GUIDANCE (1), GEN_STEPS (DPM-Solver++
+# Knobs (environment): DIFF_STEPS (generator steps, 3000), INIT (the model the generator is
+# fine-tuned from, --init-from: demo-diffusion for vnc and mito, whose ISBI training slices are
+# not VNC test slices; none for isbi, whose test slices 25-29 the demo saw; "none" trains from
+# random weights), UNLABELED (1: give the unlabelled slices, 0: the labelled-only baseline
+# generator), GUIDANCE (1), GEN_STEPS (DPM-Solver++
 # steps, 20), FUSION (multidiffusion), N_VAR (variations per SIZE x SIZE piece of a labelled
 # mask, 5), N_LIKE (calibrated layouts, 40), SIZE (synthetic mask side, 512), SEG_STEPS (segmenter
 # steps, 1500), SEEDS (3), SIZES (1,2,5).
@@ -49,7 +52,7 @@ case "$SETTING" in
         GEN_ARGS=(--encoding onehot --unlabel-fraction 0.3) ;;
   mito) SRC=$SHARED/vnc_stack1; IMG=images; MSK=masks_mito; PRE=vnc_
         LAB="00 01 02 03 04"; UNL=$(seq -f %02g 5 14); TEST="15 16 17 18 19"
-        GEN_ARGS=(--encoding sparse) ;;
+        GEN_ARGS=(--encoding onehot) ;;
   *) echo "unknown setting $SETTING: isbi, vnc or mito" >&2; exit 2 ;;
 esac
 
@@ -59,6 +62,8 @@ for i in $TEST; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/test/images/"; cp -n "$SRC/$
 for i in $UNL; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/unlabeled/"; done  # images only: no masks
 
 # 1. the generator (a stopped run resumes from its last checkpoint)
+case "$SETTING" in isbi) INIT=${INIT:-none} ;; *) INIT=${INIT:-demo-diffusion} ;; esac
+if [ "$INIT" != none ]; then GEN_ARGS+=(--init-from "$INIT"); fi
 RAW=()
 if [ "$UNLABELED" = 1 ]; then RAW=(--unlabeled "$R/unlabeled" --unlabeled-share 0.5); fi
 DONE=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('step', 0))" "$R/gen/latest.json" 2>/dev/null || echo 0)

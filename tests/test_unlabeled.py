@@ -253,3 +253,46 @@ def test_evaluate_refuses_a_test_image_the_generator_saw_unlabelled(
     with pytest.raises(ev.LeakError, match=r"isbi2012_train_10 is also generator "
                                            r"G_step_0000003.safetensors/raw\d*/isbi2012_train_10"):
         ev.evaluate(isbi_small, syn, test, steps=1, seeds=1)
+
+
+def test_a_run_fine_tuned_from_a_model_starts_from_it_and_records_it(
+        guided_model: Path, isbi_small: Path, isbi_dir: Path, tiny_model: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """``--init-from``: the weights, architecture and encoding of the start; its record (and
+    the images it saw, for the leak check) in the new model file."""
+    from napari_synthgen import evaluation as ev
+    from napari_synthgen.io import sha256_file
+
+    start = load_model(guided_model)
+    cfg = make_config("diffusion", data=[str(isbi_small)], tile=32,
+                      init_from=str(guided_model))
+    trainer = cfg.family_entry.build_trainer(cfg, torch.device("cpu"), "fp32", 3, False)
+    for name, value in start.network.state_dict().items():
+        assert torch.equal(trainer.network.state_dict()[name].float(), value.float()), name
+    run = tmp_path / "ft"
+    assert main(["train", "--family", "diffusion", "--data", str(isbi_small), "--out", str(run),
+                 "--steps", "2", "--init-from", str(guided_model), *RUN]) == 0
+    tuned = load_model(run)
+    assert tuned.spec == start.spec
+    record = tuned.info.metadata["init_from"]
+    assert record["sha256"] == sha256_file(start.info.path)
+    assert record["steps_trained"] == 3 and len(record["seen_sha256"]) == 5 + 5
+    # the leak check follows the chain: a raw image of the start is seen by the tuned model
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    tifffile.imwrite(masks / "m.tif", tifffile.imread(
+        isbi_dir / "masks" / "isbi2012_train_25.tif")[:32, :32])
+    assert main(["generate", "--model", str(run), "--masks", str(masks), "--out",
+                 str(tmp_path / "syn"), "--steps", "1", "--device", "cpu"]) == 0
+    assert any("(started from" in k and k.endswith("/isbi2012_train_10")
+               for k in ev.generator_seen(tmp_path / "syn"))
+    # what cannot work is refused before training, saying what to change
+    capsys.readouterr()
+    for extra, message in ((["--init-from", str(guided_model), "--encoding", "rgb"],
+                            "set encoding to onehot"),
+                           (["--init-from", str(tiny_model)], "is a pix2pix model"),
+                           (["--init-from", str(guided_model), "--distill-from",
+                             str(guided_model)], "cannot be combined")):
+        assert main(["train", "--family", "diffusion", "--data", str(isbi_small), "--out",
+                     str(tmp_path / "bad"), "--steps", "2", *RUN, *extra]) != 0
+        assert message in capsys.readouterr().err

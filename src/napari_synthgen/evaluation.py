@@ -148,9 +148,13 @@ def generator_seen(synthetic: str | Path) -> dict[str, str]:
         if path.suffix != ".safetensors" or not path.is_file():
             continue
         with contextlib.suppress(CheckpointError, OSError):
-            prov = (read_document(path) or {}).get("provenance") or {}
+            doc = read_document(path) or {}
+            prov = doc.get("provenance") or {}
             for name, digest in (prov.get("seen_sha256") or {}).items():
                 seen[f"generator {path.name}/{name}"] = digest
+            start = doc.get("init_from") or {}  # a fine-tuned model: what its start saw too
+            for name, digest in (start.get("seen_sha256") or {}).items():
+                seen[f"generator {path.name} (started from {start.get('file')})/{name}"] = digest
     return seen
 
 

@@ -68,6 +68,8 @@ class DiffusionConfig:
     #: progressive distillation (distill.py): the teacher (path or bundled name; None: plain
     #: training), the teacher's DDIM steps in the first round and the final student's steps
     distill_from: str | None = None
+    #: fine-tuning (finetune.py): the model whose weights the run starts from
+    init_from: str | None = None
     distill_start_steps: int = 32
     distill_steps: int = 4
 
@@ -142,6 +144,17 @@ class DiffusionTrainer:
         self.alphas_cumprod = noise_sched.alphas_cumprod.to(device=device, dtype=torch.float32)
         self.lut = encoding_lut(self.spec.encoding, device)
         self.step_index = 0
+        #: what the run started from (fine-tuning), recorded in the model file
+        self.init_record: dict[str, Any] | None = None
+
+    def start_from(self, network: nn.Module, record: dict[str, Any]) -> None:
+        """Fine-tune: take ``network``'s weights (same spec) as the start, EMA included."""
+        from diffusers.training_utils import EMAModel
+
+        self.unet_raw.load_state_dict(network.state_dict())
+        self.ema = EMAModel(self.unet_raw.parameters(), decay=self.cfg.ema_decay,
+                            use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
+        self.init_record = record
 
     # ----------------------------------------------------------------- step
     def _draws(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,6 +265,8 @@ class DiffusionTrainer:
 
         meta = {"ema": True, "ema_decay": self.cfg.ema_decay, "steps_trained": self.step_index,
                 "diffusion_config": asdict(self.cfg), **(metadata or {})}
+        if self.init_record is not None:
+            meta["init_from"] = self.init_record
         return save_diffusion(path, self.ema_network(), self.spec, meta)
 
     @property

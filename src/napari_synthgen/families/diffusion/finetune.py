@@ -1,0 +1,75 @@
+"""Fine-tuning: a diffusion run that starts from the weights of a trained model.
+
+A user with a handful of labelled slices of their own tissue and many raw ones rarely has the
+hours a model needs from random weights on a CPU; starting from a model of similar EM (the
+bundled ``demo-diffusion``) gets further in the same steps. The new run takes the starting
+model's architecture, encoding and noise schedule; its optimiser, learning-rate schedule and EMA
+start fresh. The model file records what it started from (``init_from``: name, file, SHA-256,
+steps it had trained and the SHA-256 of every image it learned from), so that ``evaluate``'s
+leak check follows the chain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class InitError(ValueError):
+    """A starting model that cannot be used, with what to change."""
+
+
+def read_start(source: str) -> Any:
+    """The starting model (a LoadedModel) of ``init_from``: a diffusion model file, run folder
+    or bundled name; anything else is refused with an :class:`InitError` saying why."""
+    from ...models.checkpoints.common import CheckpointError
+    from ...models.checkpoints.locate import model_family
+    from .files import load_diffusion
+
+    family = model_family(source)
+    if family is not None and family != "diffusion":
+        raise InitError(f"init_from {source!r} is a {family} model; a diffusion run can start "
+                        "only from a diffusion model (e.g. demo-diffusion).")
+    try:
+        model = load_diffusion(source)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise InitError(f"init_from {source!r} cannot be read: {exc}") from None
+    if model.info.metadata.get("distilled"):
+        raise InitError(f"init_from {source!r} is a distilled few-step model; start from its "
+                        "teacher instead (a distilled model no longer predicts every noise "
+                        "level).")
+    return model
+
+
+def check_start(source: str, cfg: Any) -> list[str]:
+    """Problems with the starting model and the settings that must agree with it."""
+    try:
+        model = read_start(source)
+    except InitError as exc:
+        return [str(exc)]
+    spec, problems = model.spec, []
+    if cfg.encoding != spec.encoding:
+        problems.append(f"init_from {source!r} was trained on {spec.encoding!r} masks; set "
+                        f"encoding to {spec.encoding} (--encoding {spec.encoding}).")
+    if cfg.settings.prediction != spec.prediction_type:
+        problems.append(f"init_from {source!r} predicts {spec.prediction_type}; set prediction "
+                        f"to {spec.prediction_type} (--prediction {spec.prediction_type}).")
+    if cfg.tile % spec.divisor:
+        problems.append(f"tile {cfg.tile} must be a multiple of {spec.divisor} for the "
+                        "starting model's U-Net.")
+    return problems
+
+
+def start_record(source: str, model: Any) -> dict[str, Any]:
+    """What a fine-tuned model file records about the model it started from (``init_from``)."""
+    from ...io import sha256_file
+
+    meta = model.info.metadata
+    prov = meta.get("provenance") or {}
+    return {
+        "name": source, "file": Path(str(model.info.path)).name,
+        "sha256": model.info.sha256 or sha256_file(model.info.path),
+        "steps_trained": meta.get("steps_trained"),
+        "train_images": prov.get("train_images"),
+        "seen_sha256": prov.get("seen_sha256") or {},
+    }
