@@ -85,13 +85,6 @@ def save_diffusion(
     return dest
 
 
-def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The napari-synthgen header of a ``.safetensors`` file (None when it has none)."""
-    from ...models.checkpoints.ours import read_document
-
-    return read_document(path)
-
-
 def _spec_of(doc: Mapping[str, Any], path: Path) -> DiffusionSpec:
     version = doc.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:

@@ -540,6 +540,25 @@ class DiffusionSynthesizer:
                                     grid.left : grid.left + grid.width])
 
     # ----------------------------------------------------------------- live preview
+    def adopt_kept(self, source: Any) -> int:
+        """Take the results ``source`` (another diffusion synthesizer, e.g. the full model's
+        Synthesize run) keeps for live preview, so that the next stroke redraws only the tiles
+        it touched on top of them instead of the whole slice.
+
+        Only slices whose tile grid is this synthesizer's are taken (same tile and overlap).
+        The records are copied (synthesizers replace their arrays, never write into them).
+        Returns how many slices were taken.
+        """
+        kept = getattr(source, "_kept", None)
+        if source is self or not isinstance(kept, dict):
+            return 0
+        n = 0
+        for z, record in list(kept.items()):
+            if self.plan(record.grid.height, record.grid.width) == record.grid:
+                self._kept[z] = copy.copy(record)
+                n += 1
+        return n
+
     def update(self, mask: np.ndarray, *, seed: int | None = None, z: int = 0,
                progress: ProgressFn | None = None, cancel: CancelFn | None = None
                ) -> tuple[np.ndarray, list[tuple[slice, slice]]]:

@@ -14,7 +14,6 @@ No Qt, napari or family imports here (the registry is the only way into a family
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass
@@ -115,22 +114,8 @@ def find_students(info: Any) -> list[Student]:
 
 
 def hand_over_kept(source: Any, target: Any) -> int:
-    """Give ``target`` (a diffusion synthesizer drawing live preview) the results ``source``
-    keeps for live preview (e.g. a full Synthesize run of the model), so that the next stroke
-    redraws only the tiles it touched on top of the full result instead of the whole slice.
-
-    Only slices whose tile grid is the target's are handed over (same tile and overlap); a
-    synthesizer without kept results gives nothing. Returns how many slices were handed over.
-    The kept records are copied (the synthesizers replace their arrays, never write into them).
-    """
-    kept = getattr(source, "_kept", None)
-    own = getattr(target, "_kept", None)
-    if source is target or not isinstance(kept, dict) or not isinstance(own, dict):
-        return 0
-    n = 0
-    for z, record in list(kept.items()):
-        grid = getattr(record, "grid", None)
-        if grid is not None and target.plan(grid.height, grid.width) == grid:
-            own[z] = copy.copy(record)
-            n += 1
-    return n
+    """Give ``target`` (a synthesizer drawing live preview) the results ``source`` keeps for
+    live preview (:meth:`DiffusionSynthesizer.adopt_kept`); a synthesizer of another family
+    takes nothing. Returns how many slices were handed over."""
+    adopt = getattr(target, "adopt_kept", None)
+    return int(adopt(source)) if callable(adopt) else 0
