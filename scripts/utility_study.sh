@@ -24,7 +24,7 @@
 # generator), GUIDANCE (1), GEN_STEPS (DPM-Solver++
 # steps, 20), FUSION (multidiffusion), N_VAR (variations per SIZE x SIZE piece of a labelled
 # mask, 5), N_LIKE (calibrated layouts, 40), SIZE (synthetic mask side, 512), SEG_STEPS (segmenter
-# steps, 1500), SEEDS (3), SIZES (1,2,5).
+# steps, 1500), SEEDS (3), SIZES (1,2,5), EVALUATE (1; 0 stops after report: a generator A/B).
 set -euo pipefail
 SETTING=${1:?usage: $0 isbi|vnc|mito RUN_DIR}
 R=${2:?usage: $0 isbi|vnc|mito RUN_DIR}
@@ -101,6 +101,7 @@ PY
 [ -e "$R/syn/generate.jsonl" ] || $NS generate --model "$R/gen" --masks "$R/masks" --out "$R/syn" \
   --seed 0 --steps "$GEN_STEPS" --guidance "$GUIDANCE" --fusion "$FUSION"
 [ -e "$R/report/report.csv" ] || $NS report --samples "$R/syn" --reference "$R/real" --out "$R/report"
+[ "${EVALUATE:-1}" = 1 ] || { echo "done (no evaluate): $R/report"; exit 0; }
 [ -e "$R/eval/evaluation_sizes.csv" ] || $NS evaluate --real "$R/real" --synthetic "$R/syn" \
   --test "$R/test" --real-sizes "$SIZES" --steps "$SEG_STEPS" --batch-size 8 --seeds "$SEEDS" \
   --out "$R/eval"

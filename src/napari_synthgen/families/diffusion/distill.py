@@ -106,19 +106,9 @@ def ddim_grid(spec: DiffusionSpec, steps: int) -> list[int]:
 def read_teacher(source: str) -> Any:
     """The teacher (a LoadedModel) of ``distill_from``: a diffusion model file, run folder or
     bundled name; anything else is refused with a :class:`DistillError` saying why."""
-    from ...models.checkpoints.common import CheckpointError
-    from ...models.checkpoints.locate import model_family
-    from .files import load_diffusion
+    from .files import load_named_diffusion
 
-    family = model_family(source)
-    if family is not None and family != "diffusion":
-        raise DistillError(f"distill_from {source!r} is a {family} model; distillation needs a "
-                           "diffusion model trained with napari-synthgen (e.g. demo-diffusion).")
-    try:
-        teacher = load_diffusion(source)
-    except (CheckpointError, FileNotFoundError) as exc:
-        raise DistillError(f"distill_from {source!r} cannot be used as the teacher: {exc}"
-                           ) from None
+    teacher = load_named_diffusion(source, "distill_from", DistillError)
     if teacher.spec.prediction_type != "v_prediction":
         raise DistillError(f"distill_from {source!r} predicts {teacher.spec.prediction_type}; "
                            "progressive distillation here needs a v_prediction teacher (an "

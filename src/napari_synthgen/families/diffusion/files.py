@@ -85,6 +85,22 @@ def save_diffusion(
     return dest
 
 
+def load_named_diffusion(source: str, option: str, error: type[Exception]) -> Any:
+    """The diffusion model (a LoadedModel) that setting ``option`` names: a model file, run
+    folder or bundled name; a model of another family or an unreadable one raises ``error``
+    saying why."""
+    from ...models.checkpoints.locate import model_family
+
+    family = model_family(source)
+    if family is not None and family != "diffusion":
+        raise error(f"{option} {source!r} is a {family} model; it must be a diffusion model "
+                    "trained with napari-synthgen (e.g. demo-diffusion).")
+    try:
+        return load_diffusion(source)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise error(f"{option} {source!r} cannot be read: {exc}") from None
+
+
 def _spec_of(doc: Mapping[str, Any], path: Path) -> DiffusionSpec:
     version = doc.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:

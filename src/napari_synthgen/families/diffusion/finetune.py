@@ -22,18 +22,9 @@ class InitError(ValueError):
 def read_start(source: str) -> Any:
     """The starting model (a LoadedModel) of ``init_from``: a diffusion model file, run folder
     or bundled name; anything else is refused with an :class:`InitError` saying why."""
-    from ...models.checkpoints.common import CheckpointError
-    from ...models.checkpoints.locate import model_family
-    from .files import load_diffusion
+    from .files import load_named_diffusion
 
-    family = model_family(source)
-    if family is not None and family != "diffusion":
-        raise InitError(f"init_from {source!r} is a {family} model; a diffusion run can start "
-                        "only from a diffusion model (e.g. demo-diffusion).")
-    try:
-        model = load_diffusion(source)
-    except (CheckpointError, FileNotFoundError) as exc:
-        raise InitError(f"init_from {source!r} cannot be read: {exc}") from None
+    model = load_named_diffusion(source, "init_from", InitError)
     if model.info.metadata.get("distilled"):
         raise InitError(f"init_from {source!r} is a distilled few-step model; start from its "
                         "teacher instead (a distilled model no longer predicts every noise "

@@ -1,0 +1,166 @@
+"""The figures of docs/utility.md from runs of scripts/utility_study.sh (issue 17's study).
+
+``--samples``: one row per setting: a real test slice and its mask, then synthetic pairs (a
+variation of a real mask and a layout calibrated on the real masks, ``masks --like``), crops
+of the same size. ``--curves``: one column per setting: the setting's main figure against the
+number of real training pairs for real only and real + synthetic (mean and std over seeds;
+the grey line is synthetic only), and below it the paired difference with its 95 % bootstrap
+interval over seeds and test images (``evaluation_sizes.csv``). ``--table`` prints the
+Markdown table of docs/utility.md. Usage::
+
+    python scripts/utility_figure.py mito:RUN_MITO vnc:RUN_VNC --samples s.png --curves c.png \\
+        --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import tifffile
+
+from napari_synthgen.masks import to_palette
+
+#: the figure each setting is judged by (issue 17: boundary F1; mitochondria: their Dice)
+MAIN = {"mito": ("dice_interior", "mitochondria Dice"), "vnc": ("boundary_f1", "boundary F1"),
+        "isbi": ("boundary_f1", "boundary F1")}
+TITLES = {"mito": "VNC, mitochondria only", "vnc": "VNC, dense 3-class", "isbi": "ISBI 2012"}
+
+
+def _settings(specs: list[str]) -> list[tuple[str, Path]]:
+    out = []
+    for spec in specs:
+        name, _, run = spec.partition(":")
+        if name not in MAIN or not run:
+            raise SystemExit(f"{spec!r}: give SETTING:RUN_DIR with SETTING one of {list(MAIN)}")
+        out.append((name, Path(run)))
+    return out
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "eval" / "evaluation_sizes.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _f(row: dict[str, str], key: str) -> float:
+    v = row.get(key, "")
+    return float(v) if v not in ("", "nan") else math.nan
+
+
+def _crop(a: np.ndarray, c: int) -> np.ndarray:
+    y, x = (a.shape[0] - c) // 2, (a.shape[1] - c) // 2
+    return a[y:y + c, x:x + c]
+
+
+def samples(settings: list[tuple[str, Path]], out: Path, c: int) -> None:
+    fig, axes = plt.subplots(len(settings), 6, figsize=(13, 2.3 * len(settings) + 0.4),
+                             squeeze=False)
+    for r, (name, run) in enumerate(settings):
+        test = sorted((run / "test" / "images").glob("*.tif"))[0]
+        syn = sorted((run / "syn" / "images").glob("*.tif"))
+        var = next(p for p in syn if not p.name.startswith(("dense", "sparse", "like")))
+        like = next((p for p in syn if p.name.startswith(("dense", "sparse", "like"))), syn[-1])
+        panels = [(tifffile.imread(test), "real test slice"),
+                  (to_palette(tifffile.imread(run / "test" / "masks" / test.name)), "its mask")]
+        for p, what in ((var, "variation"), (like, "calibrated layout")):
+            panels += [(to_palette(tifffile.imread(run / "syn" / "masks" / p.name)),
+                        f"{what}: mask"),
+                       (tifffile.imread(p), f"{what}: synthetic")]
+        for k, (img, title) in enumerate(panels):
+            ax = axes[r, k]
+            ax.imshow(_crop(img, c), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+            if k == 0:
+                ax.set_ylabel(TITLES[name], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=72)
+
+
+def curves(settings: list[tuple[str, Path]], out: Path) -> None:
+    fig, axes = plt.subplots(2, len(settings), figsize=(4.2 * len(settings), 6.4),
+                             squeeze=False)
+    for k, (name, run) in enumerate(settings):
+        metric, label = MAIN[name]
+        rows = _rows(run)
+        sized = [r for r in rows if int(r["n_real"] or 0)]
+        sizes = sorted({int(r["n_real"]) for r in sized})
+        ax = axes[0, k]
+        for arm, colour in (("real", "#7f7f7f"), ("real+synthetic", "#2ca02c")):
+            mine = sorted((r for r in sized if r["arm"] == arm), key=lambda r: int(r["n_real"]))
+            ax.errorbar([int(r["n_real"]) for r in mine], [_f(r, f"{metric}_mean") for r in mine],
+                        yerr=[np.nan_to_num(_f(r, f"{metric}_std")) for r in mine],
+                        marker="o", capsize=3, color=colour, label=f"{arm} only"
+                        if arm == "real" else arm)
+        for r in rows:
+            if not int(r["n_real"] or 0):
+                ax.axhline(_f(r, f"{metric}_mean"), color="#1f77b4", ls="--",
+                           label="synthetic only")
+        ax.set_xticks(sizes)
+        ax.set_title(TITLES[name], fontsize=10)
+        ax.set_ylabel(f"{label} on real test slices")
+        ax.legend(fontsize=8)
+        ax = axes[1, k]
+        mine = sorted((r for r in sized if r["arm"] != "real" and r.get(f"diff_{metric}")),
+                      key=lambda r: int(r["n_real"]))
+        xs = [int(r["n_real"]) for r in mine]
+        ds = np.array([_f(r, f"diff_{metric}") for r in mine])
+        lo = np.array([_f(r, f"diff_{metric}_low") for r in mine])
+        hi = np.array([_f(r, f"diff_{metric}_high") for r in mine])
+        ax.errorbar(xs, ds, yerr=[ds - lo, hi - ds], marker="o", capsize=4, color="#2ca02c")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(sizes)
+        ax.set_xlabel("real training slices")
+        ax.set_ylabel(f"{label}: with synthetic - real only")
+        ax.set_title("paired difference, 95 % CI", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=72)
+
+
+def table(settings: list[tuple[str, Path]]) -> str:
+    lines = ["| setting | figure | real slices | real only | real + synthetic | difference "
+             "(95 % CI) | synthetic only |", "|---|---|---|---|---|---|---|"]
+    for name, run in settings:
+        metric, label = MAIN[name]
+        rows = _rows(run)
+        syn = next((r for r in rows if not int(r["n_real"] or 0)), None)
+        for n in sorted({int(r["n_real"]) for r in rows if int(r["n_real"] or 0)}):
+            real = next(r for r in rows if int(r["n_real"] or 0) == n and r["arm"] == "real")
+            mix = next(r for r in rows if int(r["n_real"] or 0) == n and r["arm"] != "real")
+            lines.append(
+                f"| {TITLES[name]} | {label} | {n} | {_f(real, f'{metric}_mean'):.3f} ± "
+                f"{_f(real, f'{metric}_std'):.3f} | {_f(mix, f'{metric}_mean'):.3f} ± "
+                f"{_f(mix, f'{metric}_std'):.3f} | {_f(mix, f'diff_{metric}'):+.3f} "
+                f"({_f(mix, f'diff_{metric}_low'):+.3f}, {_f(mix, f'diff_{metric}_high'):+.3f})"
+                f" | {_f(syn, f'{metric}_mean') if syn else math.nan:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("settings", nargs="+", help="SETTING:RUN_DIR (mito, vnc or isbi)")
+    p.add_argument("--samples", type=Path)
+    p.add_argument("--curves", type=Path)
+    p.add_argument("--table", action="store_true")
+    p.add_argument("--crop", type=int, default=256, help="side of the shown crops (px)")
+    args = p.parse_args()
+    settings = _settings(args.settings)
+    if args.samples:
+        samples(settings, args.samples, args.crop)
+    if args.curves:
+        curves(settings, args.curves)
+    if args.table:
+        print(table(settings))
+
+
+if __name__ == "__main__":
+    main()
