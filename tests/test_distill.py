@@ -207,7 +207,8 @@ def test_stop_and_resume_equals_an_uninterrupted_distillation(
 def test_a_pix2pix_or_missing_teacher_and_bad_step_counts_are_refused(
         tmp_path: Path, isbi_small: Path, tiny_model: Path, teacher: Path,
         student: Path) -> None:
-    with pytest.raises(ConfigError, match="distill_from .* is a pix2pix model; it must be a diffusion"):
+    with pytest.raises(ConfigError,
+                       match=r"distill_from .* is a pix2pix model; it must be a diffusion"):
         _cfg(isbi_small, tmp_path / "p", tiny_model).validate()
     with pytest.raises(ConfigError, match=r"distill_from .* cannot be read: .*no such file"):
         _cfg(isbi_small, tmp_path / "m", tmp_path / "nothing.safetensors").validate()
