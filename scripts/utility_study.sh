@@ -21,7 +21,8 @@
 # fine-tuned from, --init-from: demo-diffusion for vnc and mito, whose ISBI training slices are
 # not VNC test slices; none for isbi, whose test slices 25-29 the demo saw; "none" trains from
 # random weights), UNLABELED (1: give the unlabelled slices, 0: the labelled-only baseline
-# generator), GUIDANCE (1), GEN_STEPS (DPM-Solver++
+# generator), GUIDANCE (classifier-free guidance weight: 3 for mito, whose masks a generator
+# follows only weakly at 1 (mitochondria drawn as plain tissue); 1 for isbi and vnc), GEN_STEPS (DPM-Solver++
 # steps, 20), FUSION (multidiffusion), N_VAR (variations per SIZE x SIZE piece of a labelled
 # mask, 5), N_LIKE (calibrated layouts, 40), SIZE (synthetic mask side, 512), SEG_STEPS (segmenter
 # steps, 1500), SEEDS (3), SIZES (1,2,5), EVALUATE (1; 0 stops after report: a generator A/B).
@@ -33,7 +34,6 @@ NS=${NS:-napari-synthgen}
 PY=${PY:-python}  # the environment's Python (it has tifffile)
 DIFF_STEPS=${DIFF_STEPS:-3000}
 UNLABELED=${UNLABELED:-1}
-GUIDANCE=${GUIDANCE:-1}
 GEN_STEPS=${GEN_STEPS:-20}
 FUSION=${FUSION:-multidiffusion}
 N_VAR=${N_VAR:-5}
@@ -63,6 +63,7 @@ for i in $UNL; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/unlabeled/"; done  # images o
 
 # 1. the generator (a stopped run resumes from its last checkpoint)
 case "$SETTING" in isbi) INIT=${INIT:-none} ;; *) INIT=${INIT:-demo-diffusion} ;; esac
+case "$SETTING" in mito) GUIDANCE=${GUIDANCE:-3} ;; *) GUIDANCE=${GUIDANCE:-1} ;; esac
 if [ "$INIT" != none ]; then GEN_ARGS+=(--init-from "$INIT"); fi
 RAW=()
 if [ "$UNLABELED" = 1 ]; then RAW=(--unlabeled "$R/unlabeled" --unlabeled-share 0.5); fi

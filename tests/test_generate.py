@@ -426,3 +426,56 @@ def test_a_stack_mask_gives_a_stack_image_with_its_spacing(tmp_path: Path,
         assert tif.is_imagej and tif.series[0].axes == "ZYX"
     np.testing.assert_array_equal(io.read_mask(tmp_path / "out" / "masks" / "vol_s0.tif"), stack)
     assert io.read_spacing(tmp_path / "out" / "masks" / "vol_s0.tif") == (50.0, 4.0, 4.0)
+
+
+# ----------------------------------------------------------------------------- noise
+
+
+def test_every_mask_gets_its_own_noise_unless_the_seed_alone_is_asked_for(
+        tmp_path: Path) -> None:
+    """A training set generated with one seed: each mask its own tissue (noise "mask"); the
+    same mask and seed the same image; noise "seed" keeps one noise for masks that differ by
+    a stroke, so their images differ only near it."""
+    import numpy as np
+    import tifffile
+    import torch
+
+    from napari_synthgen.families.diffusion.files import save_diffusion
+    from napari_synthgen.families.diffusion.networks import build_unet, make_spec
+    from napari_synthgen.generate import noise_seed
+
+    torch.manual_seed(0)
+    spec = make_spec("small", tile=32, block_out_channels=(8, 16), attention=(False, False),
+                     attention_head_dim=8)
+    model = save_diffusion(tmp_path / "d.safetensors", build_unet(spec), spec,
+                           {"classes": {"0": 0.1, "1": 0.6, "2": 0.3}})
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    base = make_layout("dense", (32, 64), seed=1)
+    stroke = base.copy()
+    stroke[2:6, 56:62] = 2  # a stroke in the right half
+    io.write_mask(masks / "a.tif", base)
+    io.write_mask(masks / "a_copy.tif", base)
+    io.write_mask(masks / "b_stroke.tif", stroke)
+
+    def run(noise: str) -> dict[str, np.ndarray]:
+        out = tmp_path / noise
+        args = ["generate", "--model", str(model), "--masks", str(masks), "--out", str(out),
+                "--seed", "3", "--steps", "3", "--device", "cpu", "--precision", "fp32",
+                "--fusion", "shifted", "--noise", noise]
+        assert main(args) == 0
+        return {r["image"]: tifffile.imread(out / r["image"]).astype(float)
+                for r in _log(out) if "image" in r}
+
+    own = run("mask")
+    assert np.array_equal(own["images/a_s3.tif"], own["images/a_copy_s3.tif"])
+    left = (slice(None), slice(0, 24))  # far from the stroke
+    own_gap = np.abs(own["images/a_s3.tif"] - own["images/b_stroke_s3.tif"])[left].mean()
+    shared = run("seed")
+    shared_gap = np.abs(shared["images/a_s3.tif"] - shared["images/b_stroke_s3.tif"])[left].mean()
+    assert own_gap > 10 * max(shared_gap, 0.1), (own_gap, shared_gap)
+    log = {r["image"]: r for r in _log(tmp_path / "mask") if "image" in r}
+    rec = log["images/b_stroke_s3.tif"]
+    assert rec["seed"] == 3 and rec["noise"] == "mask"
+    assert rec["noise_seed"] == noise_seed(3, rec["source_mask_sha256"])
+    assert all(r["noise_seed"] == 3 for r in _log(tmp_path / "seed") if "image" in r)

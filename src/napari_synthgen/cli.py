@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="images per mask, seeds seed..seed+N-1 (implies --stochastic if N>1)")
     gen.add_argument("--stochastic", action="store_true",
                      help="keep dropout on (pix2pix test-time noise) for seeded variations")
+    gen.add_argument("--noise", choices=("mask", "seed"), default="mask",
+                     help="what picks each image's starting noise: mask (the seed and the "
+                     "mask's content: every mask gets its own tissue, as a training set needs) "
+                     "or seed (the seed alone: masks that differ by a stroke give images that "
+                     "differ only there)")
     gen.add_argument("--read-as", default="auto", choices=MASK_READ_AS,
                      help="how to read the mask files: auto (classes 0-2 or a colour palette), "
                      "binary (objects on background), membrane (ISBI: white interior, black "
@@ -534,6 +539,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         boundary_width=args.boundary_width, allow_float=args.allow_float,
         overwrite=args.overwrite, device=args.device, precision=args.precision, tile=args.tile,
         overlap=args.overlap, batch_size=args.batch_size, encoding=args.encoding,
+        noise=args.noise,
     )
     share = process_share()
     # under torchrun rank 0 shows its own share's progress and reports for everyone

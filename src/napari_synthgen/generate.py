@@ -16,10 +16,17 @@ Under ``torchrun`` every process takes every ``world``-th mask and writes its re
 ``generate.part<rank>.jsonl``; after all are done (a gloo all-gather, which is also the
 barrier) rank 0 merges the parts into ``generate.jsonl`` in the order one process would have
 written them. Images depend only on (mask, seed), so the files equal a one-process run.
+
+Each image's starting noise comes from the seed and, by default (``noise="mask"``), the mask's
+content: a set of masks generated with one seed gets a different tissue under every mask (with
+one shared noise, a diffusion model paints the same background texture under all of them, and a
+segmenter trained on the set sees one tissue many times). ``noise="seed"`` keeps the seed alone,
+so masks that differ by a stroke give images that differ only there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -70,6 +77,9 @@ class GenerateJob:
     overlap: int | None = None
     batch_size: int | None = None
     encoding: str | None = None
+    #: what picks each image's starting noise: "mask" (the seed and the mask's content) or
+    #: "seed" (the seed alone); see the module docstring
+    noise: str = "mask"
     #: settings of the model's family, passed on to its synthesizer (e.g. diffusion
     #: ``{"steps": 20, "sampler": "dpm"}``); recorded in each output's params
     options: dict[str, Any] = field(default_factory=dict)
@@ -198,6 +208,16 @@ def unknown_classes_message(label: str, model_format: str = "") -> str:
 
 LOG_NAME = "generate.jsonl"
 
+#: the ways a generate run picks each image's starting noise (GenerateJob.noise)
+NOISE_MODES: tuple[str, ...] = ("mask", "seed")
+
+
+def noise_seed(seed: int, mask_sha256: str) -> int:
+    """The 32-bit noise seed of an image under ``noise="mask"``: the seed and the mask's
+    content hash, so every mask gets its own noise and the same mask and seed the same image."""
+    digest = hashlib.sha256(f"{mask_sha256}:{seed}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
 
 def _part_name(rank: int) -> str:
     return f"generate.part{rank}.jsonl"
@@ -303,6 +323,8 @@ def check_job(job: GenerateJob) -> None:
 
     check_range("variations", job.variations, 1)
     check_seed("seed", job.seed, job.variations)
+    if job.noise not in NOISE_MODES:
+        raise ValueError(f"noise must be one of {', '.join(NOISE_MODES)}; got {job.noise!r}.")
     check_range("boundary_width", job.boundary_width, 1)
     if job.batch_size is not None:
         check_range("batch_size", job.batch_size, 1)
@@ -399,9 +421,10 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
                     yield GenerateEvent("skipped", f"{image_path} exists (use --overwrite)",
                                         path=image_path)
                     continue
+                draw = noise_seed(seed, mask_sha) if job.noise == "mask" else seed
                 try:
                     t0 = time.perf_counter()
-                    image = synth(mask, seed=seed)
+                    image = synth(mask, seed=draw)
                     write_pair(image_path, image, mask_out, mask, spacing=spacing)
                 except (ValueError, OSError, RuntimeError) as exc:
                     failed += 1
@@ -419,7 +442,8 @@ def _run(job: GenerateJob, share: ProcessShare, group: _Group) -> Iterator[Gener
                     "family": synth.info.family, "architecture": synth.info.architecture,
                     "model_classes": None if known is None else {
                         str(c): f for c, f in sorted(known.items())},
-                    "seed": seed, "params": {key: info[key] for key in (
+                    "seed": seed, "noise": job.noise, "noise_seed": draw,
+                    "params": {key: info[key] for key in (
                         "device", "precision", "precision_note", "tile", "overlap",
                         "batch_size", "encoding", "stochastic")}
                         | dict(info.get("family_settings", {})),
