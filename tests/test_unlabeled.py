@@ -290,6 +290,8 @@ def test_a_run_fine_tuned_from_a_model_starts_from_it_and_records_it(
     capsys.readouterr()
     for extra, message in ((["--init-from", str(guided_model), "--encoding", "rgb"],
                             "set encoding to onehot"),
+                           (["--init-from", str(guided_model), "--tile", "33"],
+                            "tile 33 must be a multiple of"),
                            (["--init-from", str(tiny_model)], "is a pix2pix model"),
                            (["--init-from", str(guided_model), "--distill-from",
                              str(guided_model)], "cannot be combined")):

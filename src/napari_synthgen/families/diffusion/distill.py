@@ -33,7 +33,7 @@ from ...devices import Precision, autocast
 from ...encoding import encode_masks
 from ...tiling import tile_seed
 from ..base import StepResult
-from .files import DISTILL_SAMPLER
+from .files import DISTILL_SAMPLER, agreement_problems
 from .networks import DiffusionSpec, make_scheduler
 from .training import DiffusionConfig, DiffusionTrainer, warmup_then
 
@@ -123,13 +123,7 @@ def check_teacher(source: str, cfg: Any) -> list[str]:
     except DistillError as exc:
         return [str(exc)]
     spec = teacher.spec
-    problems = []
-    if cfg.encoding != spec.encoding:
-        problems.append(f"the teacher {source!r} was trained on {spec.encoding!r} masks; set "
-                        f"encoding to {spec.encoding} (--encoding {spec.encoding}).")
-    if cfg.tile % spec.divisor:
-        problems.append(f"tile {cfg.tile} must be a multiple of {spec.divisor} for the "
-                        f"teacher's U-Net.")
+    problems = agreement_problems(spec, cfg, f"the teacher {source!r}")
     start = cfg.settings.distill_start_steps
     made_for = (teacher.info.metadata.get("distilled") or {}).get("steps")
     if isinstance(made_for, int) and made_for != start:

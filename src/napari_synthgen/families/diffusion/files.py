@@ -101,6 +101,19 @@ def load_named_diffusion(source: str, option: str, error: type[Exception]) -> An
         raise error(f"{option} {source!r} cannot be read: {exc}") from None
 
 
+def agreement_problems(spec: DiffusionSpec, cfg: Any, who: str) -> list[str]:
+    """What a run built on another diffusion model (fine-tuned from it, distilled from it) must
+    share with it: the mask encoding, and a tile its U-Net can halve down to the bottom."""
+    problems = []
+    if cfg.encoding != spec.encoding:
+        problems.append(f"{who} was trained on {spec.encoding!r} masks; set encoding to "
+                        f"{spec.encoding} (--encoding {spec.encoding}).")
+    if cfg.tile % spec.divisor:
+        problems.append(f"tile {cfg.tile} must be a multiple of {spec.divisor} for the U-Net "
+                        f"of {who}.")
+    return problems
+
+
 def _spec_of(doc: Mapping[str, Any], path: Path) -> DiffusionSpec:
     version = doc.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:

@@ -38,16 +38,13 @@ def check_start(source: str, cfg: Any) -> list[str]:
         model = read_start(source)
     except InitError as exc:
         return [str(exc)]
-    spec, problems = model.spec, []
-    if cfg.encoding != spec.encoding:
-        problems.append(f"init_from {source!r} was trained on {spec.encoding!r} masks; set "
-                        f"encoding to {spec.encoding} (--encoding {spec.encoding}).")
+    from .files import agreement_problems
+
+    spec = model.spec
+    problems = agreement_problems(spec, cfg, f"init_from {source!r}")
     if cfg.settings.prediction != spec.prediction_type:
         problems.append(f"init_from {source!r} predicts {spec.prediction_type}; set prediction "
                         f"to {spec.prediction_type} (--prediction {spec.prediction_type}).")
-    if cfg.tile % spec.divisor:
-        problems.append(f"tile {cfg.tile} must be a multiple of {spec.divisor} for the "
-                        "starting model's U-Net.")
     return problems
 
 
