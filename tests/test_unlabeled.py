@@ -180,10 +180,14 @@ def test_a_model_trained_with_unlabelled_images_records_them_and_takes_guidance(
         s = make_synthesizer(model, device="cpu", precision="fp32", steps=2, **kw)
         return s(mask, seed=4)
 
-    plain, one, guided = synth(), synth(guidance=1.0), synth(guidance=3.0)
-    assert np.array_equal(plain, one)  # guidance 1 is the plain model, bit for bit
-    assert not np.array_equal(plain, guided)
+    default, one, guided = synth(), synth(guidance=1.0), synth(guidance=3.0)
+    # such a model samples at guidance 3 unless asked (at 1 it follows a mask loosely)
+    assert np.array_equal(default, guided) and not np.array_equal(one, guided)
     assert np.array_equal(guided, synth(guidance=3.0))  # seeded like every run
+    # guidance 1 is the plain conditional model, bit for bit: the null branch is not run
+    plain = DiffusionSynthesizer(model, device="cpu", precision="fp32", steps=2,
+                                 guidance=1.0)
+    assert plain.denoiser.guidance == 1.0 and np.array_equal(plain(mask, seed=4), one)
     s = make_synthesizer(model, device="cpu", precision="fp32", steps=2, guidance=3.0)
     assert s.describe()["family_settings"]["guidance"] == 3.0
     # generate records the guidance with every image
@@ -207,6 +211,7 @@ def test_guidance_is_refused_for_a_model_without_the_null_condition(
         DiffusionSynthesizer(load_model(guided_model), device="cpu", guidance=-1.0)
     # 1 (no guidance) is fine for every diffusion model; the widget hides the setting
     assert DiffusionSynthesizer(plain, device="cpu", guidance=1.0).guidance == 1.0
+    assert DiffusionSynthesizer(plain, device="cpu").guidance == 1.0  # its default
     assert DiffusionSynthesizer.hidden_options(plain) == ("guidance",)
     assert DiffusionSynthesizer.hidden_options(load_model(guided_model)) == ()
     masks = tmp_path / "m.tif"

@@ -47,7 +47,7 @@ def test_guidance_is_offered_for_a_model_with_a_null_condition_and_used(
     qtbot.waitUntil(lambda: w.model is not None and w.model.info.path == str(guided),
                     timeout=20000)
     field = w.family_fields["guidance"]
-    assert field.value == 1.0 and field.label == "Guidance"
+    assert field.value == 3.0 and field.label == "Guidance"  # the null-trained default
     field.value = 2.5
     w.family_fields["steps"].value = 2
     w.mask_layer.value = viewer.add_labels(make_layout("dense", (32, 32), seed=3), name="m")

@@ -206,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "models)")
     gen.add_argument("--guidance", type=_number(float, 0), default=None, metavar="W",
                      help="classifier-free guidance weight of a diffusion model trained with "
-                     "--unlabeled or --cond-dropout: 1 is the plain conditional model (default), "
-                     "above 1 follows the mask more strictly, below 1 leans on the unlabelled "
-                     "tissue (refused for other models)")
+                     "--unlabeled or --cond-dropout (default 3; refused for other models): 1 is "
+                     "the plain conditional model, which follows a mask only loosely; above 1 "
+                     "follows it more strictly; below 1 leans on the unlabelled tissue. Each "
+                     "value other than 1 doubles the network work")
     _add_synthesis_options(gen)
 
     from .training.cli import add_train_parser

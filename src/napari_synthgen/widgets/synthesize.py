@@ -130,10 +130,10 @@ _OPTION_UI: dict[str, dict[str, Any]] = {
                    "correlated along z); independent: every slice drawn on its own (texture "
                    "flickers along z). 2-D masks are the same either way."},
     "guidance": {"label": "Guidance", "min": 0.0, "max": 20.0, "step": 0.25, "tooltip":
-                 "Classifier-free guidance (models trained with unlabelled images): 1 is the "
-                 "plain model; above 1 follows the mask more strictly, below 1 leans on the "
-                 "tissue learned from unlabelled images. Each value other than 1 doubles the "
-                 "network work."},
+                 "Classifier-free guidance (models trained with unlabelled images; default "
+                 "3): 1 is the plain model, which follows a mask only loosely; above 1 follows "
+                 "the mask more strictly, below 1 leans on the tissue learned from unlabelled "
+                 "images. Each value other than 1 doubles the network work."},
     "preview_steps": {"label": "Preview steps", "min": 1, "max": 1000, "tooltip":
                       "Denoising steps of live preview: few keep strokes quick; Synthesize "
                       "gives the full result."},

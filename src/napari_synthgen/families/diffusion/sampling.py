@@ -62,6 +62,11 @@ DEFAULT_STEPS = 20
 FUSIONS = ("multidiffusion", "shifted")
 #: the largest classifier-free guidance weight accepted (beyond it images saturate)
 MAX_GUIDANCE = 20.0
+#: the guidance a model that learned the null condition samples with unless asked otherwise:
+#: at 1 such models follow a mask only loosely (VNC mitochondria drawn as plain tissue, extra
+#: membranes inside cells of dense masks); at 3 the mask's objects and membranes are drawn where
+#: it says (docs/unlabeled.md). Models without the null condition always run at 1.
+DEFAULT_GUIDANCE = 3.0
 
 
 class Cancelled(RuntimeError):
@@ -291,7 +296,7 @@ class DiffusionSynthesizer:
                  stochastic: bool = True, steps: int | None = None, sampler: str | None = None,
                  preview_steps: int = DEFAULT_PREVIEW_STEPS,
                  fusion: str = "multidiffusion", z_coupling: str = DEFAULT_Z_COUPLING,
-                 guidance: float = 1.0) -> None:
+                 guidance: float | None = None) -> None:
         model = _diffusion_model(model)
         self.model, self.spec, self.info = model, model.spec, model.info
         #: what the user should know about these settings (generate shows them as notes)
@@ -351,7 +356,7 @@ class DiffusionSynthesizer:
             self.precision, self.precision_note = auto_precision(self.device, "inference")
         else:
             self.precision = check_precision(self.requested_precision, self.device)
-        self.guidance = check_guidance(guidance, model)
+        self.guidance = check_guidance(own["guidance"] if guidance is None else guidance, model)
         self.denoiser = Denoiser(model.network, self.spec, self.device, self.precision,
                                  guidance=self.guidance)
         self._windows: dict[tuple[int, int], torch.Tensor] = {}
@@ -359,12 +364,15 @@ class DiffusionSynthesizer:
 
     @staticmethod
     def model_defaults(model: Any) -> dict[str, Any]:
-        """The steps and sampler ``model`` runs with unless asked otherwise: a distilled
-        model's own (it was trained for them), else DPM-Solver++ with 20 steps."""
+        """The steps, sampler and guidance ``model`` runs with unless asked otherwise: a
+        distilled model's own steps and sampler (it was trained for them), else DPM-Solver++
+        with 20 steps; guidance :data:`DEFAULT_GUIDANCE` for a model that learned the null
+        condition, else 1 (none)."""
         info = getattr(model, "info", None)
         made_for = model_sampling(info.metadata) if info is not None else None
         steps, sampler = made_for or (DEFAULT_STEPS, "dpm")
-        return {"steps": steps, "sampler": sampler}
+        guidance = DEFAULT_GUIDANCE if learned_null(model) else 1.0
+        return {"steps": steps, "sampler": sampler, "guidance": guidance}
 
     @staticmethod
     def hidden_options(model: Any) -> tuple[str, ...]:
