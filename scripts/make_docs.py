@@ -45,6 +45,9 @@ IMAGES: dict[str, str] = {
 RESULTS: dict[str, tuple[str, ...]] = {
     "utility_compare.png": ("scripts/utility_run_isbi.sh", "scripts/utility_compare.py"),
     "volume_slices.png": ("scripts/volume_figure.py",),
+    "utility_curves.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
+    "utility_samples.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
+    "utility_guidance.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
 }
 MAX_BYTES = 290_000
 TRAIN_STEPS = 300  # the recorded run (about 30 s on 2 CPU cores); the picture stops at 80 %
