@@ -3,12 +3,14 @@ membrane contrast and ``evaluate``'s synthetic-only boundary F1.
 
     python scripts/fast_vs_teacher.py [--data ../shared/data] [--slices 24 25 26 27 28 29]
         [--size 256] [--eval-steps 100] [--eval-seeds 2] [--no-eval] [--fast-model MODEL]
+        [--fast-guidance W] [--teacher-guidance W]
 
 For the ISBI 2012 slices ``--slices`` (default the last six, 24..29), top-left ``--size`` px
 crops, synthesizes every mask with ``--fast-model`` (default the bundled
 ``demo-diffusion-fast``; or any model file distilled from demo-diffusion, e.g. a run's 1-step
-model; with its own default steps) and with ``demo-diffusion`` (DPM-Solver++ 20 steps), seed 0,
-in this process, and prints a Markdown table per model (and the real crops): the mean
+model; with its own default steps) and with ``--teacher`` (default ``demo-diffusion``,
+DPM-Solver++ 20 steps; any model, e.g. two pix2pix demos), seed 0, in this process, and prints
+a Markdown table per model (and the real crops): the mean
 ``report`` score per image (reference: the real crops' pairs, as
 scripts/z_consistency_synthetic.py), membrane contrast (mean interior minus
 mean membrane grey level), RMS difference to the teacher's image and seconds per image. Then,
@@ -16,7 +18,11 @@ unless ``--no-eval``, ``evaluate``'s synthetic-only arm (small segmenter, ``--ev
 steps, seeds 0..``--eval-seeds``-1, crop 128) trained on each synthetic set and scored on real
 test pairs the sets never saw: ISBI slices 0..3, bottom-right ``--size`` px crops. Pairs are
 written to a temporary folder. The issue's targets: score within 0.02 of the teacher's, boundary
-F1 within 0.01.
+F1 within 0.01. ``--teacher-guidance`` / ``--fast-guidance`` set each model's classifier-free
+guidance (default: the model's own, 3 for a model that learned the null condition, else 1); a
+student distilled without the null condition is compared with its teacher at guidance 1, and
+``--fast-model demo-diffusion --fast-guidance 3 --teacher-guidance 1`` measures what guidance
+does to the demo.
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ from napari_synthgen.evaluation import ARM_SYNTHETIC, evaluate
 from napari_synthgen.registry import make_synthesizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TEACHER = ("demo-diffusion", {"steps": 20})
 
 
 def read(folder: Path, index: int, crop: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +74,13 @@ def main() -> None:
     parser.add_argument("--no-eval", action="store_true")
     parser.add_argument("--fast-model", default="demo-diffusion-fast",
                         help="the few-step model (bundled name or file; its own steps)")
+    parser.add_argument("--fast-guidance", type=float, default=None,
+                        help="the few-step model's guidance (default: its own)")
+    parser.add_argument("--teacher-guidance", type=float, default=None,
+                        help="the teacher's guidance (default: its own)")
+    parser.add_argument("--teacher", default="demo-diffusion",
+                        help="the model to compare with (default: demo-diffusion, 20 "
+                             "DPM-Solver++ steps; any model, e.g. two pix2pix demos)")
     args = parser.parse_args()
     isbi = args.data / "isbi2012"
     crop = np.s_[:args.size, :args.size]
@@ -78,11 +90,20 @@ def main() -> None:
     stats = quality.reference_from_pairs(real)
     sets: dict[str, list[np.ndarray]] = {"real crops": [im for im, _ in real]}
     seconds: dict[str, float] = {}
-    synths = [make_synthesizer(args.fast_model), make_synthesizer(TEACHER[0], **TEACHER[1])]
-    model_names = [Path(args.fast_model).name, TEACHER[0]]
+    def synthesizer(model: str, guidance: float | None):
+        return make_synthesizer(model, **({} if guidance is None else {"guidance": guidance}))
+
+    synths = [synthesizer(args.fast_model, args.fast_guidance),
+              synthesizer(args.teacher, args.teacher_guidance)]
+    model_names = [Path(args.fast_model).name, Path(args.teacher).name]
     samplers = {"ddim": "DDIM", "dpm": "DPM-Solver++"}
-    labels = [f"{n}, {samplers.get(s.sampler, s.sampler)} {s.steps}"
-              for n, s in zip(model_names, synths, strict=True)]
+
+    def label(name: str, s: object) -> str:
+        if not hasattr(s, "sampler"):  # pix2pix: one forward pass
+            return name
+        return f"{name}, {samplers.get(s.sampler, s.sampler)} {s.steps}, guidance {s.guidance:g}"
+
+    labels = [label(n, s) for n, s in zip(model_names, synths, strict=True)]
     for label, synth in zip(labels, synths, strict=True):
         synth(masks[0], seed=1)  # warm-up
         start = time.perf_counter()

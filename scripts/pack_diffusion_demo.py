@@ -1,10 +1,14 @@
 """Pack a trained diffusion checkpoint as the bundled diffusion demo model (float16 weights).
 
     python scripts/pack_diffusion_demo.py RUN_DIR_OR_FILE [--name isbi2012_diffusion_small]
+        [--guidance W]
 
 Writes ``src/napari_synthgen/resources/demo_diffusion/<name>.safetensors`` from the newest
 model file in RUN_DIR (its EMA weights) with the run's metadata, and prints its SHA-256 and
-size. ``--model demo-diffusion`` opens it; ``MODEL_CARD.md`` beside it says how it was trained.
+size. ``--guidance`` records the classifier-free guidance the model samples with by default
+(``default_guidance``; for a model that learned the null condition, measured with
+``scripts/fast_vs_teacher.py --fast-guidance``). ``--model demo-diffusion`` opens it;
+``MODEL_CARD.md`` beside it says how it was trained.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="training run folder or model file")
     parser.add_argument("--name", default="isbi2012_diffusion_small")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="default classifier-free guidance recorded in the file")
     args = parser.parse_args()
     source = Path(load_model(args.run).info.path)  # the newest model file of a run folder
     model = load_diffusion(source)
@@ -41,6 +47,10 @@ def main() -> None:
         f = [float(classes.get(str(c), 0.0)) for c in range(N_CLASSES)]
         meta["classes"] = class_record([f[0] + unlabel * (f[1] + f[2]), f[1] * (1 - unlabel),
                                         f[2] * (1 - unlabel)])
+    if args.guidance is not None:
+        from napari_synthgen.families.diffusion.sampling import check_guidance
+
+        meta["default_guidance"] = check_guidance(args.guidance, model)
     meta["packed_from"] = {"file": source.name, "sha256": sha256_file(source),
                            "weights": "float16 copy of the float32 EMA weights"}
     DEST.mkdir(parents=True, exist_ok=True)

@@ -275,3 +275,55 @@ def test_the_synthesize_widget_opens_a_distilled_model_with_its_own_steps(
     w.family_fields["steps"].value = 7
     use(fast)
     assert shown() == (7, "ddim")  # the user's steps stay; the untouched sampler follows
+
+
+@pytest.fixture(scope="module")
+def guided_teacher(isbi_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny diffusion model that learned the null condition (half its tiles without mask)."""
+    out = tmp_path_factory.mktemp("guided") / "run"
+    cfg = make_config(family="diffusion", data=[str(isbi_small)], out=str(out), steps=8,
+                      tile=TILE, batch_size=4, device="cpu", precision="fp32", lr=2e-3,
+                      warmup_steps=2, cond_dropout=0.5, overrides=dict(TINY),
+                      checkpoint_every=100, sample_every=100, log_every=100, n_preview=1)
+    events = list(train(cfg))
+    assert events[-1]["event"] == "finished", events[-1]
+    return Path(load_model(out).info.path)
+
+
+def test_guided_distillation_bakes_the_teachers_guidance_into_the_student(
+        tmp_path: Path, isbi_small: Path, guided_teacher: Path, teacher: Path) -> None:
+    from napari_synthgen.encoding import encode_masks
+    from napari_synthgen.families.diffusion.distill import DistillTrainer
+
+    # by default the student learns what the teacher draws by default: guidance 3 for a
+    # teacher that learned the null condition; the student itself runs unguided (1 call/step)
+    out = tmp_path / "run"
+    events = list(train(_cfg(isbi_small, out, guided_teacher, steps=4, distill_start_steps=4)))
+    assert events[-1]["event"] == "finished", events[-1]
+    student = load_model(out)
+    rec = student.info.metadata["distilled"]
+    assert rec["guidance"] == 3.0 and rec["teacher"]["guidance"] == 3.0
+    assert DiffusionSynthesizer(student, device="cpu", precision="fp32").guidance == 1.0
+    # the guided teacher step is the guided mix of its conditional and null steps (DDIM is
+    # linear in the network's output), both halves run as one batch
+    trainer = DistillTrainer(DiffusionConfig(tile=TILE, overrides=dict(TINY)),
+                             load_diffusion(guided_teacher), CPU, "fp32", total_steps=4)
+    assert trainer.guidance == 3.0
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 1, TILE, TILE, generator=g)
+    masks = torch.from_numpy(make_layout("dense", (TILE, TILE), seed=4)).long().repeat(2, 1, 1)
+    cond = encode_masks(masks, trainer.lut)
+    t, s = torch.tensor([750, 500]), torch.tensor([500, 250])
+    with torch.no_grad():
+        on = trainer._ddim(trainer.teacher, z, cond, t, s)
+        off = trainer._ddim(trainer.teacher, z, torch.zeros_like(cond), t, s)
+        guided = trainer._ddim(trainer.teacher, z, cond, t, s, 3.0)
+    assert not torch.allclose(on, off, atol=1e-3)  # the mask matters to the teacher
+    assert torch.allclose(guided, off + 3.0 * (on - off), atol=1e-4)
+    # a weight is checked against the teacher: guidance needs the null condition
+    _cfg(isbi_small, tmp_path / "w", guided_teacher, distill_guidance=2.0).validate()
+    with pytest.raises(ConfigError, match="distill_guidance: guidance 3 needs a model that "
+                                          "learned the null condition"):
+        _cfg(isbi_small, tmp_path / "n", teacher, distill_guidance=3.0).validate()
+    assert DistillTrainer(DiffusionConfig(tile=TILE, overrides=dict(TINY)),
+                          load_diffusion(teacher), CPU, "fp32", total_steps=4).guidance == 1.0

@@ -184,6 +184,14 @@ def test_a_model_trained_with_unlabelled_images_records_them_and_takes_guidance(
     # such a model samples at guidance 3 unless asked (at 1 it follows a mask loosely)
     assert np.array_equal(default, guided) and not np.array_equal(one, guided)
     assert np.array_equal(guided, synth(guidance=3.0))  # seeded like every run
+    # a file that records the guidance it samples best with (the bundled demo: 1) uses it
+    from napari_synthgen.families.diffusion.files import save_diffusion
+
+    own = save_diffusion(tmp_path / "own.safetensors", model.network, model.spec,
+                         {**meta, "default_guidance": 1.5})
+    mine = make_synthesizer(own, device="cpu", precision="fp32", steps=2)
+    assert mine.guidance == 1.5
+    assert np.array_equal(mine(mask, seed=4), synth(guidance=1.5))
     # guidance 1 is the plain conditional model, bit for bit: the null branch is not run
     plain = DiffusionSynthesizer(model, device="cpu", precision="fp32", steps=2,
                                  guidance=1.0)

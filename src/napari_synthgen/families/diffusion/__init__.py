@@ -54,6 +54,10 @@ class DiffusionSettings:
     distill_start_steps: int = 32
     #: sampling steps of the final student (``--steps`` is split evenly over the rounds)
     distill_steps: int = 4
+    #: the classifier-free guidance the first round's teacher samples with, baked into the
+    #: student (guided distillation); None: the teacher's own default (3 for a teacher that
+    #: learned the null condition, else 1)
+    distill_guidance: float | None = None
     #: other DiffusionSpec fields (block_out_channels, attention...; for tests and trials)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -74,7 +78,7 @@ class DiffusionFamily(Family):
     name = "diffusion"
     settings = DiffusionSettings
     arch_keys = ("unet_config", "prediction", "overrides", "distill_from", "init_from",
-                 "distill_start_steps", "distill_steps")
+                 "distill_start_steps", "distill_steps", "distill_guidance")
     loss_names = ("mse",)
     learns_unlabeled = True  # a tile without a mask trains the null condition (guidance)
     learns_null_condition = True
@@ -112,6 +116,10 @@ class DiffusionFamily(Family):
                   "round (diffusion)"),
         CliOption("--distill-steps", "distill_steps", int,
                   "sampling steps of the distilled model, e.g. 4 or 2 (diffusion)"),
+        CliOption("--distill-guidance", "distill_guidance", float,
+                  "classifier-free guidance of the teacher, baked into the distilled model "
+                  "(default: the teacher's own, 3 if it learned the null condition, else 1; "
+                  "diffusion)"),
     )
 
     # ----------------------------------------------------------------- settings

@@ -188,6 +188,20 @@ def describe_spec(spec: DiffusionSpec) -> str:
             f"{list(spec.block_out_channels)}, {spec.prediction_type}")
 
 
+#: the largest classifier-free guidance weight accepted (beyond it images saturate)
+MAX_GUIDANCE = 20.0
+
+
+def model_guidance(metadata: Mapping[str, Any]) -> float | None:
+    """The classifier-free guidance a model's file says it samples best with
+    (``default_guidance``, measured and written by whoever packed it, e.g. the bundled demo's
+    1); None when the file does not say or the value is not a usable weight."""
+    value = metadata.get("default_guidance")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0.0 <= value <= MAX_GUIDANCE else None
+
+
 def model_sampling(metadata: Mapping[str, Any]) -> tuple[int, str] | None:
     """(steps, sampler) a distilled model was made for, from its metadata's ``distilled``
     record (written by ``distill.DistillTrainer``); None for a model that was not distilled."""

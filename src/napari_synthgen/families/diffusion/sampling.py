@@ -43,7 +43,7 @@ from ...tiling import (
     plan_tiles,
     shift_offsets,
 )
-from .files import model_sampling
+from .files import MAX_GUIDANCE, model_guidance, model_sampling
 from .networks import SAMPLERS, DiffusionSpec, cast_network, make_scheduler
 from .noise import (
     DEFAULT_Z_COUPLING,
@@ -60,8 +60,6 @@ DEFAULT_STEPS = 20
 #: how the tiles of a canvas larger than one tile are fused at every step: ``multidiffusion``
 #: (overlapping tiles, predictions blended) or ``shifted`` (non-overlapping tiles, grid moved)
 FUSIONS = ("multidiffusion", "shifted")
-#: the largest classifier-free guidance weight accepted (beyond it images saturate)
-MAX_GUIDANCE = 20.0
 #: the guidance a model that learned the null condition samples with unless asked otherwise:
 #: at 1 such models follow a mask only loosely (VNC mitochondria drawn as plain tissue, extra
 #: membranes inside cells of dense masks); at 3 the mask's objects and membranes are drawn where
@@ -366,12 +364,16 @@ class DiffusionSynthesizer:
     def model_defaults(model: Any) -> dict[str, Any]:
         """The steps, sampler and guidance ``model`` runs with unless asked otherwise: a
         distilled model's own steps and sampler (it was trained for them), else DPM-Solver++
-        with 20 steps; guidance :data:`DEFAULT_GUIDANCE` for a model that learned the null
-        condition, else 1 (none)."""
+        with 20 steps; for a model that learned the null condition, the guidance its file
+        records (``default_guidance``, e.g. 1 for the bundled demo, whose dense ISBI masks
+        saturate at 3) or :data:`DEFAULT_GUIDANCE`; else 1 (none)."""
         info = getattr(model, "info", None)
         made_for = model_sampling(info.metadata) if info is not None else None
         steps, sampler = made_for or (DEFAULT_STEPS, "dpm")
-        guidance = DEFAULT_GUIDANCE if learned_null(model) else 1.0
+        guidance = 1.0
+        if learned_null(model):
+            recorded = model_guidance(info.metadata)
+            guidance = DEFAULT_GUIDANCE if recorded is None else recorded
         return {"steps": steps, "sampler": sampler, "guidance": guidance}
 
     @staticmethod

@@ -72,6 +72,9 @@ class DiffusionConfig:
     init_from: str | None = None
     distill_start_steps: int = 32
     distill_steps: int = 4
+    #: guided distillation: the first round's teacher samples with this classifier-free
+    #: guidance (None: the teacher's default, distill.teacher_guidance)
+    distill_guidance: float | None = None
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("cosine", "constant"):
