@@ -73,12 +73,14 @@ def test_edits_are_in_place_and_undoable(make_napari_viewer, isbi_mask: np.ndarr
     before = layer.data.copy()
     editor.boundary_width.value = 1
     editor.rebuild()
+    editor.wait_idle()
     assert id(layer.data) == data_id  # the same array, edited in place
     assert class_fractions(layer.data)["boundary"] < class_fractions(before)["boundary"]
     layer.undo()
     np.testing.assert_array_equal(layer.data, before)
     editor.variation_seed.value = 3
     editor.variation()
+    editor.wait_idle()
     assert not np.array_equal(layer.data, before)
     layer.undo()
     np.testing.assert_array_equal(layer.data, before)
@@ -87,6 +89,40 @@ def test_edits_are_in_place_and_undoable(make_napari_viewer, isbi_mask: np.ndarr
     assert class_fractions(layer.data)["background"] > 0.3
     layer.undo()
     np.testing.assert_array_equal(layer.data, before)
+
+
+def test_edits_run_in_a_worker_and_never_overwrite_strokes(make_napari_viewer,
+                                                            isbi_mask: np.ndarray) -> None:
+    """Rebuild / Variation / Interpolate return at once (the viewer never waits) and apply
+    their result when it arrives; a stroke painted meanwhile is kept and the user is told."""
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    layer = viewer.add_labels(isbi_mask.copy(), name="isbi")
+    editor.mask_layer.value = layer
+    before = layer.data.copy()
+    job = editor.variation()
+    assert job is not None
+    # results arrive through the Qt event loop: nothing changed before it runs
+    np.testing.assert_array_equal(layer.data, before)
+    assert not editor.variation_button.enabled and not editor.rebuild_button.enabled
+    assert editor.rebuild() is None  # one edit at a time
+    stroke = INTERIOR if layer.data[3, 4] == BOUNDARY else BOUNDARY
+    layer.data_setitem((np.array([3]), np.array([4])), stroke)  # a stroke meanwhile
+    stroked = layer.data.copy()
+    n = len(notification_manager.records)
+    editor.wait_idle()
+    np.testing.assert_array_equal(layer.data, stroked)  # the stroke kept, nothing overwritten
+    said = [str(r.message) for r in notification_manager.records[n:]]
+    assert any("was edited while it ran" in m and "run it again" in m for m in said), said
+    assert editor.variation_button.enabled and editor.rebuild_button.enabled
+    # run again on the unchanged mask: applied, one undo step
+    editor.variation()
+    editor.wait_idle()
+    assert not np.array_equal(layer.data, stroked) and editor.last_changed > 0
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, stroked)
 
 
 def test_new_mask_like_an_image_and_conversions(make_napari_viewer) -> None:
@@ -212,13 +248,16 @@ def test_stack_paint_interpolate_undo_save_reopen(make_napari_viewer, tmp_path: 
     assert not [name for name, keys in default_shortcuts.items()  # napari's own keys
                 if any(KeyBinding.validate(k) == key for k in keys)]
     _press(layer, "K")
+    editor.wait_idle()
     np.testing.assert_array_equal(layer.data[[0, 3]], before[[0, 3]])
     xs = [np.nonzero(layer.data[z])[1].mean() for z in range(4)]
     assert xs[0] < xs[1] < xs[2] < xs[3]
     assert {INTERIOR, BOUNDARY} <= set(np.unique(layer.data[1]))
     layer.undo()  # one undo step restores the unpainted slices
     np.testing.assert_array_equal(layer.data, before)
-    assert editor.interpolate() > 0  # the button does the same
+    assert editor.interpolate() is not None  # the button does the same
+    editor.wait_idle()
+    assert editor.last_changed > 0
     # save as a TIFF stack (a .png name too) and open it again as (Z, Y, X)
     editor.save_path.value = tmp_path / "stack.png"
     assert editor.save_mask() == tmp_path / "stack.tif"
@@ -251,18 +290,21 @@ def test_stack_edits_apply_to_every_or_the_current_slice(make_napari_viewer,
     viewer.dims.set_current_step(0, 1)
     editor.apply_to.value = "current slice"
     editor.rebuild()
+    editor.wait_idle()
     changed = [not np.array_equal(layer.data[z], stack[z]) for z in range(3)]
     assert changed == [False, True, False]
     layer.undo()
     np.testing.assert_array_equal(layer.data, stack)
     editor.apply_to.value = "every slice"
     editor.rebuild()
+    editor.wait_idle()
     assert all(not np.array_equal(layer.data[z], stack[z]) for z in range(3))
     # Variation of every slice varies the stack as a volume (continuous through z)
     from napari_synthgen.layout_stacks import vary_stack
 
     before = layer.data.copy()
     editor.variation()
+    editor.wait_idle()
     assert layer.data.tobytes() == vary_stack(before, strength=0.5, seed=0).tobytes()
     layer.undo()
     np.testing.assert_array_equal(layer.data, before)
@@ -289,7 +331,9 @@ def test_depth_one_and_2d_masks_are_unchanged(make_napari_viewer) -> None:
     editor.apply_to.value = "current slice"
     before = layer.data.copy()
     editor.rebuild()
+    editor.wait_idle()
     assert layer.data.tobytes() == rebuild_boundaries(before, width=2).tobytes()
     before = layer.data.copy()
     editor.variation()
+    editor.wait_idle()
     assert layer.data.tobytes() == variation(before, strength=0.5, seed=0).tobytes()

@@ -4,8 +4,11 @@ Masks are 2-D or (Z, Y, X) stacks (Depth above 1); for a stack, the Stacks secti
 edits to every slice or the current one, interpolates unpainted slices between painted ones
 (:mod:`mask_interpolation`, key K on the mask layer) and switches the 3-D view.
 Every edit of an existing mask goes through ``Labels.data_setitem`` so that Ctrl+Z undoes it,
-like a brush stroke. New masks start with a class the current synthesis model knows (interior
-for the demo model, which never saw background); the Synthesize widget says which on the bus.
+like a brush stroke. Rebuild, Variation and Interpolate compute on a copy of the mask in a
+thread worker (seconds on a large stack), so the viewer never waits; the result is applied
+when it arrives, unless the mask was painted meanwhile (then nothing is lost: it says so).
+New masks start with a class the current synthesis model knows (interior for a model that
+never saw background); the Synthesize widget says which on the bus.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from ._common import (
     widen_path,
     wrap_label,
 )
+from ._worker import Job, Workers
 
 if TYPE_CHECKING:
     import napari
@@ -90,6 +94,9 @@ class MaskEditor(Container):
         self.viewer = viewer
         self.bus = bus_for(viewer)  # this viewer's widgets only
         self._bound: set[int] = set()
+        self._jobs = Workers()
+        #: pixels the last Rebuild / Variation / Interpolate changed (None before any)
+        self.last_changed: int | None = None
 
         self.mask_layer = ComboBox(label="Mask", choices=self._mask_choices, nullable=True)
         # new / open / save
@@ -199,7 +206,8 @@ class MaskEditor(Container):
         self._layer_changed()
 
     def teardown(self) -> None:
-        """The widget was closed: stop following the synthesis model."""
+        """The widget was closed: stop following the synthesis model, drop running edits."""
+        self._jobs.close()
         self.bus.model_changed.disconnect(self.model_changed, missing_ok=True)
         self.viewer.dims.events.ndisplay.disconnect(self._ndisplay_changed)
 
@@ -363,17 +371,18 @@ class MaskEditor(Container):
         if self.layer is not None:
             self.layer.opacity = value / 100.0
 
-    def rebuild(self, *_: object) -> None:
-        """Redraw all boundaries with the chosen width from the painted interior (undoable)."""
+    def rebuild(self, *_: object) -> Job | None:
+        """Redraw all boundaries with the chosen width from the painted interior (undoable;
+        in a worker)."""
         try:
             layer = self._require_layer()
             width = self.boundary_width.value
-            new = self._on_slices(layer, lambda m: rebuild_boundaries(m, width=width))
-            n = apply_in_place(layer, new)
-            self._show_fractions()
-            show_info(f"Boundaries rebuilt ({n} pixels changed); Ctrl+Z undoes it.")
+            return self._edit(layer, self._on_slices(
+                layer, lambda m: rebuild_boundaries(m, width=width)), "Rebuild boundaries",
+                lambda n: f"Boundaries rebuilt ({n} pixels changed); Ctrl+Z undoes it.")
         except Exception as exc:
             report_error(exc, "Rebuild boundaries")
+            return None
 
     def convert(self, *_: object) -> Labels | None:
         """Make a 3-class mask from an instance label image or a binary mask layer."""
@@ -412,9 +421,10 @@ class MaskEditor(Container):
             report_error(exc, "New layout")
             return None
 
-    def variation(self, *_: object) -> None:
-        """A seeded elastic variation of the mask, applied in place (undoable); a whole stack
-        is varied as a volume (the warp changes slowly with z), so it stays continuous."""
+    def variation(self, *_: object) -> Job | None:
+        """A seeded elastic variation of the mask, applied in place (undoable; in a worker); a
+        whole stack is varied as a volume (the warp changes slowly with z), so it stays
+        continuous."""
         try:
             layer = self._require_layer()
             strength, seed = self.strength.value, self.variation_seed.value
@@ -424,11 +434,10 @@ class MaskEditor(Container):
                     return vary_stack(m, strength=strength, seed=seed)
                 return layouts.variation(m, strength=strength, seed=seed)
 
-            new = self._on_slices(layer, vary)
-            apply_in_place(layer, new)
-            self._show_fractions()
+            return self._edit(layer, self._on_slices(layer, vary), "Variation")
         except Exception as exc:
             report_error(exc, "Variation")
+            return None
 
     # ------------------------------------------------------------------ stacks
     def _stack_state(self, layer: Labels | None) -> None:
@@ -448,21 +457,63 @@ class MaskEditor(Container):
         z = layer.world_to_data(self.viewer.dims.point)[0]
         return int(np.clip(round(float(z)), 0, layer.data.shape[0] - 1))
 
-    def _on_slices(self, layer: Labels,
-                   fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """``fn`` applied to the whole mask, or only to the current slice of a stack when
-        Apply to says so (the other slices are returned unchanged)."""
-        data = np.asarray(layer.data)
-        if data.ndim != 3 or self.apply_to.value == _EVERY:
-            return fn(data)
+    def _on_slices(self, layer: Labels, fn: Callable[[np.ndarray], np.ndarray]
+                   ) -> Callable[[np.ndarray], np.ndarray]:
+        """``fn`` for the whole mask, or only for the current slice of a stack when Apply to
+        says so (the other slices unchanged); the slice is the one shown now, not when the
+        worker runs."""
+        if layer.data.ndim != 3 or self.apply_to.value == _EVERY:
+            return fn
         z = self.current_slice(layer)
-        new = data.copy()
-        new[z] = fn(data[z])
-        return new
 
-    def interpolate(self, *_: object, layer: Labels | None = None) -> int | None:
-        """Fill every unpainted slice between painted ones as one undoable edit; returns the
-        pixels changed."""
+        def one_slice(data: np.ndarray) -> np.ndarray:
+            new = data.copy()
+            new[z] = fn(data[z])
+            return new
+
+        return one_slice
+
+    def _edit(self, layer: Labels, compute: Callable[[np.ndarray], np.ndarray], doing: str,
+              message: Callable[[int], str] | None = None) -> Job | None:
+        """Run ``compute`` on a copy of ``layer``'s mask in a worker and apply the result in
+        place as one undoable edit; if the mask was painted meanwhile, nothing is applied and
+        the user is told. One edit at a time (the buttons wait)."""
+        if self._jobs.busy:
+            show_info(f"{doing}: another edit is still running; try again when it ends.")
+            return None
+        start = np.array(layer.data, copy=True)
+
+        def done(new: np.ndarray, _ctx: object) -> None:
+            if layer not in self.viewer.layers:
+                return
+            if not np.array_equal(np.asarray(layer.data), start):
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"{doing}: {layer.name} was edited while it ran, so the result "
+                             "was not applied (your strokes are kept); run it again.")
+                return
+            self.last_changed = apply_in_place(layer, new)
+            self._show_fractions()
+            if message is not None:
+                show_info(message(self.last_changed))
+
+        self._busy(True)
+        return self._jobs.start(compute, start, doing=doing, on_result=done,
+                                on_finish=lambda _ctx: self._busy(False))
+
+    def _busy(self, running: bool) -> None:
+        """Grey out the edits while one runs (Interpolate only ever for a stack)."""
+        self.rebuild_button.enabled = self.variation_button.enabled = not running
+        self.interpolate_button.enabled = not running and (
+            self.layer is not None and self.layer.data.ndim == 3)
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Process Qt events until the running edit has been applied (tests, scripts)."""
+        self._jobs.wait_idle(timeout)
+
+    def interpolate(self, *_: object, layer: Labels | None = None) -> Job | None:
+        """Fill every unpainted slice between painted ones as one undoable edit (in a worker;
+        ``last_changed`` then holds the pixels changed)."""
         try:
             layer = layer if isinstance(layer, Labels) else self._require_layer()
             data = np.asarray(layer.data)
@@ -470,12 +521,9 @@ class MaskEditor(Container):
                 raise ValueError(
                     f"{layer.name} is a 2-D mask; interpolation fills slices of a (Z, Y, X) "
                     "stack. Make one with Depth above 1, or open a TIFF stack.")
-            before = painted_slices(data)
-            n = apply_in_place(layer, interpolate_painted(data))
-            self._show_fractions()
-            show_info(f"Interpolated between slices {', '.join(map(str, before))} "
-                      f"({n} pixels changed); Ctrl+Z undoes it.")
-            return n
+            before = ", ".join(map(str, painted_slices(data)))
+            return self._edit(layer, interpolate_painted, "Interpolate", lambda n: (
+                f"Interpolated between slices {before} ({n} pixels changed); Ctrl+Z undoes it."))
         except Exception as exc:
             report_error(exc, "Interpolate")
             return None
