@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tifffile
 
+from napari_synthgen.evaluation import plot_size_study
 from napari_synthgen.masks import to_palette
 
 #: the figure each setting is judged by (issue 17: boundary F1; mitochondria: their Dice)
@@ -148,37 +149,10 @@ def curves(settings: list[tuple[str, Path]], out: Path) -> None:
                              squeeze=False)
     for k, (name, run) in enumerate(settings):
         metric, label = _main(name)
-        rows = _rows(run)
-        sized = [r for r in rows if int(r["n_real"] or 0)]
-        sizes = sorted({int(r["n_real"]) for r in sized})
-        ax = axes[0, k]
-        for arm, colour in (("real", "#7f7f7f"), ("real+synthetic", "#2ca02c")):
-            mine = sorted((r for r in sized if r["arm"] == arm), key=lambda r: int(r["n_real"]))
-            ax.errorbar([int(r["n_real"]) for r in mine], [_f(r, f"{metric}_mean") for r in mine],
-                        yerr=[np.nan_to_num(_f(r, f"{metric}_std")) for r in mine],
-                        marker="o", capsize=3, color=colour, label=f"{arm} only"
-                        if arm == "real" else arm)
-        for r in rows:
-            if not int(r["n_real"] or 0):
-                ax.axhline(_f(r, f"{metric}_mean"), color="#1f77b4", ls="--",
-                           label="synthetic only")
-        ax.set_xticks(sizes)
-        ax.set_title(_title(name), fontsize=10)
-        ax.set_ylabel(f"{label} on real test slices")
-        ax.legend(fontsize=8)
-        ax = axes[1, k]
-        mine = sorted((r for r in sized if r["arm"] != "real" and r.get(f"diff_{metric}")),
-                      key=lambda r: int(r["n_real"]))
-        xs = [int(r["n_real"]) for r in mine]
-        ds = np.array([_f(r, f"diff_{metric}") for r in mine])
-        lo = np.array([_f(r, f"diff_{metric}_low") for r in mine])
-        hi = np.array([_f(r, f"diff_{metric}_high") for r in mine])
-        ax.errorbar(xs, ds, yerr=[ds - lo, hi - ds], marker="o", capsize=4, color="#2ca02c")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(sizes)
-        ax.set_xlabel("real training slices")
-        ax.set_ylabel(f"{label}: with synthetic - real only")
-        ax.set_title("paired difference, 95 % CI", fontsize=9)
+        plot_size_study(axes[0, k], axes[1, k], _rows(run), metric, label)
+        axes[0, k].set_title(_title(name), fontsize=10)
+        axes[0, k].set_xlabel("")
+        axes[1, k].set_title("paired difference, 95 % CI", fontsize=9)
     fig.tight_layout()
     _save(fig, out)
 

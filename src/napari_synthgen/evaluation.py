@@ -912,6 +912,52 @@ def _csv_value(v: Any) -> Any:
     return f"{v:.6f}" if isinstance(v, float) else v
 
 
+#: colours of the study's arms in its figures (other arms: matplotlib's cycle)
+ARM_COLOURS = {"real": "#7f7f7f", "real+synthetic": "#2ca02c"}
+
+
+def plot_size_study(ax_abs: Any, ax_diff: Any, rows: list[dict[str, Any]], metric: str,
+                    label: str) -> None:
+    """One figure of a study on two matplotlib axes: ``metric`` on real test images against
+    the number of real pairs for each arm (mean ± std over seeds; the synthetic-only arm is a
+    dashed line), and the paired difference real + synthetic - real only with its 95 %
+    interval. ``rows`` are ``EvaluationResult.sizes`` (or ``evaluation_sizes.csv`` read back
+    as numbers); ``write_study`` and scripts/utility_figure.py both draw with this."""
+    def num(row: dict[str, Any], key: str) -> float:
+        value = row.get(key, math.nan)
+        return math.nan if value in ("", None) else float(value)
+
+    sized = sorted((r for r in rows if int(r["n_real"] or 0)), key=lambda r: int(r["n_real"]))
+    sizes = sorted({int(r["n_real"]) for r in sized})
+    for i, arm in enumerate(dict.fromkeys(r["arm"] for r in sized)):
+        mine = [r for r in sized if r["arm"] == arm]
+        ax_abs.errorbar([int(r["n_real"]) for r in mine], [num(r, f"{metric}_mean") for r in mine],
+                        yerr=[np.nan_to_num(num(r, f"{metric}_std")) for r in mine], marker="o",
+                        capsize=3, color=ARM_COLOURS.get(arm, f"C{i + 2}"),
+                        label=f"{arm} only" if arm == "real" else arm)
+    for r in rows:
+        if not int(r["n_real"] or 0) and not math.isnan(num(r, f"{metric}_mean")):
+            ax_abs.axhline(num(r, f"{metric}_mean"), color="#1f77b4", ls="--",
+                           label=f"{r['arm']} only")
+    ax_abs.set_xticks(sizes)
+    ax_abs.set_xlabel("real training pairs")
+    ax_abs.set_ylabel(f"{label} on real test images")
+    ax_abs.legend(fontsize=8)
+    mine = [r for r in sized if not math.isnan(num(r, f"diff_{metric}"))]
+    if mine:
+        ds = np.array([num(r, f"diff_{metric}") for r in mine])
+        lo = np.array([num(r, f"diff_{metric}_low") for r in mine])
+        hi = np.array([num(r, f"diff_{metric}_high") for r in mine])
+        ax_diff.errorbar([int(r["n_real"]) for r in mine], ds,
+                         yerr=np.nan_to_num(np.array([ds - lo, hi - ds])), marker="o",
+                         capsize=4, color=ARM_COLOURS["real+synthetic"])
+    ax_diff.axhline(0, color="k", lw=0.8)
+    ax_diff.set_xticks(sizes)
+    ax_diff.set_xlabel("real training pairs")
+    ax_diff.set_ylabel(f"{label}: with synthetic - real only")
+    ax_diff.set_title("paired difference, 95% bootstrap CI (seeds x test images)", fontsize=9)
+
+
 def write_study(result: EvaluationResult, out: Path) -> list[Path]:
     """The study's files: ``evaluation_sizes.csv`` (one row per size and arm),
     ``evaluation_sizes.png`` (figures against real pairs; paired differences with their
@@ -942,38 +988,13 @@ def write_study(result: EvaluationResult, out: Path) -> list[Path]:
                     **{k: point.get(k, "") for k in ckeys[2:-1]}}.items()})
 
     rows = result.sizes
-    arms = list(dict.fromkeys(r["arm"] for r in rows if r["n_real"]))
-    sizes = sorted({r["n_real"] for r in rows if r["n_real"]})
     sizes_png = out / "evaluation_sizes.png"
     fig = Figure(figsize=(10, 3.5 * len(STUDY_METRICS)), dpi=100)
     for k, m in enumerate(STUDY_METRICS):
-        ax = fig.add_subplot(len(STUDY_METRICS), 2, 2 * k + 1)
-        for arm in arms:
-            mine = [r for r in rows if r["arm"] == arm]
-            ax.errorbar([r["n_real"] for r in mine], [r[f"{m}_mean"] for r in mine],
-                        yerr=[0 if math.isnan(r[f"{m}_std"]) else r[f"{m}_std"] for r in mine],
-                        marker="o", capsize=3, label=arm)
-        for r in rows:
-            if not r["n_real"] and not math.isnan(r[f"{m}_mean"]):
-                ax.axhline(r[f"{m}_mean"], color="grey", ls="--", label=f"{r['arm']} only")
-        ax.set_xticks(sizes)
-        ax.set_xlabel("real training pairs")
-        ax.set_ylabel(f"{m} on real test images")
-        ax.set_title(f"{m} (mean ± std over seeds)", fontsize=9)
-        ax.legend(fontsize=8)
-        ax = fig.add_subplot(len(STUDY_METRICS), 2, 2 * k + 2)
-        mine = [r for r in rows if f"diff_{m}" in r and not math.isnan(r[f"diff_{m}"])]
-        xs = [r["n_real"] for r in mine]
-        ds = np.array([r[f"diff_{m}"] for r in mine])
-        if mine:
-            err = np.array([[d - r[f"diff_{m}_low"] for d, r in zip(ds, mine, strict=True)],
-                            [r[f"diff_{m}_high"] - d for d, r in zip(ds, mine, strict=True)]])
-            ax.errorbar(xs, ds, yerr=np.nan_to_num(err), marker="o", capsize=3, color="C1")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(sizes)
-        ax.set_xlabel("real training pairs")
-        ax.set_ylabel(f"{m}: with synthetic - real only")
-        ax.set_title("paired difference, 95% bootstrap CI (seeds x test images)", fontsize=9)
+        ax_abs = fig.add_subplot(len(STUDY_METRICS), 2, 2 * k + 1)
+        ax_diff = fig.add_subplot(len(STUDY_METRICS), 2, 2 * k + 2)
+        plot_size_study(ax_abs, ax_diff, rows, m, m)
+        ax_abs.set_title(f"{m} (mean ± std over seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(sizes_png)
 
