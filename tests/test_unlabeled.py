@@ -191,6 +191,8 @@ def test_a_model_trained_with_unlabelled_images_records_them_and_takes_guidance(
                          {**meta, "default_guidance": 1.5})
     mine = make_synthesizer(own, device="cpu", precision="fp32", steps=2)
     assert mine.guidance == 1.5
+    assert load_model(own).info.details["guidance"].startswith("1.5 by default (recorded")
+    assert model.info.details["guidance"].startswith("3 by default (learned the null")
     assert np.array_equal(mine(mask, seed=4), synth(guidance=1.5))
     # guidance 1 is the plain conditional model, bit for bit: the null branch is not run
     plain = DiffusionSynthesizer(model, device="cpu", precision="fp32", steps=2,
@@ -220,6 +222,7 @@ def test_guidance_is_refused_for_a_model_without_the_null_condition(
     # 1 (no guidance) is fine for every diffusion model; the widget hides the setting
     assert DiffusionSynthesizer(plain, device="cpu", guidance=1.0).guidance == 1.0
     assert DiffusionSynthesizer(plain, device="cpu").guidance == 1.0  # its default
+    assert plain.info.details["guidance"] == "1 only (never learned the null condition)"
     assert DiffusionSynthesizer.hidden_options(plain) == ("guidance",)
     assert DiffusionSynthesizer.hidden_options(load_model(guided_model)) == ()
     masks = tmp_path / "m.tif"

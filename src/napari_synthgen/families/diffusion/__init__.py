@@ -221,7 +221,8 @@ class DiffusionFamily(Family):
              dropout: bool | None) -> LoadedModel:
         from ...models.checkpoints.common import CheckpointError
         from ...models.checkpoints.info import LoadedModel, model_info
-        from .files import build_from, describe_spec, model_sampling, steps_trained
+        from .files import build_from, describe_spec, model_guidance, model_sampling, steps_trained
+        from .sampling import DEFAULT_GUIDANCE
 
         if doc is None or kind != "safetensors":
             raise CheckpointError("a diffusion model is a .safetensors file with a "
@@ -242,6 +243,12 @@ class DiffusionFamily(Family):
             "steps_trained": steps_trained(metadata),
             "samplers": "dpm (DPM-Solver++ 2M), ddim",
         }
+        recorded = model_guidance(metadata)
+        details["guidance"] = (
+            "1 only (never learned the null condition)" if not metadata.get("null_condition")
+            else f"{recorded:g} by default (recorded in the file), any weight with --guidance"
+            if recorded is not None else
+            f"{DEFAULT_GUIDANCE:g} by default (learned the null condition), any with --guidance")
         made_for = model_sampling(metadata)
         if made_for is not None:
             teacher = (metadata["distilled"].get("teacher") or {}).get("name") or "?"
