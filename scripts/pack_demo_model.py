@@ -31,9 +31,11 @@ from napari_synthgen.registry import load_model
 DEST = Path(__file__).resolve().parents[1] / "src" / "napari_synthgen" / "resources" / "demo_model"
 
 
-def class_fractions(data: Path, train_images: list[str] | None) -> tuple[dict, dict]:
+def class_fractions(data: Path, train_images: list[str] | None,
+                    unlabel_fraction: float = 0.0) -> tuple[dict, dict]:
     """The ``classes`` record over the masks of ``train_images`` (all of DATA when None), and
-    where it came from."""
+    where it came from. A run trained with ``--unlabel-fraction`` saw that share of the cells
+    as background: its expected fractions, as training records them (``class_stats``)."""
     pairs = {p.stem: p for p in find_pairs(data)}
     stems = [Path(n).name for n in train_images] if train_images else sorted(pairs)
     missing = [s for s in stems if s not in pairs]
@@ -43,9 +45,15 @@ def class_fractions(data: Path, train_images: list[str] | None) -> tuple[dict, d
     for stem in stems:
         mask = read_mask(pairs[stem].mask)
         counts += np.bincount(mask.ravel(), minlength=N_CLASSES)[:N_CLASSES]
-    source = {"data": data.name, "masks": stems, "pixels": int(counts.sum()),
-              "how": "pixel fraction per class over the training masks"}
-    return class_record(counts.astype(np.float64)), source
+    fractions = counts.astype(np.float64)
+    how = "pixel fraction per class over the training masks"
+    if unlabel_fraction > 0:
+        moved = fractions[1:] * unlabel_fraction
+        fractions[1:] -= moved
+        fractions[0] += moved.sum()
+        how += f", {unlabel_fraction:g} of the cells shown as background (--unlabel-fraction)"
+    source = {"data": data.name, "masks": stems, "pixels": int(counts.sum()), "how": how}
+    return class_record(fractions), source
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
@@ -62,7 +70,8 @@ def refresh_classes(model_file: Path, data: Path) -> Path:
         tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
     doc = json.loads(header[METADATA_KEY])
     train = doc.get("provenance", {}).get("train_images")
-    doc["classes"], doc["classes_from"] = class_fractions(data, train)
+    unlabel = float((doc.get("config") or {}).get("unlabel_fraction") or 0.0)
+    doc["classes"], doc["classes_from"] = class_fractions(data, train, unlabel)
     # the curation figures' reference: statistics of the same training pairs, as training
     # stores them in every new checkpoint
     pairs = {q.stem: q for q in find_pairs(data)}

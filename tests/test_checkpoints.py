@@ -592,13 +592,15 @@ def test_reference_checkpoint_classes_are_unknown(reference_fixtures: Path) -> N
     assert info.classes is None and info.to_dict()["classes"] is None
 
 
-def test_demo_model_by_name_knows_it_never_saw_background() -> None:
+def test_demo_model_by_name_knows_its_classes() -> None:
     loaded = load_model("demo")
     assert Path(loaded.info.path) == demo_model_path()
     assert any("bundled model 'demo'" in n for n in loaded.info.notes)
     classes = loaded.info.classes
-    assert classes is not None and classes[0] == 0.0
-    assert classes[1] > 0.5 and classes[2] > 0.1
+    # ISBI masks have no background; --unlabel-fraction 0.3 showed 30 % of the cells as
+    # background in training, and the record says so (expected fractions)
+    assert classes is not None and classes[0] == pytest.approx(0.3, abs=0.02)
+    assert classes[1] > 0.4 and classes[2] > 0.1
     assert sum(classes.values()) == pytest.approx(1.0, abs=1e-5)
     assert inspect_model("demo")["classes"] == classes
 

@@ -150,6 +150,26 @@ def test_nan_stops_with_a_clear_event_and_keeps_last_checkpoint(tmp_path: Path,
     load_model(good[1])
 
 
+def test_resume_by_the_run_folder_alone_continues_the_run_as_it_was_set_up(
+        tmp_path: Path, isbi_small: Path) -> None:
+    """``train --resume RUN --steps N``: the run's saved configuration (data, network,
+    settings) is the base, so no option needs repeating; the checkpoints go on in RUN."""
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", "--data", str(isbi_small), "--out", str(run), *TINY,
+                           "--precision", "fp32", "--lambda-l1", "20", "--steps", "3",
+                           "--checkpoint-every", "3", "--events", "jsonl")
+    assert code == 0, err
+    code, events, err = run_cli("train", "--resume", str(run), "--steps", "5",
+                                "--checkpoint-every", "5", "--events", "jsonl")
+    assert code == 0, err
+    started = next(e for e in events if e["event"] == "started")
+    assert started["resumed_from"] == 3 and events[-1]["step"] == 5
+    assert latest_checkpoint(run)[0] == 5
+    cfg = load_model(run).info.metadata["config"]
+    assert cfg["data"] == [str(isbi_small)] and cfg["lambda_l1"] == 20 and cfg["ngf"] == 4
+    assert cfg["steps"] == 5 and cfg["out"] == str(run)
+
+
 def test_two_processes_train_data_parallel(tmp_path: Path, isbi_small: Path) -> None:
     out = tmp_path / "ddp"
     proc = subprocess.run(

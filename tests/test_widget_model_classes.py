@@ -99,12 +99,17 @@ def test_unseen_class_warning_and_new_mask_fill(make_napari_viewer, qtbot, tmp_p
     w.synthesize()
     w.wait_idle()
     assert not [m for m in _notes(start, "warning") if "never saw" in m]
-    # the demo model (trained on ISBI, which has no background), typed by name
-    w.model_path.value = "demo"
-    qtbot.waitUntil(lambda: w.model is not None and not w.busy, timeout=20000)
-    assert Path(w.model.info.path).name == "isbi2012_unet256_ngf16.safetensors"
+    # back to the model without background: interior again
+    _use(w, qtbot, model)
     assert editor.fill.value == "interior"
-    assert (editor.new_mask().data == INTERIOR).all()
+    # the demo model, typed by name, saw background (unlabelled cells, --unlabel-fraction)
+    w.model_path.value = "demo"
+    qtbot.waitUntil(lambda: w.model is not None and not w.busy
+                    and Path(w.model.info.path).name == "isbi2012_unet256_ngf16.safetensors",
+                    timeout=20000)
+    assert "background" in w.model_info.value and "background 0%" not in w.model_info.value
+    assert editor.fill.value == "background"
+    assert (editor.new_mask().data == BACKGROUND).all()
     assert not _notes(start, "error")
 
 

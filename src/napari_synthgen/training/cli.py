@@ -158,11 +158,27 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     return p
 
 
+def _resumed_run(args: argparse.Namespace) -> Path | None:
+    """The run folder ``--resume`` continues (given, or --out; a state file's run), when it
+    holds the configuration the run saved."""
+    if getattr(args, "resume", None) is None:
+        return None
+    target = Path(args.resume) if args.resume else (Path(args.out) if args.out else None)
+    if target is not None and target.is_file():  # RUN/checkpoints/step_*.state.pt
+        target = target.parent.parent
+    return target if target is not None and (target / "config.yaml").is_file() else None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < --config file < options given on the command line."""
+    """Defaults < the resumed run's saved configuration < --config file < options given on the
+    command line. So ``train --resume RUN --steps N`` continues RUN as it was set up, to N
+    steps, writing into RUN (unless --out says otherwise)."""
     preset = _preset(args.config)
     values: dict[str, Any] = (_file_values(args.config, args.family)
                               if args.config and preset is None else {})
+    run = _resumed_run(args)
+    if run is not None and not values:
+        values = {**registry.load_config(run / "config.yaml").to_dict(), "out": str(run)}
     for key in ("data", "val", "unlabeled"):
         if getattr(args, key) is not None:
             values[key] = list(getattr(args, key))
