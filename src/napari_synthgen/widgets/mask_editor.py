@@ -498,8 +498,12 @@ class MaskEditor(Container):
                 show_info(message(self.last_changed))
 
         self._busy(True)
+        def finished(_ctx: object) -> None:
+            if not self._jobs.closed:  # a closed dock's buttons are gone
+                self._busy(False)
+
         return self._jobs.start(compute, start, doing=doing, on_result=done,
-                                on_finish=lambda _ctx: self._busy(False))
+                                on_finish=finished)
 
     def _busy(self, running: bool) -> None:
         """Grey out the edits while one runs (Interpolate only ever for a stack)."""
