@@ -23,7 +23,7 @@ import torch
 
 from napari_synthgen.families.pix2pix.files import save_model
 from napari_synthgen.io import atomic_path, find_pairs, read_image, read_mask, sha256_file
-from napari_synthgen.masks import N_CLASSES, class_record
+from napari_synthgen.masks import N_CLASSES, class_record, unlabelled_counts
 from napari_synthgen.models.checkpoints import METADATA_KEY
 from napari_synthgen.quality import REFERENCE_KEY, reference_record
 from napari_synthgen.registry import load_model
@@ -35,7 +35,7 @@ def class_fractions(data: Path, train_images: list[str] | None,
                     unlabel_fraction: float = 0.0) -> tuple[dict, dict]:
     """The ``classes`` record over the masks of ``train_images`` (all of DATA when None), and
     where it came from. A run trained with ``--unlabel-fraction`` saw that share of the cells
-    as background: its expected fractions, as training records them (``class_stats``)."""
+    as background: its expected fractions, as training records them (unlabelled_counts)."""
     pairs = {p.stem: p for p in find_pairs(data)}
     stems = [Path(n).name for n in train_images] if train_images else sorted(pairs)
     missing = [s for s in stems if s not in pairs]
@@ -45,12 +45,9 @@ def class_fractions(data: Path, train_images: list[str] | None,
     for stem in stems:
         mask = read_mask(pairs[stem].mask)
         counts += np.bincount(mask.ravel(), minlength=N_CLASSES)[:N_CLASSES]
-    fractions = counts.astype(np.float64)
+    fractions = unlabelled_counts(counts, unlabel_fraction)
     how = "pixel fraction per class over the training masks"
     if unlabel_fraction > 0:
-        moved = fractions[1:] * unlabel_fraction
-        fractions[1:] -= moved
-        fractions[0] += moved.sum()
         how += f", {unlabel_fraction:g} of the cells shown as background (--unlabel-fraction)"
     source = {"data": data.name, "masks": stems, "pixels": int(counts.sum()), "how": how}
     return class_record(fractions), source

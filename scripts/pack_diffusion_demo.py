@@ -20,7 +20,7 @@ import torch
 
 from napari_synthgen.families.diffusion.files import load_diffusion, save_diffusion
 from napari_synthgen.io import sha256_file
-from napari_synthgen.masks import N_CLASSES, class_record
+from napari_synthgen.masks import N_CLASSES, class_record, unlabelled_counts
 from napari_synthgen.registry import load_model
 
 DEST = (Path(__file__).resolve().parents[1] / "src" / "napari_synthgen" / "resources"
@@ -45,8 +45,7 @@ def main() -> None:
         # runs made before training recorded it: with --unlabel-fraction the model saw that
         # share of the cells as background (the engine now records the expected fractions)
         f = [float(classes.get(str(c), 0.0)) for c in range(N_CLASSES)]
-        meta["classes"] = class_record([f[0] + unlabel * (f[1] + f[2]), f[1] * (1 - unlabel),
-                                        f[2] * (1 - unlabel)])
+        meta["classes"] = class_record(unlabelled_counts(f, unlabel))
     if args.guidance is not None:
         from napari_synthgen.families.diffusion.sampling import check_guidance
 

@@ -381,6 +381,17 @@ def class_record(fractions: np.ndarray | list[float]) -> dict[str, float]:
     return {str(c): round(float(arr[c]) / total, 6) for c in range(N_CLASSES)}
 
 
+def unlabelled_counts(counts: np.ndarray | list[float], unlabel_fraction: float) -> np.ndarray:
+    """Per-class pixel counts (or fractions) as a model trained with ``--unlabel-fraction``
+    sees them: that share of the cells (interior and ring) shown as background."""
+    out = np.asarray(counts, dtype=np.float64).copy()
+    if unlabel_fraction > 0:
+        moved = out[1:] * float(unlabel_fraction)
+        out[1:] -= moved
+        out[0] += moved.sum()
+    return out
+
+
 def known_classes(record: object) -> dict[int, float] | None:
     """Class id -> training fraction from a checkpoint's ``classes`` metadata; None if unknown.
 

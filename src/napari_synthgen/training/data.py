@@ -28,7 +28,7 @@ from ..io import (
     read_image,
     read_mask,
 )
-from ..masks import N_CLASSES, NO_LABEL, PALETTE, MaskError, class_record
+from ..masks import N_CLASSES, NO_LABEL, PALETTE, MaskError, class_record, unlabelled_counts
 
 ALIGNED_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -247,11 +247,7 @@ def class_stats(samples: Sequence[Sample], unlabel_fraction: float = 0.0) -> dic
     counts = np.zeros(N_CLASSES, dtype=np.float64)
     for s in samples:
         counts += np.bincount(s.mask.ravel(), minlength=N_CLASSES)[:N_CLASSES]
-    if unlabel_fraction > 0:
-        moved = counts[1:] * float(unlabel_fraction)
-        counts[1:] -= moved
-        counts[0] += moved.sum()
-    return class_record(counts)
+    return class_record(unlabelled_counts(counts, unlabel_fraction))
 
 
 def _positions(length: int, tile: int, stride: int) -> list[int]:

@@ -506,10 +506,13 @@ class MaskEditor(Container):
                                 on_finish=finished)
 
     def _busy(self, running: bool) -> None:
-        """Grey out the edits while one runs (Interpolate only ever for a stack)."""
+        """Grey out the edits while one runs; afterwards the Stacks section follows the layer
+        again (``_stack_state``)."""
         self.rebuild_button.enabled = self.variation_button.enabled = not running
-        self.interpolate_button.enabled = not running and (
-            self.layer is not None and self.layer.data.ndim == 3)
+        if running:
+            self.interpolate_button.enabled = False
+        else:
+            self._stack_state(self.layer)
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Process Qt events until the running edit has been applied (tests, scripts)."""

@@ -221,8 +221,8 @@ class DiffusionFamily(Family):
              dropout: bool | None) -> LoadedModel:
         from ...models.checkpoints.common import CheckpointError
         from ...models.checkpoints.info import LoadedModel, model_info
-        from .files import build_from, describe_spec, model_guidance, model_sampling, steps_trained
-        from .sampling import DEFAULT_GUIDANCE
+        from .files import build_from, describe_spec, model_sampling, steps_trained
+        from .sampling import default_guidance
 
         if doc is None or kind != "safetensors":
             raise CheckpointError("a diffusion model is a .safetensors file with a "
@@ -243,12 +243,9 @@ class DiffusionFamily(Family):
             "steps_trained": steps_trained(metadata),
             "samplers": "dpm (DPM-Solver++ 2M), ddim",
         }
-        recorded = model_guidance(metadata)
-        details["guidance"] = (
-            "1 only (never learned the null condition)" if not metadata.get("null_condition")
-            else f"{recorded:g} by default (recorded in the file), any weight with --guidance"
-            if recorded is not None else
-            f"{DEFAULT_GUIDANCE:g} by default (learned the null condition), any with --guidance")
+        weight, why = default_guidance(metadata)
+        details["guidance"] = (f"{weight:g} by default ({why}), any weight with --guidance"
+                               if metadata.get("null_condition") else f"1 only ({why})")
         made_for = model_sampling(metadata)
         if made_for is not None:
             teacher = (metadata["distilled"].get("teacher") or {}).get("name") or "?"

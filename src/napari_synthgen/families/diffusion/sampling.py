@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import gc
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -227,6 +227,18 @@ def learned_null(model: Any) -> bool:
     return bool(info is not None and info.metadata.get("null_condition"))
 
 
+def default_guidance(metadata: Mapping[str, Any]) -> tuple[float, str]:
+    """The guidance a model samples with unless asked, and why: the weight its file records
+    (``default_guidance``), else :data:`DEFAULT_GUIDANCE` for a model that learned the null
+    condition; 1 for a model that did not (it cannot be guided)."""
+    if not metadata.get("null_condition"):
+        return 1.0, "never learned the null condition"
+    recorded = model_guidance(metadata)
+    if recorded is not None:
+        return recorded, "recorded in the file"
+    return DEFAULT_GUIDANCE, "learned the null condition"
+
+
 def check_guidance(guidance: float, model: Any) -> float:
     """``guidance`` as a float, or a :class:`DiffusionSamplingError` saying why it cannot
     run: negative, or other than 1 for a model that never learned the null condition."""
@@ -370,10 +382,7 @@ class DiffusionSynthesizer:
         info = getattr(model, "info", None)
         made_for = model_sampling(info.metadata) if info is not None else None
         steps, sampler = made_for or (DEFAULT_STEPS, "dpm")
-        guidance = 1.0
-        if learned_null(model):
-            recorded = model_guidance(info.metadata)
-            guidance = DEFAULT_GUIDANCE if recorded is None else recorded
+        guidance = default_guidance(info.metadata)[0] if info is not None else 1.0
         return {"steps": steps, "sampler": sampler, "guidance": guidance}
 
     @staticmethod
