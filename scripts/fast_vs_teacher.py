@@ -3,7 +3,8 @@ membrane contrast and ``evaluate``'s synthetic-only boundary F1.
 
     python scripts/fast_vs_teacher.py [--data ../shared/data] [--slices 24 25 26 27 28 29]
         [--size 256] [--eval-steps 100] [--eval-seeds 2] [--no-eval] [--fast-model MODEL]
-        [--fast-guidance W] [--teacher-guidance W]
+        [--fast-guidance W] [--teacher-guidance W] [--fast-tile PX] [--teacher-tile PX]
+        [--fast-overlap PX]
 
 For the ISBI 2012 slices ``--slices`` (default the last six, 24..29), top-left ``--size`` px
 crops, synthesizes every mask with ``--fast-model`` (default the bundled
@@ -22,7 +23,8 @@ F1 within 0.01. ``--teacher-guidance`` / ``--fast-guidance`` set each model's cl
 guidance (default: the model's own, 3 for a model that learned the null condition, else 1); a
 student distilled without the null condition is compared with its teacher at guidance 1, and
 ``--fast-model demo-diffusion --fast-guidance 3 --teacher-guidance 1`` measures what guidance
-does to the demo.
+does to the demo. ``--fast-tile`` / ``--teacher-tile`` set each model's tile and
+``--fast-overlap`` the fast model's tile overlap (default: the model's own; a quarter tile).
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def main() -> None:
     parser.add_argument("--teacher", default="demo-diffusion",
                         help="the model to compare with (default: demo-diffusion, 20 "
                              "DPM-Solver++ steps; any model, e.g. two pix2pix demos)")
+    parser.add_argument("--fast-tile", type=int, default=None,
+                        help="the fast model's tile in px (default: its own)")
+    parser.add_argument("--teacher-tile", type=int, default=None,
+                        help="the teacher's tile in px (default: its own)")
+    parser.add_argument("--fast-overlap", type=int, default=None,
+                        help="the fast model's tile overlap in px (default: a quarter tile)")
     args = parser.parse_args()
     isbi = args.data / "isbi2012"
     crop = np.s_[:args.size, :args.size]
@@ -90,18 +98,21 @@ def main() -> None:
     stats = quality.reference_from_pairs(real)
     sets: dict[str, list[np.ndarray]] = {"real crops": [im for im, _ in real]}
     seconds: dict[str, float] = {}
-    def synthesizer(model: str, guidance: float | None):
-        return make_synthesizer(model, **({} if guidance is None else {"guidance": guidance}))
+    def synthesizer(model: str, guidance: float | None, tile: int | None,
+                    overlap: int | None = None):
+        given = {"guidance": guidance, "tile": tile, "overlap": overlap}
+        return make_synthesizer(model, **{k: v for k, v in given.items() if v is not None})
 
-    synths = [synthesizer(args.fast_model, args.fast_guidance),
-              synthesizer(args.teacher, args.teacher_guidance)]
+    synths = [synthesizer(args.fast_model, args.fast_guidance, args.fast_tile, args.fast_overlap),
+              synthesizer(args.teacher, args.teacher_guidance, args.teacher_tile)]
     model_names = [Path(args.fast_model).name, Path(args.teacher).name]
     samplers = {"ddim": "DDIM", "dpm": "DPM-Solver++"}
 
     def label(name: str, s: object) -> str:
         if not hasattr(s, "sampler"):  # pix2pix: one forward pass
             return name
-        return f"{name}, {samplers.get(s.sampler, s.sampler)} {s.steps}, guidance {s.guidance:g}"
+        return (f"{name}, {samplers.get(s.sampler, s.sampler)} {s.steps}, guidance "
+                f"{s.guidance:g}, tile {s.tile} overlap {s.overlap}")
 
     labels = [label(n, s) for n, s in zip(model_names, synths, strict=True)]
     for label, synth in zip(labels, synths, strict=True):

@@ -22,7 +22,9 @@
 # not VNC test slices; none for isbi, whose test slices 25-29 the demo saw; "none" trains from
 # random weights), UNLABELED (1: give the unlabelled slices, 0: the labelled-only baseline
 # generator), GUIDANCE (classifier-free guidance weight: 3 for mito, whose masks a generator
-# follows only weakly at 1 (mitochondria drawn as plain tissue); 1 for isbi and vnc), GEN_STEPS (DPM-Solver++
+# follows only weakly at 1 (mitochondria drawn as plain tissue); 1 for isbi and vnc),
+# GUIDANCE_WHERE (everywhere, or labelled: guidance only inside the mask's objects, class 0
+# unguided; labelled for mito, whose tissue guidance turns blotchy), GEN_STEPS (DPM-Solver++
 # steps, 20), FUSION (multidiffusion), N_VAR (variations per SIZE x SIZE piece of a labelled
 # mask, 5), N_LIKE (calibrated layouts, 40), SIZE (synthetic mask side, 512), SEG_STEPS (segmenter
 # steps, 1500), SEEDS (3), SIZES (1,2,5), EVALUATE (1; 0 stops after report: a generator A/B).
@@ -64,6 +66,7 @@ for i in $UNL; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/unlabeled/"; done  # images o
 # 1. the generator (a stopped run resumes from its last checkpoint)
 case "$SETTING" in isbi) INIT=${INIT:-none} ;; *) INIT=${INIT:-demo-diffusion} ;; esac
 case "$SETTING" in mito) GUIDANCE=${GUIDANCE:-3} ;; *) GUIDANCE=${GUIDANCE:-1} ;; esac
+case "$SETTING" in mito) WHERE=${GUIDANCE_WHERE:-labelled} ;; *) WHERE=${GUIDANCE_WHERE:-everywhere} ;; esac
 if [ "$INIT" != none ]; then GEN_ARGS+=(--init-from "$INIT"); fi
 RAW=()
 if [ "$UNLABELED" = 1 ]; then RAW=(--unlabeled "$R/unlabeled" --unlabeled-share 0.5); fi
@@ -100,7 +103,7 @@ PY
 
 # 3. synthesis, 4. the figures, 5. the study
 [ -e "$R/syn/generate.jsonl" ] || $NS generate --model "$R/gen" --masks "$R/masks" --out "$R/syn" \
-  --seed 0 --steps "$GEN_STEPS" --guidance "$GUIDANCE" --fusion "$FUSION"
+  --seed 0 --steps "$GEN_STEPS" --guidance "$GUIDANCE" --guidance-where "$WHERE" --fusion "$FUSION"
 [ -e "$R/report/report.csv" ] || $NS report --samples "$R/syn" --reference "$R/real" --out "$R/report"
 [ "${EVALUATE:-1}" = 1 ] || { echo "done (no evaluate): $R/report"; exit 0; }
 [ -e "$R/eval/evaluation_sizes.csv" ] || $NS evaluate --real "$R/real" --synthetic "$R/syn" \

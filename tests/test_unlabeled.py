@@ -223,7 +223,7 @@ def test_guidance_is_refused_for_a_model_without_the_null_condition(
     assert DiffusionSynthesizer(plain, device="cpu", guidance=1.0).guidance == 1.0
     assert DiffusionSynthesizer(plain, device="cpu").guidance == 1.0  # its default
     assert plain.info.details["guidance"] == "1 only (never learned the null condition)"
-    assert DiffusionSynthesizer.hidden_options(plain) == ("guidance",)
+    assert DiffusionSynthesizer.hidden_options(plain) == ("guidance", "guidance_where")
     assert DiffusionSynthesizer.hidden_options(load_model(guided_model)) == ()
     masks = tmp_path / "m.tif"
     tifffile.imwrite(masks, np.ones((32, 32), np.uint8))
@@ -245,6 +245,59 @@ def test_guidance_combines_the_conditional_and_null_predictions(guided_model: Pa
     cond = d1.encode(masks)
     c, n = d1(x, cond, 500), d1(x, torch.zeros_like(cond), 500)
     torch.testing.assert_close(d3(x, cond, 500), n + 3.0 * (c - n))
+
+
+def test_labelled_guidance_guides_the_mask_and_leaves_class_0_unguided(
+        guided_model: Path, tmp_path: Path, isbi_dir: Path) -> None:
+    """``guidance_where="labelled"``: weight w on classes 1 and 2, 1 on class 0 (organelle
+    masks' unlabelled tissue keeps the model's own texture), for every encoding."""
+    from napari_synthgen.families.diffusion.sampling import Denoiser
+
+    model = load_model(guided_model)
+    cpu = torch.device("cpu")
+    d1 = Denoiser(model.network, model.spec, cpu, "fp32")
+    d3 = Denoiser(model.network, model.spec, cpu, "fp32", guidance=3.0)
+    spatial = Denoiser(model.network, model.spec, cpu, "fp32", guidance=3.0,
+                       guidance_where="labelled")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 1, 32, 32, generator=g)
+    masks = torch.zeros(1, 32, 32, dtype=torch.uint8)
+    masks[:, 8:20, 8:20] = 1
+    masks[:, 8:20, 8] = 2
+    cond = d1.encode(masks)
+    one, three, mixed = d1(x, cond, 500), d3(x, cond, 500), spatial(x, cond, 500)
+    inside = (masks > 0)[:, None].expand_as(one)
+    torch.testing.assert_close(mixed[inside], three[inside])
+    torch.testing.assert_close(mixed[~inside], one[~inside])
+    for encoding in ("onehot", "rgb", "label", "sparse"):
+        spatial.lut = encoding_lut(encoding)
+        w = spatial.guidance_map(encode_masks(masks, spatial.lut))
+        assert torch.equal(w[0, 0], torch.where(masks[0] > 0, 3.0, 1.0)), encoding
+    # through the synthesizer: a mask without class 0 is guided everywhere either way; one
+    # with class 0 is not; the setting is recorded, and refused when misspelt
+    mask = tifffile.imread(isbi_dir / "masks" / "isbi2012_train_25.tif")[:64, :64]
+    assert not np.any(mask == 0)
+
+    def synth(m: np.ndarray, **kw: object) -> np.ndarray:
+        s = make_synthesizer(model, device="cpu", precision="fp32", steps=2, guidance=3.0, **kw)
+        return s(m, seed=4)
+
+    assert np.array_equal(synth(mask), synth(mask, guidance_where="labelled"))
+    sparse = mask.copy()
+    sparse[:, :32] = 0
+    assert not np.array_equal(synth(sparse), synth(sparse, guidance_where="labelled"))
+    with pytest.raises(DiffusionSamplingError, match="everywhere or labelled"):
+        make_synthesizer(model, device="cpu", guidance_where="inside")
+    masks_file = tmp_path / "m.tif"
+    tifffile.imwrite(masks_file, sparse)
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(guided_model), "--masks", str(masks_file), "--out",
+                 str(out), "--steps", "2", "--guidance", "3", "--guidance-where", "labelled",
+                 "--seed", "4", "--noise", "seed",
+                 "--device", "cpu", "--precision", "fp32"]) == 0
+    assert '"guidance_where": "labelled"' in (out / "generate.jsonl").read_text("utf-8")
+    assert np.array_equal(tifffile.imread(next((out / "images").glob("*.tif"))),
+                          synth(sparse, guidance_where="labelled"))
 
 
 def test_evaluate_refuses_a_test_image_the_generator_saw_unlabelled(

@@ -42,19 +42,23 @@ def test_guidance_is_offered_for_a_model_with_a_null_condition_and_used(
     w.set_model(plain)
     qtbot.waitUntil(lambda: w.model is not None and w.model.info.path == str(plain),
                     timeout=20000)
-    assert "guidance" not in w.family_fields
+    assert "guidance" not in w.family_fields and "guidance_where" not in w.family_fields
     w.set_model(guided)
     qtbot.waitUntil(lambda: w.model is not None and w.model.info.path == str(guided),
                     timeout=20000)
     field = w.family_fields["guidance"]
     assert field.value == 3.0 and field.label == "Guidance"  # the null-trained default
     field.value = 2.5
+    where = w.family_fields["guidance_where"]
+    assert where.value == "everywhere" and list(where.choices) == ["everywhere", "labelled"]
+    where.value = "labelled"
     w.family_fields["steps"].value = 2
     w.mask_layer.value = viewer.add_labels(make_layout("dense", (32, 32), seed=3), name="m")
     w.synthesize()
     w.wait_idle()
     out = viewer.layers["m_synth"]
     assert out.metadata["params"]["guidance"] == 2.5
+    assert out.metadata["params"]["guidance_where"] == "labelled"
     assert np.asarray(out.data).dtype == np.uint8
 
 

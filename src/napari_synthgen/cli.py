@@ -210,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "the plain conditional model, which follows a mask only loosely; above 1 "
                      "follows it more strictly; below 1 leans on the unlabelled tissue. Each "
                      "value other than 1 doubles the network work")
+    gen.add_argument("--guidance-where", choices=["everywhere", "labelled"], default=None,
+                     help="where --guidance applies: everywhere (default) or labelled (only "
+                     "where the mask draws interior or boundary; class 0 keeps the model's "
+                     "unguided tissue, for organelle masks whose class 0 is unlabelled tissue)")
     _add_synthesis_options(gen)
 
     from .training.cli import add_train_parser
@@ -522,7 +526,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = resolve_model_source(args.model)
     options = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler),
                                  ("fusion", args.fusion), ("z_coupling", args.z_coupling),
-                                 ("guidance", args.guidance))
+                                 ("guidance", args.guidance),
+                                 ("guidance_where", args.guidance_where))
                if v is not None}
     if options:
         from .models.checkpoints.locate import model_family

@@ -14,7 +14,10 @@ deterministic given the noise.
 Classifier-free guidance (``guidance`` w, Ho & Salimans 2022): a model trained with tiles
 without a mask (``train --unlabeled`` / ``--cond-dropout``) also predicts for the null
 condition; the sampler uses null + w * (mask - null), one more U-Net call per tile and step
-when w is not 1.
+when w is not 1. ``guidance_where="labelled"`` applies w only where the mask draws something
+(classes 1 and 2) and runs class 0 at 1, the model's own unguided tissue: on organelle masks,
+guidance everywhere also sharpens the tissue around the objects into blotches, while the
+objects need it to be drawn at all (docs/unlabeled.md).
 
 Cancelling: ``cancel()`` is called between steps (and between tile batches); when it returns
 True sampling stops by raising :class:`Cancelled`.
@@ -65,6 +68,9 @@ FUSIONS = ("multidiffusion", "shifted")
 #: membranes inside cells of dense masks); at 3 the mask's objects and membranes are drawn where
 #: it says (docs/unlabeled.md). Models without the null condition always run at 1.
 DEFAULT_GUIDANCE = 3.0
+#: where guidance applies: ``everywhere`` (plain classifier-free guidance) or ``labelled``
+#: (classes 1 and 2 of the mask; class 0 runs at guidance 1)
+GUIDANCE_WHERE = ("everywhere", "labelled")
 
 
 class Cancelled(RuntimeError):
@@ -88,10 +94,12 @@ class Denoiser:
 
     def __init__(self, network: torch.nn.Module, spec: DiffusionSpec, device: torch.device,
                  precision: Precision, *, copy_network: bool = True,
-                 guidance: float = 1.0) -> None:
+                 guidance: float = 1.0, guidance_where: str = "everywhere") -> None:
         self.spec, self.device, self.precision = spec, device, precision
         #: classifier-free guidance weight: 1 is the plain conditional model
         self.guidance = float(guidance)
+        #: ``everywhere``, or ``labelled``: class 0 pixels run at guidance 1
+        self.guidance_where = guidance_where
         net = copy.deepcopy(network) if copy_network else network
         net.eval().to(device)
         cpu_bf16 = device.type == "cpu" and precision == "bf16"
@@ -120,7 +128,16 @@ class Denoiser:
         # classifier-free guidance: from the null condition (all 0) towards the mask's
         # prediction and beyond, w * cond + (1 - w) * null
         null = self._run(x_t, torch.zeros_like(cond), t)
-        return null + self.guidance * (out - null)
+        return null + self.guidance_map(cond) * (out - null)
+
+    def guidance_map(self, cond: torch.Tensor) -> torch.Tensor | float:
+        """The guidance weight per pixel of encoded masks ``cond`` (B, C, H, W): the weight
+        everywhere, or with ``labelled`` (B, 1, H, W), 1 where the mask is class 0."""
+        if self.guidance_where == "everywhere":
+            return self.guidance
+        class0 = self.lut[0].view(1, -1, 1, 1)
+        background = (cond == class0).all(1, keepdim=True)
+        return torch.where(background, 1.0, self.guidance).to(torch.float32)
 
     def _run(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | int
              ) -> torch.Tensor:
@@ -298,7 +315,8 @@ class DiffusionSynthesizer:
     stochastic = True  # every seed is a different variation
     #: values a setting may take (the Synthesize widget makes drop-downs of them)
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
-        "sampler": SAMPLERS, "fusion": FUSIONS, "z_coupling": tuple(Z_COUPLINGS)}
+        "sampler": SAMPLERS, "fusion": FUSIONS, "z_coupling": tuple(Z_COUPLINGS),
+        "guidance_where": GUIDANCE_WHERE}
 
     def __init__(self, model: Any, *, device: str | torch.device = "auto",
                  precision: str = "auto", tile: int | None = None, overlap: int | None = None,
@@ -306,7 +324,7 @@ class DiffusionSynthesizer:
                  stochastic: bool = True, steps: int | None = None, sampler: str | None = None,
                  preview_steps: int = DEFAULT_PREVIEW_STEPS,
                  fusion: str = "multidiffusion", z_coupling: str = DEFAULT_Z_COUPLING,
-                 guidance: float | None = None) -> None:
+                 guidance: float | None = None, guidance_where: str = "everywhere") -> None:
         model = _diffusion_model(model)
         self.model, self.spec, self.info = model, model.spec, model.info
         #: what the user should know about these settings (generate shows them as notes)
@@ -367,8 +385,12 @@ class DiffusionSynthesizer:
         else:
             self.precision = check_precision(self.requested_precision, self.device)
         self.guidance = check_guidance(own["guidance"] if guidance is None else guidance, model)
+        if guidance_where not in GUIDANCE_WHERE:
+            raise DiffusionSamplingError(f"unknown guidance_where {guidance_where!r}; use "
+                                         f"{' or '.join(GUIDANCE_WHERE)}.")
+        self.guidance_where = guidance_where
         self.denoiser = Denoiser(model.network, self.spec, self.device, self.precision,
-                                 guidance=self.guidance)
+                                 guidance=self.guidance, guidance_where=guidance_where)
         self._windows: dict[tuple[int, int], torch.Tensor] = {}
         self._kept: dict[int, _Kept] = {}
 
@@ -387,9 +409,9 @@ class DiffusionSynthesizer:
 
     @staticmethod
     def hidden_options(model: Any) -> tuple[str, ...]:
-        """Settings that do not apply to ``model``: guidance, unless it learned the null
-        condition."""
-        return () if learned_null(model) else ("guidance",)
+        """Settings that do not apply to ``model``: guidance (and where it applies), unless it
+        learned the null condition."""
+        return () if learned_null(model) else ("guidance", "guidance_where")
 
     # ----------------------------------------------------------------- planning
     def plan(self, height: int, width: int) -> Any:
@@ -675,12 +697,14 @@ class DiffusionSynthesizer:
             "preview_steps": self.preview_steps,
             "fusion": self.fusion,
             "guidance": self.guidance,
+            "guidance_where": self.guidance_where,
             "z_coupling": Z_COUPLINGS[self.z_coupling].record(),
             "prediction_type": self.spec.prediction_type,
             # what generate records with every image and GenerateJob.options passes back
             "family_settings": {"steps": self.steps, "sampler": self.sampler,
                                 "preview_steps": self.preview_steps, "fusion": self.fusion,
-                                "z_coupling": self.z_coupling, "guidance": self.guidance},
+                                "z_coupling": self.z_coupling, "guidance": self.guidance,
+                                "guidance_where": self.guidance_where},
         }
 
     def close(self) -> None:
