@@ -286,6 +286,8 @@ def test_labelled_guidance_guides_the_mask_and_leaves_class_0_unguided(
     sparse = mask.copy()
     sparse[:, :32] = 0
     assert not np.array_equal(synth(sparse), synth(sparse, guidance_where="labelled"))
+    quiet = make_synthesizer(model, device="cpu", guidance=1.0, guidance_where="labelled")
+    assert any("changes nothing at guidance 1" in n for n in quiet.notes)
     with pytest.raises(DiffusionSamplingError, match="everywhere or labelled"):
         make_synthesizer(model, device="cpu", guidance_where="inside")
     masks_file = tmp_path / "m.tif"

@@ -389,6 +389,10 @@ class DiffusionSynthesizer:
             raise DiffusionSamplingError(f"unknown guidance_where {guidance_where!r}; use "
                                          f"{' or '.join(GUIDANCE_WHERE)}.")
         self.guidance_where = guidance_where
+        if guidance_where != "everywhere" and self.guidance == 1.0:
+            self.notes.append(f"guidance_where {guidance_where} changes nothing at guidance 1 "
+                              "(no guidance anywhere); set a guidance above 1 to guide the "
+                              "mask's objects.")
         self.denoiser = Denoiser(model.network, self.spec, self.device, self.precision,
                                  guidance=self.guidance, guidance_where=guidance_where)
         self._windows: dict[tuple[int, int], torch.Tensor] = {}
