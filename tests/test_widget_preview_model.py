@@ -139,3 +139,47 @@ def test_no_student_only_same_model(make_napari_viewer, qtbot, tmp_path: Path) -
     _use(w, qtbot, lonely)
     assert list(w.preview_model.choices) == ["same model"]
     assert w.preview_student is None
+
+
+def test_the_student_of_a_guided_teacher_previews_with_its_own_guidance(
+        make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    """A teacher that samples at guidance 3 and its student distilled at 3 (guidance baked in,
+    no null condition of its own): strokes are drawn by the student unguided, not refused,
+    while Synthesize runs the teacher at the field's guidance."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_synthgen.io import sha256_file
+    from napari_synthgen.registry import make_synthesizer
+
+    teacher = _tiny(tmp_path / "guided_teacher.safetensors", 0, {"null_condition": True})
+    record = {"teacher": {"name": str(teacher), "sha256": sha256_file(teacher),
+                          "guidance": 3.0},
+              "steps": 1, "sampler": "ddim", "guidance": 3.0, "complete": True}
+    student = _tiny(tmp_path / "guided_student.safetensors", 1, {"distilled": record})
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Synthesize")
+    w.device.value, w.precision.value = "cpu", "fp32"
+    notes = len(notification_manager.records)
+    _use(w, qtbot, teacher)
+    assert w.family_fields["guidance"].value == 3.0
+    w.family_fields["guidance_where"].value = "labelled"
+    assert w.preview_model.value == str(student)
+    layer = viewer.add_labels(make_layout("sparse", (64, 64), seed=3), name="m")
+    w.mask_layer.value = layer
+    shown: list = []
+    w.synthesized.connect(shown.append)
+    w.live.value = True
+    w.wait_idle()
+    assert not _errors(notes), _errors(notes)
+    prov = shown[-1].provenance
+    assert prov["model"] == str(student) and prov["params"]["guidance"] == 1.0
+    direct = make_synthesizer(student, device="cpu", precision="fp32", preview_steps=1)
+    assert np.array_equal(viewer.layers["m_synth"].data, direct.update(layer.data, seed=0)[0])
+    w.live.value = False
+    w.family_fields["steps"].value = 2
+    w.synthesize()
+    w.wait_idle()
+    prov = shown[-1].provenance
+    assert prov["model"] == str(teacher) and prov["params"]["guidance"] == 3.0
+    assert prov["params"]["guidance_where"] == "labelled"
+    assert not _errors(notes), _errors(notes)

@@ -71,8 +71,11 @@ if TYPE_CHECKING:
 
 _MODEL_DEFAULT = "model's own"
 _SAME_MODEL = "same model"
-#: settings a preview drawn by a student takes from the student, not from the fields
-_STUDENT_OWN = ("steps", "sampler", "preview_steps")
+#: settings a preview drawn by a student takes from the student, not from the fields: its
+#: steps and sampler, and its guidance (guided distillation bakes the teacher's into it; the
+#: teacher's field passed on would guide twice, or be refused by a student without the null
+#: condition)
+_STUDENT_OWN = ("steps", "sampler", "preview_steps", "guidance", "guidance_where")
 _RECENT_HINT = "(recent models)"
 DEBOUNCE_MS = 120
 RUN_KEY = "Shift-S"
@@ -571,7 +574,7 @@ class SynthesizeWidget(Container):
     @staticmethod
     def _preview_settings(settings: dict[str, Any], student: Any) -> dict[str, Any]:
         """A student's synthesizer settings: the fields' (device, tiling, fusion...), but its
-        own steps and sampler, and its steps for a preview."""
+        own steps, sampler and guidance, and its steps for a preview."""
         own = {k: v for k, v in settings.items() if k not in _STUDENT_OWN}
         return {**own, "preview_steps": student.steps}
 
