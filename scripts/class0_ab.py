@@ -33,10 +33,9 @@ def figures(image: np.ndarray, mask: np.ndarray, ref: quality.ReferenceStats) ->
     grey = image.astype(np.float64)
     edges = ndimage.gaussian_gradient_magnitude(grey, 1.5)
     c0, drawn = mask == 0, mask > 0
-    dist = quality.reference_figures(image, mask, ref)
-    return [grey[c0].mean(), grey[c0].std(), dist["wd_background"], edges[c0].mean(),
-            grey[drawn].mean() if drawn.any() else np.nan, dist["spectrum_dist"],
-            quality.sample_figures(image, mask, reference=ref)["score"]]
+    fig = quality.sample_figures(image, mask, reference=ref)  # report's figures and score
+    return [grey[c0].mean(), grey[c0].std(), fig["wd_background"], edges[c0].mean(),
+            grey[drawn].mean() if drawn.any() else np.nan, fig["spectrum_dist"], fig["score"]]
 
 
 def main() -> None:
