@@ -824,16 +824,22 @@ def study_markdown(result: EvaluationResult) -> list[str]:
                   f"evaluation_curves.csv; a point every {s.get('val_every')} steps):", ""]
         for n in sorted({r["n_real"] for r in curves}):
             mine = [r for r in curves if r["n_real"] == n]
-            key = "val_boundary_f1" if "val_boundary_f1" in mine[0]["curve"][-1] \
-                else "train_loss"
-            moved = []
+            # held-out boundary F1 and interior Dice (the figure of sparse, organelle-style
+            # masks), else the training loss
+            keys = [k for k in ("val_boundary_f1", "val_dice_interior")
+                    if k in mine[0]["curve"][-1]] or ["train_loss"]
+            moved: dict[str, list[float]] = {k: [] for k in keys}
             for r in mine:
                 c = r["curve"]
                 half = next((p for p in c if p["step"] >= c[-1]["step"] / 2), c[0])
-                moved.append(c[-1][key] - half[key])
-            what = ("held-out boundary F1" if key != "train_loss" else
-                    "training loss (every real pair is in the subset: no held-out pair)")
-            lines.append(f"- {n} real pair(s): {what} changed by {np.nanmean(moved):+.3f} "
+                for k in keys:
+                    moved[k].append(c[-1][k] - half[k])
+            names = {"val_boundary_f1": "held-out boundary F1",
+                     "val_dice_interior": "interior Dice",
+                     "train_loss": "training loss (every real pair is in the subset: no "
+                                   "held-out pair)"}
+            changes = ", ".join(f"{names[k]} {np.nanmean(moved[k]):+.3f}" for k in keys)
+            lines.append(f"- {n} real pair(s): changed by {changes} "
                          "over the second half of the budget (mean over seeds); a change "
                          "near 0 says the budget was long enough.")
         lines.append("")
