@@ -327,3 +327,45 @@ def test_guided_distillation_bakes_the_teachers_guidance_into_the_student(
         _cfg(isbi_small, tmp_path / "n", teacher, distill_guidance=3.0).validate()
     assert DistillTrainer(DiffusionConfig(tile=TILE, overrides=dict(TINY)),
                           load_diffusion(teacher), CPU, "fp32", total_steps=4).guidance == 1.0
+
+
+def test_adversarial_distillation_trains_its_discriminator_records_it_and_resumes_exactly(
+        tmp_path: Path, isbi_small: Path, teacher: Path) -> None:
+    kw = {"steps": 4, "distill_start_steps": 2, "distill_steps": 1, "distill_adversarial": 0.5,
+          "log_every": 1}
+    straight = list(train(_cfg(isbi_small, tmp_path / "a", teacher, **kw)))
+    assert straight[-1]["reason"] == "completed", straight[-1]
+    steps = [e for e in straight if e["event"] == "progress"]
+    assert steps and all({"mse", "adv", "adv_weight", "disc"} <= set(e["losses"]) for e in steps)
+    assert all(e["losses"]["adv_weight"] > 0 for e in steps)  # the adaptive weight is live
+    calls = iter(range(100))
+    stopped = list(train(_cfg(isbi_small, tmp_path / "b", teacher, **kw),
+                         stop=lambda: next(calls) >= 2))
+    assert stopped[-1]["reason"] == "stopped" and stopped[-1]["step"] == 2
+    list(train(_cfg(isbi_small, tmp_path / "b", teacher, **kw), resume=tmp_path / "b"))
+    states = [torch.load(latest_checkpoint(tmp_path / r)[2], weights_only=True)["model"]
+              for r in ("a", "b")]
+    for key in ("unet", "disc"):
+        for name, value in states[0][key].items():
+            assert torch.equal(value, states[1][key][name]), (key, name)
+    # the discriminator learned: its weights moved from the seeded start
+    from napari_synthgen.families.diffusion.distill import DistillTrainer
+
+    fresh = DistillTrainer(DiffusionConfig(tile=TILE, overrides=dict(TINY),
+                                           distill_start_steps=2, distill_steps=1,
+                                           distill_adversarial=0.5),
+                           load_diffusion(teacher), CPU, "fp32", total_steps=4)
+    assert fresh.disc is not None
+    assert any(not torch.equal(v, states[0]["disc"][k])
+               for k, v in fresh.disc.state_dict().items() if v.is_floating_point())
+    rec = load_model(tmp_path / "a").info.metadata["distilled"]
+    assert rec["adversarial"] == 0.5 and "PatchGAN" in rec["method"]
+    # a plain run records 0 and trains no discriminator
+    plain = DistillTrainer(DiffusionConfig(tile=TILE, overrides=dict(TINY)),
+                           load_diffusion(teacher), CPU, "fp32", total_steps=4)
+    assert plain.disc is None and plain.distilled_record()["adversarial"] == 0.0
+    with pytest.raises(ConfigError, match="distill_adversarial must be 0 or more"):
+        _cfg(isbi_small, tmp_path / "n", teacher, distill_adversarial=-1.0).validate()
+    with pytest.raises(ConfigError, match="give the teacher with distill_from"):
+        make_config(family="diffusion", data=[str(isbi_small)], out=str(tmp_path / "x"),
+                    tile=TILE, distill_adversarial=0.5).validate()

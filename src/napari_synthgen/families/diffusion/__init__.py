@@ -11,6 +11,7 @@ size) come from TrainConfig and are mapped onto the trainer's
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,10 @@ class DiffusionSettings:
     #: student (guided distillation); None: the teacher's own default (3 for a teacher that
     #: learned the null condition, else 1)
     distill_guidance: float | None = None
+    #: adversarial distillation: a mask-conditioned PatchGAN judges the student's clean image
+    #: against the real crop; its loss pulls this much relative to the distillation loss's
+    #: gradient (adaptive weight, distill.py); 0: plain progressive distillation
+    distill_adversarial: float = 0.0
     #: other DiffusionSpec fields (block_out_channels, attention...; for tests and trials)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -120,6 +125,10 @@ class DiffusionFamily(Family):
                   "classifier-free guidance of the teacher, baked into the distilled model "
                   "(default: the teacher's own, 3 if it learned the null condition, else 1; "
                   "diffusion)"),
+        CliOption("--distill-adversarial", "distill_adversarial", float,
+                  "adversarial distillation: weight of a mask-conditioned PatchGAN term on the "
+                  "student's image, relative to the distillation loss (e.g. 0.5; 0: none; "
+                  "diffusion)"),
     )
 
     # ----------------------------------------------------------------- settings
@@ -162,6 +171,12 @@ class DiffusionFamily(Family):
                             f"{s.min_snr_gamma}.")
         if s.preview_steps < 1:
             problems.append(f"preview_steps must be at least 1; got {s.preview_steps}.")
+        if s.distill_adversarial < 0 or not math.isfinite(s.distill_adversarial):
+            problems.append(f"distill_adversarial must be 0 or more; got "
+                            f"{s.distill_adversarial}.")
+        elif s.distill_adversarial and not s.distill_from:
+            problems.append("distill_adversarial is a weight of distillation; give the teacher "
+                            "with distill_from, or leave it at 0.")
         if s.distill_from and s.init_from:
             problems.append("distill_from and init_from cannot be combined: a distillation "
                             "student already starts from its teacher.")

@@ -21,6 +21,16 @@ on its own grid. The final student's step count must divide the training timeste
 diffusers' DDIM step (t -> t - T/N) is the step the student learned. Like the trainer, a step
 is a pure function of (seed, step, rank), and the state holds the round's teacher, so a
 stopped and resumed run ends with the weights of an uninterrupted one.
+
+Adversarial distillation (``distill_adversarial`` > 0; after ADD, Sauer et al. 2023, and
+pix2pix-Turbo): the regression target of a one-step student from pure noise is the mean of
+what the teacher might draw, which blurs the membranes. A mask-conditioned PatchGAN (the
+pix2pix family's, LSGAN) then judges the student's clean-image prediction against the real
+training crop, and its generator loss joins the distillation loss with the adaptive weight of
+VQGAN (Esser et al. 2021): ``distill_adversarial`` times the ratio of the two losses' gradient
+norms at the U-Net's last layer, so the setting says how much the adversarial term may pull
+relative to the distillation term, whatever the losses' scales. The discriminator and its
+optimiser are in the state, so resume stays exact.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from .networks import DiffusionSpec, make_scheduler
 from .training import DiffusionConfig, DiffusionTrainer, warmup_then
 
 _STREAM = 0xD157  # keeps the distillation draws apart from the trainer's
+_DISC_STREAM = 0xD15C  # the discriminator's initial weights
 
 
 class DistillError(ValueError):
@@ -193,6 +204,25 @@ class DistillTrainer(DiffusionTrainer):
         self.teacher = self._frozen(self.unet_raw)
         self.round = 0
         self._fresh_round()
+        self.disc, self.disc_opt = self._discriminator()
+
+    def _discriminator(self) -> tuple[nn.Module | None, torch.optim.Optimizer | None]:
+        """The adversarial term's mask-conditioned PatchGAN and its Adam (None without it);
+        its weights are drawn from the run's seed, like the U-Net's."""
+        if not self.cfg.distill_adversarial:
+            return None, None
+        from ..pix2pix.networks import build_discriminator
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tile_seed(self.cfg.seed, _STREAM, _DISC_STREAM, 0))
+            disc = build_discriminator(1 + self.spec.mask_channels, norm="batch")
+        disc.to(self.device).train()
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            disc = DDP(disc, device_ids=ids)
+        return disc, torch.optim.Adam(disc.parameters(), lr=self.cfg.lr, betas=(0.5, 0.999))
 
     # ----------------------------------------------------------------- rounds
     def _frozen(self, net: nn.Module) -> nn.Module:
@@ -267,7 +297,42 @@ class DistillTrainer(DiffusionTrainer):
         weight = (a_t ** 2 / s_t.clamp_min(1e-8) ** 2).clamp_min(1.0).view(-1)
         per_sample = F.mse_loss(x_hat, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * weight).mean()
-        return self._optimise(loss)
+        if self.disc is None:
+            return self._optimise(loss)
+        return self._adversarial_step(loss, x_hat, x0, cond)
+
+    def _adversarial_step(self, distill: torch.Tensor, x_hat: torch.Tensor, x0: torch.Tensor,
+                          cond: torch.Tensor) -> StepResult:
+        """The student's step with the adversarial term, then the discriminator's step on the
+        real crop against the student's (detached) prediction."""
+        from ..pix2pix.training import gan_loss
+
+        assert self.disc is not None and self.disc_opt is not None
+        with autocast(self.device, self.precision):
+            adv = gan_loss(self.disc(torch.cat([x_hat, cond], 1)).float(), True, "lsgan")
+        lam = self._adaptive_weight(distill, adv)
+        result = self._optimise(distill + lam * adv, {
+            "mse": float(distill.detach()), "adv": float(adv.detach()), "adv_weight": lam})
+        self.disc_opt.zero_grad(set_to_none=True)  # drops what the student's step left there
+        with autocast(self.device, self.precision):
+            d_real = gan_loss(self.disc(torch.cat([x0, cond], 1)).float(), True, "lsgan")
+            d_fake = gan_loss(self.disc(torch.cat([x_hat.detach(), cond], 1)).float(),
+                              False, "lsgan")
+        d_loss = 0.5 * (d_real + d_fake)
+        if torch.isfinite(d_loss):
+            d_loss.backward()
+            self.disc_opt.step()
+        result.losses["disc"] = float(d_loss.detach())
+        return result
+
+    def _adaptive_weight(self, distill: torch.Tensor, adv: torch.Tensor) -> float:
+        """VQGAN's balance: ``distill_adversarial`` x |grad distill| / |grad adv| at the
+        U-Net's output convolution (0 when either gradient is not finite)."""
+        last = self.unet_raw.conv_out.weight
+        g_d = torch.autograd.grad(distill, last, retain_graph=True)[0].float().norm()
+        g_a = torch.autograd.grad(adv, last, retain_graph=True)[0].float().norm()
+        ratio = float((g_d / (g_a + 1e-4)).clamp(0.0, 1e4))
+        return self.cfg.distill_adversarial * ratio if math.isfinite(ratio) else 0.0
 
     def _ddim(self, net: nn.Module, z: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
               s: torch.Tensor, guidance: float = 1.0) -> torch.Tensor:
@@ -307,12 +372,15 @@ class DistillTrainer(DiffusionTrainer):
         done = self.round + (1 if self.step_index >= self.total_steps else 0)
         return {
             "method": "progressive distillation (Salimans & Ho 2022), v-prediction, "
-                      "truncated-SNR weighted x loss",
+                      "truncated-SNR weighted x loss" + (
+                          ", with a mask-conditioned PatchGAN term (adaptive weight)"
+                          if self.cfg.distill_adversarial else ""),
             "teacher": self.teacher_record,
             "start_steps": self.plan.start, "final_steps": self.plan.final,
             "rounds": self.plan.rounds, "rounds_done": done, "round": self.round,
             "round_bounds": self.plan.bounds(),
             "steps": self.student_steps, "sampler": DISTILL_SAMPLER, "guidance": self.guidance,
+            "adversarial": self.cfg.distill_adversarial,
             "complete": self.step_index >= self.total_steps,
         }
 
@@ -322,8 +390,12 @@ class DistillTrainer(DiffusionTrainer):
                                          "distilled": self.distilled_record()})
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "teacher": self.teacher.state_dict(),
-                "round": self.round}
+        state = {**super().state_dict(), "teacher": self.teacher.state_dict(),
+                 "round": self.round}
+        if self.disc is not None and self.disc_opt is not None:
+            state["disc"] = _unwrapped(self.disc).state_dict()
+            state["disc_opt"] = self.disc_opt.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.round = int(state["round"])
@@ -331,4 +403,16 @@ class DistillTrainer(DiffusionTrainer):
         self._fresh_round()  # the round's schedule before its state is loaded into it
         self.teacher.load_state_dict(state["teacher"])
         super().load_state_dict(state)
+        if self.disc is not None and self.disc_opt is not None:
+            if "disc" not in state:
+                raise DistillError("this checkpoint was saved without the adversarial term's "
+                                   "discriminator; resume it with distill_adversarial 0, or "
+                                   "start a new run.")
+            _unwrapped(self.disc).load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_opt"])
+
+
+def _unwrapped(net: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return net.module if hasattr(net, "module") else net
 

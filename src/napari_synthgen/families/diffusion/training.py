@@ -75,6 +75,9 @@ class DiffusionConfig:
     #: guided distillation: the first round's teacher samples with this classifier-free
     #: guidance (None: the teacher's default, distill.teacher_guidance)
     distill_guidance: float | None = None
+    #: adversarial distillation (distill.py): the weight of the PatchGAN term relative to the
+    #: distillation term's gradient (0: none)
+    distill_adversarial: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("cosine", "constant"):
@@ -119,6 +122,7 @@ class DiffusionTrainer:
         from diffusers.training_utils import EMAModel
 
         self.cfg, self.device, self.precision, self.rank = cfg, device, precision, rank
+        self.ddp = ddp
         self.total_steps = int(total_steps)
         self.spec = spec if spec is not None else cfg.spec()
         with torch.random.fork_rng(devices=[]):
@@ -188,9 +192,11 @@ class DiffusionTrainer:
         loss = (per_sample * weights).mean()
         return self._optimise(loss)
 
-    def _optimise(self, loss: torch.Tensor) -> StepResult:
+    def _optimise(self, loss: torch.Tensor, report: dict[str, float] | None = None
+                  ) -> StepResult:
         """Backward, clip, optimiser and EMA step for ``loss`` (skipped when it is not finite),
-        then the rate schedule; shared by plain training and distillation."""
+        then the rate schedule; shared by plain training and distillation. ``report``: the
+        losses to report instead of ``{"mse": loss}``."""
         finite = bool(torch.isfinite(loss))
         if finite:
             self.scaler.scale(loss).backward()
@@ -202,7 +208,8 @@ class DiffusionTrainer:
             self.ema.step(self.unet_raw.parameters())
         self.sched.step()
         self.step_index += 1
-        return StepResult({"mse": float(loss.detach())}, finite)
+        return StepResult(dict(report) if report is not None else {"mse": float(loss.detach())},
+                          finite)
 
     def _snr_weights(self, ab: torch.Tensor) -> torch.Tensor:
         """min-SNR-gamma weights (Hang et al. 2023), expressed for the prediction target."""
