@@ -211,7 +211,7 @@ class DistillTrainer(DiffusionTrainer):
         its weights are drawn from the run's seed, like the U-Net's."""
         if not self.cfg.distill_adversarial:
             return None, None
-        from ..pix2pix.networks import build_discriminator
+        from ...gan import build_discriminator
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tile_seed(self.cfg.seed, _STREAM, _DISC_STREAM, 0))
@@ -304,21 +304,22 @@ class DistillTrainer(DiffusionTrainer):
     def _adversarial_step(self, distill: torch.Tensor, x_hat: torch.Tensor, x0: torch.Tensor,
                           cond: torch.Tensor) -> StepResult:
         """The student's step with the adversarial term, then the discriminator's step on the
-        real crop against the student's (detached) prediction."""
-        from ..pix2pix.training import gan_loss
+        real crops against the student's (detached) predictions, as one batch: one forward and
+        one backward of the (DDP-wrapped) discriminator per step."""
+        from ...gan import gan_loss
 
         assert self.disc is not None and self.disc_opt is not None
-        with autocast(self.device, self.precision):
-            adv = gan_loss(self.disc(torch.cat([x_hat, cond], 1)).float(), True, "lsgan")
+        with autocast(self.device, self.precision):  # the unwrapped net: no gradient sync
+            adv = gan_loss(_unwrapped(self.disc)(torch.cat([x_hat, cond], 1)).float(), True,
+                           "lsgan")
         lam = self._adaptive_weight(distill, adv)
         result = self._optimise(distill + lam * adv, {
             "mse": float(distill.detach()), "adv": float(adv.detach()), "adv_weight": lam})
         self.disc_opt.zero_grad(set_to_none=True)  # drops what the student's step left there
+        pairs = torch.cat([torch.cat([x0, cond], 1), torch.cat([x_hat.detach(), cond], 1)])
         with autocast(self.device, self.precision):
-            d_real = gan_loss(self.disc(torch.cat([x0, cond], 1)).float(), True, "lsgan")
-            d_fake = gan_loss(self.disc(torch.cat([x_hat.detach(), cond], 1)).float(),
-                              False, "lsgan")
-        d_loss = 0.5 * (d_real + d_fake)
+            d_real, d_fake = self.disc(pairs).float().chunk(2)
+        d_loss = 0.5 * (gan_loss(d_real, True, "lsgan") + gan_loss(d_fake, False, "lsgan"))
         if torch.isfinite(d_loss):
             d_loss.backward()
             self.disc_opt.step()

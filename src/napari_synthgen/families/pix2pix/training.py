@@ -28,24 +28,11 @@ from torch import nn
 
 from ...devices import Precision, autocast
 from ...encoding import encode_masks, encoding_lut, n_channels
+from ...gan import gan_loss
 from ...masks import NO_LABEL
 from ...training.config import TrainConfig
 from ..base import StepResult
 from .networks import GeneratorSpec, build_discriminator, build_generator, init_weights
-
-
-def gan_loss(pred: torch.Tensor, real: bool, mode: str, *, for_generator: bool = False
-             ) -> torch.Tensor:
-    """The GAN loss of discriminator logits ``pred`` against the real/fake target."""
-    if mode == "lsgan":
-        return F.mse_loss(pred, torch.full_like(pred, 1.0 if real else 0.0))
-    if mode == "vanilla":
-        return F.binary_cross_entropy_with_logits(pred, torch.full_like(pred, 1.0 if real else 0.0))
-    if mode == "hinge":
-        if for_generator:
-            return -pred.mean()
-        return F.relu(1.0 - pred).mean() if real else F.relu(1.0 + pred).mean()
-    raise ValueError(f"unknown GAN loss {mode!r}; use lsgan, vanilla or hinge.")
 
 
 def linear_decay(total_steps: int, decay_start: float):
