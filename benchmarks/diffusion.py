@@ -23,6 +23,8 @@ For the ``small`` configuration (4.3 M parameters):
   fast / teacher (the issue's target: at most 0.1), and U-Net calls and the time inside them
   (a timer around the network's forward), to show where the fast model's time goes.
   ``--fast-model`` times another few-step model instead (a file, e.g. a 1-step run's model).
+  Then the few-step model alone on a 2048 x 2048 dense layout with its own defaults (the
+  issue's other target: at most 60 s on 2 cores; ``--fast-large SIDE``, 0 skips it).
 - ``--preview``: live preview of one brush stroke, drawn by the few-step model (its own
   steps, as the Synthesize widget's "Preview model" does) against the teacher with its
   preview steps (8, the widget's default): on the first ISBI mask (512 x 512), each keeps a
@@ -335,6 +337,33 @@ def fast_rows(repeats: int, model: str = "demo-diffusion-fast") -> list[tuple[st
     return rows
 
 
+def large_fast_rows(model: str = "demo-diffusion-fast", side: int = 2048
+                    ) -> list[tuple[str, str]]:
+    """The few-step ``model`` with its own defaults on a ``side`` x ``side`` dense layout (the
+    issue's target: 2048 x 2048 in at most 60 s on 2 cores), once after a warm-up on 512 px,
+    with its U-Net calls; peak memory is ``fusion_rows``'s (one tile's, flat in size)."""
+    from napari_synthgen.registry import make_synthesizer
+
+    synth = make_synthesizer(model)
+    calls = [0]
+    synth.denoiser.network.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    synth(make_layout("dense", (512, 512), seed=2), seed=1)  # warm-up
+    mask = make_layout("dense", (side, side), seed=3)
+    calls[0] = 0
+    c0, t0 = time.process_time(), time.perf_counter()
+    synth(mask, seed=0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    plan = synth.plan(side, side)
+    tiling = (f"{plan.tile} px, overlap {plan.overlap}" if synth.fusion == "multidiffusion"
+              else f"{synth.fusion}")
+    synth.close()
+    return [(f"{side} x {side}, {_label(model, synth)}, {synth.fusion} ({tiling}), "
+             f"{synth.precision}: wall s (CPU s); target at most 60",
+             f"**{wall:.1f}** ({cpu:.1f})"),
+            (f"{side} x {side}: U-Net calls, ms of wall per call", f"{calls[0]}, "
+             f"{1000 * wall / max(calls[0], 1):.0f}")]
+
+
 def preview_rows(model: str = "demo-diffusion-fast", strokes: int = 10) -> list[tuple[str, str]]:
     """One brush stroke's live preview: the few-step ``model`` with its own steps against
     ``demo-diffusion`` with the widget's default preview steps, on the first ISBI mask."""
@@ -406,14 +435,22 @@ def main() -> None:
                     help="timed calls of each model with --fast (best of them)")
     ap.add_argument("--fast-model", default="demo-diffusion-fast",
                     help="the few-step model of --fast and --preview (bundled name or file)")
+    ap.add_argument("--fast-large", type=int, default=2048, metavar="SIDE",
+                    help="with --fast, also the few-step model alone on a SIDE x SIDE layout "
+                         "(0: skip)")
     ap.add_argument("--preview", action="store_true",
                     help="only one stroke's live preview: few-step model against the teacher")
     args = ap.parse_args()
     if args.fast or args.preview:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"{auto_precision(CPU, 'inference')[1]}", flush=True)
-        print_table(fast_rows(args.fast_repeats, args.fast_model) if args.fast
-                    else preview_rows(args.fast_model))
+        if args.preview:
+            print_table(preview_rows(args.fast_model))
+            return
+        rows = fast_rows(args.fast_repeats, args.fast_model)
+        if args.fast_large:
+            rows += large_fast_rows(args.fast_model, args.fast_large)
+        print_table(rows)
         return
     fusion_args = (((512, 1024), args.fusion_steps, 256, (4, 10)) if args.quick
                    else ((1024, 2048), args.fusion_steps, 512, (4, 10)))
