@@ -24,13 +24,14 @@ stopped and resumed run ends with the weights of an uninterrupted one.
 
 Adversarial distillation (``distill_adversarial`` > 0; after ADD, Sauer et al. 2023, and
 pix2pix-Turbo): the regression target of a one-step student from pure noise is the mean of
-what the teacher might draw, which blurs the membranes. A mask-conditioned PatchGAN (the
-pix2pix family's, LSGAN) then judges the student's clean-image prediction against the real
-training crop, and its generator loss joins the distillation loss with the adaptive weight of
-VQGAN (Esser et al. 2021): ``distill_adversarial`` times the ratio of the two losses' gradient
-norms at the U-Net's last layer, so the setting says how much the adversarial term may pull
-relative to the distillation term, whatever the losses' scales. The discriminator and its
-optimiser are in the state, so resume stays exact.
+what the teacher might draw, which blurs the membranes. A mask-conditioned PatchGAN
+(``napari_synthgen.gan``'s, pix2pix's discriminator, here with instance norm; LSGAN) then
+judges the student's clean-image prediction against the real training crop, and its generator
+loss joins the distillation loss with the adaptive weight of VQGAN (Esser et al. 2021):
+``distill_adversarial`` times the ratio of the two losses' gradient norms at the U-Net's last
+layer, so the setting says how much the adversarial term may pull relative to the
+distillation term, whatever the losses' scales. The discriminator and its optimiser are in the
+state, so resume stays exact.
 """
 
 from __future__ import annotations
@@ -215,7 +216,10 @@ class DistillTrainer(DiffusionTrainer):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tile_seed(self.cfg.seed, _STREAM, _DISC_STREAM, 0))
-            disc = build_discriminator(1 + self.spec.mask_channels, norm="batch")
+            # instance norm: a sample's score does not depend on the rest of its batch, so the
+            # one batch of real and fake pairs below judges each as separate calls would, and
+            # the student is judged as the discriminator learned (no running statistics)
+            disc = build_discriminator(1 + self.spec.mask_channels, norm="instance")
         disc.to(self.device).train()
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -309,13 +313,14 @@ class DistillTrainer(DiffusionTrainer):
         from ...gan import gan_loss
 
         assert self.disc is not None and self.disc_opt is not None
+        judge = _unwrapped(self.disc).requires_grad_(False)  # the student's term: no D grads
         with autocast(self.device, self.precision):  # the unwrapped net: no gradient sync
-            adv = gan_loss(_unwrapped(self.disc)(torch.cat([x_hat, cond], 1)).float(), True,
-                           "lsgan")
+            adv = gan_loss(judge(torch.cat([x_hat, cond], 1)).float(), True, "lsgan")
         lam = self._adaptive_weight(distill, adv)
         result = self._optimise(distill + lam * adv, {
             "mse": float(distill.detach()), "adv": float(adv.detach()), "adv_weight": lam})
-        self.disc_opt.zero_grad(set_to_none=True)  # drops what the student's step left there
+        judge.requires_grad_(True)
+        self.disc_opt.zero_grad(set_to_none=True)
         pairs = torch.cat([torch.cat([x0, cond], 1), torch.cat([x_hat.detach(), cond], 1)])
         with autocast(self.device, self.precision):
             d_real, d_fake = self.disc(pairs).float().chunk(2)
