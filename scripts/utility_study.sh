@@ -23,8 +23,9 @@
 # random weights), UNLABELED (1: give the unlabelled slices, 0: the labelled-only baseline
 # generator), GUIDANCE (classifier-free guidance weight: 3 for mito, whose masks a generator
 # follows only weakly at 1 (mitochondria drawn as plain tissue); 1 for isbi and vnc),
-# GUIDANCE_WHERE (everywhere, or labelled: guidance only inside the mask's objects, class 0
-# unguided; labelled for mito, whose tissue guidance turns blotchy), GEN_STEPS (DPM-Solver++
+# GUIDANCE_WHERE (labelled, generate's default: guidance only inside the mask's objects, class
+# 0 unguided, for mito, whose tissue guidance turns blotchy; the same image as everywhere for
+# the dense settings), GEN_STEPS (DPM-Solver++
 # steps, 20), FUSION (multidiffusion), N_VAR (variations per SIZE x SIZE piece of a labelled
 # mask, 5), N_LIKE (calibrated layouts, 40), SIZE (synthetic mask side, 512), SEG_STEPS (segmenter
 # steps, 1500), SEEDS (3), SIZES (1,2,5), EVALUATE (1; 0 stops after report: a generator A/B).
@@ -66,7 +67,7 @@ for i in $UNL; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/unlabeled/"; done  # images o
 # 1. the generator (a stopped run resumes from its last checkpoint)
 case "$SETTING" in isbi) INIT=${INIT:-none} ;; *) INIT=${INIT:-demo-diffusion} ;; esac
 case "$SETTING" in mito) GUIDANCE=${GUIDANCE:-3} ;; *) GUIDANCE=${GUIDANCE:-1} ;; esac
-case "$SETTING" in mito) WHERE=${GUIDANCE_WHERE:-labelled} ;; *) WHERE=${GUIDANCE_WHERE:-everywhere} ;; esac
+WHERE=${GUIDANCE_WHERE:-labelled}
 if [ "$INIT" != none ]; then GEN_ARGS+=(--init-from "$INIT"); fi
 RAW=()
 if [ "$UNLABELED" = 1 ]; then RAW=(--unlabeled "$R/unlabeled" --unlabeled-share 0.5); fi

@@ -139,7 +139,7 @@ def test_synthesizer_factory_runs_per_denoising_step(cli_run: Path) -> None:
     assert described["family_settings"] == {"steps": 3, "sampler": "dpm", "preview_steps": 8,
                                             "fusion": "multidiffusion",
                                             "z_coupling": "serial", "guidance": 1.0,
-                                            "guidance_where": "everywhere"}
+                                            "guidance_where": "labelled"}
     mask = make_layout("dense", (40, 40), seed=2)
     gen = synth.run(mask, seed=4)
     seen = []

@@ -282,24 +282,27 @@ def test_labelled_guidance_guides_the_mask_and_leaves_class_0_unguided(
         s = make_synthesizer(model, device="cpu", precision="fp32", steps=2, guidance=3.0, **kw)
         return s(m, seed=4)
 
-    assert np.array_equal(synth(mask), synth(mask, guidance_where="labelled"))
+    assert np.array_equal(synth(mask), synth(mask, guidance_where="everywhere"))
     sparse = mask.copy()
     sparse[:, :32] = 0
-    assert not np.array_equal(synth(sparse), synth(sparse, guidance_where="labelled"))
-    quiet = make_synthesizer(model, device="cpu", guidance=1.0, guidance_where="labelled")
+    labelled = synth(sparse)  # the default guides the mask's objects only
+    assert np.array_equal(labelled, synth(sparse, guidance_where="labelled"))
+    assert not np.array_equal(labelled, synth(sparse, guidance_where="everywhere"))
+    quiet = make_synthesizer(model, device="cpu", guidance=1.0, guidance_where="everywhere")
     assert any("changes nothing at guidance 1" in n for n in quiet.notes)
+    assert not make_synthesizer(model, device="cpu", guidance=1.0).notes
     with pytest.raises(DiffusionSamplingError, match="everywhere or labelled"):
         make_synthesizer(model, device="cpu", guidance_where="inside")
     masks_file = tmp_path / "m.tif"
     tifffile.imwrite(masks_file, sparse)
     out = tmp_path / "out"
     assert main(["generate", "--model", str(guided_model), "--masks", str(masks_file), "--out",
-                 str(out), "--steps", "2", "--guidance", "3", "--guidance-where", "labelled",
+                 str(out), "--steps", "2", "--guidance", "3", "--guidance-where", "everywhere",
                  "--seed", "4", "--noise", "seed",
                  "--device", "cpu", "--precision", "fp32"]) == 0
-    assert '"guidance_where": "labelled"' in (out / "generate.jsonl").read_text("utf-8")
+    assert '"guidance_where": "everywhere"' in (out / "generate.jsonl").read_text("utf-8")
     assert np.array_equal(tifffile.imread(next((out / "images").glob("*.tif"))),
-                          synth(sparse, guidance_where="labelled"))
+                          synth(sparse, guidance_where="everywhere"))
 
 
 def test_evaluate_refuses_a_test_image_the_generator_saw_unlabelled(

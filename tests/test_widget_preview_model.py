@@ -162,7 +162,7 @@ def test_the_student_of_a_guided_teacher_previews_with_its_own_guidance(
     notes = len(notification_manager.records)
     _use(w, qtbot, teacher)
     assert w.family_fields["guidance"].value == 3.0
-    w.family_fields["guidance_where"].value = "labelled"
+    w.family_fields["guidance_where"].value = "everywhere"
     assert w.preview_model.value == str(student)
     layer = viewer.add_labels(make_layout("sparse", (64, 64), seed=3), name="m")
     w.mask_layer.value = layer
@@ -181,5 +181,5 @@ def test_the_student_of_a_guided_teacher_previews_with_its_own_guidance(
     w.wait_idle()
     prov = shown[-1].provenance
     assert prov["model"] == str(teacher) and prov["params"]["guidance"] == 3.0
-    assert prov["params"]["guidance_where"] == "labelled"
+    assert prov["params"]["guidance_where"] == "everywhere"
     assert not _errors(notes), _errors(notes)

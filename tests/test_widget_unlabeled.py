@@ -50,15 +50,15 @@ def test_guidance_is_offered_for_a_model_with_a_null_condition_and_used(
     assert field.value == 3.0 and field.label == "Guidance"  # the null-trained default
     field.value = 2.5
     where = w.family_fields["guidance_where"]
-    assert where.value == "everywhere" and list(where.choices) == ["everywhere", "labelled"]
-    where.value = "labelled"
+    assert where.value == "labelled" and list(where.choices) == ["everywhere", "labelled"]
+    where.value = "everywhere"
     w.family_fields["steps"].value = 2
     w.mask_layer.value = viewer.add_labels(make_layout("dense", (32, 32), seed=3), name="m")
     w.synthesize()
     w.wait_idle()
     out = viewer.layers["m_synth"]
     assert out.metadata["params"]["guidance"] == 2.5
-    assert out.metadata["params"]["guidance_where"] == "labelled"
+    assert out.metadata["params"]["guidance_where"] == "everywhere"
     assert np.asarray(out.data).dtype == np.uint8
 
 

@@ -211,9 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "follows it more strictly; below 1 leans on the unlabelled tissue. Each "
                      "value other than 1 doubles the network work")
     gen.add_argument("--guidance-where", choices=["everywhere", "labelled"], default=None,
-                     help="where --guidance applies: everywhere (default) or labelled (only "
-                     "where the mask draws interior or boundary; class 0 keeps the model's "
-                     "unguided tissue, for organelle masks whose class 0 is unlabelled tissue)")
+                     help="where --guidance applies: labelled (default: only where the mask "
+                     "draws interior or boundary; class 0 keeps the model's unguided tissue, "
+                     "for organelle masks whose class 0 is unlabelled tissue) or everywhere "
+                     "(plain classifier-free guidance); masks without class 0 give the same "
+                     "image either way")
     _add_synthesis_options(gen)
 
     from .training.cli import add_train_parser

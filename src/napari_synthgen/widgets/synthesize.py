@@ -138,9 +138,10 @@ _OPTION_UI: dict[str, dict[str, Any]] = {
                  "the mask more strictly, below 1 leans on the tissue learned from unlabelled "
                  "images. Each value other than 1 doubles the network work."},
     "guidance_where": {"label": "Guide where", "tooltip":
-                       "everywhere: guidance on every pixel; labelled: only where the mask "
-                       "draws interior or boundary, so class 0 (unlabelled tissue of organelle "
-                       "masks) keeps the model's unguided texture instead of blotches."},
+                       "labelled (default): guidance only where the mask draws interior or "
+                       "boundary, so class 0 (unlabelled tissue of organelle masks) keeps the "
+                       "model's unguided texture instead of blotches; everywhere: guidance on "
+                       "every pixel. Masks without class 0 give the same image either way."},
     "preview_steps": {"label": "Preview steps", "min": 1, "max": 1000, "tooltip":
                       "Denoising steps of live preview: few keep strokes quick; Synthesize "
                       "gives the full result."},

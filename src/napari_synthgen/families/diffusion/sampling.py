@@ -14,10 +14,11 @@ deterministic given the noise.
 Classifier-free guidance (``guidance`` w, Ho & Salimans 2022): a model trained with tiles
 without a mask (``train --unlabeled`` / ``--cond-dropout``) also predicts for the null
 condition; the sampler uses null + w * (mask - null), one more U-Net call per tile and step
-when w is not 1. ``guidance_where="labelled"`` applies w only where the mask draws something
-(classes 1 and 2) and runs class 0 at 1, the model's own unguided tissue: on organelle masks,
-guidance everywhere also sharpens the tissue around the objects into blotches, while the
-objects need it to be drawn at all (docs/unlabeled.md).
+when w is not 1. ``guidance_where="labelled"`` (the default) applies w only where the mask
+draws something (classes 1 and 2) and runs class 0 at 1, the model's own unguided tissue: on
+organelle masks, guidance everywhere also sharpens the tissue around the objects into
+blotches, while the objects need it to be drawn at all (docs/unlabeled.md). Masks without
+class 0 give the same image either way; ``everywhere`` is plain classifier-free guidance.
 
 Cancelling: ``cancel()`` is called between steps (and between tile batches); when it returns
 True sampling stops by raising :class:`Cancelled`.
@@ -71,6 +72,10 @@ DEFAULT_GUIDANCE = 3.0
 #: where guidance applies: ``everywhere`` (plain classifier-free guidance) or ``labelled``
 #: (classes 1 and 2 of the mask; class 0 runs at guidance 1)
 GUIDANCE_WHERE = ("everywhere", "labelled")
+#: the synthesizer's default: the same image as ``everywhere`` for masks without class 0
+#: (dense masks), and on organelle masks the setting that kept real-looking tissue and met
+#: the mitochondria study's targets (docs/utility.md, docs/unlabeled.md)
+DEFAULT_GUIDANCE_WHERE = "labelled"
 
 
 class Cancelled(RuntimeError):
@@ -308,7 +313,9 @@ class DiffusionSynthesizer:
     tied: ``serial`` (default) draws their initial noise correlated along z like serial
     sections' texture (:mod:`.noise`; slice 0 is the 2-D sample of the seed), ``independent``
     gives slice ``z`` the noise of seed ``(seed, z)``. :meth:`run` yields progress after every
-    denoising step (stop iterating to cancel).
+    denoising step (stop iterating to cancel). ``guidance`` (unset: the model's own) and
+    ``guidance_where`` (``labelled``, the default, or ``everywhere``) apply to a model that
+    learned the null condition.
     """
 
     family = "diffusion"
@@ -324,7 +331,8 @@ class DiffusionSynthesizer:
                  stochastic: bool = True, steps: int | None = None, sampler: str | None = None,
                  preview_steps: int = DEFAULT_PREVIEW_STEPS,
                  fusion: str = "multidiffusion", z_coupling: str = DEFAULT_Z_COUPLING,
-                 guidance: float | None = None, guidance_where: str = "everywhere") -> None:
+                 guidance: float | None = None,
+                 guidance_where: str = DEFAULT_GUIDANCE_WHERE) -> None:
         model = _diffusion_model(model)
         self.model, self.spec, self.info = model, model.spec, model.info
         #: what the user should know about these settings (generate shows them as notes)
@@ -389,10 +397,10 @@ class DiffusionSynthesizer:
             raise DiffusionSamplingError(f"unknown guidance_where {guidance_where!r}; use "
                                          f"{' or '.join(GUIDANCE_WHERE)}.")
         self.guidance_where = guidance_where
-        if guidance_where != "everywhere" and self.guidance == 1.0:
+        if guidance_where != DEFAULT_GUIDANCE_WHERE and self.guidance == 1.0:
             self.notes.append(f"guidance_where {guidance_where} changes nothing at guidance 1 "
-                              "(no guidance anywhere); set a guidance above 1 to guide the "
-                              "mask's objects.")
+                              "(no guidance anywhere); set a guidance above 1 to guide "
+                              "the whole image.")
         self.denoiser = Denoiser(model.network, self.spec, self.device, self.precision,
                                  guidance=self.guidance, guidance_where=guidance_where)
         self._windows: dict[tuple[int, int], torch.Tensor] = {}
