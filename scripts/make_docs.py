@@ -48,6 +48,8 @@ RESULTS: dict[str, tuple[str, ...]] = {
     "utility_curves.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
     "utility_samples.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
     "utility_guidance.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
+    "utility_isbi_samples.png": ("scripts/utility_study.sh", "scripts/utility_isbi_pretrained.sh",
+                                 "scripts/utility_figure.py"),
 }
 MAX_BYTES = 290_000
 TRAIN_STEPS = 300  # the recorded run (about 30 s on 2 CPU cores); the picture stops at 80 %
