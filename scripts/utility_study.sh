@@ -25,8 +25,7 @@
 # follows only weakly at 1 (mitochondria drawn as plain tissue); 1 for isbi and vnc),
 # GUIDANCE_WHERE (labelled, generate's default: guidance only inside the mask's objects, class
 # 0 unguided, for mito, whose tissue guidance turns blotchy; the same image as everywhere for
-# the dense settings), GEN_STEPS (DPM-Solver++
-# steps, 20), FUSION (multidiffusion), N_VAR (variations per SIZE x SIZE piece of a labelled
+# the dense settings), GEN_STEPS (DPM-Solver++ steps, 20), FUSION (multidiffusion), N_VAR (variations per SIZE x SIZE piece of a labelled
 # mask, 5), N_LIKE (calibrated layouts, 40), SIZE (synthetic mask side, 512), SEG_STEPS (segmenter
 # steps, 1500), SEEDS (3), SIZES (1,2,5), EVALUATE (1; 0 stops after report: a generator A/B).
 set -euo pipefail

@@ -397,7 +397,7 @@ class DiffusionSynthesizer:
             raise DiffusionSamplingError(f"unknown guidance_where {guidance_where!r}; use "
                                          f"{' or '.join(GUIDANCE_WHERE)}.")
         self.guidance_where = guidance_where
-        if guidance_where != DEFAULT_GUIDANCE_WHERE and self.guidance == 1.0:
+        if guidance_where == "everywhere" and self.guidance == 1.0:  # asked for, not default
             self.notes.append(f"guidance_where {guidance_where} changes nothing at guidance 1 "
                               "(no guidance anywhere); set a guidance above 1 to guide "
                               "the whole image.")
