@@ -25,6 +25,11 @@ For the ``small`` configuration (4.3 M parameters):
   ``--fast-model`` times another few-step model instead (a file, e.g. a 1-step run's model).
   Then the few-step model alone on a 2048 x 2048 dense layout with its own defaults (the
   issue's other target: at most 60 s on 2 cores; ``--fast-large SIDE``, 0 skips it).
+- ``--commands``: the same two models timed as whole ``napari-synthgen generate`` commands
+  side by side (``--commands-masks`` ISBI masks of 512 x 512, interleaved, best of
+  ``--fast-repeats``), as a user or a check that times the commands sees them, against a
+  third command that only imports what ``generate`` imports (Python, torch, diffusers and
+  the package): the fixed start-up cost both commands pay before their first step.
 - ``--preview``: live preview of one brush stroke, drawn by the few-step model (its own
   steps, as the Synthesize widget's "Preview model" does) against the teacher with its
   preview steps (8, the widget's default): on the first ISBI mask (512 x 512), each keeps a
@@ -35,8 +40,8 @@ The sampled model is first trained for ``--train-steps`` steps (its weights are 
 random, so precision errors are measured on images with structure; it is not a good model).
 Run: ``python benchmarks/diffusion.py`` (``--quick`` samples 512 x 512 instead of 1024, and
 compares the fusions at 512 and 1024); ``--fusion-only`` runs only the large-image comparison;
-``--fast`` runs only the few-step model against its teacher; ``--preview`` only the stroke
-preview of both.
+``--fast`` runs only the few-step model against its teacher; ``--commands`` only the two as
+whole commands; ``--preview`` only the stroke preview of both.
 """
 
 from __future__ import annotations
@@ -410,6 +415,44 @@ def preview_rows(model: str = "demo-diffusion-fast", strokes: int = 10) -> list[
     return rows
 
 
+def command_rows(repeats: int, model: str = "demo-diffusion-fast", n_masks: int = 1
+                 ) -> list[tuple[str, str]]:
+    """Whole ``generate`` commands of the few-step ``model`` and of ``demo-diffusion`` (20
+    DPM-Solver++ steps) on the first ``n_masks`` ISBI masks, and a command that only imports
+    what ``generate`` imports; interleaved, best wall time of ``repeats``."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        masks = Path(tmp) / "masks"
+        masks.mkdir()
+        for path in sorted((SHARED / "masks").glob("*.tif"))[:n_masks]:
+            shutil.copy(path, masks)
+        run = [sys.executable, "-m", "napari_synthgen", "generate", "--masks", str(masks),
+               "--overwrite", "--out"]
+        commands = {
+            "start-up only (imports)": [sys.executable, "-c", "import napari_synthgen.generate, "
+                                        "diffusers.models.unets.unet_2d"],
+            f"generate --model {model}": [*run, f"{tmp}/fast", "--model", model],
+            "generate --model demo-diffusion --steps 20": [
+                *run, f"{tmp}/teacher", "--model", "demo-diffusion", "--steps", "20"],
+        }
+        wall = dict.fromkeys(commands, float("inf"))
+        for _ in range(repeats):  # interleaved: other load hits all alike
+            for name, command in commands.items():
+                t0 = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                wall[name] = min(wall[name], time.perf_counter() - t0)
+                print(f"{name}: {wall[name]:.2f} s", flush=True)
+    start, fast, teacher = wall.values()
+    rows = [(f"{n_masks} mask(s) of 512 x 512, whole command: {name}, wall s", f"{sec:.2f}")
+            for name, sec in wall.items()]
+    rows.append(("fast / teacher, whole commands", f"**{fast / teacher:.3f}**"))
+    rows.append(("fast / teacher, start-up subtracted from both",
+                 f"{(fast - start) / (teacher - start):.3f}"))
+    return rows
+
+
 def print_table(rows: list[tuple[str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
     print()
@@ -438,9 +481,17 @@ def main() -> None:
     ap.add_argument("--fast-large", type=int, default=2048, metavar="SIDE",
                     help="with --fast, also the few-step model alone on a SIDE x SIDE layout "
                          "(0: skip)")
+    ap.add_argument("--commands", action="store_true",
+                    help="only the few-step model against the teacher as whole generate "
+                         "commands, with the start-up cost they share")
+    ap.add_argument("--commands-masks", type=int, default=1,
+                    help="ISBI masks each command of --commands synthesizes")
     ap.add_argument("--preview", action="store_true",
                     help="only one stroke's live preview: few-step model against the teacher")
     args = ap.parse_args()
+    if args.commands:
+        print_table(command_rows(args.fast_repeats, args.fast_model, args.commands_masks))
+        return
     if args.fast or args.preview:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"{auto_precision(CPU, 'inference')[1]}", flush=True)

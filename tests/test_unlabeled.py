@@ -360,8 +360,16 @@ def test_a_run_fine_tuned_from_a_model_starts_from_it_and_records_it(
                  str(tmp_path / "syn"), "--steps", "1", "--device", "cpu"]) == 0
     assert any("(started from" in k and k.endswith("/isbi2012_train_10")
                for k in ev.generator_seen(tmp_path / "syn"))
+    # a fine-tune gets no advice to fine-tune; the same run from random weights on these 6
+    # (5 training) labelled images does
+    assert "from random weights" not in capsys.readouterr().out
+    assert main(["train", "--family", "diffusion", "--data", str(isbi_small), "--out",
+                 str(tmp_path / "scratch"), "--steps", "1", "--config", str(guided_model.parent
+                 / "tiny.yaml"), *RUN]) == 0
+    out = capsys.readouterr().out  # messages go to stdout, the progress bar to stderr
+    assert "note: a diffusion generator trained from random weights on 5 labelled" in out
+    assert "add --init-from demo-diffusion" in out
     # what cannot work is refused before training, saying what to change
-    capsys.readouterr()
     for extra, message in ((["--init-from", str(guided_model), "--encoding", "rgb"],
                             "set encoding to onehot"),
                            (["--init-from", str(guided_model), "--tile", "33"],

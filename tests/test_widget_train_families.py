@@ -193,3 +193,26 @@ def test_the_pix2pix_dock_builds_the_configuration_it_always_did(make_napari_vie
     w.netG.value, w.gan_mode.value, w.dropout.value = "resnet_6blocks", "hinge", False
     cfg = w.config()
     assert (cfg.netG, cfg.gan_mode, cfg.dropout) == ("resnet_6blocks", "hinge", False)
+
+
+def test_a_diffusion_run_from_random_weights_on_few_images_is_advised_to_fine_tune(
+        make_napari_viewer) -> None:
+    """The family's advice reaches the user as a notification when the run starts (as it
+    does on the CLI): not for a fine-tune, a resumed run or a larger labelled set."""
+    from napari.utils.notifications import notification_manager
+
+    w = _widget(make_napari_viewer())
+
+    def notes(config: dict[str, Any], n_images: int, resumed: int = 0) -> list[str]:
+        n = len(notification_manager.records)
+        w._on_event(events.from_json(events.Started(
+            step=resumed, total=10, config={"family": "diffusion", **config}, device="cpu",
+            precision="fp32", n_train_images=n_images, resumed_from=resumed).dumps()))
+        return [str(r.message) for r in notification_manager.records[n:]]
+
+    (note,) = notes({}, 5)
+    assert "random weights on 5 labelled image(s)" in note
+    assert "--init-from demo-diffusion" in note
+    assert notes({"init_from": "demo-diffusion"}, 5) == []
+    assert notes({}, 5, resumed=3) == []
+    assert notes({}, 40) == []

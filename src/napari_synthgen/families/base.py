@@ -125,6 +125,11 @@ class Family:
         """A few words on the architecture of a configuration (for the CLI's first line)."""
         return self.name
 
+    def advice(self, config: Mapping[str, Any], n_labelled: int) -> list[str]:
+        """Notes for a run starting with ``config`` on ``n_labelled`` labelled images: what
+        the measurements say a user would want to change (printed, not enforced)."""
+        return []
+
     # ----------------------------------------------------------------- training
     def build_trainer(self, cfg: TrainConfig, device: torch.device, precision: str,
                       total_steps: int, ddp: bool) -> Trainer:

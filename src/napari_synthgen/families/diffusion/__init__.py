@@ -204,6 +204,12 @@ class DiffusionFamily(Family):
             return f"fine-tuning of {config['init_from']} ({config.get('prediction')})"
         return f"{config.get('unet_config')} U-Net ({config.get('prediction')})"
 
+    def advice(self, config: Mapping[str, Any], n_labelled: int) -> list[str]:
+        from .finetune import start_advice
+
+        note = start_advice(config, n_labelled)
+        return [note] if note else []
+
     # ----------------------------------------------------------------- training
     def build_trainer(self, cfg: TrainConfig, device: torch.device, precision: str,
                       total_steps: int, ddp: bool) -> Any:
