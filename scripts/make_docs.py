@@ -50,6 +50,7 @@ RESULTS: dict[str, tuple[str, ...]] = {
     "utility_guidance.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
     "utility_isbi_samples.png": ("scripts/utility_study.sh", "scripts/utility_isbi_pretrained.sh",
                                  "scripts/utility_figure.py"),
+    "utility_vnc_convergence.png": ("scripts/utility_study.sh",),
 }
 MAX_BYTES = 290_000
 TRAIN_STEPS = 300  # the recorded run (about 30 s on 2 CPU cores); the picture stops at 80 %
