@@ -75,6 +75,16 @@ def get(name: str) -> Family:
 # --------------------------------------------------------------------------- configurations
 
 
+def start_advice(started: Mapping[str, Any]) -> list[str]:
+    """The run family's advice (:meth:`Family.advice`) for a ``started`` training event, as
+    the CLI prints it and the Train widget shows it: none for a resumed run (it was given
+    when the run began) or a family this process does not know."""
+    config = started.get("config") or {}
+    if started.get("resumed_from") or config.get("family") not in _REGISTRY:
+        return []
+    return get(config["family"]).advice(config, int(started.get("n_train_images") or 0))
+
+
 def make_config(family: str = DEFAULT_FAMILY, **values: Any) -> TrainConfig:
     """A training configuration of the named family from flat values
     (``make_config("pix2pix", data=[...], netG="unet_128", steps=100)``)."""

@@ -246,14 +246,6 @@ class _StopFlag:
 _SETTING_NAMES = ("batch_size", "tile", "seed", "val_fraction", "stride")
 
 
-def family_advice(config: dict[str, Any], n_labelled: int) -> list[str]:
-    """The family's notes for a run of ``config`` on ``n_labelled`` labelled images."""
-    try:
-        return registry.get(config["family"]).advice(config, n_labelled)
-    except registry.FamilyError:
-        return []
-
-
 def _print_human(event: Event, bar: Any) -> None:
     kind = event["event"]
     if kind == "started":
@@ -273,9 +265,8 @@ def _print_human(event: Event, bar: Any) -> None:
             f"{event['world_size']} process(es)"
             + (f"; resumed at step {event['resumed_from']}" if event["resumed_from"] else "")
         )
-        if not event["resumed_from"]:
-            for note in family_advice(cfg, event["n_train_images"]):
-                bar.write(f"note: {note}")
+        for note in registry.start_advice(event):
+            bar.write(f"note: {note}")
     elif kind == "progress":
         bar.n = event["step"]
         losses = {name: f"{value:.3f}" for name, value in event["losses"].items()}

@@ -828,10 +828,8 @@ class TrainWidget(Container):
             family = (event.get("config") or {}).get("family")
             if family in registry.names():  # the run's own family (a resumed run keeps its)
                 self.plot.set_order(registry.get(family).loss_names)
-                if not event["resumed_from"]:
-                    for note in registry.get(family).advice(event["config"],
-                                                            event["n_train_images"]):
-                        show_info(f"Training: {note}")
+            for note in registry.start_advice(event):
+                show_info(f"Training: {note}")
             self.progress.max = event["total"]
             self.progress.value = event["step"]
             raw = event.get("n_unlabeled_images")
