@@ -101,11 +101,16 @@ def test_figures_of_a_perfect_and_a_shifted_prediction(isbi_mask) -> None:
 
 
 def test_comparison_says_when_the_spread_is_larger_than_the_difference() -> None:
-    summary = {"real": {"mean_dice": (0.80, 0.05), "boundary_f1": (0.70, 0.01)},
-               "synthetic": {"mean_dice": (0.78, 0.02), "boundary_f1": (0.50, 0.02)}}
+    summary = {"real": {"mean_dice": (0.80, 0.05), "boundary_f1": (0.70, 0.01),
+                        "dice_interior": (0.30, 0.03)},
+               "synthetic": {"mean_dice": (0.78, 0.02), "boundary_f1": (0.50, 0.02),
+                             "dice_interior": (0.35, 0.004)}}
     notes = ev.compare(summary, n_seeds=3)
+    assert len(notes) == 3
     assert any("mean_dice" in n and "no evidence" in n for n in notes)
     assert any("boundary_f1 -0.200" in n and "larger than the spread" in n for n in notes)
+    # the objects' own Dice (mitochondria on organelle masks) gets its sentence too
+    assert any("dice_interior +0.050" in n and "larger than the spread" in n for n in notes)
     assert all("one seed" in n for n in ev.compare(summary, n_seeds=1))
 
 
