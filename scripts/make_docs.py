@@ -51,6 +51,8 @@ RESULTS: dict[str, tuple[str, ...]] = {
     "utility_isbi_samples.png": ("scripts/utility_study.sh", "scripts/utility_isbi_pretrained.sh",
                                  "scripts/utility_figure.py"),
     "utility_vnc_convergence.png": ("scripts/utility_study.sh",),
+    "utility_pix2pix_samples.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
+    "utility_pix2pix_curves.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
 }
 MAX_BYTES = 290_000
 TRAIN_STEPS = 300  # the recorded run (about 30 s on 2 CPU cores); the picture stops at 80 %

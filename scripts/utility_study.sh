@@ -27,7 +27,10 @@
 # 0 unguided, for mito, whose tissue guidance turns blotchy; the same image as everywhere for
 # the dense settings), GEN_STEPS (DPM-Solver++ steps, 20), FUSION (multidiffusion), N_VAR (variations per SIZE x SIZE piece of a labelled
 # mask, 5), N_LIKE (calibrated layouts, 40), SIZE (synthetic mask side, 512), SEG_STEPS (segmenter
-# steps, 1500), SEEDS (3), SIZES (1,2,5), EVALUATE (1; 0 stops after report: a generator A/B).
+# steps, 1500), SEEDS (3), SIZES (1,2,5), EVALUATE (1; 0 stops after report: a generator A/B),
+# FAMILY (diffusion; pix2pix trains unet_128, ngf 32, ndf 32, 128-px tiles, fp32, with an
+# unconditional discriminator on the unlabelled slices (docs/unlabeled.md), from random
+# weights: INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply).
 set -euo pipefail
 SETTING=${1:?usage: $0 isbi|vnc|mito RUN_DIR}
 R=${2:?usage: $0 isbi|vnc|mito RUN_DIR}
@@ -44,6 +47,7 @@ SIZE=${SIZE:-512}
 SEG_STEPS=${SEG_STEPS:-1500}
 SEEDS=${SEEDS:-3}
 SIZES=${SIZES:-1,2,5}
+FAMILY=${FAMILY:-diffusion}
 
 case "$SETTING" in
   isbi) SRC=$SHARED/isbi2012; IMG=images; MSK=masks; PRE=isbi2012_train_
@@ -67,15 +71,22 @@ for i in $UNL; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/unlabeled/"; done  # images o
 case "$SETTING" in isbi) INIT=${INIT:-none} ;; *) INIT=${INIT:-demo-diffusion} ;; esac
 case "$SETTING" in mito) GUIDANCE=${GUIDANCE:-3} ;; *) GUIDANCE=${GUIDANCE:-1} ;; esac
 WHERE=${GUIDANCE_WHERE:-labelled}
-if [ "$INIT" != none ]; then GEN_ARGS+=(--init-from "$INIT"); fi
+if [ "$FAMILY" = pix2pix ]; then
+  GEN_ARGS+=(--netG unet_128 --ngf 32 --ndf 32 --precision fp32)
+  SAMPLE_ARGS=()
+else
+  if [ "$INIT" != none ]; then GEN_ARGS+=(--init-from "$INIT"); fi
+  GEN_ARGS+=(--lr-schedule constant)
+  SAMPLE_ARGS=(--steps "$GEN_STEPS" --guidance "$GUIDANCE" --guidance-where "$WHERE" --fusion "$FUSION")
+fi
 RAW=()
 if [ "$UNLABELED" = 1 ]; then RAW=(--unlabeled "$R/unlabeled" --unlabeled-share 0.5); fi
 DONE=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('step', 0))" "$R/gen/latest.json" 2>/dev/null || echo 0)
 if [ "$DONE" -lt "$DIFF_STEPS" ]; then
   if [ -e "$R/gen/latest.json" ]; then $NS train --resume "$R/gen" --steps "$DIFF_STEPS"
-  else $NS train --family diffusion --data "$R/real" --val-fraction 0 --out "$R/gen" \
+  else $NS train --family "$FAMILY" --data "$R/real" --val-fraction 0 --out "$R/gen" \
     --steps "$DIFF_STEPS" --tile 128 --batch-size 4 --flips --rot90 "${GEN_ARGS[@]}" "${RAW[@]}" \
-    --lr-schedule constant --checkpoint-every 250 --sample-every 500 --log-every 25 --seed 0; fi
+    --checkpoint-every 250 --sample-every 500 --log-every 25 --seed 0; fi
 fi
 
 # 2. synthetic masks: variations of the labelled masks (cut into SIZE x SIZE pieces first, so
@@ -103,7 +114,7 @@ PY
 
 # 3. synthesis, 4. the figures, 5. the study
 [ -e "$R/syn/generate.jsonl" ] || $NS generate --model "$R/gen" --masks "$R/masks" --out "$R/syn" \
-  --seed 0 --steps "$GEN_STEPS" --guidance "$GUIDANCE" --guidance-where "$WHERE" --fusion "$FUSION"
+  --seed 0 "${SAMPLE_ARGS[@]}"
 [ -e "$R/report/report.csv" ] || $NS report --samples "$R/syn" --reference "$R/real" --out "$R/report"
 [ "${EVALUATE:-1}" = 1 ] || { echo "done (no evaluate): $R/report"; exit 0; }
 [ -e "$R/eval/evaluation_sizes.csv" ] || $NS evaluate --real "$R/real" --synthetic "$R/syn" \
