@@ -30,7 +30,7 @@
 # steps, 1500), SEEDS (3), SIZES (1,2,5), EVALUATE (1; 0 stops after report: a generator A/B),
 # FAMILY (diffusion; pix2pix trains unet_128, ngf 32, ndf 32, 128-px tiles, fp32, with an
 # unconditional discriminator on the unlabelled slices (docs/unlabeled.md), from random
-# weights: INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply).
+# weights, DIFF_STEPS steps; INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply).
 set -euo pipefail
 SETTING=${1:?usage: $0 isbi|vnc|mito RUN_DIR}
 R=${2:?usage: $0 isbi|vnc|mito RUN_DIR}
