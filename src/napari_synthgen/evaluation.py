@@ -266,7 +266,7 @@ def compare(summary: dict[str, dict[str, tuple[float, float]]], n_seeds: int) ->
     for arm, figs in summary.items():
         if arm == ARM_REAL:
             continue
-        for metric in (h for h in HEADLINE if h in figs and h in base):
+        for metric in HEADLINE:
             (m, s), (m0, s0) = figs[metric], base[metric]
             if math.isnan(m) or math.isnan(m0):
                 continue
