@@ -177,8 +177,8 @@ def rss_mb():
 from napari_synthgen.families.diffusion.sampling import DiffusionSynthesizer
 from napari_synthgen.layouts import make_layout
 from napari_synthgen.registry import load_model
-side, fusion = int(sys.argv[1]), sys.argv[2]
-synth = DiffusionSynthesizer(load_model("demo-diffusion"), device="cpu", fusion=fusion)
+side, fusion, model = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+synth = DiffusionSynthesizer(load_model(model), device="cpu", fusion=fusion)
 mask = make_layout("dense", (side, side), seed=3)
 synth(make_layout("dense", (128, 128), seed=2), steps=1)  # warm-up
 before = rss_mb()
@@ -196,9 +196,11 @@ print(json.dumps({"before_mb": before, "peak_mb": max(peak)}))
 """
 
 
-def child_memory(side: int, fusion: str) -> dict[str, float]:
-    """Peak RSS of one denoising step of a ``side`` x ``side`` image, in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(side), fusion],
+def child_memory(side: int, fusion: str, model: str = "demo-diffusion") -> dict[str, float]:
+    """Peak RSS of the first denoising step of a ``side`` x ``side`` image (``model``'s own
+    settings: a few-step model's first step runs on its large start tiles), in a fresh
+    process."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(side), fusion, model],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -285,21 +287,26 @@ def fusion_rows(sizes: tuple[int, ...], steps: int, seam_side: int,
 
 
 def _label(model: str, synth: DiffusionSynthesizer) -> str:
-    """'isbi2012_diffusion_small_fast.safetensors, DDIM 1 (its default)'."""
+    """'isbi2012_diffusion_small_fast.safetensors, DDIM 1 (its default), first step on
+    320-px tiles'."""
     sampler = {"ddim": "DDIM", "dpm": "DPM-Solver++"}[synth.sampler]
-    return f"{Path(model).name}, {sampler} {synth.steps} (its default)"
+    start = (f"first step on {synth.start_tile}-px tiles" if synth.start_tile
+             else "every step on the model's tiles")
+    return f"{Path(model).name}, {sampler} {synth.steps} (its default), {start}"
 
 
 def fast_rows(repeats: int, model: str = "demo-diffusion-fast") -> list[tuple[str, str]]:
     """A few-step ``model`` (default ``demo-diffusion-fast``, with its own steps) against
     ``demo-diffusion`` with DPM-Solver++ 20 steps on the first ISBI mask, in this process,
-    after a warm-up call each."""
+    after a warm-up call each; the baseline of the first step's large tiles (``start_tile``)
+    is the same few-step model with every step on the model's tiles."""
     import tifffile
 
     from napari_synthgen.registry import make_synthesizer
 
     mask = tifffile.imread(sorted((SHARED / "masks").glob("*.tif"))[0])
     synths = {"fast": make_synthesizer(model),
+              "fast, model tiles": make_synthesizer(model, start_tile=0),
               "teacher": make_synthesizer("demo-diffusion", steps=20)}
     net: dict[str, list[float]] = {k: [] for k in synths}  # seconds of each U-Net call
     for name, synth in synths.items():
@@ -322,6 +329,7 @@ def fast_rows(repeats: int, model: str = "demo-diffusion-fast") -> list[tuple[st
             wall[name], cpu[name] = min(wall[name], w), min(cpu[name], c)
     rows: list[tuple[str, str]] = []
     labels = {"fast": _label(model, synths["fast"]),
+              "fast, model tiles": _label(model, synths["fast, model tiles"]),
               "teacher": "demo-diffusion, DPM-Solver++ 20"}
     for name, synth in synths.items():
         rows.append((f"{mask.shape[0]} x {mask.shape[1]}, {labels[name]}, {synth.precision}: "
@@ -337,6 +345,11 @@ def fast_rows(repeats: int, model: str = "demo-diffusion-fast") -> list[tuple[st
     rows.append(("fast / teacher, U-Net calls; time inside them",
                  f"{calls['fast'] / calls['teacher']:.3f}; "
                  f"{inside['fast'] / inside['teacher']:.3f}"))
+    base = "fast, model tiles"
+    rows.append(("fast with every step on the model's tiles / teacher, wall (CPU)",
+                 f"{wall[base] / wall['teacher']:.3f} ({cpu[base] / cpu['teacher']:.3f})"))
+    rows.append(("fast / fast with every step on the model's tiles, wall",
+                 f"{wall['fast'] / wall[base]:.3f}"))
     for synth in synths.values():
         synth.close()
     return rows
@@ -346,7 +359,8 @@ def large_fast_rows(model: str = "demo-diffusion-fast", side: int = 2048
                     ) -> list[tuple[str, str]]:
     """The few-step ``model`` with its own defaults on a ``side`` x ``side`` dense layout (the
     issue's target: 2048 x 2048 in at most 60 s on 2 cores), once after a warm-up on 512 px,
-    with its U-Net calls; peak memory is ``fusion_rows``'s (one tile's, flat in size)."""
+    with its U-Net calls, and the peak memory of its first step (the largest tiles it runs)
+    at 512 px and ``side``: flat in size when the canvas, not the tiles, is what grows."""
     from napari_synthgen.registry import make_synthesizer
 
     synth = make_synthesizer(model)
@@ -361,12 +375,23 @@ def large_fast_rows(model: str = "demo-diffusion-fast", side: int = 2048
     plan = synth.plan(side, side)
     tiling = (f"{plan.tile} px, overlap {plan.overlap}" if synth.fusion == "multidiffusion"
               else f"{synth.fusion}")
+    if synth.fusion == "multidiffusion" and synth.start_tile:
+        first = synth.plan_start(plan.padded_height, plan.padded_width)
+        tiling += (f"; first step {len(first.tiles)} tiles of {first.tile_h} x "
+                   f"{first.tile_w}")
     synth.close()
-    return [(f"{side} x {side}, {_label(model, synth)}, {synth.fusion} ({tiling}), "
+    rows = [(f"{side} x {side}, {_label(model, synth)}, {synth.fusion} ({tiling}), "
              f"{synth.precision}: wall s (CPU s); target at most 60",
              f"**{wall:.1f}** ({cpu:.1f})"),
             (f"{side} x {side}: U-Net calls, ms of wall per call", f"{calls[0]}, "
              f"{1000 * wall / max(calls[0], 1):.0f}")]
+    for n in (512, side):  # the first step: the largest tiles the few-step model runs
+        r = child_memory(n, synth.fusion, model)
+        rows.append((f"{n} x {n}, {Path(model).name}: peak RSS during its first step (fresh "
+                     "process); above the RSS before it", f"{r['peak_mb']:.0f} MB; "
+                     f"{r['peak_mb'] - r['before_mb']:.0f} MB"))
+        print(rows[-1], flush=True)
+    return rows
 
 
 def preview_rows(model: str = "demo-diffusion-fast", strokes: int = 10) -> list[tuple[str, str]]:

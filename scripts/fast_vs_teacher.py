@@ -4,7 +4,7 @@ membrane contrast and ``evaluate``'s synthetic-only boundary F1.
     python scripts/fast_vs_teacher.py [--data ../shared/data] [--slices 24 25 26 27 28 29]
         [--size 256] [--eval-steps 100] [--eval-seeds 2] [--no-eval] [--fast-model MODEL]
         [--fast-guidance W] [--teacher-guidance W] [--fast-tile PX] [--teacher-tile PX]
-        [--fast-overlap PX]
+        [--fast-overlap PX] [--fast-start-tile PX]
 
 For the ISBI 2012 slices ``--slices`` (default the last six, 24..29), top-left ``--size`` px
 crops, synthesizes every mask with ``--fast-model`` (default the bundled
@@ -24,7 +24,8 @@ guidance (default: the model's own, 3 for a model that learned the null conditio
 student distilled without the null condition is compared with its teacher at guidance 1, and
 ``--fast-model demo-diffusion --fast-guidance 3 --teacher-guidance 1`` measures what guidance
 does to the demo. ``--fast-tile`` / ``--teacher-tile`` set each model's tile and
-``--fast-overlap`` the fast model's tile overlap (default: the model's own; a quarter tile).
+``--fast-overlap`` the fast model's tile overlap (default: the model's own; a quarter tile),
+``--fast-start-tile`` its first step's tile (default: its own, 320 px; 0: the model's tile).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def main() -> None:
                         help="the fast model's tile in px (default: its own)")
     parser.add_argument("--teacher-tile", type=int, default=None,
                         help="the teacher's tile in px (default: its own)")
+    parser.add_argument("--fast-start-tile", type=int, default=None,
+                        help="the fast model's first-step tile in px (default: its own; 0: "
+                             "every step on the model's tiles)")
     parser.add_argument("--fast-overlap", type=int, default=None,
                         help="the fast model's tile overlap in px (default: a quarter tile)")
     args = parser.parse_args()
@@ -99,11 +103,13 @@ def main() -> None:
     sets: dict[str, list[np.ndarray]] = {"real crops": [im for im, _ in real]}
     seconds: dict[str, float] = {}
     def synthesizer(model: str, guidance: float | None, tile: int | None,
-                    overlap: int | None = None):
-        given = {"guidance": guidance, "tile": tile, "overlap": overlap}
+                    overlap: int | None = None, start_tile: int | None = None):
+        given = {"guidance": guidance, "tile": tile, "overlap": overlap,
+                 "start_tile": start_tile}
         return make_synthesizer(model, **{k: v for k, v in given.items() if v is not None})
 
-    synths = [synthesizer(args.fast_model, args.fast_guidance, args.fast_tile, args.fast_overlap),
+    synths = [synthesizer(args.fast_model, args.fast_guidance, args.fast_tile, args.fast_overlap,
+                          args.fast_start_tile),
               synthesizer(args.teacher, args.teacher_guidance, args.teacher_tile)]
     model_names = [Path(args.fast_model).name, Path(args.teacher).name]
     samplers = {"ddim": "DDIM", "dpm": "DPM-Solver++"}
@@ -111,8 +117,9 @@ def main() -> None:
     def label(name: str, s: object) -> str:
         if not hasattr(s, "sampler"):  # pix2pix: one forward pass
             return name
+        start = f", first step on {s.start_tile}-px tiles" if s.start_tile else ""
         return (f"{name}, {samplers.get(s.sampler, s.sampler)} {s.steps}, guidance "
-                f"{s.guidance:g}, tile {s.tile} overlap {s.overlap}")
+                f"{s.guidance:g}, tile {s.tile} overlap {s.overlap}{start}")
 
     labels = [label(n, s) for n, s in zip(model_names, synths, strict=True)]
     for label, synth in zip(labels, synths, strict=True):

@@ -387,3 +387,60 @@ def test_live_preview_after_a_shifted_run_resamples_only_near_the_stroke(trained
     assert touched[20:26, 20:30].all() and touched.mean() < 0.6
     np.testing.assert_array_equal(after[~touched], before[~touched])
     assert not np.array_equal(after[touched], before[touched])
+
+
+# --------------------------------------------------------------------------- first-step tiles
+
+
+def test_a_first_step_on_large_tiles_runs_fewer_pixels_keeps_the_image_and_its_seeds(
+        trained: tuple) -> None:
+    model = load_diffusion(trained[0])
+    mask = make_layout("dense", (200, 232), seed=6)
+    kw = {"device": "cpu", "precision": "fp32", "steps": 3}
+    pixels: dict[int, list[int]] = {0: [], 160: []}
+    images = {}
+    for start in pixels:
+        synth = DiffusionSynthesizer(model, start_tile=start, **kw)
+
+        def count(_: object, args: tuple, start: int = start) -> None:
+            pixels[start].append(args[0].shape[-2] * args[0].shape[-1] * args[0].shape[0])
+
+        synth.denoiser.network.register_forward_pre_hook(count)
+        images[start] = synth(mask, seed=1)
+    canvas = synth.plan(*mask.shape)
+    plain_tiles = len(canvas.tiles)
+    start_grid = synth.plan_start(canvas.padded_height, canvas.padded_width)
+    assert synth.describe()["start_tile"] == 160
+    assert synth.describe()["family_settings"]["start_tile"] == 160
+    # steps 2 and 3 are the same calls; the first runs the start grid's few large tiles
+    assert len(pixels[0]) == 3 * plain_tiles
+    assert len(pixels[160]) == 2 * plain_tiles + len(start_grid.tiles) and len(
+        start_grid.tiles) < plain_tiles
+    first = sum(pixels[160]) - 2 * sum(pixels[0]) // 3
+    assert first < 0.75 * sum(pixels[0]) // 3, "the first step computes fewer pixels"
+    # the same picture (the noise is the same; only the first prediction's tiling differs),
+    # without seams where either grid's tiles meet, and seeded like every run
+    a, b = images[0].astype(int), images[160].astype(int)
+    assert not np.array_equal(a, b) and np.abs(a - b).mean() < 0.25 * np.abs(a - a.mean()).mean()
+    assert _seam_ratio(images[160], synth.tile, synth.overlap) <= 1.1
+    rows = {y + d - canvas.top for y in start_grid.ys for d in (0, start_grid.tile_h)}
+    cols = {x + d - canvas.left for x in start_grid.xs for d in (0, start_grid.tile_w)}
+    assert _edge_ratio(images[160], rows, cols) <= 1.1
+    batched = DiffusionSynthesizer(model, start_tile=160, batch_size=1, **kw)
+    np.testing.assert_array_equal(batched(mask, seed=1), images[160])
+    assert np.abs(batched(mask, seed=2).astype(int) - b).mean() > 5
+    # a mask within one tile has one tile to run: the start tile changes nothing
+    small = make_layout("dense", (50, 60), seed=3)
+    np.testing.assert_array_equal(DiffusionSynthesizer(model, start_tile=160, **kw)(small, seed=2),
+                                  DiffusionSynthesizer(model, start_tile=0, **kw)(small, seed=2))
+
+
+def test_start_tiles_default_off_for_a_plain_model_and_bad_values_are_refused(
+        trained: tuple) -> None:
+    model = load_diffusion(trained[0])
+    synth = DiffusionSynthesizer(model, device="cpu")
+    assert synth.start_tile == 0 and DiffusionSynthesizer.model_defaults(model)["start_tile"] == 0
+    div = model.spec.divisor
+    for bad in (synth.tile - div, synth.tile + 1, -synth.tile, "big"):
+        with pytest.raises(DiffusionSamplingError, match=f"use 0 .* multiple of {div} px"):
+            DiffusionSynthesizer(model, device="cpu", start_tile=bad)

@@ -128,6 +128,22 @@ def test_cli_train_load_inspect_and_generate(cli_run: Path, tmp_path: Path,
     assert main(["generate", "--model", str(tiny_model), "--masks", str(masks), "--out",
                  str(tmp_path / "p"), "--fusion", "shifted"]) == 2
     assert "--fusion applies to diffusion models only" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tiny_model), "--masks", str(masks), "--out",
+                 str(tmp_path / "p"), "--start-tile", "512"]) == 2
+    assert "--start-tile applies to diffusion models only" in capsys.readouterr().err
+    # the first step's tile is recorded with every image, and a bad one refused, saying why
+    big = tmp_path / "big"
+    big.mkdir()
+    tifffile.imwrite(big / "m.tif", make_layout("dense", (150, 170), seed=1))
+    assert main(["generate", "--model", str(cli_run), "--masks", str(big), "--out",
+                 str(tmp_path / "s"), "--steps", "2", "--start-tile", "96", "--device", "cpu",
+                 "--precision", "fp32"]) == 0
+    record = json.loads((tmp_path / "s" / "generate.jsonl").read_text().splitlines()[0])
+    assert record["params"]["start_tile"] == 96
+    capsys.readouterr()
+    assert main(["generate", "--model", str(cli_run), "--masks", str(big), "--out",
+                 str(tmp_path / "t"), "--start-tile", "20", "--device", "cpu"]) != 0
+    assert "start tile 20 does not fit" in capsys.readouterr().err
 
 
 def test_synthesizer_factory_runs_per_denoising_step(cli_run: Path) -> None:
@@ -139,7 +155,7 @@ def test_synthesizer_factory_runs_per_denoising_step(cli_run: Path) -> None:
     assert described["family_settings"] == {"steps": 3, "sampler": "dpm", "preview_steps": 8,
                                             "fusion": "multidiffusion",
                                             "z_coupling": "serial", "guidance": 1.0,
-                                            "guidance_where": "labelled"}
+                                            "guidance_where": "labelled", "start_tile": 0}
     mask = make_layout("dense", (40, 40), seed=2)
     gen = synth.run(mask, seed=4)
     seen = []

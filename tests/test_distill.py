@@ -97,6 +97,11 @@ def test_the_distilled_file_records_its_teacher_and_samples_with_its_own_steps(
     assert asked.steps == 8 and "distilled for 2 ddim steps" in asked.notes[0]
     plain = DiffusionSynthesizer(load_diffusion(teacher), device="cpu", precision="fp32")
     assert (plain.steps, plain.sampler, plain.notes) == (20, "dpm", [])
+    # its first step runs on tiles 2.5 model tiles wide (off for the plain teacher), as
+    # recorded; a larger tile asked for scales it
+    assert (synth.start_tile, plain.start_tile) == (80, 0)
+    assert DiffusionSynthesizer.model_defaults(model)["start_tile"] == 80
+    assert DiffusionSynthesizer(model, device="cpu", tile=64).start_tile == 160
 
 
 def test_a_distilled_student_is_distilled_again_to_one_step_and_found_as_a_student(
@@ -265,16 +270,17 @@ def test_the_synthesize_widget_opens_a_distilled_model_with_its_own_steps(
         qtbot.waitUntil(lambda: w.model is not None and w.model.info.path == str(model),
                         timeout=20000)
 
-    def shown() -> tuple[int, str]:
-        return w.family_fields["steps"].value, w.family_fields["sampler"].value
+    def shown() -> tuple[int, str, int]:
+        return (w.family_fields["steps"].value, w.family_fields["sampler"].value,
+                w.family_fields["start_tile"].value)
 
     use(fast)
-    assert shown() == (2, "ddim")
+    assert shown() == (2, "ddim", 80)  # its first step on tiles 2.5 model tiles wide
     use(plain)
-    assert shown() == (20, "dpm")  # fields left at a model's defaults follow the next model
+    assert shown() == (20, "dpm", 0)  # fields left at a model's defaults follow the next model
     w.family_fields["steps"].value = 7
     use(fast)
-    assert shown() == (7, "ddim")  # the user's steps stay; the untouched sampler follows
+    assert shown() == (7, "ddim", 80)  # the user's steps stay; the untouched ones follow
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,26 @@ def test_pix2pix_outputs_match_those_from_before_the_family_seam(
         assert diff.max() <= MAX_LEVELS and (diff > 0).mean() <= MAX_FRACTION, (
             f"{name} {key}: {int((diff > 0).sum())} pixels differ from the recorded image, "
             f"by up to {int(diff.max())} grey levels")
+
+
+@pytest.mark.parametrize(("h", "w", "max_tile", "overlap", "div"),
+                         [(544, 544, 320, 32, 8), (2080, 2080, 320, 32, 8), (544, 1056, 320, 32, 8),
+                          (333, 150, 320, 32, 16), (200, 232, 160, 16, 4), (97, 700, 96, 0, 8)])
+def test_start_tiles_are_the_fewest_that_cover_the_canvas_with_the_overlap(
+        h: int, w: int, max_tile: int, overlap: int, div: int) -> None:
+    from napari_synthgen.tiling import plan_start
+
+    grid = plan_start(h, w, max_tile, overlap, div)
+    for length, side, origins in ((h, grid.tile_h, grid.ys), (w, grid.tile_w, grid.xs)):
+        assert side % div == 0 and side <= max_tile
+        assert origins[0] == 0 and origins[-1] + side >= length  # covered, padded at most...
+        assert origins[-1] + side - length < div  # ...up to the divisor
+        gaps = [b - a for a, b in itertools.pairwise(origins)]
+        assert all(side - g >= overlap for g in gaps)  # neighbours overlap enough
+        # one tile fewer could not cover the canvas with that overlap
+        n = len(origins)
+        assert n == 1 or (n - 1) * max_tile - (n - 2) * overlap < length
+    assert (grid.padded_height, grid.padded_width) == (max(h, grid.ys[-1] + grid.tile_h),
+                                                       max(w, grid.xs[-1] + grid.tile_w))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        plan_start(h, w, 100, 32, 8)

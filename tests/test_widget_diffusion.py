@@ -75,7 +75,9 @@ def test_steps_and_sampler_shown_used_and_hidden_for_pix2pix(
     viewer, w, layer = _widget(make_napari_viewer, qtbot, tiny_diffusion)
     notes = _n_notes()
     fields = w.family_fields
-    assert list(fields) == ["steps", "sampler", "preview_steps", "fusion", "z_coupling"]
+    assert list(fields) == ["steps", "sampler", "preview_steps", "fusion", "z_coupling",
+                            "start_tile"]
+    assert fields["start_tile"].value == 0  # a model not distilled: every step on its tiles
     assert fields["fusion"].choices == FUSIONS and fields["fusion"].value == "multidiffusion"
     assert not w.family_box.native.isHidden() and w.stochastic.native.isHidden()
     assert fields["sampler"].choices == SAMPLERS and fields["sampler"].value == "dpm"

@@ -84,16 +84,21 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> TileGrid:
     )
 
 
-def blend_window(tile: int, overlap: int) -> np.ndarray:
-    """A (tile, tile) float32 window: raised-cosine ramps over the overlap, flat inside."""
-    ramp = np.ones(tile, dtype=np.float64)
+def _ramp(length: int, overlap: int) -> np.ndarray:
+    ramp = np.ones(length, dtype=np.float64)
     if overlap > 0:
         i = np.arange(overlap, dtype=np.float64)
         up = np.sin(0.5 * np.pi * (i + 0.5) / overlap) ** 2
         ramp[:overlap] = up
-        ramp[tile - overlap :] = up[::-1]
-    ramp = np.maximum(ramp, 1e-3)
-    return np.outer(ramp, ramp).astype(np.float32)
+        ramp[length - overlap :] = up[::-1]
+    return np.maximum(ramp, 1e-3)
+
+
+def blend_window(tile: int, overlap: int, width: int | None = None) -> np.ndarray:
+    """A (tile, width or tile) float32 window: raised-cosine ramps over the overlap, flat
+    inside."""
+    return np.outer(_ramp(tile, overlap), _ramp(tile if width is None else width, overlap)
+                    ).astype(np.float32)
 
 
 def blend_weights(grid: TileGrid, window: np.ndarray | None = None) -> np.ndarray:
@@ -107,6 +112,59 @@ def blend_weights(grid: TileGrid, window: np.ndarray | None = None) -> np.ndarra
     for y, x in grid.tiles:
         den[y : y + grid.tile, x : x + grid.tile] += win
     return den
+
+
+@dataclass(frozen=True)
+class StartGrid:
+    """Large overlapping tiles of ``tile_h`` x ``tile_w`` over a canvas of ``height`` x
+    ``width`` (a diffusion sampler's first step; :func:`plan_start`). When one tile is longer
+    than the canvas along an axis, the canvas is padded at its end up to ``padded_*``."""
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    overlap: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @property
+    def padded_height(self) -> int:
+        return max(self.height, self.ys[-1] + self.tile_h)
+
+    @property
+    def padded_width(self) -> int:
+        return max(self.width, self.xs[-1] + self.tile_w)
+
+    @property
+    def tiles(self) -> list[Origin]:
+        """Tile origins, row-major."""
+        return [(y, x) for y in self.ys for x in self.xs]
+
+
+def _start_axis(length: int, max_tile: int, overlap: int, divisor: int
+                ) -> tuple[int, tuple[int, ...]]:
+    """(tile length, origins) along one axis: the fewest tiles of at most ``max_tile`` (a
+    multiple of ``divisor``) that cover ``length`` overlapping by at least ``overlap``, each as
+    short as that allows (rounded up to the divisor)."""
+    if length <= max_tile:
+        return -(-length // divisor) * divisor, (0,)
+    n = math.ceil((length - overlap) / (max_tile - overlap))
+    side = -(-math.ceil((length + (n - 1) * overlap) / n) // divisor) * divisor
+    return side, _origins(length, side, side - overlap)
+
+
+def plan_start(height: int, width: int, max_tile: int, overlap: int, divisor: int
+               ) -> StartGrid:
+    """Plan the first denoising step's tiles over a ``height`` x ``width`` canvas: tiles of at
+    most ``max_tile`` a side (a multiple of ``divisor``, larger than ``overlap``), as few as
+    cover it with ``overlap`` between neighbours."""
+    if max_tile % divisor or max_tile <= overlap:
+        raise ValueError(f"max_tile {max_tile} must be a multiple of {divisor} and larger than "
+                         f"the overlap {overlap}.")
+    th, ys = _start_axis(height, max_tile, overlap, divisor)
+    tw, xs = _start_axis(width, max_tile, overlap, divisor)
+    return StartGrid(height, width, th, tw, overlap, ys, xs)
 
 
 @dataclass(frozen=True)

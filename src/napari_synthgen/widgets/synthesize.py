@@ -72,10 +72,11 @@ if TYPE_CHECKING:
 _MODEL_DEFAULT = "model's own"
 _SAME_MODEL = "same model"
 #: settings a preview drawn by a student takes from the student, not from the fields: its
-#: steps and sampler, and its guidance (guided distillation bakes the teacher's into it; the
-#: teacher's field passed on would guide twice, or be refused by a student without the null
-#: condition)
-_STUDENT_OWN = ("steps", "sampler", "preview_steps", "guidance", "guidance_where")
+#: steps, sampler and first-step tile, and its guidance (guided distillation bakes the
+#: teacher's into it; the teacher's field passed on would guide twice, or be refused by a
+#: student without the null condition)
+_STUDENT_OWN = ("steps", "sampler", "preview_steps", "guidance", "guidance_where",
+                "start_tile")
 _RECENT_HINT = "(recent models)"
 DEBOUNCE_MS = 120
 RUN_KEY = "Shift-S"
@@ -142,6 +143,11 @@ _OPTION_UI: dict[str, dict[str, Any]] = {
                        "boundary, so class 0 (unlabelled tissue of organelle masks) keeps the "
                        "model's unguided texture instead of blotches; everywhere: guidance on "
                        "every pixel. Masks without class 0 give the same image either way."},
+    "start_tile": {"label": "First-step tile", "min": 0, "max": 4096, "tooltip":
+                   "The first denoising step starts from pure noise and runs on tiles up to "
+                   "this many pixels wide (a multiple of the model's divisor, at least its "
+                   "tile): fewer network pixels, the same image quality. 0: the model's own "
+                   "tile. Default: 2.5 tiles for distilled few-step models, 0 for others."},
     "preview_steps": {"label": "Preview steps", "min": 1, "max": 1000, "tooltip":
                       "Denoising steps of live preview: few keep strokes quick; Synthesize "
                       "gives the full result."},

@@ -6,7 +6,12 @@ the blend window (MultiDiffusion), then one scheduler step moves the whole canva
 one sample, not a mosaic of samples. Shifted windows (``fusion="shifted"``, SpotDiffusion)
 instead cut the canvas into non-overlapping tiles whose grid moves by a seeded offset at every
 step, so each pixel is computed once per step and the seams, never twice in the same place,
-are denoised away by the following steps. The initial noise is a pure function of (seed, slice,
+are denoised away by the following steps. The first step of a MultiDiffusion run may run on
+larger tiles (``start_tile``, on by default for distilled few-step models): its input is pure
+noise, whose statistics are the same over any area, so a U-Net call on a tile up to 2.5 model
+tiles wide predicts what 128-px tiles do (report score and look unchanged, docs/benchmarks.md)
+while computing each pixel once instead of about 1.8 times; later steps, whose input already
+holds the image, keep the model's tile. The initial noise is a pure function of (seed, slice,
 image position), drawn in fixed 64-px blocks, so the same seed gives the same image whatever
 the tile batch size, and two seeds differ. Samplers: DPM-Solver++ 2M and DDIM (eta 0), both
 deterministic given the noise.
@@ -40,10 +45,12 @@ from ...encoding import encode_masks, encoding_lut, unit_to_uint8
 from ...masks import validate_mask
 from ...tiling import (
     ShiftedGrid,
+    StartGrid,
     batches,
     blend_window,
     pad_mask,
     plan_shifted,
+    plan_start,
     plan_tiles,
     shift_offsets,
 )
@@ -76,6 +83,12 @@ GUIDANCE_WHERE = ("everywhere", "labelled")
 #: (dense masks), and on organelle masks the setting that kept real-looking tissue and met
 #: the mitochondria study's targets (docs/utility.md, docs/unlabeled.md)
 DEFAULT_GUIDANCE_WHERE = "labelled"
+#: a distilled few-step model's first step runs on tiles up to this many model tiles wide
+#: (rounded down to the model's divisor: 320 px for 128-px tiles); the first of 2 steps is half
+#: the work, and these tiles cost 0.48 of it on a 2-core CPU (docs/benchmarks.md). Models not
+#: distilled keep every step on the model's tile (at 20 steps the first is a twentieth of the
+#: work, not worth changing their images).
+START_TILE_FACTOR = 2.5
 
 
 class Cancelled(RuntimeError):
@@ -315,7 +328,9 @@ class DiffusionSynthesizer:
     gives slice ``z`` the noise of seed ``(seed, z)``. :meth:`run` yields progress after every
     denoising step (stop iterating to cancel). ``guidance`` (unset: the model's own) and
     ``guidance_where`` (``labelled``, the default, or ``everywhere``) apply to a model that
-    learned the null condition.
+    learned the null condition. ``start_tile`` (px, a multiple of the model's divisor, at least
+    the tile; 0: off; unset: the model's own, :meth:`model_defaults`) runs MultiDiffusion's
+    first step on tiles up to that size (see the module's docstring).
     """
 
     family = "diffusion"
@@ -332,7 +347,8 @@ class DiffusionSynthesizer:
                  preview_steps: int = DEFAULT_PREVIEW_STEPS,
                  fusion: str = "multidiffusion", z_coupling: str = DEFAULT_Z_COUPLING,
                  guidance: float | None = None,
-                 guidance_where: str = DEFAULT_GUIDANCE_WHERE) -> None:
+                 guidance_where: str = DEFAULT_GUIDANCE_WHERE,
+                 start_tile: int | None = None) -> None:
         model = _diffusion_model(model)
         self.model, self.spec, self.info = model, model.spec, model.info
         #: what the user should know about these settings (generate shows them as notes)
@@ -397,6 +413,9 @@ class DiffusionSynthesizer:
             raise DiffusionSamplingError(f"unknown guidance_where {guidance_where!r}; use "
                                          f"{' or '.join(GUIDANCE_WHERE)}.")
         self.guidance_where = guidance_where
+        if start_tile is None:  # the model's own, for the tile this synthesizer runs
+            start_tile = own["start_tile"] and int(START_TILE_FACTOR * self.tile) // div * div
+        self.start_tile = self._check_start_tile(start_tile)
         if guidance_where == "everywhere" and self.guidance == 1.0:  # asked for, not default
             self.notes.append(f"guidance_where {guidance_where} changes nothing at guidance 1 "
                               "(no guidance anywhere); set a guidance above 1 to guide "
@@ -406,18 +425,37 @@ class DiffusionSynthesizer:
         self._windows: dict[tuple[int, int], torch.Tensor] = {}
         self._kept: dict[int, _Kept] = {}
 
+    def _check_start_tile(self, value: Any) -> int:
+        """``start_tile`` as an int, 0 (off) or a multiple of the divisor of at least the tile;
+        else a :class:`DiffusionSamplingError` saying what fits."""
+        div = self.spec.divisor
+        try:
+            tile = int(value)
+        except (TypeError, ValueError):
+            tile = -1
+        if tile != value or tile < 0 or (tile and (tile < self.tile or tile % div)):
+            raise DiffusionSamplingError(
+                f"start tile {value!r} does not fit: use 0 (the first step on the model's "
+                f"tiles) or a multiple of {div} px of at least the tile ({self.tile}).")
+        return tile
+
     @staticmethod
     def model_defaults(model: Any) -> dict[str, Any]:
-        """The steps, sampler and guidance ``model`` runs with unless asked otherwise: a
-        distilled model's own steps and sampler (it was trained for them), else DPM-Solver++
-        with 20 steps; for a model that learned the null condition, the guidance its file
-        records (``default_guidance``, e.g. 1 for the bundled demo, whose dense ISBI masks
-        saturate at 3) or :data:`DEFAULT_GUIDANCE`; else 1 (none)."""
+        """The steps, sampler, guidance and start tile ``model`` runs with unless asked
+        otherwise: a distilled model's own steps and sampler (it was trained for them), else
+        DPM-Solver++ with 20 steps; for a model that learned the null condition, the guidance
+        its file records (``default_guidance``, e.g. 1 for the bundled demo, whose dense ISBI
+        masks saturate at 3) or :data:`DEFAULT_GUIDANCE`; else 1 (none); for a distilled model
+        a first step on tiles :data:`START_TILE_FACTOR` model tiles wide, else 0 (off)."""
         info = getattr(model, "info", None)
         made_for = model_sampling(info.metadata) if info is not None else None
         steps, sampler = made_for or (DEFAULT_STEPS, "dpm")
         guidance = default_guidance(info.metadata)[0] if info is not None else 1.0
-        return {"steps": steps, "sampler": sampler, "guidance": guidance}
+        start = 0
+        spec = getattr(model, "spec", None)
+        if made_for is not None and isinstance(spec, DiffusionSpec):
+            start = int(START_TILE_FACTOR * spec.tile) // spec.divisor * spec.divisor
+        return {"steps": steps, "sampler": sampler, "guidance": guidance, "start_tile": start}
 
     @staticmethod
     def hidden_options(model: Any) -> tuple[str, ...]:
@@ -478,9 +516,48 @@ class DiffusionSynthesizer:
                     num[0, :, y : y + t, x : x + t] += win * o
             return num * inv_den
 
-        x = yield from denoise_steps(predict, noise[None, None].to(self.device), self.spec,
-                                     steps=steps, sampler=self.sampler)
+        def predict_first_large(x_t: torch.Tensor, step_t: torch.Tensor) -> torch.Tensor:
+            nonlocal first
+            if first:
+                first = False
+                return self._start_step(x_t, cond[None], step_t, cancel)
+            return predict(x_t, step_t)
+
+        first = bool(self.start_tile) and len(local) > 1
+        x = yield from denoise_steps(predict_first_large, noise[None, None].to(self.device),
+                                     self.spec, steps=steps, sampler=self.sampler)
         return x[0, 0]
+
+    def plan_start(self, height: int, width: int) -> StartGrid:
+        """The first step's large tiles over a canvas of ``height`` x ``width``."""
+        return plan_start(height, width, self.start_tile, self.overlap, self.spec.divisor)
+
+    def _start_step(self, x_t: torch.Tensor, cond: torch.Tensor, step_t: torch.Tensor,
+                    cancel: CancelFn | None) -> torch.Tensor:
+        """The model output for the whole canvas ``x_t`` (1, 1, H, W) from the start grid's
+        large tiles (:meth:`plan_start`), blended like MultiDiffusion's; a canvas shorter than
+        one tile along an axis is reflection-padded up to it and cropped back."""
+        h, w = x_t.shape[-2:]
+        grid = self.plan_start(h, w)
+        ph, pw = grid.padded_height, grid.padded_width
+        if (ph, pw) != (h, w):
+            pad = (0, pw - w, 0, ph - h)
+            x_t = torch.nn.functional.pad(x_t, pad, mode="reflect")
+            cond = torch.nn.functional.pad(cond, pad, mode="reflect")
+        th, tw = grid.tile_h, grid.tile_w
+        win = torch.from_numpy(blend_window(th, grid.overlap, tw)).to(self.device)
+        num = torch.zeros_like(x_t)
+        den = torch.zeros(ph, pw, device=self.device)
+        for batch in batches(grid.tiles, self.batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled("sampling cancelled during a denoising step.")
+            xs = torch.stack([x_t[0, :, y : y + th, x : x + tw] for y, x in batch])
+            cs = torch.stack([cond[0, :, y : y + th, x : x + tw] for y, x in batch])
+            outs = self.denoiser(xs, cs, step_t)
+            for (y, x), o in zip(batch, outs, strict=True):
+                num[0, :, y : y + th, x : x + tw] += win * o
+                den[y : y + th, x : x + tw] += win
+        return (num / den)[..., :h, :w]
 
     # ----------------------------------------------------------------- shifted windows
     def _shifted(self, padded: np.ndarray, grid: ShiftedGrid, seed: int, z: int, steps: int,
@@ -710,13 +787,15 @@ class DiffusionSynthesizer:
             "fusion": self.fusion,
             "guidance": self.guidance,
             "guidance_where": self.guidance_where,
+            "start_tile": self.start_tile,
             "z_coupling": Z_COUPLINGS[self.z_coupling].record(),
             "prediction_type": self.spec.prediction_type,
             # what generate records with every image and GenerateJob.options passes back
             "family_settings": {"steps": self.steps, "sampler": self.sampler,
                                 "preview_steps": self.preview_steps, "fusion": self.fusion,
                                 "z_coupling": self.z_coupling, "guidance": self.guidance,
-                                "guidance_where": self.guidance_where},
+                                "guidance_where": self.guidance_where,
+                                "start_tile": self.start_tile},
         }
 
     def close(self) -> None:
