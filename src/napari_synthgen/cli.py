@@ -200,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(non-overlapping tiles moved at every step, 1.6-1.7x faster, for 10 steps "
                      "or more; refused for pix2pix models)")
     gen.add_argument("--start-tile", type=_number(int, 0), default=None, metavar="PX",
-                     help="run a diffusion model's first denoising step (from pure noise) on "
-                     "tiles up to PX wide, a multiple of the model's divisor and at least its "
+                     help="run a diffusion model's first MultiDiffusion step (from pure noise) "
+                     "on tiles up to PX wide, a multiple of the model's divisor and at least its "
                      "tile: fewer U-Net pixels for the same image (default: 2.5 tiles for "
                      "distilled few-step models, where it saves a quarter of the time; 0 for "
                      "others, 0 = off; refused for pix2pix models)")
