@@ -394,6 +394,31 @@ def large_fast_rows(model: str = "demo-diffusion-fast", side: int = 2048
     return rows
 
 
+def tile_cost_rows(model: str = "demo-diffusion-fast", repeats: int = 3
+                   ) -> list[tuple[str, str]]:
+    """Seconds per megapixel of one U-Net step of ``model`` (its precision on the CPU) by tile
+    side: 36 tiles of 128 px (a 512 px slice's MultiDiffusion grid), 4 of 288 px (its first
+    step on 320 px start tiles), one of 544 px (the whole canvas) and one of 640 px; pure
+    noise input, interleaved, best of ``repeats``. What ``START_TILE_FACTOR`` was chosen on."""
+    from napari_synthgen.registry import make_synthesizer
+
+    den = make_synthesizer(model).denoiser
+    channels = den.encode(torch.zeros(1, 8, 8, dtype=torch.uint8)).shape[1]
+    shapes = ((128, 36), (288, 4), (544, 1), (640, 1))
+    best = dict.fromkeys(shapes, float("inf"))
+    for _ in range(repeats):
+        for side, n in shapes:
+            x = torch.randn(1, 1, side, side)
+            c = torch.zeros(1, channels, side, side)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                den(x, c, 999)
+            best[(side, n)] = min(best[(side, n)], time.perf_counter() - t0)
+    return [(f"{Path(model).name}, {den.dtype}: {n} tile(s) of {side} px, s per megapixel "
+             f"(s in all)", f"{sec / (n * side * side / 1e6):.2f} ({sec:.2f})")
+            for (side, n), sec in best.items()]
+
+
 def preview_rows(model: str = "demo-diffusion-fast", strokes: int = 10) -> list[tuple[str, str]]:
     """One brush stroke's live preview: the few-step ``model`` with its own steps against
     ``demo-diffusion`` with the widget's default preview steps, on the first ISBI mask."""
@@ -511,11 +536,16 @@ def main() -> None:
                          "commands, with the start-up cost they share")
     ap.add_argument("--commands-masks", type=int, default=1,
                     help="ISBI masks each command of --commands synthesizes")
+    ap.add_argument("--tile-cost", action="store_true",
+                    help="only the few-step model's U-Net cost per megapixel by tile side")
     ap.add_argument("--preview", action="store_true",
                     help="only one stroke's live preview: few-step model against the teacher")
     args = ap.parse_args()
     if args.commands:
         print_table(command_rows(args.fast_repeats, args.fast_model, args.commands_masks))
+        return
+    if args.tile_cost:
+        print_table(tile_cost_rows(args.fast_model))
         return
     if args.fast or args.preview:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "

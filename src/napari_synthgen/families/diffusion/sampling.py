@@ -85,10 +85,16 @@ GUIDANCE_WHERE = ("everywhere", "labelled")
 DEFAULT_GUIDANCE_WHERE = "labelled"
 #: a distilled few-step model's first step runs on tiles up to this many model tiles wide
 #: (rounded down to the model's divisor: 320 px for 128-px tiles); the first of 2 steps is half
-#: the work, and these tiles cost 0.48 of it on a 2-core CPU (docs/benchmarks.md). Models not
+#: the work, and these tiles cost 0.43 of it on a 2-core CPU (docs/benchmarks.md). Models not
 #: distilled keep every step on the model's tile (at 20 steps the first is a twentieth of the
 #: work, not worth changing their images).
 START_TILE_FACTOR = 2.5
+
+
+def default_start_tile(tile: int, divisor: int) -> int:
+    """A distilled model's first-step tile for sampling tiles of ``tile`` px:
+    :data:`START_TILE_FACTOR` tiles, rounded down to the divisor."""
+    return int(START_TILE_FACTOR * tile) // divisor * divisor
 
 
 class Cancelled(RuntimeError):
@@ -414,7 +420,7 @@ class DiffusionSynthesizer:
                                          f"{' or '.join(GUIDANCE_WHERE)}.")
         self.guidance_where = guidance_where
         if start_tile is None:  # the model's own, for the tile this synthesizer runs
-            start_tile = own["start_tile"] and int(START_TILE_FACTOR * self.tile) // div * div
+            start_tile = own["start_tile"] and default_start_tile(self.tile, div)
         self.start_tile = self._check_start_tile(start_tile)
         if guidance_where == "everywhere" and self.guidance == 1.0:  # asked for, not default
             self.notes.append(f"guidance_where {guidance_where} changes nothing at guidance 1 "
@@ -454,7 +460,7 @@ class DiffusionSynthesizer:
         start = 0
         spec = getattr(model, "spec", None)
         if made_for is not None and isinstance(spec, DiffusionSpec):
-            start = int(START_TILE_FACTOR * spec.tile) // spec.divisor * spec.divisor
+            start = default_start_tile(spec.tile, spec.divisor)
         return {"steps": steps, "sampler": sampler, "guidance": guidance, "start_tile": start}
 
     @staticmethod
@@ -504,23 +510,13 @@ class DiffusionSynthesizer:
         inv_den = torch.where(den > 0, 1.0 / den.clamp_min(1e-12), torch.zeros_like(den))
 
         def predict(x_t: torch.Tensor, step_t: torch.Tensor) -> torch.Tensor:
-            num = torch.zeros_like(x_t)
-            for i in range(0, len(local), self.batch_size):
-                if cancel is not None and cancel():
-                    raise Cancelled("sampling cancelled during a denoising step.")
-                batch = local[i : i + self.batch_size]
-                xs = torch.stack([x_t[0, :, y : y + t, x : x + t] for y, x in batch])
-                cs = torch.stack([cond[:, y : y + t, x : x + t] for y, x in batch])
-                outs = self.denoiser(xs, cs, step_t)
-                for (y, x), o in zip(batch, outs, strict=True):
-                    num[0, :, y : y + t, x : x + t] += win * o
-            return num * inv_den
+            return self._weighted_tiles(x_t, cond, local, (t, t), win, step_t, cancel) * inv_den
 
         def predict_first_large(x_t: torch.Tensor, step_t: torch.Tensor) -> torch.Tensor:
             nonlocal first
             if first:
                 first = False
-                return self._start_step(x_t, cond[None], step_t, cancel)
+                return self._start_step(x_t, cond, step_t, cancel)
             return predict(x_t, step_t)
 
         first = bool(self.start_tile) and len(local) > 1
@@ -528,35 +524,49 @@ class DiffusionSynthesizer:
                                      self.spec, steps=steps, sampler=self.sampler)
         return x[0, 0]
 
+    def _weighted_tiles(self, x_t: torch.Tensor, cond: torch.Tensor,
+                        tiles: list[tuple[int, int]], size: tuple[int, int],
+                        win: torch.Tensor, step_t: torch.Tensor, cancel: CancelFn | None
+                        ) -> torch.Tensor:
+        """The sum over ``tiles`` (origins of ``size`` = (h, w) tiles of ``x_t`` (1, 1, H, W)
+        and ``cond`` (C, H, W)) of each tile's model output times the window ``win``, run in
+        batches; the caller divides by the summed window. ``cancel()`` is asked per batch."""
+        th, tw = size
+        num = torch.zeros_like(x_t)
+        for batch in batches(tiles, self.batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled("sampling cancelled during a denoising step.")
+            xs = torch.stack([x_t[0, :, y : y + th, x : x + tw] for y, x in batch])
+            cs = torch.stack([cond[:, y : y + th, x : x + tw] for y, x in batch])
+            outs = self.denoiser(xs, cs, step_t)
+            for (y, x), o in zip(batch, outs, strict=True):
+                num[0, :, y : y + th, x : x + tw] += win * o
+        return num
+
     def plan_start(self, height: int, width: int) -> StartGrid:
         """The first step's large tiles over a canvas of ``height`` x ``width``."""
         return plan_start(height, width, self.start_tile, self.overlap, self.spec.divisor)
 
     def _start_step(self, x_t: torch.Tensor, cond: torch.Tensor, step_t: torch.Tensor,
                     cancel: CancelFn | None) -> torch.Tensor:
-        """The model output for the whole canvas ``x_t`` (1, 1, H, W) from the start grid's
-        large tiles (:meth:`plan_start`), blended like MultiDiffusion's; a canvas shorter than
-        one tile along an axis is reflection-padded up to it and cropped back."""
+        """The model output for the whole canvas ``x_t`` (1, 1, H, W), conditioned on
+        ``cond`` (C, H, W), from the start grid's large tiles (:meth:`plan_start`), blended
+        like MultiDiffusion's; a canvas shorter than one tile along an axis is
+        reflection-padded up to it and cropped back."""
         h, w = x_t.shape[-2:]
         grid = self.plan_start(h, w)
         ph, pw = grid.padded_height, grid.padded_width
         if (ph, pw) != (h, w):
             pad = (0, pw - w, 0, ph - h)
             x_t = torch.nn.functional.pad(x_t, pad, mode="reflect")
-            cond = torch.nn.functional.pad(cond, pad, mode="reflect")
-        th, tw = grid.tile_h, grid.tile_w
-        win = torch.from_numpy(blend_window(th, grid.overlap, tw)).to(self.device)
-        num = torch.zeros_like(x_t)
+            cond = torch.nn.functional.pad(cond[None], pad, mode="reflect")[0]
+        size = (grid.tile_h, grid.tile_w)
+        win = torch.from_numpy(blend_window(grid.tile_h, grid.overlap, grid.tile_w)).to(
+            self.device)
         den = torch.zeros(ph, pw, device=self.device)
-        for batch in batches(grid.tiles, self.batch_size):
-            if cancel is not None and cancel():
-                raise Cancelled("sampling cancelled during a denoising step.")
-            xs = torch.stack([x_t[0, :, y : y + th, x : x + tw] for y, x in batch])
-            cs = torch.stack([cond[0, :, y : y + th, x : x + tw] for y, x in batch])
-            outs = self.denoiser(xs, cs, step_t)
-            for (y, x), o in zip(batch, outs, strict=True):
-                num[0, :, y : y + th, x : x + tw] += win * o
-                den[y : y + th, x : x + tw] += win
+        for y, x in grid.tiles:
+            den[y : y + size[0], x : x + size[1]] += win
+        num = self._weighted_tiles(x_t, cond, grid.tiles, size, win, step_t, cancel)
         return (num / den)[..., :h, :w]
 
     # ----------------------------------------------------------------- shifted windows
