@@ -220,3 +220,33 @@ def test_the_study_still_refuses_a_leaked_test_image(folders: dict[str, Path],
     assert _run_cli(argv) == 2
     assert "test image copy is also real/isbi2012_train_03" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_arms_runs_only_the_real_data_learning_curve(folders: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert _run_cli(_argv(folders, out, "--real-sizes", "1,4", "--arms", "real")) == 0
+    rows = _csv(out / "evaluation_sizes.csv")
+    assert [(r["n_real"], r["arm"]) for r in rows] == [("1", "real"), ("4", "real")]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        f"real_n{n}_seed{s}.json" for n in (1, 4) for s in (0, 1)]
+    capsys.readouterr()
+    # the other arms added later to the same folder reuse the real-only runs, to the byte
+    before = (out / "runs" / "real_n4_seed1.json").read_bytes()
+    assert _run_cli(_argv(folders, out, "--real-sizes", "1,4")) == 0
+    assert (out / "runs" / "real_n4_seed1.json").read_bytes() == before
+    assert {r["arm"] for r in _csv(out / "evaluation_sizes.csv")} == {
+        "real", "real+synthetic", "synthetic"}
+    capsys.readouterr()
+    # a wrong name is refused before any image is read, with the names that fit
+    bad = tmp_path / "bad"
+    assert _run_cli(_argv(folders, bad, "--arms", "real,mixed")) == 1
+    err = capsys.readouterr().err
+    assert "unknown arm(s) ['mixed']" in err and "'real+synthetic'" in err
+    assert not bad.exists()
+    assert _run_cli(_argv(folders, bad, "--pretrain-synthetic", "--arms",
+                          "real+synthetic")) == 1
+    assert "'synthetic-then-real'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run_cli(_argv(folders, bad, "--arms", ","))
+    assert "expected arm names" in capsys.readouterr().err

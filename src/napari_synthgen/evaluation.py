@@ -357,6 +357,12 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         check_range("val_every", val_every, 1, what="training steps between validation points")
     elif val_every is not None:
         raise ValueError("val_every applies to the study only; use it with real_sizes.")
+    mixed = ARM_PRETRAIN if pretrain_synthetic else ARM_MIXED
+    all_arms = [ARM_REAL, mixed, ARM_SYNTHETIC]
+    chosen = list(arms) if arms is not None else all_arms
+    unknown = [a for a in chosen if a not in all_arms]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; choose from {all_arms}.")
     start = time.perf_counter()
     real_names, real_pairs, real_stacks = _load(real)
     syn_names, syn_pairs, syn_stacks = _load(synthetic)
@@ -369,12 +375,6 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     sizes: list[int | None] = [None]
     if study:
         sizes = list(check_sizes(real_sizes, len(units), real))  # type: ignore[arg-type]
-    mixed = ARM_PRETRAIN if pretrain_synthetic else ARM_MIXED
-    all_arms = [ARM_REAL, mixed, ARM_SYNTHETIC]
-    chosen = list(arms) if arms is not None else all_arms
-    unknown = [a for a in chosen if a not in all_arms]
-    if unknown:
-        raise ValueError(f"unknown arm(s) {unknown}; choose from {all_arms}.")
     if min_score is not None and ARM_REAL not in chosen:
         chosen.insert(0, ARM_REAL)  # the quality filter uses the real-only segmenter
     chosen = [a for a in all_arms if a in chosen]
