@@ -30,7 +30,8 @@
 # steps, 1500), SEEDS (3), SIZES (1,2,5), EVALUATE (1; 0 stops after report: a generator A/B),
 # FAMILY (diffusion; pix2pix trains unet_128, ngf 32, ndf 32, 128-px tiles, fp32, with an
 # unconditional discriminator on the unlabelled slices (docs/unlabeled.md), from random
-# weights, DIFF_STEPS steps; INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply).
+# weights, DIFF_STEPS steps; INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply),
+# NOISE_NC (pix2pix: noise channels beside the mask, train --noise-nc; 0, the earlier runs').
 set -euo pipefail
 SETTING=${1:?usage: $0 isbi|vnc|mito RUN_DIR}
 R=${2:?usage: $0 isbi|vnc|mito RUN_DIR}
@@ -72,7 +73,7 @@ case "$SETTING" in isbi) INIT=${INIT:-none} ;; *) INIT=${INIT:-demo-diffusion} ;
 case "$SETTING" in mito) GUIDANCE=${GUIDANCE:-3} ;; *) GUIDANCE=${GUIDANCE:-1} ;; esac
 WHERE=${GUIDANCE_WHERE:-labelled}
 if [ "$FAMILY" = pix2pix ]; then
-  GEN_ARGS+=(--netG unet_128 --ngf 32 --ndf 32 --precision fp32)
+  GEN_ARGS+=(--netG unet_128 --ngf 32 --ndf 32 --precision fp32 --noise-nc "${NOISE_NC:-0}")
   SAMPLE_ARGS=()
 else
   if [ "$INIT" != none ]; then GEN_ARGS+=(--init-from "$INIT"); fi

@@ -12,6 +12,7 @@ program such as the napari train widget); a notebook can iterate over them. The 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -148,8 +149,13 @@ def arch_keys(cfg: TrainConfig) -> tuple[str, ...]:
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     # a checkpoint of a pix2pix run written before families existed always says its family
     keys = ("family",) if saved.get("family") != cfg.family else arch_keys(cfg)
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in keys
-            if saved.get(k) != getattr(cfg, k)]
+    # a setting added after the checkpoint was written had its default then
+    own = cfg.family_entry.settings
+    defaults = ({f.name: f.default for f in dataclasses.fields(own)}
+                if dataclasses.is_dataclass(own) else {})
+    was = {k: saved[k] if k in saved else defaults.get(k) for k in keys}
+    diff = [f"{k}: checkpoint {was[k]!r}, now {getattr(cfg, k)!r}" for k in keys
+            if was[k] != getattr(cfg, k)]
     if diff:
         raise TrainingError("cannot resume: the checkpoint was trained with another architecture "
                             "(" + "; ".join(diff) + "). Use the same settings or a new --out.")

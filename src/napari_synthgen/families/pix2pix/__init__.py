@@ -54,6 +54,9 @@ class Pix2PixSettings:
     #: ``--unlabeled`` images' too (used only when a run has tiles without a mask; 10 measured
     #: best of 1 and 10 on class-0 texture, docs/unlabeled.md)
     lambda_unlabeled: float = 10.0
+    #: channels of Gaussian noise beside the mask (0: the reference generator, none). Without
+    #: noise a region the mask leaves uniform repeats from tile to tile (docs/unlabeled.md)
+    noise_nc: int = 0
 
 
 class Pix2PixFamily(Family):
@@ -61,7 +64,8 @@ class Pix2PixFamily(Family):
 
     name = "pix2pix"
     settings = Pix2PixSettings
-    arch_keys = ("netG", "ngf", "norm", "dropout", "output_nc", "netD", "ndf", "n_layers_D")
+    arch_keys = ("netG", "ngf", "norm", "dropout", "output_nc", "netD", "ndf", "n_layers_D",
+                 "noise_nc")
     loss_names = ("G_GAN", "G_L1", "D_real", "D_fake")
     defaults: ClassVar[Mapping[str, Any]] = {"out": "runs/pix2pix"}
     # measured 1.0 KB per pixel for unet_256 ngf 64 in fp32 at tile 256, with 2x margin
@@ -83,6 +87,10 @@ class Pix2PixFamily(Family):
         CliOption("--lambda-unlabeled", "lambda_unlabeled", float,
                   "pix2pix weight of the unconditional discriminator that learns the texture "
                   "of every image, the --unlabeled ones too"),
+        CliOption("--noise-nc", "noise_nc", int,
+                  "pix2pix: channels of Gaussian noise beside the mask (default 0: none, the "
+                  "reference generator); with noise, tissue the mask leaves uniform does not "
+                  "repeat from tile to tile, and each seed draws it anew"),
         CliOption("--beta1", "beta1", float, "Adam beta1 (pix2pix)"),
         CliOption("--decay-start", "decay_start", float,
                   "fraction of the run before the rate decays (pix2pix)"),
@@ -98,7 +106,7 @@ class Pix2PixFamily(Family):
         "beta2", "decay_start", "init_type", "init_gain", "seed", "device", "precision",
         "channels_last", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
         "n_preview", "unlabel_fraction", "unlabeled", "unlabeled_share", "cond_dropout",
-        "lambda_unlabeled",
+        "lambda_unlabeled", "noise_nc",
     )
 
     def validate(self, cfg: TrainConfig) -> list[str]:
@@ -118,6 +126,8 @@ class Pix2PixFamily(Family):
             problems.append(f"gan_mode {cfg.gan_mode!r} unknown; use one of {GAN_MODES}.")
         if cfg.output_nc not in (1, 3):
             problems.append(f"output_nc must be 1 or 3; got {cfg.output_nc}.")
+        if cfg.noise_nc < 0:
+            problems.append(f"noise_nc must be >= 0; got {cfg.noise_nc}.")
         for name in ("ngf", "ndf", "n_layers_D"):
             if getattr(cfg, name) < 1:
                 problems.append(f"{name} must be at least 1; got {getattr(cfg, name)}.")

@@ -70,13 +70,18 @@ def save_model(
     except CheckpointError as exc:
         raise CheckpointError(f"cannot save {dest.name}: the network does not match its spec; "
                               f"{exc}") from None
-    header = _header(FAMILY, {"generator": asdict(spec)}, encoding, _check_tile(tile), metadata)
+    generator = asdict(spec)
+    if not spec.noise_nc:  # files without noise keep the layout (and bytes) they always had
+        del generator["noise_nc"]
+    header = _header(FAMILY, {"generator": generator}, encoding, _check_tile(tile), metadata)
     with atomic_path(dest) as tmp:
         save_file(tensors, tmp, metadata={METADATA_KEY: header})
     return dest
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(GeneratorSpec))
+#: spec entries added later, absent from older files (which then take the default)
+_OPTIONAL_FIELDS = ("noise_nc",)
 
 
 def _spec_from_doc(doc: Mapping[str, Any]) -> GeneratorSpec:
@@ -92,7 +97,7 @@ def _spec_from_doc(doc: Mapping[str, Any]) -> GeneratorSpec:
             f"its generator spec is a {type(gen).__name__}, not a dictionary of "
             f"{', '.join(_SPEC_FIELDS)}; {_RESAVE}."
         )
-    missing = [k for k in _SPEC_FIELDS if k not in gen]
+    missing = [k for k in _SPEC_FIELDS if k not in gen and k not in _OPTIONAL_FIELDS]
     unknown = [str(k) for k in gen if k not in _SPEC_FIELDS]
     if missing or unknown:
         parts = ([f"lacks {', '.join(missing)}"] if missing else []) + (
@@ -210,9 +215,12 @@ def load_pix2pix(tensors: dict[str, torch.Tensor], doc: dict[str, Any] | None, *
     if extra:
         notes.append(extra)
     spec = found.spec
+    noise = f" · {spec.noise_nc} noise channel(s)" if spec.noise_nc else ""
     details = {"architecture": spec.netG, "short": f"{spec.netG} ngf {spec.ngf}",
-               "summary": f"{spec.netG} · ngf {spec.ngf} · {spec.norm} norm",
+               "summary": f"{spec.netG} · ngf {spec.ngf} · {spec.norm} norm{noise}",
                "netG": spec.netG, "ngf": spec.ngf, "norm": spec.norm, "dropout": dropout_info}
+    if spec.noise_nc:
+        details["noise_nc"] = spec.noise_nc
     info = model_info(
         FAMILY, file, network, input_nc=spec.input_nc, output_nc=spec.output_nc,
         encoding=enc, encoding_source=enc_source, tile=found.tile, format=found.format,

@@ -49,6 +49,10 @@ class GeneratorSpec:
     ngf: int = 64
     norm: str = "batch"
     dropout: bool = True
+    #: channels of Gaussian noise the network takes after the ``input_nc`` mask channels (0:
+    #: none, the reference architecture). Without it a region the mask leaves uniform is drawn
+    #: as the same pattern in every tile (scripts/uniform_regions.py, docs/unlabeled.md).
+    noise_nc: int = 0
 
     def __post_init__(self) -> None:
         check_choice("generator (netG)", self.netG, GENERATORS)
@@ -57,6 +61,14 @@ class GeneratorSpec:
             check_positive_int(name, getattr(self, name))
         if not isinstance(self.dropout, bool):
             raise ValueError(f"dropout must be True or False, got {self.dropout!r}.")
+        if isinstance(self.noise_nc, bool) or not isinstance(self.noise_nc, int) \
+                or self.noise_nc < 0:
+            raise ValueError(f"noise_nc must be a whole number >= 0, got {self.noise_nc!r}.")
+
+    @property
+    def network_nc(self) -> int:
+        """Input channels of the network: the mask's, then the noise's."""
+        return self.input_nc + self.noise_nc
 
 
 class UnetSkipConnectionBlock(nn.Module):
@@ -253,12 +265,12 @@ def build_generator(
     norm_layer = norm_layer_factory(spec.norm)
     if spec.netG in UNET_DOWNS:
         net: nn.Module = UnetGenerator(
-            spec.input_nc, spec.output_nc, UNET_DOWNS[spec.netG], spec.ngf,
+            spec.network_nc, spec.output_nc, UNET_DOWNS[spec.netG], spec.ngf,
             norm_layer=norm_layer, use_dropout=spec.dropout,
         )
     else:
         net = ResnetGenerator(
-            spec.input_nc, spec.output_nc, spec.ngf, norm_layer=norm_layer,
+            spec.network_nc, spec.output_nc, spec.ngf, norm_layer=norm_layer,
             use_dropout=spec.dropout, n_blocks=RESNET_BLOCKS[spec.netG],
         )
     if init_type is not None:

@@ -2,7 +2,8 @@
 
 The base :class:`~napari_synthgen.synthesis.Synthesizer` brings tiling, blending, seeds and
 live preview; this class runs a batch of tiles through an inference copy of the generator
-(batch norm folded, seeded dropout, bf16 weights on a CPU that has bf16).
+(batch norm folded, seeded dropout, bf16 weights on a CPU that has bf16). A generator with
+noise channels gets them from the seed's noise canvas (:func:`noise_crop`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,29 @@ def _install_seeded_dropout(net: nn.Module) -> list[SeededDropout]:
             elif isinstance(child, SeededDropout):
                 found.append(child)
     return found
+
+
+#: side of the blocks the noise canvas is drawn in (each from its own seed), and the stream
+#: that tells its seeds from the dropout's
+NOISE_BLOCK, NOISE_STREAM = 64, 0x6E6F
+
+def noise_crop(seed: int, z: int, y: int, x: int, size: int, channels: int) -> np.ndarray:
+    """The ``channels`` x ``size`` x ``size`` window at ``(y, x)`` of slice ``z``'s noise canvas.
+
+    The canvas is drawn in :data:`NOISE_BLOCK`-px blocks, each from a seed of its own, so any
+    window is the same numbers whichever tile, batch or live-preview update asks for it: the
+    overlaps of neighbouring tiles see the same noise and blend without seams."""
+    b = NOISE_BLOCK
+    out = np.empty((channels, size, size), np.float32)
+    for by in range(y // b, (y + size - 1) // b + 1):
+        for bx in range(x // b, (x + size - 1) // b + 1):
+            ss = np.random.SeedSequence([seed & 0xFFFFFFFF, z, by, bx, NOISE_STREAM])
+            block = np.random.default_rng(ss).standard_normal((channels, b, b), np.float32)
+            y0, x0 = max(by * b, y), max(bx * b, x)
+            y1, x1 = min((by + 1) * b, y + size), min((bx + 1) * b, x + size)
+            out[:, y0 - y:y1 - y, x0 - x:x1 - x] = block[:, y0 - by * b:y1 - by * b,
+                                                         x0 - bx * b:x1 - bx * b]
+    return out
 
 
 class Pix2PixSynthesizer(Synthesizer):
@@ -154,6 +178,11 @@ class Pix2PixSynthesizer(Synthesizer):
         masks = torch.from_numpy(crops).to(self.device)
         x_in = encode_masks(masks, self._lut).to(self._input_dtype).contiguous(
             memory_format=self.memory_format)
+        if self.spec.noise_nc:  # the seed's noise canvas, cropped like the mask
+            noise = np.stack([noise_crop(seed, z, y, x, t, self.spec.noise_nc)
+                              for y, x in origins])
+            x_in = torch.cat([x_in, torch.from_numpy(noise).to(self.device, x_in.dtype)],
+                             1).contiguous(memory_format=self.memory_format)
         seeds = [tile_seed(seed, z, y, x) for y, x in origins] if self.stochastic else None
         for d in self._dropouts:
             d.seeds = seeds
@@ -169,10 +198,13 @@ class Pix2PixSynthesizer(Synthesizer):
 
     def describe(self) -> dict[str, Any]:
         """What this synthesizer runs: model, device, precision, tiling."""
-        return {
+        described = {
             **super().describe(),
             "tile": self.fixed_tile or f"whole slice up to {WHOLE_SLICE_MAX}, else {self.tile}",
         }
+        if self.spec.noise_nc:  # absent otherwise: records of models without noise unchanged
+            described["noise_nc"] = self.spec.noise_nc
+        return described
 
     def close(self) -> None:
         """Free the network, the model and kept tiles (and GPU memory)."""

@@ -7,7 +7,8 @@ code runs under DDP, where only the wrapped modules synchronise gradients.
 
 Tiles without a mask (``--unlabeled`` images, or ``cond_dropout``: a whole tile of
 :data:`~napari_synthgen.masks.NO_LABEL`) never enter G's input, L1 or the conditional D: G has
-no noise input, so the null condition would map to one fixed image and L1 would teach blur.
+no mask-free input (its noise channels, ``noise_nc``, only vary the texture of a mask), so
+the null condition would map to one fixed image and L1 would teach blur.
 They train instead an *unconditional* PatchGAN ``D_u`` (images only): real = every real tile,
 labelled or not; fake = G's images of the labelled masks. G's extra loss ``lambda_unlabeled``
 x GAN(D_u(fake)) pushes its textures towards those of all the raw images. ``D_u`` exists only
@@ -84,7 +85,7 @@ class Pix2PixModel:
         self.cfg, self.device, self.precision = cfg, device, precision
         self.spec = GeneratorSpec(netG=cfg.netG, input_nc=n_channels(cfg.encoding),
                                   output_nc=cfg.output_nc, ngf=cfg.ngf, norm=cfg.norm,
-                                  dropout=cfg.dropout)
+                                  dropout=cfg.dropout, noise_nc=cfg.noise_nc)
         self.G = build_generator(self.spec)
         self.D = build_discriminator(self.spec.input_nc + cfg.output_nc, ndf=cfg.ndf,
                                      netD=cfg.netD, n_layers=cfg.n_layers_D, norm=cfg.norm)
@@ -150,6 +151,18 @@ class Pix2PixModel:
         return (a.contiguous(memory_format=self.memory_format),
                 b.contiguous(memory_format=self.memory_format))
 
+    def with_noise(self, a: torch.Tensor, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+        """G's input: the encoded masks, then ``noise_nc`` channels of N(0, 1) noise, drawn on
+        the CPU (the same numbers on every device) from the run's random stream, which a
+        resumed run restores; ``a`` itself without noise channels."""
+        k = self.spec.noise_nc
+        if not k:
+            return a
+        z = torch.randn((a.shape[0], k, *a.shape[2:]), generator=generator)
+        return torch.cat([a, z.to(device=a.device, dtype=a.dtype)], 1).contiguous(
+            memory_format=self.memory_format)
+
     # ----------------------------------------------------------------- step
     def _labelled(self, masks: torch.Tensor, real_a: torch.Tensor, real_b: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -183,7 +196,7 @@ class Pix2PixModel:
         fake_b = None
         if not skip:
             with autocast(self.device, self.precision):
-                fake_b = self.G(real_a)
+                fake_b = self.G(self.with_noise(real_a))
         # --- discriminators
         for d in self._discriminators():
             for p in d.parameters():
@@ -288,7 +301,9 @@ class Pix2PixModel:
             a = encode_masks(masks.to(self.device), self.lut).contiguous(
                 memory_format=self.memory_format)
             with autocast(self.device, self.precision):
-                out = self.G_raw(a)
+                # previews draw their own fixed noise: comparable from step to step, and the
+                # run's random stream (hence its weights) does not depend on how often they come
+                out = self.G_raw(self.with_noise(a, torch.Generator().manual_seed(0)))
             return out.float().mean(dim=1).cpu()
         finally:
             self.G_raw.train()
