@@ -53,6 +53,10 @@ RESULTS: dict[str, tuple[str, ...]] = {
     "utility_vnc_convergence.png": ("scripts/utility_study.sh",),
     "utility_pix2pix_samples.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
     "utility_pix2pix_curves.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
+    "utility_classes.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
+    "utility_ceiling.png": ("scripts/utility_ceiling.sh", "scripts/utility_figure.py"),
+    "utility_mito_report.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
+    "uniform_regions.png": ("scripts/utility_study.sh", "scripts/uniform_regions.py"),
 }
 MAX_BYTES = 290_000
 TRAIN_STEPS = 300  # the recorded run (about 30 s on 2 CPU cores); the picture stops at 80 %

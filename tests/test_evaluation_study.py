@@ -250,3 +250,8 @@ def test_arms_runs_only_the_real_data_learning_curve(folders: dict[str, Path], t
     with pytest.raises(SystemExit):
         _run_cli(_argv(folders, bad, "--arms", ","))
     assert "expected arm names" in capsys.readouterr().err
+    # a larger segmenter (--base) is another setting: not mixed into the base-16 runs
+    assert _run_cli(_argv(folders, out, "--real-sizes", "1,4", "--base", "8")) == 1
+    err = capsys.readouterr().err
+    assert "base 16 there, 8 now" in err
+    assert (out / "runs" / "real_n4_seed1.json").read_bytes() == before

@@ -113,6 +113,10 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--crop", type=cli_type(int, MIN_CROP), default=128, help="crop side in px")
     p.add_argument("--tolerance", type=cli_type(float, 0, low_open=True), default=2.0,
                    help="boundary F1 distance tolerance in px")
+    p.add_argument("--base", type=_positive_int, default=16,
+                   help="the segmenter's channels at full resolution (doubled at each of its "
+                   "3 levels); 32 is about 4x the compute, to see whether the segmenter's "
+                   "size rather than the data limits a study")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: the project's rule for training at this batch size")
@@ -196,8 +200,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(args.real, args.synthetic, args.test, steps=args.steps,
                           seeds=args.seeds, mix=args.mix,
                           pretrain_synthetic=args.pretrain_synthetic, min_score=args.min_score,
-                          batch_size=args.batch_size, crop=args.crop, device=args.device,
-                          precision=args.precision, tolerance=args.tolerance, progress=progress,
+                          batch_size=args.batch_size, crop=args.crop, base=args.base,
+                          device=args.device, precision=args.precision,
+                          tolerance=args.tolerance, progress=progress,
                           out=args.out, real_sizes=args.real_sizes, val_every=args.val_every,
                           arms=args.arms)
     except LeakError as exc:
