@@ -218,6 +218,36 @@ def test_bad_data_is_shown_on_entry(make_napari_viewer, qtbot, tmp_path: Path) -
     qtbot.waitUntil(lambda: "no .tif" in w.data_status.value, timeout=20_000)
 
 
+def test_binary_masks_are_read_as_the_widget_says(make_napari_viewer, qtbot,
+                                                  tmp_path: Path, isbi_small: Path) -> None:
+    """0/255 masks: the data check names the setting that reads them; chosen, the pairs are
+    counted and the run's configuration reads them that way."""
+    import numpy as np
+    import tifffile
+
+    from napari_synthgen.io import find_pairs
+    from napari_synthgen.masks import INTERIOR
+
+    data = tmp_path / "binary"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for pair in find_pairs(isbi_small)[:2]:
+        tifffile.imwrite(data / "images" / pair.image.name, tifffile.imread(pair.image))
+        cells = tifffile.imread(pair.mask) == INTERIOR
+        tifffile.imwrite(data / "masks" / pair.mask.name, (cells * 255).astype(np.uint8))
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    w.data.value = str(data)
+    qtbot.waitUntil(lambda: "Masks read as 'binary'" in w.data_status.value, timeout=20_000)
+    assert "coerce_mask" not in w.data_status.value
+    w.read_as.value = "binary"
+    qtbot.waitUntil(lambda: w.data_status.value.startswith("2 image/mask pairs"),
+                    timeout=20_000)
+    w.boundary_width.value = 3
+    cfg = w.config()
+    assert (cfg.read_as, cfg.boundary_width) == ("binary", 3)
+
+
 def test_loss_plot_follows_the_napari_theme(make_napari_viewer) -> None:
     from matplotlib.colors import to_hex
     from napari.utils.theme import get_theme

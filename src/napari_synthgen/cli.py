@@ -12,13 +12,13 @@ import argparse
 import functools
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import _omp_policy  # noqa: F401  (OpenMP threads wait passively; before torch)
+from .cli_wording import cli_message
 from .limits import SEED_TYPE, LimitError, as_flags
 from .progress import progress_bar
 
@@ -372,32 +372,6 @@ def damaged_file(exc: BaseException) -> Path | None:
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return None
-
-
-#: Python names in core error messages -> the flags that do the same on the command line.
-_CLI_WORDING: tuple[tuple[str, str], ...] = (
-    (r"coerce_mask\(mask, source='(\w+)', boundary_width=\.\.\.\)",
-     r"--read-as \1 (and --boundary-width N)"),
-    (r"coerce_mask\(mask, source='(\w+)'\)", r"--read-as \1"),
-    (r"(?<![\w-])source='(\w+)'", r"--read-as \1"),
-    (r"(?:use )?coerce_mask\(mask, allow_float=True\)", "use --allow-float"),
-    (r"allow_float=True \(CLI: --allow-float\)", "--allow-float"),
-    (r"allow_float=True", "--allow-float"),
-    (r"convert it with --read-as", "read it with --read-as"),
-    (r"convert it\s+with --read-as", "read it with --read-as"),
-    (r" Pass tolerance=\.\.\. for slightly off colours\.",
-     " Save the mask without lossy compression (TIFF or PNG)."),
-    (r"\bboundary_width\b", "--boundary-width"),
-    (r"\bblob_size\b", "--blob-size"),
-    (r"\boverwrite=True\b", "--overwrite"),
-)
-
-
-def cli_message(message: str) -> str:
-    """A core error message with its Python names replaced by this command's flags."""
-    for pattern, repl in _CLI_WORDING:
-        message = re.sub(pattern, repl, message)
-    return message
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .masks import BOUNDARY, CLASS_NAMES, N_CLASSES
+from .masks import BOUNDARY, CLASS_NAMES, N_CLASSES, MaskSource
 
 ARM_REAL = "real"
 ARM_MIXED = "real+synthetic"
@@ -82,10 +82,10 @@ class EvaluationResult:
 Stacks = list[tuple[str, list[str]]]
 
 
-def _load(folder: str | Path
+def _load(folder: str | Path, read_as: MaskSource = "auto", boundary_width: int = 2
           ) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]], Stacks]:
     """Names and 2-D pairs of a paired folder, (Z, Y, X) pairs split into their slices
-    (``<stem>_zNNN``), and which slices make each stack."""
+    (``<stem>_zNNN``), and which slices make each stack; masks read as ``read_as`` says."""
     from .curation.stacks import is_stack, slice_names
     from .io import find_pairs, read_image, read_mask
 
@@ -93,7 +93,8 @@ def _load(folder: str | Path
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     stacks: Stacks = []
     for p in find_pairs(folder):
-        image, mask = read_image(p.image), read_mask(p.mask)
+        image = read_image(p.image)
+        mask = read_mask(p.mask, read_as, boundary_width=boundary_width)
         if not is_stack(image):
             names.append(p.stem)
             pairs.append((image, mask))
@@ -316,14 +317,17 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
              base: int = 16, lr: float = 2e-3, device: str = "cpu", precision: str = "auto",
              tolerance: float = 2.0, arms: Sequence[str] | None = None,
              progress: Progress | None = None, out: str | Path | None = None,
-             real_sizes: Sequence[int] | None = None, val_every: int | None = None
-             ) -> EvaluationResult:
+             real_sizes: Sequence[int] | None = None, val_every: int | None = None,
+             read_as: MaskSource = "auto", boundary_width: int = 2) -> EvaluationResult:
     """Train the small segmenter on real, real + synthetic and synthetic pairs (same budget,
     seeds 0..seeds-1) and score each on the real test pairs. Paired folders in, figures out.
 
     ``arms`` picks a subset of the arms (default all three). ``min_score`` keeps only synthetic
     pairs whose quality score (reference: the real folder; consistency: the seed-0 real-only
     segmenter) is at least that value. Raises :class:`LeakError` for a leaked test image.
+    ``read_as`` and ``boundary_width`` say how the masks of ``real`` and ``test`` are read
+    (:func:`masks.coerce_mask`, e.g. ``binary`` for 0/255 organelle masks); the synthetic
+    folder holds what ``generate`` wrote, class masks.
 
     ``real_sizes`` (e.g. ``(1, 2, 5)``) makes it a study: the real arms run at each size on
     subsets of the real pairs (:func:`real_subset`), the real-only arm records a validation
@@ -364,9 +368,9 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; choose from {all_arms}.")
     start = time.perf_counter()
-    real_names, real_pairs, real_stacks = _load(real)
+    real_names, real_pairs, real_stacks = _load(real, read_as, boundary_width)
     syn_names, syn_pairs, syn_stacks = _load(synthetic)
-    test_names, test_pairs, test_stacks = _load(test)
+    test_names, test_pairs, test_stacks = _load(test, read_as, boundary_width)
     check_no_leak(dict(zip(test_names, (p[0] for p in test_pairs), strict=True)),
                   hashes=generator_seen(synthetic),
                   real=dict(zip(real_names, (p[0] for p in real_pairs), strict=True)),
@@ -404,6 +408,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         "device": device, "tolerance": tolerance}
     if real_stacks or syn_stacks or test_stacks:  # absent for 2-D sets: old results match
         settings["n_stacks"] = [len(real_stacks), len(syn_stacks), len(test_stacks)]
+    if read_as != "auto":  # absent for class masks: old results match
+        settings["read_as"] = [read_as, boundary_width]
     if study:  # absent without the study: old results match
         settings["real_sizes"] = sizes
         settings["val_every"] = val_every

@@ -9,7 +9,7 @@ Stacks are always processed slice by slice: slices of serial-section EM are not 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -35,6 +35,8 @@ PALETTE.setflags(write=False)
 
 #: ``source`` values understood by :func:`coerce_mask`.
 MaskSource = Literal["auto", "classes", "palette", "binary", "membrane", "instances"]
+#: The same values as a tuple (for option choices and checks).
+MASK_SOURCES: tuple[str, ...] = get_args(MaskSource)
 
 
 class MaskError(ValueError):

@@ -47,6 +47,18 @@ def _arms(text: str) -> list[str]:
     return arms
 
 
+def _add_read_as(p: argparse.ArgumentParser, which: str) -> None:
+    """``--read-as`` and ``--boundary-width``, as ``generate`` and ``train`` take them."""
+    from .masks import MASK_SOURCES
+
+    p.add_argument("--read-as", default="auto", choices=MASK_SOURCES,
+                   help=f"how to read {which}: auto (classes 0-2 or a colour palette), binary "
+                   "(0/1 or 0/255 objects, e.g. organelles, on unlabelled tissue), membrane "
+                   "(ISBI: white interior, black membrane), instances (one id per object)")
+    p.add_argument("--boundary-width", type=_positive_int, default=2,
+                   help="boundary ring in px drawn for --read-as binary/instances")
+
+
 def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``napari-synthgen report --samples DIR --reference DIR --out DIR``."""
     from .report import DEFAULT_CONSISTENCY_STEPS, DEFAULT_FLAG_BELOW
@@ -73,6 +85,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--flag-below", type=_fraction(False, False), default=DEFAULT_FLAG_BELOW,
                    help="flag samples scoring below this")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N, mps")
+    _add_read_as(p, "the --reference folder's masks (the samples hold generate's class masks)")
     p.set_defaults(func=cmd_report)
     return p
 
@@ -138,6 +151,8 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help="with --real-sizes: a validation point of the real-only arm every "
                    "STEPS steps (default: a tenth of --steps); held-out real pairs not in the "
                    "subset, else the training loss only")
+    _add_read_as(p, "the masks of --real and --test (the synthetic folder holds generate's "
+                 "class masks)")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
                    help="folder for the result files")
     p.set_defaults(func=cmd_evaluate)
@@ -173,7 +188,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         result = quality_report(args.samples, args.reference, args.out,
                                 consistency_steps=args.consistency_steps, device=args.device,
-                                flag_below=args.flag_below, progress=progress)
+                                flag_below=args.flag_below, progress=progress,
+                                read_as=args.read_as, boundary_width=args.boundary_width)
     finally:
         for bar in bars.values():
             bar.close()
@@ -203,6 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, crop=args.crop, base=args.base,
                           device=args.device, precision=args.precision,
                           tolerance=args.tolerance, progress=progress,
+                          read_as=args.read_as, boundary_width=args.boundary_width,
                           out=args.out, real_sizes=args.real_sizes, val_every=args.val_every,
                           arms=args.arms)
     except LeakError as exc:
@@ -213,8 +230,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise  # main() says which file, exit 2
     except ValueError as exc:
         bar.close()
+        from .cli_wording import cli_message
+
         message = as_flags(str(exc).replace("min_score", "--min-score"), vars(args))
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {cli_message(message)}", file=sys.stderr)
         return 1
     finally:
         bar.close()

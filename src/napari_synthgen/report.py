@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import quality
-from .masks import CLASS_NAMES, N_CLASSES, PALETTE
+from .masks import CLASS_NAMES, N_CLASSES, PALETTE, MaskSource
 
 #: Samples scoring below this are flagged (for a look, not for rejection).
 DEFAULT_FLAG_BELOW: float = 0.5
@@ -101,22 +101,28 @@ def score_samples(samples: list[tuple[str, np.ndarray, np.ndarray]],
     return rows
 
 
-def _read_folder(folder: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _read_folder(folder: str | Path, read_as: MaskSource = "auto", boundary_width: int = 2
+                 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     from .io import find_pairs, read_image, read_mask
 
-    return [(p.stem, read_image(p.image), read_mask(p.mask)) for p in find_pairs(folder)]
+    return [(p.stem, read_image(p.image), read_mask(p.mask, read_as,
+                                                     boundary_width=boundary_width))
+            for p in find_pairs(folder)]
 
 
-def load_reference(source: str | Path
+def load_reference(source: str | Path, *, read_as: MaskSource = "auto",
+                   boundary_width: int = 2
                    ) -> tuple[quality.ReferenceStats, list[tuple[str, np.ndarray, np.ndarray]]]:
     """Reference statistics and real pairs from a paired folder of real images, or the
     statistics alone from a model checkpoint's metadata (no real pairs then: no SSIM to a real
-    image and no mask-consistency figure). (Z, Y, X) real pairs count slice by slice."""
-    stats, real, _ = _load_reference(source)
+    image and no mask-consistency figure). (Z, Y, X) real pairs count slice by slice.
+    ``read_as`` says how the folder's masks are read (:func:`masks.coerce_mask`)."""
+    stats, real, _ = _load_reference(source, read_as, boundary_width)
     return stats, real
 
 
-def _load_reference(source: str | Path) -> tuple[
+def _load_reference(source: str | Path, read_as: MaskSource = "auto",
+                    boundary_width: int = 2) -> tuple[
         quality.ReferenceStats, list[tuple[str, np.ndarray, np.ndarray]],
         list[tuple[str, np.ndarray, np.ndarray]]]:
     """:func:`load_reference`, and the folder's pairs as read (stacks whole)."""
@@ -124,7 +130,7 @@ def _load_reference(source: str | Path) -> tuple[
     from .report_z import split_stacks
 
     if is_paired_folder(source):
-        as_read = _read_folder(source)
+        as_read = _read_folder(source, read_as, boundary_width)
         real, _ = split_stacks(as_read)
         return quality.reference_from_pairs(((im, m) for _, im, m in real),
                                             sources=[n for n, _, _ in real]), real, as_read
@@ -147,7 +153,8 @@ def _load_reference(source: str | Path) -> tuple[
 def quality_report(samples: str | Path, reference: str | Path, out: str | Path, *,
                    consistency_steps: int = DEFAULT_CONSISTENCY_STEPS, device: str = "cpu",
                    flag_below: float = DEFAULT_FLAG_BELOW, seed: int = 0,
-                   progress: Progress | None = None) -> ReportResult:
+                   progress: Progress | None = None, read_as: MaskSource = "auto",
+                   boundary_width: int = 2) -> ReportResult:
     """Score the paired folder ``samples`` against the real paired folder ``reference`` and
     write ``report.csv``, ``report.png`` and ``report.md`` into ``out``.
 
@@ -155,18 +162,21 @@ def quality_report(samples: str | Path, reference: str | Path, out: str | Path, 
     (:mod:`.segmenter`, seed ``seed``); 0 leaves that figure out of the score. ``reference``
     may also be a model checkpoint whose metadata holds reference statistics
     (:func:`load_reference`). Samples that are (Z, Y, X) stacks add the z-consistency outputs
-    (:mod:`.report_z`).
+    (:mod:`.report_z`). ``read_as`` and ``boundary_width`` say how the reference folder's masks
+    are read (e.g. ``binary`` for 0/255 organelle masks); the samples hold class masks.
     """
     from . import report_z
     from .results import check_writable, open_results
 
     start = time.perf_counter()
     out = check_writable(out)
-    ref, real, real_as_read = _load_reference(reference)
+    ref, real, real_as_read = _load_reference(reference, read_as, boundary_width)
     syn, syn_stacks = report_z.split_stacks(_read_folder(samples))
     fixed = {"samples": fingerprint(syn), "reference": _reference_id(reference, real),
              "consistency_steps": consistency_steps, "seed": seed, "device": device,
              "flag_below": flag_below}
+    if read_as != "auto":  # absent for class masks: old reports match
+        fixed["read_as"] = [read_as, boundary_width]
     store = _RowStore(out, resume=open_results(out, "report", fixed, REPORT_OUTPUTS))
     seg = None
     if consistency_steps > 0 and real:

@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import registry
 from ..limits import NICE_RANGE, SEED_TYPE, as_flags, cli_type
-from ..masks import ENCODINGS
+from ..masks import ENCODINGS, MASK_SOURCES
 from .config import TrainConfig
 from .events import Event, Failed
 
@@ -45,6 +45,12 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--cond-dropout", "cond_dropout", cli_type(float, 0, 1),
      "share of the labelled tiles trained without their mask (the null condition, for "
      "guidance without unlabelled images)"),
+    ("--read-as", "read_as", str,
+     "how to read the mask files of --data and --val: auto (classes 0-2 or a colour "
+     "palette), binary (0/1 or 0/255 objects, e.g. organelles, on unlabelled tissue), "
+     "membrane (ISBI: white interior, black membrane), instances (one id per object)"),
+    ("--boundary-width", "boundary_width", cli_type(int, 1),
+     "boundary ring in px drawn for --read-as binary/instances (default 2)"),
     ("--seed", "seed", SEED_TYPE, "random seed"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
     ("--precision", "precision", str, "numeric precision"),
@@ -56,6 +62,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
 #: options whose values are a fixed list (argparse enforces them)
 _CHOICES: dict[str, tuple[str, ...]] = {
     "encoding": ENCODINGS,
+    "read_as": MASK_SOURCES,
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 #: the training length: one of these is required, on the command line or in --config
@@ -280,7 +287,9 @@ def _print_human(event: Event, bar: Any) -> None:
     elif kind == "finished":
         bar.write(f"finished ({event['reason']}) at step {event['step']}: {event['checkpoint']}")
     elif kind == "failed":
-        bar.write(f"error: {as_flags(event['message'], _SETTING_NAMES)}")
+        from ..cli_wording import cli_message  # the core's Python names as flags
+
+        bar.write(f"error: {cli_message(as_flags(event['message'], _SETTING_NAMES))}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

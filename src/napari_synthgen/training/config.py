@@ -84,6 +84,10 @@ class TrainConfig:
     unlabeled_share: float = 0.5
     #: share of the labelled tiles whose mask is dropped (null condition) for guidance
     cond_dropout: float = 0.0
+    #: how the mask files of ``data`` and ``val`` are read (:func:`masks.coerce_mask`'s
+    #: ``source``: e.g. ``binary`` for 0/255 organelle masks) and the boundary it draws
+    read_as: str = "auto"
+    boundary_width: int = 2
     #: the family's own settings (its ``settings`` dataclass)
     settings: Any = None
 
@@ -162,6 +166,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check values and combinations; raise :class:`ConfigError` saying what to change."""
         from ..encoding import ENCODINGS, NULL_ENCODINGS
+        from ..masks import MASK_SOURCES
 
         fam = self.family_entry
         problems = []
@@ -180,8 +185,11 @@ class TrainConfig:
             problems.extend(fam.validate(self))
         if self.encoding not in ENCODINGS:
             problems.append(f"encoding {self.encoding!r} unknown; use one of {ENCODINGS}.")
+        if self.read_as not in MASK_SOURCES:
+            problems.append(f"read_as {self.read_as!r} unknown; use one of "
+                            f"{', '.join(MASK_SOURCES)}.")
         for name in ("batch_size", "tile", "checkpoint_every", "sample_every", "log_every",
-                     "keep_checkpoints"):
+                     "keep_checkpoints", "boundary_width"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1; got {getattr(self, name)}.")
         if self.lr <= 0:

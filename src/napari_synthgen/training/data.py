@@ -28,7 +28,15 @@ from ..io import (
     read_image,
     read_mask,
 )
-from ..masks import N_CLASSES, NO_LABEL, PALETTE, MaskError, class_record, unlabelled_counts
+from ..masks import (
+    N_CLASSES,
+    NO_LABEL,
+    PALETTE,
+    MaskError,
+    MaskSource,
+    class_record,
+    unlabelled_counts,
+)
 
 ALIGNED_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -85,10 +93,13 @@ def _aligned_folder(folder: Path) -> Path | None:
     return None
 
 
-def load_samples(folders: Sequence[str | Path]) -> list[Sample]:
+def load_samples(folders: Sequence[str | Path], *, read_as: MaskSource = "auto",
+                 boundary_width: int = 2) -> list[Sample]:
     """Read every pair from paired folders (``images/`` + ``masks/``) or aligned folders.
 
-    Raises :class:`DataError` listing every problem found, so that all can be fixed at once.
+    ``read_as`` and ``boundary_width`` say how a paired folder's mask files are read
+    (:func:`masks.coerce_mask`; aligned images hold palette colours). Raises
+    :class:`DataError` listing every problem found, so that all can be fixed at once.
     """
     problems: list[str] = []
     samples: list[Sample] = []
@@ -107,7 +118,7 @@ def load_samples(folders: Sequence[str | Path]) -> list[Sample]:
             for pair in pairs:
                 try:
                     image = read_image(pair.image)
-                    mask = read_mask(pair.mask)
+                    mask = read_mask(pair.mask, read_as, boundary_width=boundary_width)
                 except (MaskError, ValueError, OSError) as exc:
                     problems.append(f"{folder.name}/{pair.stem}: {exc}")
                     continue

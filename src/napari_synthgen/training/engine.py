@@ -210,9 +210,10 @@ class _Run:
         cfg = self.cfg
         self._refuse_used_folder()
         self.dist.init(self.device.type)
-        samples = load_samples(cfg.data)
+        read = {"read_as": cfg.read_as, "boundary_width": cfg.boundary_width}
+        samples = load_samples(cfg.data, **read)
         if cfg.val:
-            train_s, val_s = samples, load_samples(cfg.val)
+            train_s, val_s = samples, load_samples(cfg.val, **read)
         else:
             train_s, val_s = split_validation(samples, cfg.val_fraction)
         self.train_samples, self.val_samples = train_s, val_s

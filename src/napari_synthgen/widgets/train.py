@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import threading
 import time
 import types
@@ -142,6 +143,12 @@ def family_fields(fam: Family) -> list[SettingField]:
         out.append(SettingField(f.name, kind, default, opt.help if opt else "",
                                 tuple(choices), inner))
     return out
+
+
+def _read_as_hint(m: re.Match[str]) -> str:
+    """A core mask error's ``coerce_mask(mask, source='binary')`` as this widget's setting."""
+    names = " or ".join(f"'{n}'" for n in (m.group(1), m.group(3)) if n)
+    return f"choose Masks read as {names}"
 
 
 def _kind(hint: Any, default: Any) -> tuple[str | None, type | None, tuple[Any, ...]]:
@@ -464,6 +471,16 @@ class TrainWidget(Container):
             "label, or sparse: class 0 says nothing (organelle masks, where background is "
             "unlabelled tissue) and is coded like an image without a mask, so unlabelled "
             "images teach it.")
+        self.read_as = ComboBox(choices=["auto", "binary", "membrane", "instances"],
+                                value="auto", label="Masks read as")
+        self.read_as.tooltip = (
+            "How the mask files of the data folders are read: auto (classes 0-2 or the colour "
+            "palette), binary (0/1 or 0/255 objects such as organelles on unlabelled tissue: "
+            "each object becomes interior with a boundary ring), membrane (ISBI: white "
+            "interior, black membrane), instances (one id per object).")
+        self.boundary_width = SpinBox(value=2, min=1, max=50, label="Boundary width")
+        self.boundary_width.tooltip = ("Boundary ring in px drawn around each object when "
+                                       "masks are read as binary or instances.")
         self.unlabeled_share = FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05,
                                             label="Unlabelled share")
         self.unlabeled_share.tooltip = ("Share of each batch's tiles drawn from the unlabelled "
@@ -480,7 +497,8 @@ class TrainWidget(Container):
             "rot90": self.rot90, "precision": self.precision,
             "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every,
             "seed": self.seed, "encoding": self.encoding, "unlabel_fraction": self.unlabel,
-            "unlabeled_share": self.unlabeled_share, "cond_dropout": self.cond_dropout}
+            "unlabeled_share": self.unlabeled_share, "cond_dropout": self.cond_dropout,
+            "read_as": self.read_as, "boundary_width": self.boundary_width}
         self._common_defaults = {k: w.value for k, w in self.common_widgets.items()}
 
     def _build_family_settings(self) -> None:
@@ -509,8 +527,8 @@ class TrainWidget(Container):
     def _lay_out(self) -> None:
         """Data, run settings, the family and Advanced sections, the run controls, the plot
         under the progress, and the checkpoint last."""
-        main = Container(widgets=[self.val, self.out, self.family, self.steps, self.tile,
-                                  self.batch, self.device, self.unlabel])
+        main = Container(widgets=[self.read_as, self.val, self.out, self.family, self.steps,
+                                  self.tile, self.batch, self.device, self.unlabel])
         self.extend([
             Container(widgets=[self.data]),
             self.add_data,
@@ -523,7 +541,7 @@ class TrainWidget(Container):
         advanced = add_collapsible(self, "Advanced", [
             self.stride, self.lr, self.flips, self.rot90, self.precision,
             self.checkpoint_every, self.sample_every, self.seed, self.encoding,
-            self.unlabeled_share, self.cond_dropout])
+            self.unlabeled_share, self.cond_dropout, self.boundary_width])
         self.extend([
             Container(widgets=[self.start_button, self.stop_button, self.resume_button],
                       layout="horizontal", labels=False),
@@ -551,6 +569,8 @@ class TrainWidget(Container):
         self.add_data.changed.connect(self._pick_data)
         self.add_unlabeled.changed.connect(self._pick_unlabeled)
         self.data.changed.connect(self._validate_data)
+        self.read_as.changed.connect(self._validate_data)
+        self.boundary_width.changed.connect(self._validate_data)
         self.unlabeled.changed.connect(self._validate_data)
         self.start_button.changed.connect(lambda *_: self.start())
         self.resume_button.changed.connect(lambda *_: self.start(resume=True))
@@ -682,6 +702,7 @@ class TrainWidget(Container):
         """Check the data folders in a worker and say what was found or what is wrong."""
         folders, raw_folders = self.data_folders(), self.unlabeled_folders()
         tile = self.tile.value
+        read = {"read_as": self.read_as.value, "boundary_width": self.boundary_width.value}
         if not folders:
             return None
         self.data_status.value = "Checking the data ..."
@@ -689,7 +710,7 @@ class TrainWidget(Container):
         def check() -> str:
             from ..training.data import check_unlabeled, load_samples, load_unlabeled
 
-            samples = load_samples(folders)
+            samples = load_samples(folders, **read)
             shapes = sorted({s.image.shape for s in samples})
             shown = ", ".join(f"{h}x{w}" for h, w in shapes[:3])
             text = f"{len(samples)} image/mask pairs ({shown}{' ...' if len(shapes) > 3 else ''})"
@@ -703,7 +724,9 @@ class TrainWidget(Container):
             self.data_status.value = text
 
         def failed(exc: BaseException, _ctx: object = None) -> None:
-            show("<span style='color:#f66'>" + str(exc).replace("\n", "<br>") + "</span>")
+            text = re.sub(r"(?:convert it with )?coerce_mask\(mask, source='(\w+)'\)( or "
+                          r"source='(\w+)')?", _read_as_hint, str(exc))
+            show("<span style='color:#f66'>" + text.replace("\n", "<br>") + "</span>")
 
         self._jobs.cancel_all("check")  # only the newest list of folders matters
         job = self._jobs.start(check, doing="Checking the training data", kind="check",
@@ -725,6 +748,7 @@ class TrainWidget(Container):
             seed=self.seed.value, encoding=self.encoding.value, log_every=1,
             unlabel_fraction=self.unlabel.value, unlabeled=self.unlabeled_folders(),
             unlabeled_share=self.unlabeled_share.value, cond_dropout=self.cond_dropout.value,
+            read_as=self.read_as.value, boundary_width=self.boundary_width.value,
             **self.family_settings(),
         )
 

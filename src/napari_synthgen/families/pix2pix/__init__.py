@@ -106,7 +106,7 @@ class Pix2PixFamily(Family):
         "beta2", "decay_start", "init_type", "init_gain", "seed", "device", "precision",
         "channels_last", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
         "n_preview", "unlabel_fraction", "unlabeled", "unlabeled_share", "cond_dropout",
-        "lambda_unlabeled", "noise_nc",
+        "lambda_unlabeled", "noise_nc", "read_as", "boundary_width",
     )
 
     def validate(self, cfg: TrainConfig) -> list[str]:

@@ -1,0 +1,32 @@
+"""Core error messages worded for the command line: the Python names in them (``source=``,
+``allow_float=True``, ``boundary_width``) become the flags that do the same. One table for
+every command (``cli``, ``quality_cli``, ``training.cli``)."""
+
+from __future__ import annotations
+
+import re
+
+#: Python names in core error messages -> the flags that do the same on the command line.
+_CLI_WORDING: tuple[tuple[str, str], ...] = (
+    (r"coerce_mask\(mask, source='(\w+)', boundary_width=\.\.\.\)",
+     r"--read-as \1 (and --boundary-width N)"),
+    (r"coerce_mask\(mask, source='(\w+)'\)", r"--read-as \1"),
+    (r"(?<![\w-])source='(\w+)'", r"--read-as \1"),
+    (r"(?:use )?coerce_mask\(mask, allow_float=True\)", "use --allow-float"),
+    (r"allow_float=True \(CLI: --allow-float\)", "--allow-float"),
+    (r"allow_float=True", "--allow-float"),
+    (r"convert it with --read-as", "read it with --read-as"),
+    (r"convert it\s+with --read-as", "read it with --read-as"),
+    (r" Pass tolerance=\.\.\. for slightly off colours\.",
+     " Save the mask without lossy compression (TIFF or PNG)."),
+    (r"\bboundary_width\b", "--boundary-width"),
+    (r"\bblob_size\b", "--blob-size"),
+    (r"\boverwrite=True\b", "--overwrite"),
+)
+
+
+def cli_message(message: str) -> str:
+    """A core error message with its Python names replaced by this command's flags."""
+    for pattern, repl in _CLI_WORDING:
+        message = re.sub(pattern, repl, message)
+    return message
