@@ -7,6 +7,10 @@
 #         (contiguous blocks of serial sections, so test slices are not neighbours of the
 #         labelled ones)
 #   mito  the same VNC split with masks_mito (class 0 = tissue that is not a mitochondrion)
+#   folders  your own organelle data: LABELLED=DIR (paired: images/, masks/) RAW=DIR (raw
+#         images, generator only) TEST=DIR (paired, never seen by the generator), READ_AS
+#         (how the masks are read: auto, or binary for 0/255 masks); FAMILY defaults to
+#         pix2pix here (the steadier recipe on the mitochondria, 6 minutes of training)
 #
 #   bash scripts/utility_study.sh SETTING RUN_DIR        (run it in the background: hours on 2
 #                                                          CPU cores; see docs/unlabeled.md)
@@ -31,10 +35,12 @@
 # FAMILY (diffusion; pix2pix trains unet_128, ngf 32, ndf 32, 128-px tiles, fp32, with an
 # unconditional discriminator on the unlabelled slices (docs/unlabeled.md), from random
 # weights, DIFF_STEPS steps; INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply),
-# NOISE_NC (pix2pix: noise channels beside the mask, train --noise-nc; 0, the earlier runs').
+# NOISE_NC (pix2pix: noise channels beside the mask, train --noise-nc; 0, the earlier runs'),
+# READ_AS (--read-as of every command reading the labelled and test masks: auto), DEVICE
+# (--device of every command, e.g. cuda; unset: each command's default).
 set -euo pipefail
-SETTING=${1:?usage: $0 isbi|vnc|mito RUN_DIR}
-R=${2:?usage: $0 isbi|vnc|mito RUN_DIR}
+SETTING=${1:?usage: $0 isbi|vnc|mito|folders RUN_DIR}
+R=${2:?usage: $0 isbi|vnc|mito|folders RUN_DIR}
 SHARED=$(cd "$(dirname "$0")/../.." && pwd)/shared/data
 NS=${NS:-napari-synthgen}
 PY=${PY:-python}  # the environment's Python (it has tifffile)
@@ -48,7 +54,8 @@ SIZE=${SIZE:-512}
 SEG_STEPS=${SEG_STEPS:-1500}
 SEEDS=${SEEDS:-3}
 SIZES=${SIZES:-1,2,5}
-FAMILY=${FAMILY:-diffusion}
+READ_AS=${READ_AS:-auto}
+if [ "$SETTING" = folders ]; then FAMILY=${FAMILY:-pix2pix}; else FAMILY=${FAMILY:-diffusion}; fi
 
 case "$SETTING" in
   isbi) SRC=$SHARED/isbi2012; IMG=images; MSK=masks; PRE=isbi2012_train_
@@ -60,17 +67,27 @@ case "$SETTING" in
   mito) SRC=$SHARED/vnc_stack1; IMG=images; MSK=masks_mito; PRE=vnc_
         LAB="00 01 02 03 04"; UNL=$(seq -f %02g 5 14); TEST="15 16 17 18 19"
         GEN_ARGS=(--encoding onehot) ;;
-  *) echo "unknown setting $SETTING: isbi, vnc or mito" >&2; exit 2 ;;
+  folders) GEN_ARGS=(--encoding onehot) ;;
+  *) echo "unknown setting $SETTING: isbi, vnc, mito or folders" >&2; exit 2 ;;
 esac
 
 mkdir -p "$R"/{real,test}/{images,masks} "$R/unlabeled"
-for i in $LAB; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/real/images/"; cp -n "$SRC/$MSK/$PRE$i.tif" "$R/real/masks/"; done
-for i in $TEST; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/test/images/"; cp -n "$SRC/$MSK/$PRE$i.tif" "$R/test/masks/"; done
-for i in $UNL; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/unlabeled/"; done  # images only: no masks
+if [ "$SETTING" = folders ]; then
+  : "${LABELLED:?folders: set LABELLED=DIR}" "${RAW:?folders: set RAW=DIR}" "${TEST:?folders: set TEST=DIR}"
+  for d in images masks; do cp -n "$LABELLED/$d/"* "$R/real/$d/"; cp -n "$TEST/$d/"* "$R/test/$d/"; done
+  cp -n "$RAW/"* "$R/unlabeled/"
+else
+  for i in $LAB; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/real/images/"; cp -n "$SRC/$MSK/$PRE$i.tif" "$R/real/masks/"; done
+  for i in $TEST; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/test/images/"; cp -n "$SRC/$MSK/$PRE$i.tif" "$R/test/masks/"; done
+  for i in $UNL; do cp -n "$SRC/$IMG/$PRE$i.tif" "$R/unlabeled/"; done  # images only: no masks
+fi
+READ=(--read-as "$READ_AS")
+DEV=()
+if [ -n "${DEVICE:-}" ]; then DEV=(--device "$DEVICE"); fi  # e.g. cuda: every command uses it
 
 # 1. the generator (a stopped run resumes from its last checkpoint)
 case "$SETTING" in isbi) INIT=${INIT:-none} ;; *) INIT=${INIT:-demo-diffusion} ;; esac
-case "$SETTING" in mito) GUIDANCE=${GUIDANCE:-3} ;; *) GUIDANCE=${GUIDANCE:-1} ;; esac
+case "$SETTING" in mito|folders) GUIDANCE=${GUIDANCE:-3} ;; *) GUIDANCE=${GUIDANCE:-1} ;; esac
 WHERE=${GUIDANCE_WHERE:-labelled}
 if [ "$FAMILY" = pix2pix ]; then
   GEN_ARGS+=(--netG unet_128 --ngf 32 --ndf 32 --precision fp32 --noise-nc "${NOISE_NC:-0}")
@@ -80,13 +97,13 @@ else
   GEN_ARGS+=(--lr-schedule constant)
   SAMPLE_ARGS=(--steps "$GEN_STEPS" --guidance "$GUIDANCE" --guidance-where "$WHERE" --fusion "$FUSION")
 fi
-RAW=()
-if [ "$UNLABELED" = 1 ]; then RAW=(--unlabeled "$R/unlabeled" --unlabeled-share 0.5); fi
+UNL_ARGS=()
+if [ "$UNLABELED" = 1 ]; then UNL_ARGS=(--unlabeled "$R/unlabeled" --unlabeled-share 0.5); fi
 DONE=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('step', 0))" "$R/gen/latest.json" 2>/dev/null || echo 0)
 if [ "$DONE" -lt "$DIFF_STEPS" ]; then
   if [ -e "$R/gen/latest.json" ]; then $NS train --resume "$R/gen" --steps "$DIFF_STEPS"
   else $NS train --family "$FAMILY" --data "$R/real" --val-fraction 0 --out "$R/gen" \
-    --steps "$DIFF_STEPS" --tile 128 --batch-size 4 --flips --rot90 "${GEN_ARGS[@]}" "${RAW[@]}" \
+    --steps "$DIFF_STEPS" --tile 128 --batch-size 4 --flips --rot90 "${GEN_ARGS[@]}" "${UNL_ARGS[@]}" "${READ[@]}" "${DEV[@]}" \
     --checkpoint-every 250 --sample-every 500 --log-every 25 --seed 0; fi
 fi
 
@@ -102,23 +119,25 @@ from pathlib import Path
 import tifffile
 
 src, dst, size = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-for f in sorted(src.glob("*.tif")):
+for f in sorted(src.glob("*.tif*")):
     m = tifffile.imread(f)
+    if min(m.shape[:2]) < size:  # smaller than a piece: the whole mask
+        tifffile.imwrite(dst / f.name, m)
     for y in range(0, m.shape[0] - size + 1, size):
         for x in range(0, m.shape[1] - size + 1, size):
             tifffile.imwrite(dst / f"{f.stem}_y{y}_x{x}.tif", m[y:y + size, x:x + size])
 PY
-  $NS masks --variations-of "$R/pieces" --n "$N_VAR" --seed 1 --out "$R/masks"
-  $NS masks --like "$R/real" --n "$N_LIKE" --size "$SIZE" "$SIZE" --seed 2 --out "$R/masks/like"
+  $NS masks --variations-of "$R/pieces" --n "$N_VAR" --seed 1 "${READ[@]}" --out "$R/masks"
+  $NS masks --like "$R/real" --n "$N_LIKE" --size "$SIZE" "$SIZE" --seed 2 "${READ[@]}" --out "$R/masks/like"
   mv "$R"/masks/like/*.tif "$R/masks/" && rm -r "$R/masks/like"
   touch "$R/masks/.done"; }
 
 # 3. synthesis, 4. the figures, 5. the study
 [ -e "$R/syn/generate.jsonl" ] || $NS generate --model "$R/gen" --masks "$R/masks" --out "$R/syn" \
-  --seed 0 "${SAMPLE_ARGS[@]}"
-[ -e "$R/report/report.csv" ] || $NS report --samples "$R/syn" --reference "$R/real" --out "$R/report"
+  --seed 0 "${SAMPLE_ARGS[@]}" "${DEV[@]}"
+[ -e "$R/report/report.csv" ] || $NS report --samples "$R/syn" --reference "$R/real" "${READ[@]}" "${DEV[@]}" --out "$R/report"
 [ "${EVALUATE:-1}" = 1 ] || { echo "done (no evaluate): $R/report"; exit 0; }
 [ -e "$R/eval/evaluation_sizes.csv" ] || $NS evaluate --real "$R/real" --synthetic "$R/syn" \
   --test "$R/test" --real-sizes "$SIZES" --steps "$SEG_STEPS" --batch-size 8 --seeds "$SEEDS" \
-  --out "$R/eval"
+  "${READ[@]}" "${DEV[@]}" --out "$R/eval"
 echo "done: $R/eval/evaluation.md"
