@@ -40,6 +40,7 @@ IMAGES: dict[str, str] = {
     "report.png": "napari-synthgen report: quality figures of generated samples vs ISBI pairs",
     "evaluate.png": "napari-synthgen evaluate: a tiny utility check (real / real+synth / synth)",
     "synthesize_diffusion.png": "the Synthesize widget with the bundled diffusion model",
+    "check_utility.png": "the Check utility widget: a tiny study's verdicts and figure",
 }
 #: pictures of long runs (minutes to hours of CPU): made by the scripts named, not by make docs
 RESULTS: dict[str, tuple[str, ...]] = {
@@ -145,8 +146,10 @@ def make_inputs(work: Path, reuse: bool = False) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------- saving
 def save_png(image: Any, dest: Path, max_bytes: int = MAX_BYTES) -> Path:
-    """Save an RGB(A) array or image file as a PNG under ``max_bytes``: smaller or with a
-    256-colour palette when needed (screens of EM texture compress badly)."""
+    """Save an RGB(A) array or image file as a PNG with a 256-colour palette, smaller when it
+    is still over ``max_bytes``. The palette is nearly lossless here (grey EM has at most 256
+    levels, the interface a few colours) and halves a screenshot of EM texture, which
+    compresses badly as RGB; docs/images/ has a 3 MB budget (tests/test_docs.py)."""
     import numpy as np
     from PIL import Image
 
@@ -157,13 +160,12 @@ def save_png(image: Any, dest: Path, max_bytes: int = MAX_BYTES) -> Path:
     for scale in (1.0, 0.85, 0.7, 0.6, 0.5):
         size = (round(img.width * scale), round(img.height * scale))
         candidate = img if scale == 1.0 else img.resize(size, Image.LANCZOS)
-        for palette in (False, True):
-            out = candidate.quantize(256, dither=Image.Dither.NONE) if palette else candidate
-            out.save(dest, optimize=True)
-            if dest.stat().st_size <= max_bytes:
-                print(f"saved {dest} ({out.width} x {out.height}, "
-                      f"{dest.stat().st_size // 1000} KB)", flush=True)
-                return dest
+        out = candidate.quantize(256, dither=Image.Dither.NONE)
+        out.save(dest, optimize=True)
+        if dest.stat().st_size <= max_bytes:
+            print(f"saved {dest} ({out.width} x {out.height}, "
+                  f"{dest.stat().st_size // 1000} KB)", flush=True)
+            return dest
     raise SystemExit(f"{dest}: cannot get the picture under {max_bytes} bytes")
 
 
@@ -203,7 +205,8 @@ def _dock(viewer: Any, name: str) -> Any:
     return widget
 
 
-def _shot(viewer: Any, name: str, out: Path, size: tuple[int, int] = WINDOW) -> None:
+def _shot(viewer: Any, name: str, out: Path, size: tuple[int, int] = WINDOW,
+          max_bytes: int = MAX_BYTES) -> None:
     """Fit the canvas to the layers and save the whole window."""
     from qtpy.QtGui import QCursor
 
@@ -212,7 +215,7 @@ def _shot(viewer: Any, name: str, out: Path, size: tuple[int, int] = WINDOW) -> 
     _settle(1.0)
     viewer.reset_view()
     _settle(0.3)
-    save_png(viewer.screenshot(canvas_only=False, flash=False), out / name)
+    save_png(viewer.screenshot(canvas_only=False, flash=False), out / name, max_bytes)
     viewer.close()
     _settle(0.2)
 
@@ -396,11 +399,35 @@ def shot_train(out: Path, paths: dict[str, Path]) -> None:
     _shot(viewer, "train.png", out, size=(1500, 860))
 
 
+def shot_check_utility(out: Path, paths: dict[str, Path]) -> None:
+    """The Check utility widget after a tiny study (real sizes 1 and 4, 20 steps, 2 seeds)."""
+    viewer = _viewer("napari-synthgen: check utility")
+    viewer.open(str(paths["test"]), plugin=PLUGIN)  # the real test pairs it scores on
+    for layer in viewer.layers:
+        if layer.name.endswith("masks"):
+            layer.opacity = 0.3
+    check = _dock(viewer, "Check utility")
+    check.real.value, check.test.value = str(paths["real"]), str(paths["test"])
+    check.synthetic.value = str(paths["generated"])
+    check.out.value = str(paths["generated"].parent / "evaluation_widget")
+    check.sizes.value, check.steps.value, check.seeds.value, check.batch.value = "1,4", 20, 2, 2
+    if check.run() is None:
+        raise SystemExit(f"Check utility did not start: {check.status.value}")
+    check.wait_idle(timeout=600)
+    if check.result is None:
+        raise SystemExit(f"Check utility failed: {check.status.value}")
+    _settle(1.0)
+    check.show_figure(Path(str(check.out.value)) / "evaluation_sizes.png")  # at its docked width
+    _settle(0.5)
+    _shot(viewer, "check_utility.png", out, size=(1500, 950), max_bytes=190_000)
+
+
 SHOTS: dict[str, Callable[[Path, dict[str, Path]], None]] = {
     "demo.png": shot_demo, "mask_editor.png": shot_mask_editor,
     "live_preview.png": shot_live_preview, "synthesize.png": shot_synthesize,
     "curate.png": shot_curate, "train.png": shot_train,
     "synthesize_diffusion.png": shot_synthesize_diffusion,
+    "check_utility.png": shot_check_utility,
 }
 
 

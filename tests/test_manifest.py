@@ -20,7 +20,7 @@ def test_manifest_lists_every_widget() -> None:
 
     manifest = PluginManifest.from_distribution("napari-synthgen")
     names = {w.display_name for w in manifest.contributions.widgets}
-    assert names == {"Mask editor", "Synthesize", "Curate", "Train"}
+    assert names == {"Mask editor", "Synthesize", "Curate", "Train", "Check utility"}
     assert manifest.contributions.readers and manifest.contributions.writers
     assert manifest.contributions.sample_data[0].key == "isbi2012"
 
