@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .._triton_guard import keep_triton_out
 from ..devices import (
     DeviceError,
     Precision,
@@ -258,6 +259,9 @@ class _Run:
         self.precision, self.precision_note = self.dist.broadcast(
             (self.precision, self.precision_note))
         torch.manual_seed(cfg.seed)
+        # every family's optimiser imports torch._dynamo, which imports triton: that crashes
+        # a process whose OpenGL driver loaded its LLVM (training in-process beside a viewer)
+        keep_triton_out()
         self.model = cfg.family_entry.build_trainer(cfg, self.device, self.precision,
                                                     self.total, self.dist.active)
         self.step = 0
