@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import _omp_policy  # noqa: F401  (OpenMP threads wait passively; before torch)
-from .cli_wording import cli_message
+from .cli_wording import READ_AS_HELP, cli_message
 from .limits import SEED_TYPE, LimitError, as_flags
+from .masks import MASK_SOURCES as MASK_READ_AS  # what --read-as accepts
 from .progress import progress_bar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,9 +129,6 @@ def _add_masks_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
 
 
-#: What ``--read-as`` accepts (the ``source`` of :func:`masks.coerce_mask`).
-MASK_READ_AS = ("auto", "classes", "palette", "binary", "membrane", "instances")
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
@@ -180,9 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "or seed (the seed alone: masks that differ by a stroke give images that "
                      "differ only there)")
     gen.add_argument("--read-as", default="auto", choices=MASK_READ_AS,
-                     help="how to read the mask files: auto (classes 0-2 or a colour palette), "
-                     "binary (objects on background), membrane (ISBI: white interior, black "
-                     "membrane), instances (one id per object)")
+                     help=f"how to read the mask files: {READ_AS_HELP}")
     gen.add_argument("--boundary-width", type=_number(int, 1), default=2,
                      help="boundary width for --read-as binary/instances")
     gen.add_argument("--allow-float", action="store_true",

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import re
 
+#: What each ``--read-as`` value does, for every command's help.
+READ_AS_HELP = ("auto (classes 0-2 or a colour palette), binary (0/1 or 0/255 objects, e.g. "
+                "organelles, on unlabelled tissue), membrane (ISBI: white interior, black "
+                "membrane), instances (one id per object)")
+
 #: Python names in core error messages -> the flags that do the same on the command line.
 _CLI_WORDING: tuple[tuple[str, str], ...] = (
     (r"coerce_mask\(mask, source='(\w+)', boundary_width=\.\.\.\)",

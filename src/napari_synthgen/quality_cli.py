@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_wording import cli_message
 from .limits import as_flags, cli_type
 
 
@@ -49,12 +50,11 @@ def _arms(text: str) -> list[str]:
 
 def _add_read_as(p: argparse.ArgumentParser, which: str) -> None:
     """``--read-as`` and ``--boundary-width``, as ``generate`` and ``train`` take them."""
+    from .cli_wording import READ_AS_HELP
     from .masks import MASK_SOURCES
 
     p.add_argument("--read-as", default="auto", choices=MASK_SOURCES,
-                   help=f"how to read {which}: auto (classes 0-2 or a colour palette), binary "
-                   "(0/1 or 0/255 objects, e.g. organelles, on unlabelled tissue), membrane "
-                   "(ISBI: white interior, black membrane), instances (one id per object)")
+                   help=f"how to read {which}: {READ_AS_HELP}")
     p.add_argument("--boundary-width", type=_positive_int, default=2,
                    help="boundary ring in px drawn for --read-as binary/instances")
 
@@ -230,8 +230,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise  # main() says which file, exit 2
     except ValueError as exc:
         bar.close()
-        from .cli_wording import cli_message
-
         message = as_flags(str(exc).replace("min_score", "--min-score"), vars(args))
         print(f"error: {cli_message(message)}", file=sys.stderr)
         return 1

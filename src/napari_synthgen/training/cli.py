@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import registry
+from ..cli_wording import READ_AS_HELP, cli_message
 from ..limits import NICE_RANGE, SEED_TYPE, as_flags, cli_type
 from ..masks import ENCODINGS, MASK_SOURCES
 from .config import TrainConfig
@@ -46,9 +47,7 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
      "share of the labelled tiles trained without their mask (the null condition, for "
      "guidance without unlabelled images)"),
     ("--read-as", "read_as", str,
-     "how to read the mask files of --data and --val: auto (classes 0-2 or a colour "
-     "palette), binary (0/1 or 0/255 objects, e.g. organelles, on unlabelled tissue), "
-     "membrane (ISBI: white interior, black membrane), instances (one id per object)"),
+     f"how to read the mask files of --data and --val: {READ_AS_HELP}"),
     ("--boundary-width", "boundary_width", cli_type(int, 1),
      "boundary ring in px drawn for --read-as binary/instances (default 2)"),
     ("--seed", "seed", SEED_TYPE, "random seed"),
@@ -287,8 +286,6 @@ def _print_human(event: Event, bar: Any) -> None:
     elif kind == "finished":
         bar.write(f"finished ({event['reason']}) at step {event['step']}: {event['checkpoint']}")
     elif kind == "failed":
-        from ..cli_wording import cli_message  # the core's Python names as flags
-
         bar.write(f"error: {cli_message(as_flags(event['message'], _SETTING_NAMES))}")
 
 

@@ -16,12 +16,29 @@ from ._worker import report_error
 if TYPE_CHECKING:
     import napari
 
+#: The mask readings a widget offers (``masks.coerce_mask``'s ``source``; classes and palette
+#: are what ``auto`` reads).
+READ_AS_CHOICES: tuple[str, ...] = ("auto", "binary", "membrane", "instances")
+
 #: Class, button text and shortcut key. Keys free in napari's Labels keymap (E erases = 0 too).
 CLASS_KEYS: tuple[tuple[int, str, str], ...] = (
     (BACKGROUND, "Background", "G"),
     (INTERIOR, "Interior", "I"),
     (BOUNDARY, "Boundary", "O"),
 )
+
+
+def read_as_wording(message: str, field: str) -> str:
+    """A core mask error's advice ``convert it with coerce_mask(mask, source='binary') or
+    source='membrane'`` as the widget's field that does it: ``choose <field> 'binary' or
+    'membrane'``."""
+    import re
+
+    def hint(m: re.Match[str]) -> str:
+        return f"choose {field} " + " or ".join(f"'{n}'" for n in m.groups() if n)
+
+    return re.sub(r"(?:convert it with )?coerce_mask\(mask, source='(\w+)'"
+                  r"(?:, boundary_width=\.\.\.)?\)(?: or source='(\w+)')?", hint, message)
 
 
 def add_mask_layer(viewer: napari.viewer.Viewer, data: np.ndarray, name: str,
@@ -170,6 +187,7 @@ def widen_path(file_edit: Any, chars: int = 16) -> None:
 
 __all__ = [
     "CLASS_KEYS",
+    "READ_AS_CHOICES",
     "add_collapsible",
     "add_mask_layer",
     "apply_in_place",
@@ -177,6 +195,7 @@ __all__ = [
     "bind_class_keys",
     "call_on_destroy",
     "connect_weakly",
+    "read_as_wording",
     "report_error",
     "select_class",
     "set_or_add_mask_layer",

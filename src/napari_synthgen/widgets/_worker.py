@@ -5,7 +5,8 @@ GUI thread and receive the *context* bound when the work started (the synthesize
 settings, layer...), never the widget's current state, so a setting changed meanwhile cannot
 reach a running job. Errors and warnings become napari notifications with their real message;
 after ``close()`` (the widget closed) results, progress and errors are dropped, but ``on_finish``
-still runs so resources a job held are released.
+still runs so resources a job held are released. :func:`with_progress` runs a core function
+that reports through a ``progress(stage, done, total)`` callback as such a job.
 
 Only public API: superqt's worker classes (napari's add notification relays we do not want),
 and cancellation of our own: a generator job returns at its next ``yield`` once cancelled,
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -39,6 +41,48 @@ class Progress(NamedTuple):
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, OSError, RuntimeError, KeyError, MemoryError,
 )
+
+
+class _Stopped(Exception):
+    """The job was cancelled: the core function stops at its next progress report."""
+
+
+def with_progress(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """Run ``fn(*args, progress=report, **kwargs)``, a core function that reports
+    ``progress(stage, done, total)``, as a generator job: yields each new stage (a str) and
+    :class:`Progress`, returns ``fn``'s result. Closing the generator (a cancel) makes ``fn``'s
+    next report raise, so the work stops between two of its steps (what it saved stays)."""
+    events: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+        events.put((stage, done, total))
+
+    def run() -> None:
+        try:
+            outcome["result"] = fn(*args, progress=report, **kwargs)
+        except BaseException as exc:  # handed to the generator, which raises it
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    name = f"napari-synthgen {getattr(fn, '__name__', 'job')}"
+    threading.Thread(target=run, name=name, daemon=True).start()
+    stage = None
+    try:
+        while (item := events.get()) is not None:
+            if item[0] != stage:
+                stage = item[0]
+                yield stage
+            yield Progress(item[1], item[2])
+    finally:
+        stop.set()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
 
 
 def report_error(exc: BaseException, doing: str,

@@ -111,7 +111,7 @@ class MaskEditor(Container):
         self.new_button = PushButton(text="New mask")
         self.open_path = FileEdit(mode="r", label="File", filter="*.tif *.tiff *.png")
         self.open_as = ComboBox(
-            choices=["auto", "binary", "membrane", "instances"], value="auto", label="Read as"
+            choices=list(_common.READ_AS_CHOICES), value="auto", label="Read as"
         )
         self.open_button = PushButton(text="Open")
         self.save_path = FileEdit(mode="w", label="Save to", filter="*.tif *.tiff *.png")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
 import threading
 import time
 import types
@@ -50,9 +49,11 @@ from ..training.runs import free_run_folder, next_run_folder, run_step
 from . import _common
 from ._bus import bus_for
 from ._common import (
+    READ_AS_CHOICES,
     add_collapsible,
     call_on_destroy,
     connect_weakly,
+    read_as_wording,
     report_error,
     show_info,
     widen_path,
@@ -143,12 +144,6 @@ def family_fields(fam: Family) -> list[SettingField]:
         out.append(SettingField(f.name, kind, default, opt.help if opt else "",
                                 tuple(choices), inner))
     return out
-
-
-def _read_as_hint(m: re.Match[str]) -> str:
-    """A core mask error's ``coerce_mask(mask, source='binary')`` as this widget's setting."""
-    names = " or ".join(f"'{n}'" for n in (m.group(1), m.group(3)) if n)
-    return f"choose Masks read as {names}"
 
 
 def _kind(hint: Any, default: Any) -> tuple[str | None, type | None, tuple[Any, ...]]:
@@ -471,8 +466,8 @@ class TrainWidget(Container):
             "label, or sparse: class 0 says nothing (organelle masks, where background is "
             "unlabelled tissue) and is coded like an image without a mask, so unlabelled "
             "images teach it.")
-        self.read_as = ComboBox(choices=["auto", "binary", "membrane", "instances"],
-                                value="auto", label="Masks read as")
+        self.read_as = ComboBox(choices=list(READ_AS_CHOICES), value="auto",
+                                label="Masks read as")
         self.read_as.tooltip = (
             "How the mask files of the data folders are read: auto (classes 0-2 or the colour "
             "palette), binary (0/1 or 0/255 objects such as organelles on unlabelled tissue: "
@@ -724,8 +719,7 @@ class TrainWidget(Container):
             self.data_status.value = text
 
         def failed(exc: BaseException, _ctx: object = None) -> None:
-            text = re.sub(r"(?:convert it with )?coerce_mask\(mask, source='(\w+)'\)( or "
-                          r"source='(\w+)')?", _read_as_hint, str(exc))
+            text = read_as_wording(str(exc), "Masks read as")
             show("<span style='color:#f66'>" + text.replace("\n", "<br>") + "</span>")
 
         self._jobs.cancel_all("check")  # only the newest list of folders matters

@@ -9,17 +9,22 @@ runs in the results folder and the next one with the same settings starts from t
 from __future__ import annotations
 
 import html
-import queue
-import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 
 from . import _settings
-from ._common import call_on_destroy, fit_scroll_width, scroll_body, widen_path, wrap_label
-from ._worker import Progress, Workers
+from ._common import (
+    READ_AS_CHOICES,
+    call_on_destroy,
+    fit_scroll_width,
+    read_as_wording,
+    scroll_body,
+    widen_path,
+    wrap_label,
+)
+from ._worker import Workers, report_error, with_progress
 
 if TYPE_CHECKING:
     import napari
@@ -29,47 +34,6 @@ if TYPE_CHECKING:
 SHOWN: tuple[tuple[str, str], ...] = (("boundary_f1", "boundary F1"),
                                       ("dice_interior", "interior Dice"),
                                       ("mean_dice", "mean Dice"))
-
-
-class _Stopped(Exception):
-    """The check was cancelled: the core stops at its next progress report."""
-
-
-def with_progress(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
-    """Run ``fn(*args, progress=report, **kwargs)``, a core function that reports
-    ``progress(stage, done, total)``, as a generator job: yields each new stage (a str) and
-    :class:`Progress`, returns ``fn``'s result. Closing the generator (a cancel) makes ``fn``'s
-    next report raise, so the work stops between two training steps."""
-    events: queue.Queue[Any] = queue.Queue()
-    stop = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def report(stage: str, done: int, total: int) -> None:
-        if stop.is_set():
-            raise _Stopped
-        events.put((stage, done, total))
-
-    def run() -> None:
-        try:
-            outcome["result"] = fn(*args, progress=report, **kwargs)
-        except BaseException as exc:  # handed to the generator, which raises it
-            outcome["error"] = exc
-        finally:
-            events.put(None)
-
-    threading.Thread(target=run, name="napari-synthgen check", daemon=True).start()
-    stage = None
-    try:
-        while (item := events.get()) is not None:
-            if item[0] != stage:
-                stage = item[0]
-                yield stage
-            yield Progress(item[1], item[2])
-    finally:
-        stop.set()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("result")
 
 
 def _sizes(text: str) -> list[int] | None:
@@ -177,8 +141,8 @@ class UtilityWidget(Container):
                              value=_settings.get("utility_test", ""))
         self.test.tooltip = ("Real pairs held out for scoring: never in the real or synthetic "
                              "pairs, nor seen by the generator (refused if they were).")
-        self.read_as = ComboBox(choices=["auto", "binary", "membrane", "instances"],
-                                value="auto", label="Masks read as")
+        self.read_as = ComboBox(choices=list(READ_AS_CHOICES), value="auto",
+                                label="Masks read as")
         self.read_as.tooltip = ("How the masks of the real and test pairs are read: auto "
                                 "(classes 0-2), binary (0/255 organelles), membrane, instances.")
         self.sizes = LineEdit(value="", label="Real sizes")
@@ -245,8 +209,6 @@ class UtilityWidget(Container):
 
     def run(self) -> Any:
         """Start the check in a worker; returns its job (None when the form is incomplete)."""
-        from ._worker import report_error
-
         try:
             real = _folder(self.real, "real pairs")
             synthetic = _folder(self.synthetic, "synthetic pairs")
@@ -301,7 +263,7 @@ class UtilityWidget(Container):
             width, Qt.TransformationMode.SmoothTransformation))
 
     def _failed(self, exc: BaseException, _out: Path) -> None:
-        text = html.escape(str(exc)).replace("\n", "<br>")
+        text = html.escape(read_as_wording(str(exc), "Masks read as")).replace("\n", "<br>")
         self.status.value = f"<span style='color:#f66'>{text}</span>"
 
     def _finished(self, _out: Path) -> None:
