@@ -118,11 +118,13 @@ from pathlib import Path
 
 import tifffile
 
+from napari_synthgen.io import list_images, read_array
+
 src, dst, size = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-for f in sorted(src.glob("*.tif*")):
-    m = tifffile.imread(f)
+for f in list_images(src):  # TIFF or PNG, as every command reads them
+    m = read_array(f)
     if min(m.shape[:2]) < size:  # smaller than a piece: the whole mask
-        tifffile.imwrite(dst / f.name, m)
+        tifffile.imwrite(dst / f"{f.stem}.tif", m)
     for y in range(0, m.shape[0] - size + 1, size):
         for x in range(0, m.shape[1] - size + 1, size):
             tifffile.imwrite(dst / f"{f.stem}_y{y}_x{x}.tif", m[y:y + size, x:x + size])

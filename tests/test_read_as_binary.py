@@ -14,6 +14,7 @@ import tifffile
 import yaml
 
 from napari_synthgen.cli import main
+from napari_synthgen.cli_wording import read_as_wording
 from napari_synthgen.masks import coerce_mask
 from napari_synthgen.training.data import load_samples
 
@@ -50,6 +51,9 @@ def test_binary_organelle_masks_are_read_as_the_user_says(
     said = out.out + out.err
     assert "read it with --read-as binary" in said and "vnc_01.tif" in said
     assert not list(gen.glob("*.safetensors"))
+    # the Train widget shows a training child's message with its own field instead of the flag
+    worded = read_as_wording(said, "Masks read as")
+    assert "choose Masks read as 'binary'" in worded and "--read-as" not in worded
 
     assert main([*train, "--read-as", "binary", "--boundary-width", "2"]) == 0
     cfg = yaml.safe_load((gen / "config.yaml").read_text())

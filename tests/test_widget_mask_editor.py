@@ -9,7 +9,7 @@ import pytest
 from app_model.types import KeyBinding
 
 from napari_synthgen import io
-from napari_synthgen.masks import BOUNDARY, INTERIOR, class_fractions
+from napari_synthgen.masks import BACKGROUND, BOUNDARY, INTERIOR, class_fractions
 from napari_synthgen.napari_io import MaskNotSavedError
 
 PLUGIN = "napari-synthgen"
@@ -154,6 +154,29 @@ def test_save_and_open_round_trip(make_napari_viewer, tmp_path: Path,
     editor.open_path.value = tmp_path / "saved.tif"
     opened = editor.open_mask()
     assert opened.name == "saved" and opened.colormap.color_dict[2].tolist()[:3] == [1, 0, 0]
+
+
+def test_open_binary_mask_names_the_read_as_field(make_napari_viewer, tmp_path: Path) -> None:
+    """An organelle mask saved 0/255, opened as auto, is refused with the field to change
+    (not the core's Python call); with Read as 'binary' it opens as a 3-class mask."""
+    import imageio.v3 as iio
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    editor = _dock(viewer, "Mask editor")
+    objects = np.zeros((64, 64), np.uint8)
+    objects[10:30, 12:40] = 255
+    iio.imwrite(tmp_path / "mito.png", objects)
+    editor.open_path.value = tmp_path / "mito.png"
+    n = len(notification_manager.records)
+    assert editor.open_mask() is None
+    said = [str(r.message) for r in notification_manager.records[n:]]
+    assert any("choose Read as 'binary'" in m for m in said), said
+    assert not any("coerce_mask" in m for m in said), said
+    editor.open_as.value = "binary"
+    opened = editor.open_mask()
+    assert set(np.unique(opened.data)) == {BACKGROUND, INTERIOR, BOUNDARY}
+    assert (opened.data[objects == 0] == BACKGROUND).all()
 
 
 def test_save_asks_before_overwriting_a_file(make_napari_viewer, tmp_path: Path,

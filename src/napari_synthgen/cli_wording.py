@@ -1,6 +1,6 @@
-"""Core error messages worded for the command line: the Python names in them (``source=``,
-``allow_float=True``, ``boundary_width``) become the flags that do the same. One table for
-every command (``cli``, ``quality_cli``, ``training.cli``)."""
+"""Core error messages worded for the command line and the widgets: the Python names in them
+(``source=``, ``allow_float=True``, ``boundary_width``) become the flags, or the widget fields,
+that do the same. One table for every command (``cli``, ``quality_cli``, ``training.cli``)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,19 @@ def cli_message(message: str) -> str:
     for pattern, repl in _CLI_WORDING:
         message = re.sub(pattern, repl, message)
     return message
+
+
+def read_as_wording(message: str, field: str) -> str:
+    """A mask error's advice as the widget field that does it: ``choose <field> 'binary'``.
+
+    Reads the core's ``convert it with coerce_mask(mask, source='binary') or
+    source='membrane'`` and the command line's ``read it with --read-as binary`` (a training
+    child process words its errors for the command line).
+    """
+    def hint(m: re.Match[str]) -> str:
+        return f"choose {field} " + " or ".join(f"'{n}'" for n in m.groups() if n)
+
+    message = re.sub(r"(?:convert it with )?coerce_mask\(mask, source='(\w+)'"
+                     r"(?:, boundary_width=\.\.\.)?\)(?: or source='(\w+)')?", hint, message)
+    return re.sub(r"(?:read it with )?--read-as (\w+)(?: \(and --boundary-width N\))?"
+                  r"(?: or --read-as (\w+))?", hint, message)

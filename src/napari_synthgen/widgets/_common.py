@@ -9,6 +9,7 @@ import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..cli_wording import read_as_wording
 from ..masks import BACKGROUND, BOUNDARY, INTERIOR, MaskError, validate_mask
 from ..napari_io import mask_layer_kwargs
 from ._worker import report_error
@@ -26,19 +27,6 @@ CLASS_KEYS: tuple[tuple[int, str, str], ...] = (
     (INTERIOR, "Interior", "I"),
     (BOUNDARY, "Boundary", "O"),
 )
-
-
-def read_as_wording(message: str, field: str) -> str:
-    """A core mask error's advice ``convert it with coerce_mask(mask, source='binary') or
-    source='membrane'`` as the widget's field that does it: ``choose <field> 'binary' or
-    'membrane'``."""
-    import re
-
-    def hint(m: re.Match[str]) -> str:
-        return f"choose {field} " + " or ".join(f"'{n}'" for n in m.groups() if n)
-
-    return re.sub(r"(?:convert it with )?coerce_mask\(mask, source='(\w+)'"
-                  r"(?:, boundary_width=\.\.\.)?\)(?: or source='(\w+)')?", hint, message)
 
 
 def add_mask_layer(viewer: napari.viewer.Viewer, data: np.ndarray, name: str,

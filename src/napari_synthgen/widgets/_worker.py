@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 from napari.utils.notifications import show_error, show_warning
 from superqt.utils import FunctionWorker, GeneratorWorker
 
+from ..cli_wording import read_as_wording
+
 
 class Progress(NamedTuple):
     """Yield this from a generator job to move its progress bar (``done`` of ``total``)."""
@@ -90,13 +92,16 @@ def report_error(exc: BaseException, doing: str,
     """Show an error as a napari notification: what failed and the message that says why.
 
     ``flags`` names the widget's fields for the Python options a message names (``n_folds``
-    -> ``Folds``), so the user reads what to change in the form they see it.
+    -> ``Folds``; ``read_as`` -> the field that says how masks are read, for a mask read the
+    wrong way), so the user reads what to change in the form they see it.
     """
     message = str(exc) or exc.__class__.__name__
     if flags:
         from ..curation import reword
 
         message = reword(exc, flags) or message
+        if "read_as" in flags:  # a mask read the wrong way: the field that reads it
+            message = read_as_wording(message, flags["read_as"])
     if isinstance(exc, KeyError) and exc.args:
         message = str(exc.args[0])
     if isinstance(exc, MemoryError):

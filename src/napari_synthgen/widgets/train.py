@@ -725,7 +725,8 @@ class TrainWidget(Container):
         self._jobs.cancel_all("check")  # only the newest list of folders matters
         job = self._jobs.start(check, doing="Checking the training data", kind="check",
                                progress="Checking the training data",
-                               on_result=show, on_error=failed)
+                               on_result=show, on_error=failed,
+                               flags={"read_as": "Masks read as"})
         return job.worker
 
     def config(self) -> TrainConfig:
@@ -872,8 +873,10 @@ class TrainWidget(Container):
             self.eta.value = f"Finished ({event['reason']}) at step {event['step']}."
         elif kind == "failed":
             self.plot.draw()
-            self.eta.value = f"<span style='color:#f66'>{event['message']}</span>"
-            report_error(RuntimeError(event["message"]), "Training")
+            message = read_as_wording(event["message"], "Masks read as")
+            self.eta.value = f"<span style='color:#f66'>{message}</span>"
+            report_error(RuntimeError(event["message"]), "Training",
+                         {"read_as": "Masks read as"})
 
     def _on_error(self, exc: BaseException) -> None:
         if not self._closing:  # the worker helper has shown the error to the user
