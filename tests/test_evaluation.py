@@ -76,6 +76,27 @@ def test_the_segmenter_uses_group_norm_and_is_deterministic(isbi_image, isbi_mas
     assert a.describe()["precision"] == "fp32"
 
 
+def test_ignored_classes_of_a_pool_teach_nothing(isbi_image, isbi_mask) -> None:
+    """Pairs that call every cell interior background: learnt as given, the segmenter paints
+    background; with class 0 ignored it never does (only the boundary taught anything). A
+    batch with nothing left to learn costs no NaN."""
+    image, mask = isbi_image[:128, :128], isbi_mask[:128, :128]
+    wrong = np.where(mask == INTERIOR, 0, mask).astype(np.uint8)
+    cfg = SegmenterConfig(steps=20, batch_size=2, crop=64, base=8, levels=2, seed=0,
+                          precision="fp32")
+    as_given = Pool.from_pairs([(image, wrong)])
+    ignoring = Pool.from_pairs([(image, wrong)])
+    ignoring.ignore = (0,)
+    painted = train_segmenter([Phase(20, as_given)], cfg).predict(image)
+    assert (painted == 0).mean() > 0.3
+    kept_out = train_segmenter([Phase(20, ignoring)], cfg).predict(image)
+    assert (kept_out == 0).mean() < 0.01
+    nothing = Pool.from_pairs([(image, np.zeros_like(mask))])
+    nothing.ignore = (0,)
+    seg = train_segmenter([Phase(2, nothing)], cfg)
+    assert all(bool(v.isfinite().all()) for v in seg.net.state_dict().values())
+
+
 def test_class_weights_favour_the_thin_class_and_are_clipped(isbi_mask) -> None:
     w = class_weights([isbi_mask])
     assert w[BOUNDARY] > 1.0 > w[INTERIOR] and w[0] == 1.0
@@ -251,6 +272,35 @@ def test_a_rerun_with_other_settings_keeps_the_earlier_results(
     assert "other settings" in err and "tolerance 2.0 there, 3.0 now" in err and "--out" in err
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()
             and p.suffix != ".png"} == before
+
+
+def test_synthetic_ignore_leaves_the_real_runs_as_they_were(
+        folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--synthetic-ignore 0` is recorded and changes only what the synthetic pairs teach: the
+    real-only run is the same figures; classes outside 0-2, or all three, are refused."""
+    argv = ["evaluate", "--real", str(folders["real"]), "--synthetic", str(folders["synthetic"]),
+            "--test", str(folders["test"]), "--steps", "3", "--seeds", "1", "--crop", "64",
+            "--batch-size", "2", "--arms", "real,real+synthetic"]
+    assert _run_cli([*argv, "--out", str(tmp_path / "all")]) == 0
+    assert _run_cli([*argv, "--synthetic-ignore", "0", "--out", str(tmp_path / "ign")]) == 0
+    settings = json.loads((tmp_path / "ign" / "evaluate_settings.json").read_text())
+    assert settings["synthetic_ignore"] == [0]
+    assert "synthetic_ignore" not in json.loads(
+        (tmp_path / "all" / "evaluate_settings.json").read_text())
+    assert "class 0 (background) ignored" in (tmp_path / "ign" / "evaluation.md").read_text()
+
+    def real_row(out: Path) -> dict[str, str]:
+        with (out / "evaluation_runs.csv").open() as f:
+            row = next(r for r in csv.DictReader(f) if r["arm"] == ev.ARM_REAL)
+        return {k: v for k, v in row.items() if k != "seconds"}
+
+    assert real_row(tmp_path / "ign") == real_row(tmp_path / "all")
+    for wrong, says in (("3", "mask classes are 0"), ("0,1,2", "teach nothing")):
+        capsys.readouterr()
+        assert _run_cli([*argv, "--synthetic-ignore", wrong, "--out",
+                         str(tmp_path / wrong)]) == 1
+        err = capsys.readouterr().err
+        assert says in err and "--synthetic-ignore" in err, err
 
 
 def test_an_unwritable_out_fails_before_computing(folders: dict[str, Path], tmp_path: Path,

@@ -289,6 +289,20 @@ def compare(summary: dict[str, dict[str, tuple[float, float]]], n_seeds: int) ->
 MIN_CROP = 8
 
 
+def check_ignore(classes: Sequence[int]) -> tuple[int, ...]:
+    """The synthetic classes to ignore, sorted without repeats; refused unless they are mask
+    classes and leave at least one class that teaches."""
+    chosen = tuple(sorted({int(c) for c in classes}))
+    wrong = [c for c in chosen if not 0 <= c < N_CLASSES]
+    if wrong:
+        raise ValueError(f"synthetic_ignore {wrong}: the mask classes are 0 (background), 1 "
+                         "(interior) and 2 (boundary); give some of those, e.g. 0.")
+    if len(chosen) == N_CLASSES:
+        raise ValueError("synthetic_ignore names every class, so the synthetic pairs would "
+                         "teach nothing; leave at least one class out of it.")
+    return chosen
+
+
 def _check_settings(*, steps: int, seeds: int, mix: float, min_score: float | None,
                     batch_size: int, crop: int, tolerance: float, device: str) -> None:
     """Refuse settings out of range, and a batch of crops larger than free memory, before
@@ -318,7 +332,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
              tolerance: float = 2.0, arms: Sequence[str] | None = None,
              progress: Progress | None = None, out: str | Path | None = None,
              real_sizes: Sequence[int] | None = None, val_every: int | None = None,
-             read_as: MaskSource = "auto", boundary_width: int = 2) -> EvaluationResult:
+             read_as: MaskSource = "auto", boundary_width: int = 2,
+             synthetic_ignore: Sequence[int] = ()) -> EvaluationResult:
     """Train the small segmenter on real, real + synthetic and synthetic pairs (same budget,
     seeds 0..seeds-1) and score each on the real test pairs. Paired folders in, figures out.
 
@@ -327,7 +342,9 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     segmenter) is at least that value. Raises :class:`LeakError` for a leaked test image.
     ``read_as`` and ``boundary_width`` say how the masks of ``real`` and ``test`` are read
     (:func:`masks.coerce_mask`, e.g. ``binary`` for 0/255 organelle masks); the synthetic
-    folder holds what ``generate`` wrote, class masks.
+    folder holds what ``generate`` wrote, class masks. ``synthetic_ignore`` lists classes whose
+    pixels in the synthetic pairs teach nothing (e.g. ``(0,)``: a class the generator draws
+    badly); the real pairs teach every class, and the class weights stay those of the masks.
 
     ``real_sizes`` (e.g. ``(1, 2, 5)``) makes it a study: the real arms run at each size on
     subsets of the real pairs (:func:`real_subset`), the real-only arm records a validation
@@ -347,6 +364,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         check_writable(out)
     _check_settings(steps=steps, seeds=seeds, mix=mix, min_score=min_score,
                     batch_size=batch_size, crop=crop, tolerance=tolerance, device=device)
+    ignore = check_ignore(synthetic_ignore)
     study = real_sizes is not None
     if study:
         from .limits import check_range
@@ -389,6 +407,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
                          "size that puts both kinds in each batch.")
     real_pool = Pool.from_pairs(real_pairs, real_names)
     syn_pool = Pool.from_pairs(syn_pairs, syn_names)
+    syn_pool.ignore = ignore
     weights_from = [real_pool, syn_pool]
     # the runs, in order: (arm, size or None, seed); the synthetic arm needs no size
     jobs = [(arm, n, seed) for n in sizes for arm in chosen if arm != ARM_SYNTHETIC
@@ -410,6 +429,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         settings["n_stacks"] = [len(real_stacks), len(syn_stacks), len(test_stacks)]
     if read_as != "auto":  # absent for class masks: old results match
         settings["read_as"] = [read_as, boundary_width]
+    if ignore:  # absent when every class teaches: old results match
+        settings["synthetic_ignore"] = list(ignore)
     if study:  # absent without the study: old results match
         settings["real_sizes"] = sizes
         settings["val_every"] = val_every
@@ -419,6 +440,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     kept_syn = syn_pool
     if store is not None and min_score is not None and (kept := store.kept()) is not None:
         kept_syn = _kept_pool(syn_pairs, syn_names, kept, settings)
+        kept_syn.ignore = ignore
     for arm, n, seed in jobs:
         stage = f"{arm} seed {seed}" if n is None else f"{arm} n={n} seed {seed}"
         saved = None if store is None else store.run(arm, seed, n)
@@ -495,6 +517,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         if arm == ARM_REAL and seed == 0 and min_score is not None:
             kept_syn = _filter_by_score(syn_pairs, syn_names, seg, real_pairs, min_score,
                                         settings, quality, syn_stacks)
+            kept_syn.ignore = ignore
             if store is not None:  # before the run: a saved run implies its filter
                 store.save_kept(kept_syn.names)
         if store is not None:
@@ -767,6 +790,9 @@ def markdown_table(result: EvaluationResult) -> str:
     cols = [m for m in METRICS if any(not math.isnan(result.summary[a][m][0])
                                       for a in result.summary)]
     how = ", pre-train then fine-tune" if s["pretrain_synthetic"] else ""
+    if s.get("synthetic_ignore"):
+        how += (", synthetic pixels of class " + ", ".join(
+            f"{c} ({CLASS_NAMES[c]})" for c in s["synthetic_ignore"]) + " ignored")
     lines = [
         "# Does the synthetic set help a segmenter on real images?", "",
         f"Real pairs {s['n_real']}, synthetic pairs {s.get('n_synthetic_kept', s['n_synthetic'])}"

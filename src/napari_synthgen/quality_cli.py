@@ -48,6 +48,19 @@ def _arms(text: str) -> list[str]:
     return arms
 
 
+def _classes(text: str) -> list[int]:
+    """argparse ``type``: comma-separated mask classes (``0`` or ``0,2``); ``evaluate`` checks
+    the range."""
+    try:
+        classes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        classes = []
+    if not classes:
+        raise argparse.ArgumentTypeError(
+            f"expected mask classes (0, 1, 2) separated by commas, e.g. 0; got {text!r}")
+    return classes
+
+
 def _add_read_as(p: argparse.ArgumentParser, which: str) -> None:
     """``--read-as`` and ``--boundary-width``, as ``generate`` and ``train`` take them."""
     from .cli_wording import READ_AS_HELP
@@ -151,6 +164,11 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help="with --real-sizes: a validation point of the real-only arm every "
                    "STEPS steps (default: a tenth of --steps); held-out real pairs not in the "
                    "subset, else the training loss only")
+    p.add_argument("--synthetic-ignore", type=_classes, default=(), metavar="CLASS,...",
+                   help="classes whose pixels in the synthetic pairs teach nothing (left out "
+                   "of the loss), e.g. 0 where the generator draws class 0 badly; the real "
+                   "pairs teach every class and the class weights do not change, so the "
+                   "real-only runs are the same with or without it")
     _add_read_as(p, "the masks of --real and --test (the synthetic folder holds generate's "
                  "class masks)")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
@@ -221,7 +239,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           tolerance=args.tolerance, progress=progress,
                           read_as=args.read_as, boundary_width=args.boundary_width,
                           out=args.out, real_sizes=args.real_sizes, val_every=args.val_every,
-                          arms=args.arms)
+                          arms=args.arms, synthetic_ignore=args.synthetic_ignore)
     except LeakError as exc:
         bar.close()
         print(f"napari-synthgen evaluate: error: {exc}", file=sys.stderr)

@@ -114,13 +114,22 @@ class SegmenterConfig:
         return asdict(self)
 
 
+#: The label of a pixel that teaches nothing (``CrossEntropyLoss``'s ``ignore_index``).
+IGNORE = -100
+
+
 @dataclass
 class Pool:
-    """Training pairs held in memory: normalised images (float16 to halve the memory) and masks."""
+    """Training pairs held in memory: normalised images (float16 to halve the memory) and masks.
+
+    ``ignore`` lists classes whose pixels teach nothing (their loss is left out): the classes a
+    generator draws badly, so that its pairs teach only what they draw well.
+    """
 
     images: list[np.ndarray]
     masks: list[np.ndarray]
     names: list[str] = field(default_factory=list)
+    ignore: tuple[int, ...] = ()
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -161,6 +170,8 @@ def _crop_batch(pool: Pool, n: int, crop: int, rng: np.random.Generator
         if flip:
             ci, cm = ci[:, ::-1], cm[:, ::-1]
         xs[b, 0], ys[b] = ci, cm
+    if pool.ignore:
+        ys[np.isin(ys, pool.ignore)] = IGNORE
     return xs, ys
 
 
@@ -253,7 +264,8 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
     """Train one segmenter through ``phases`` (e.g. synthetic pre-training, then real).
 
     Class weights come from the masks of ``weights_from`` (default: every pool of the phases),
-    so all arms of an evaluation can share the same weights. Each phase starts a fresh Adam
+    so all arms of an evaluation can share the same weights; a pool's ``ignore`` does not
+    change them (a real-only run is the same with or without it). Each phase starts a fresh Adam
     optimiser (fine-tuning after pre-training starts from the weights, not the moments).
     ``watch`` (every ``watch_every`` steps and after the last) sees the network mid-training,
     for a validation curve; it changes nothing in training (same weights with or without it).
@@ -281,7 +293,9 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
         torch.manual_seed(config.seed)
         net = build_unet(base=config.base, levels=config.levels).to(device)
         loss_fn = torch.nn.CrossEntropyLoss(
-            weight=torch.tensor(weights, dtype=torch.float32, device=device))
+            weight=torch.tensor(weights, dtype=torch.float32, device=device),
+            ignore_index=IGNORE)
+        ignoring = any(p.ignore for p in pools)
         rng = np.random.default_rng([config.seed, 9])
         total = sum(ph.steps for ph in phases)
         done = 0
@@ -307,7 +321,10 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
                 ys = torch.from_numpy(np.concatenate([p[1] for p in parts])).to(device)
                 with autocast(device, precision):
                     logits = net(xs)
-                loss = loss_fn(logits.float(), ys)
+                if ignoring and not bool((ys != IGNORE).any()):
+                    loss = logits.float().sum() * 0.0  # nothing to learn here: not NaN
+                else:
+                    loss = loss_fn(logits.float(), ys)
                 if not torch.isfinite(loss):
                     raise RuntimeError(
                         f"the segmenter's loss became {float(loss)} at step {done}; try a "
