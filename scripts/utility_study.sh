@@ -37,7 +37,8 @@
 # weights, DIFF_STEPS steps; INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply),
 # NOISE_NC (pix2pix: noise channels beside the mask, train --noise-nc; 0, the earlier runs'),
 # READ_AS (--read-as of every command reading the labelled and test masks: auto), DEVICE
-# (--device of every command, e.g. cuda; unset: each command's default).
+# (--device of every command, e.g. cuda; unset: each command's default), EVAL_ARGS (more
+# evaluate flags, e.g. "--synthetic-ignore 0" or "--base 32").
 set -euo pipefail
 SETTING=${1:?usage: $0 isbi|vnc|mito|folders RUN_DIR}
 R=${2:?usage: $0 isbi|vnc|mito|folders RUN_DIR}
@@ -109,7 +110,8 @@ fi
 
 # 2. synthetic masks: variations of the labelled masks (cut into SIZE x SIZE pieces first, so
 #    that 1024 x 1024 VNC slices give 512 x 512 samples: the segmenter trains on 128 px crops
-#    anyway, and diffusion time grows with the area) and layouts calibrated on them
+#    anyway, and diffusion time grows with the area; pieces overlap where a side is not a
+#    multiple of SIZE) and layouts calibrated on them
 [ -e "$R/masks/.done" ] || {
   mkdir -p "$R/pieces"
   $PY - "$R/real/masks" "$R/pieces" "$SIZE" <<'PY'
@@ -121,12 +123,20 @@ import tifffile
 from napari_synthgen.io import list_images, read_array
 
 src, dst, size = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+def starts(length: int) -> list[int]:
+    """Piece starts that cover the whole side, overlapping as little as they must (1024 px:
+    0 and 512; 1000 px: 0 and 488), so masks of any size give every labelled pixel a piece."""
+    n = -(-length // size)
+    return sorted({round(i * (length - size) / max(n - 1, 1)) for i in range(n)})
+
+
 for f in list_images(src):  # TIFF or PNG, as every command reads them
     m = read_array(f)
     if min(m.shape[:2]) < size:  # smaller than a piece: the whole mask
         tifffile.imwrite(dst / f"{f.stem}.tif", m)
-    for y in range(0, m.shape[0] - size + 1, size):
-        for x in range(0, m.shape[1] - size + 1, size):
+        continue
+    for y in starts(m.shape[0]):
+        for x in starts(m.shape[1]):
             tifffile.imwrite(dst / f"{f.stem}_y{y}_x{x}.tif", m[y:y + size, x:x + size])
 PY
   $NS masks --variations-of "$R/pieces" --n "$N_VAR" --seed 1 "${READ[@]}" --out "$R/masks"
@@ -141,5 +151,5 @@ PY
 [ "${EVALUATE:-1}" = 1 ] || { echo "done (no evaluate): $R/report"; exit 0; }
 [ -e "$R/eval/evaluation_sizes.csv" ] || $NS evaluate --real "$R/real" --synthetic "$R/syn" \
   --test "$R/test" --real-sizes "$SIZES" --steps "$SEG_STEPS" --batch-size 8 --seeds "$SEEDS" \
-  "${READ[@]}" "${DEV[@]}" --out "$R/eval"
+  "${READ[@]}" "${DEV[@]}" ${EVAL_ARGS:-} --out "$R/eval"
 echo "done: $R/eval/evaluation.md"
