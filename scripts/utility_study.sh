@@ -132,12 +132,15 @@ def starts(length: int) -> list[int]:
 
 for f in list_images(src):  # TIFF or PNG, as every command reads them
     m = read_array(f)
-    if min(m.shape[:2]) < size:  # smaller than a piece: the whole mask
-        tifffile.imwrite(dst / f"{f.stem}.tif", m)
-        continue
-    for y in starts(m.shape[0]):
-        for x in starts(m.shape[1]):
-            tifffile.imwrite(dst / f"{f.stem}_y{y}_x{x}.tif", m[y:y + size, x:x + size])
+    slices = [(f.stem, m)] if m.ndim == 2 else [(f"{f.stem}_z{z:03d}", s)  # a stack: its slices
+                                                 for z, s in enumerate(m)]
+    for stem, s in slices:
+        if min(s.shape) < size:  # smaller than a piece: the whole mask
+            tifffile.imwrite(dst / f"{stem}.tif", s)
+            continue
+        for y in starts(s.shape[0]):
+            for x in starts(s.shape[1]):
+                tifffile.imwrite(dst / f"{stem}_y{y}_x{x}.tif", s[y:y + size, x:x + size])
 PY
   $NS masks --variations-of "$R/pieces" --n "$N_VAR" --seed 1 "${READ[@]}" --out "$R/masks"
   $NS masks --like "$R/real" --n "$N_LIKE" --size "$SIZE" "$SIZE" --seed 2 "${READ[@]}" --out "$R/masks/like"
