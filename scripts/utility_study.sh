@@ -36,6 +36,7 @@
 # unconditional discriminator on the unlabelled slices (docs/unlabeled.md), from random
 # weights, DIFF_STEPS steps; INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply),
 # NOISE_NC (pix2pix: noise channels beside the mask, train --noise-nc; 0, the earlier runs'),
+# NOISE_SCALE (pix2pix: pixels per noise value, train --noise-scale; 1),
 # READ_AS (--read-as of every command reading the labelled and test masks: auto), DEVICE
 # (--device of every command, e.g. cuda; unset: each command's default), EVAL_ARGS (more
 # evaluate flags, e.g. "--synthetic-ignore 0" or "--base 32").
@@ -92,6 +93,7 @@ case "$SETTING" in mito|folders) GUIDANCE=${GUIDANCE:-3} ;; *) GUIDANCE=${GUIDAN
 WHERE=${GUIDANCE_WHERE:-labelled}
 if [ "$FAMILY" = pix2pix ]; then
   GEN_ARGS+=(--netG unet_128 --ngf 32 --ndf 32 --precision fp32 --noise-nc "${NOISE_NC:-0}")
+  if [ "${NOISE_SCALE:-1}" != 1 ]; then GEN_ARGS+=(--noise-scale "$NOISE_SCALE"); fi
   SAMPLE_ARGS=()
 else
   if [ "$INIT" != none ]; then GEN_ARGS+=(--init-from "$INIT"); fi

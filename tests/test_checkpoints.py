@@ -289,8 +289,9 @@ def test_our_format_round_trips(tmp_path: Path) -> None:
         dtypes = {fh.get_tensor(k).dtype for k in fh.keys()}  # noqa: SIM118
         assert any(k.endswith("running_var") for k in fh.keys())  # noqa: SIM118
     assert header["format_version"] == 1 and header["family"] == "pix2pix"
-    without_noise = {k: v for k, v in asdict(spec).items() if k != "noise_nc"}
-    assert header["generator"] == without_noise  # noise_nc 0 is left out: the old layout
+    without_noise = {k: v for k, v in asdict(spec).items()
+                     if k not in ("noise_nc", "noise_scale")}
+    assert header["generator"] == without_noise  # no noise is left out: the old layout
     assert header["encoding"] == "onehot"
     assert dtypes == {torch.float32, torch.int64}
     loaded = load_model(path)

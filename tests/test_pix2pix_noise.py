@@ -23,9 +23,10 @@ from napari_synthgen.training.engine import latest_checkpoint, train
 TINY = dict(netG="unet_128", ngf=4, ndf=4, tile=128, precision="fp32")
 
 
-def _model(path: Path, noise_nc: int) -> Path:
+def _model(path: Path, noise_nc: int, noise_scale: int = 1) -> Path:
     torch.manual_seed(0)
-    spec = GeneratorSpec("unet_128", input_nc=3, output_nc=1, ngf=4, noise_nc=noise_nc)
+    spec = GeneratorSpec("unet_128", input_nc=3, output_nc=1, ngf=4, noise_nc=noise_nc,
+                         noise_scale=noise_scale)
     return save_model(path, build_generator(spec).eval(), spec, encoding="onehot", tile=128)
 
 
@@ -107,3 +108,61 @@ def test_training_with_noise_resumes_exactly_and_is_checked(tmp_path: Path,
     assert refused["event"] == "failed" and "noise_nc: checkpoint 1, now 0" in refused["message"]
     with pytest.raises(ConfigError, match="noise_nc must be >= 0"):
         cfg(tmp_path / "bad", noise_nc=-1).validate()
+
+
+def test_coarse_noise_is_smooth_unit_variance_and_the_same_in_any_window() -> None:
+    """noise_scale 8: one value every 8 px, interpolated and renormalised, so neighbouring
+    pixels agree (no grain) and every pixel still has unit variance; any window of the slice's
+    field holds the same numbers, as overlapping tiles must."""
+    from napari_synthgen.families.pix2pix import noise
+
+    field = noise.draw((256, 1, 64, 64), 8, torch.Generator().manual_seed(0))
+    assert abs(float(field.std()) - 1) < 0.02
+    per_pixel = field.std(dim=0)[0]  # over the batch: unit variance at every phase
+    assert float(per_pixel.min()) > 0.8 and float(per_pixel.max()) < 1.2
+    smooth = float((field[..., 1:] * field[..., :-1]).mean())
+    grain = noise.draw((256, 1, 64, 64), 1, torch.Generator().manual_seed(0))
+    rough = float((grain[..., 1:] * grain[..., :-1]).mean())
+    assert smooth > 0.9 and abs(rough) < 0.05
+    coarse = torch.randn(1, 1, 50, 50)
+    whole = noise.upsample(coarse, 8, 0, 0, 300, 300)
+    for y, x in ((37, 91), (8, 0), (100, 163)):
+        part = coarse[..., y // 8:y // 8 + noise.coarse_extent(y, 128, 8),
+                      x // 8:x // 8 + noise.coarse_extent(x, 128, 8)]
+        assert torch.allclose(noise.upsample(part, 8, y, x, 128, 128),
+                              whole[..., y:y + 128, x:x + 128], atol=1e-6)
+
+
+def test_a_coarse_noise_model_is_recorded_seeded_and_seamless(tmp_path: Path) -> None:
+    path = _model(tmp_path / "coarse.safetensors", 1, noise_scale=8)
+    assert _header(path)["generator"]["noise_scale"] == 8
+    assert "noise_scale" not in _header(_model(tmp_path / "fine.safetensors", 1))["generator"]
+    model = load_model(path)
+    assert model.spec.noise_scale == 8 and "every 8 px" in model.info.details["summary"]
+    mask = np.zeros((300, 260), np.uint8)
+    mask[100:140, 50:90] = 1
+    synth = make_synthesizer(model, device="cpu", precision="fp32")
+    assert synth.describe()["noise_scale"] == 8
+    a, again, b = synth(mask, seed=0), synth(mask, seed=0), synth(mask, seed=1)
+    assert np.array_equal(a, again) and not np.array_equal(a, b)
+    synth(mask, seed=4, keep=True)
+    edited = mask.copy()
+    edited[200:210, 200:210] = 2
+    image, regions = synth.update(edited)
+    assert regions and np.array_equal(image, synth(edited, seed=4))
+    synth.close()
+    with pytest.raises(ValueError, match="noise_scale must be a whole number >= 1"):
+        GeneratorSpec("unet_128", noise_nc=1, noise_scale=0)
+
+
+def test_training_with_coarse_noise_records_it_and_needs_noise(tmp_path: Path,
+                                                               isbi_small: Path) -> None:
+    def cfg(out: Path, **extra):
+        return make_config(data=[str(isbi_small)], out=str(out), **{
+            "steps": 3, "batch_size": 2, "checkpoint_every": 100, "sample_every": 100,
+            "seed": 2, "noise_nc": 1, "noise_scale": 8, **TINY, **extra})
+
+    assert list(train(cfg(tmp_path / "run")))[-1]["event"] == "finished"
+    assert load_model(tmp_path / "run").spec.noise_scale == 8
+    with pytest.raises(ConfigError, match="noise_nc is 0"):
+        cfg(tmp_path / "bad", noise_nc=0).validate()

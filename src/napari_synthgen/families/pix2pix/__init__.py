@@ -57,6 +57,9 @@ class Pix2PixSettings:
     #: channels of Gaussian noise beside the mask (0: the reference generator, none). Without
     #: noise a region the mask leaves uniform repeats from tile to tile (docs/unlabeled.md)
     noise_nc: int = 0
+    #: pixels per noise value (1: every pixel its own; s > 1: smooth noise, one value every s
+    #: pixels, interpolated; families/pix2pix/noise.py)
+    noise_scale: int = 1
 
 
 class Pix2PixFamily(Family):
@@ -65,7 +68,7 @@ class Pix2PixFamily(Family):
     name = "pix2pix"
     settings = Pix2PixSettings
     arch_keys = ("netG", "ngf", "norm", "dropout", "output_nc", "netD", "ndf", "n_layers_D",
-                 "noise_nc")
+                 "noise_nc", "noise_scale")
     loss_names = ("G_GAN", "G_L1", "D_real", "D_fake")
     defaults: ClassVar[Mapping[str, Any]] = {"out": "runs/pix2pix"}
     # measured 1.0 KB per pixel for unet_256 ngf 64 in fp32 at tile 256, with 2x margin
@@ -91,6 +94,10 @@ class Pix2PixFamily(Family):
                   "pix2pix: channels of Gaussian noise beside the mask (default 0: none, the "
                   "reference generator); with noise, tissue the mask leaves uniform does not "
                   "repeat from tile to tile, and each seed draws it anew"),
+        CliOption("--noise-scale", "noise_scale", int,
+                  "pix2pix: pixels per noise value (default 1: every pixel its own); e.g. 8 "
+                  "draws one value every 8 px, interpolated: the tissue changes smoothly "
+                  "instead of carrying a pixel grain (needs --noise-nc)"),
         CliOption("--beta1", "beta1", float, "Adam beta1 (pix2pix)"),
         CliOption("--decay-start", "decay_start", float,
                   "fraction of the run before the rate decays (pix2pix)"),
@@ -106,7 +113,7 @@ class Pix2PixFamily(Family):
         "beta2", "decay_start", "init_type", "init_gain", "seed", "device", "precision",
         "channels_last", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
         "n_preview", "unlabel_fraction", "unlabeled", "unlabeled_share", "cond_dropout",
-        "lambda_unlabeled", "noise_nc", "read_as", "boundary_width",
+        "lambda_unlabeled", "noise_nc", "read_as", "boundary_width", "noise_scale",
     )
 
     def validate(self, cfg: TrainConfig) -> list[str]:
@@ -128,6 +135,12 @@ class Pix2PixFamily(Family):
             problems.append(f"output_nc must be 1 or 3; got {cfg.output_nc}.")
         if cfg.noise_nc < 0:
             problems.append(f"noise_nc must be >= 0; got {cfg.noise_nc}.")
+        if cfg.noise_scale < 1:
+            problems.append(f"noise_scale must be >= 1; got {cfg.noise_scale}.")
+        elif cfg.noise_scale > 1 and cfg.noise_nc == 0:
+            problems.append(f"noise_scale {cfg.noise_scale} sets the scale of noise channels, "
+                            "but noise_nc is 0 (no noise); add noise_nc 1 or leave "
+                            "noise_scale at 1.")
         for name in ("ngf", "ndf", "n_layers_D"):
             if getattr(cfg, name) < 1:
                 problems.append(f"{name} must be at least 1; got {getattr(cfg, name)}.")

@@ -73,6 +73,8 @@ def save_model(
     generator = asdict(spec)
     if not spec.noise_nc:  # files without noise keep the layout (and bytes) they always had
         del generator["noise_nc"]
+    if spec.noise_scale == 1:  # likewise files with noise at full resolution
+        del generator["noise_scale"]
     header = _header(FAMILY, {"generator": generator}, encoding, _check_tile(tile), metadata)
     with atomic_path(dest) as tmp:
         save_file(tensors, tmp, metadata={METADATA_KEY: header})
@@ -81,7 +83,7 @@ def save_model(
 
 _SPEC_FIELDS = tuple(f.name for f in fields(GeneratorSpec))
 #: spec entries added later, absent from older files (which then take the default)
-_OPTIONAL_FIELDS = ("noise_nc",)
+_OPTIONAL_FIELDS = ("noise_nc", "noise_scale")
 
 
 def _spec_from_doc(doc: Mapping[str, Any]) -> GeneratorSpec:
@@ -216,11 +218,15 @@ def load_pix2pix(tensors: dict[str, torch.Tensor], doc: dict[str, Any] | None, *
         notes.append(extra)
     spec = found.spec
     noise = f" · {spec.noise_nc} noise channel(s)" if spec.noise_nc else ""
+    if spec.noise_nc and spec.noise_scale > 1:
+        noise += f" every {spec.noise_scale} px"
     details = {"architecture": spec.netG, "short": f"{spec.netG} ngf {spec.ngf}",
                "summary": f"{spec.netG} · ngf {spec.ngf} · {spec.norm} norm{noise}",
                "netG": spec.netG, "ngf": spec.ngf, "norm": spec.norm, "dropout": dropout_info}
     if spec.noise_nc:
         details["noise_nc"] = spec.noise_nc
+    if spec.noise_scale > 1:
+        details["noise_scale"] = spec.noise_scale
     info = model_info(
         FAMILY, file, network, input_nc=spec.input_nc, output_nc=spec.output_nc,
         encoding=enc, encoding_source=enc_source, tile=found.tile, format=found.format,

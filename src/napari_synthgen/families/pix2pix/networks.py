@@ -53,6 +53,10 @@ class GeneratorSpec:
     #: none, the reference architecture). Without it a region the mask leaves uniform is drawn
     #: as the same pattern in every tile (scripts/uniform_regions.py, docs/unlabeled.md).
     noise_nc: int = 0
+    #: pixels per noise value: 1 draws each pixel's own; s > 1 one value every s pixels,
+    #: interpolated (smooth changes of tissue without the grain full-resolution noise gives;
+    #: families/pix2pix/noise.py)
+    noise_scale: int = 1
 
     def __post_init__(self) -> None:
         check_choice("generator (netG)", self.netG, GENERATORS)
@@ -64,6 +68,10 @@ class GeneratorSpec:
         if isinstance(self.noise_nc, bool) or not isinstance(self.noise_nc, int) \
                 or self.noise_nc < 0:
             raise ValueError(f"noise_nc must be a whole number >= 0, got {self.noise_nc!r}.")
+        if isinstance(self.noise_scale, bool) or not isinstance(self.noise_scale, int) \
+                or self.noise_scale < 1:
+            raise ValueError(
+                f"noise_scale must be a whole number >= 1, got {self.noise_scale!r}.")
 
     @property
     def network_nc(self) -> int:

@@ -165,6 +165,8 @@ def _channels_and_width(sd: Mapping[str, torch.Tensor], netG: str) -> tuple[int,
 def describe_spec(spec: GeneratorSpec) -> str:
     """A short human description such as 'unet_256, ngf 64, norm batch, 3 -> 3 channels'."""
     noise = f" + {spec.noise_nc} noise" if spec.noise_nc else ""
+    if spec.noise_nc and spec.noise_scale > 1:
+        noise += f" every {spec.noise_scale} px"
     return (
         f"{spec.netG}, ngf {spec.ngf}, norm {spec.norm}, "
         f"{spec.input_nc}{noise} -> {spec.output_nc} channels"

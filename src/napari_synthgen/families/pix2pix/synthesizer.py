@@ -26,6 +26,7 @@ from ...synthesis import (
 )
 from ...tiling import TileGrid, plan_tiles, tile_seed
 from .networks import size_divisor
+from .noise import coarse_extent, upsample
 
 
 class SeededDropout(nn.Module):
@@ -179,9 +180,9 @@ class Pix2PixSynthesizer(Synthesizer):
         x_in = encode_masks(masks, self._lut).to(self._input_dtype).contiguous(
             memory_format=self.memory_format)
         if self.spec.noise_nc:  # the seed's noise canvas, cropped like the mask
-            noise = np.stack([noise_crop(seed, z, y, x, t, self.spec.noise_nc)
-                              for y, x in origins])
-            x_in = torch.cat([x_in, torch.from_numpy(noise).to(self.device, x_in.dtype)],
+            noise = torch.from_numpy(np.stack([self._noise(seed, z, y, x, t)
+                                               for y, x in origins]))
+            x_in = torch.cat([x_in, noise.to(self.device, x_in.dtype)],
                              1).contiguous(memory_format=self.memory_format)
         seeds = [tile_seed(seed, z, y, x) for y, x in origins] if self.stochastic else None
         for d in self._dropouts:
@@ -196,6 +197,16 @@ class Pix2PixSynthesizer(Synthesizer):
                 d.seeds = None
         return out.float().mean(dim=1).cpu().numpy()
 
+    def _noise(self, seed: int, z: int, y: int, x: int, t: int) -> np.ndarray:
+        """The noise channels of the tile at ``(y, x)``: the canvas itself, or at
+        ``noise_scale`` its coarse nodes over the tile, interpolated."""
+        k, s = self.spec.noise_nc, self.spec.noise_scale
+        if s == 1:
+            return noise_crop(seed, z, y, x, t, k)
+        side = max(coarse_extent(y, t, s), coarse_extent(x, t, s))
+        coarse = torch.from_numpy(noise_crop(seed, z, y // s, x // s, side, k))
+        return upsample(coarse, s, y, x, t, t).numpy()
+
     def describe(self) -> dict[str, Any]:
         """What this synthesizer runs: model, device, precision, tiling."""
         described = {
@@ -204,6 +215,8 @@ class Pix2PixSynthesizer(Synthesizer):
         }
         if self.spec.noise_nc:  # absent otherwise: records of models without noise unchanged
             described["noise_nc"] = self.spec.noise_nc
+        if self.spec.noise_scale > 1:
+            described["noise_scale"] = self.spec.noise_scale
         return described
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from ...gan import gan_loss
 from ...masks import NO_LABEL
 from ...training.config import TrainConfig
 from ..base import StepResult
+from . import noise
 from .networks import GeneratorSpec, build_discriminator, build_generator, init_weights
 
 
@@ -85,7 +86,8 @@ class Pix2PixModel:
         self.cfg, self.device, self.precision = cfg, device, precision
         self.spec = GeneratorSpec(netG=cfg.netG, input_nc=n_channels(cfg.encoding),
                                   output_nc=cfg.output_nc, ngf=cfg.ngf, norm=cfg.norm,
-                                  dropout=cfg.dropout, noise_nc=cfg.noise_nc)
+                                  dropout=cfg.dropout, noise_nc=cfg.noise_nc,
+                                  noise_scale=cfg.noise_scale)
         self.G = build_generator(self.spec)
         self.D = build_discriminator(self.spec.input_nc + cfg.output_nc, ndf=cfg.ndf,
                                      netD=cfg.netD, n_layers=cfg.n_layers_D, norm=cfg.norm)
@@ -159,7 +161,7 @@ class Pix2PixModel:
         k = self.spec.noise_nc
         if not k:
             return a
-        z = torch.randn((a.shape[0], k, *a.shape[2:]), generator=generator)
+        z = noise.draw((a.shape[0], k, *a.shape[2:]), self.spec.noise_scale, generator)
         return torch.cat([a, z.to(device=a.device, dtype=a.dtype)], 1).contiguous(
             memory_format=self.memory_format)
 
