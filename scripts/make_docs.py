@@ -13,6 +13,7 @@ each. Same seeds, same pictures (up to font rendering). A few minutes on a 2-cor
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -58,6 +59,8 @@ RESULTS: dict[str, tuple[str, ...]] = {
     "utility_ceiling.png": ("scripts/utility_ceiling.sh", "scripts/utility_figure.py"),
     "utility_mito_report.png": ("scripts/utility_study.sh", "scripts/utility_figure.py"),
     "uniform_regions.png": ("scripts/utility_study.sh", "scripts/uniform_regions.py"),
+    "noise_scale.png": ("scripts/organelle_folders.py", "scripts/utility_study.sh",
+                        "scripts/noise_figure.py"),
 }
 MAX_BYTES = 290_000
 TRAIN_STEPS = 300  # the recorded run (about 30 s on 2 CPU cores); the picture stops at 80 %
@@ -153,8 +156,8 @@ def save_png(image: Any, dest: Path, max_bytes: int = MAX_BYTES) -> Path:
     import numpy as np
     from PIL import Image
 
-    img = Image.open(image) if isinstance(image, (str, Path)) else Image.fromarray(
-        np.asarray(image))
+    img = Image.open(image) if isinstance(image, (str, Path, io.BytesIO)) else (
+        Image.fromarray(np.asarray(image)))
     img = img.convert("RGB")
     dest.parent.mkdir(parents=True, exist_ok=True)
     for scale in (1.0, 0.85, 0.7, 0.6, 0.5):

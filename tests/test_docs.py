@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
 IMAGE_DIR = REPO / "docs" / "images"
 MAX_IMAGE_BYTES = 300_000
-MAX_IMAGES_BYTES = 3_000_000
+#: 3.1 MB: pictures of EM texture at 1:1 (grain and repetition do not show when scaled)
+MAX_IMAGES_BYTES = 3_100_000
 
 #: programs that run the next words as a command (their own options are skipped)
 WRAPPERS = {"torchrun", "srun", "xvfb-run", "nice", "time", "exec", "env", "sudo", "uv",
@@ -417,7 +418,7 @@ def test_images_are_small_and_made_by_make_docs() -> None:
                 f"{path.name} is not made by scripts/make_docs.py"
         assert path.stat().st_size <= MAX_IMAGE_BYTES, f"{_rel(path)} is over 300 KB"
     total = sum(p.stat().st_size for p in IMAGE_DIR.glob("*") if p.is_file())
-    assert total <= MAX_IMAGES_BYTES, f"docs/images/ holds {total} bytes (budget 3 MB)"
+    assert total <= MAX_IMAGES_BYTES, f"docs/images/ holds {total} bytes (budget 3.1 MB)"
 
 
 # ------------------------------------------------------------------- the checker itself
