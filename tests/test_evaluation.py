@@ -121,6 +121,30 @@ def test_figures_of_a_perfect_and_a_shifted_prediction(isbi_mask) -> None:
     assert none["boundary_f1"] == 0.0 and none["dice_boundary"] == 0.0
 
 
+def test_objects_dice_counts_an_organelle_whole() -> None:
+    """Organelle masks: a prediction that draws each object's ring a pixel wider than the
+    truth loses interior Dice but outlines the objects exactly (objects Dice 1); missing an
+    object costs it; without class 0 in the truth the figure is undefined."""
+    from scipy import ndimage as ndi
+
+    truth = np.zeros((64, 64), np.uint8)
+    objects = np.zeros_like(truth, bool)
+    objects[10:30, 10:30] = objects[40:56, 35:60] = True
+    inner = ndi.binary_erosion(objects, iterations=2)
+    truth[objects], truth[inner] = BOUNDARY, INTERIOR
+    wide_ring = truth.copy()
+    wide_ring[inner & ~ndi.binary_erosion(objects, iterations=3)] = BOUNDARY
+    s = ev.scores_from_counts(ev.confusion_counts(wide_ring, truth), {0, 1, 2})
+    assert s["dice_objects"] == 1.0 and s["dice_interior"] < 0.95
+    one_missed = truth.copy()
+    one_missed[40:56, 35:60] = 0
+    assert ev.scores_from_counts(ev.confusion_counts(one_missed, truth),
+                                 {0, 1, 2})["dice_objects"] < 0.8
+    dense = np.where(truth == 0, INTERIOR, truth).astype(np.uint8)
+    assert np.isnan(ev.scores_from_counts(ev.confusion_counts(dense, dense),
+                                          {1, 2})["dice_objects"])
+
+
 def test_comparison_says_when_the_spread_is_larger_than_the_difference() -> None:
     summary = {"real": {"mean_dice": (0.80, 0.05), "boundary_f1": (0.70, 0.01),
                         "dice_interior": (0.30, 0.03)},
@@ -301,6 +325,25 @@ def test_synthetic_ignore_leaves_the_real_runs_as_they_were(
                          str(tmp_path / wrong)]) == 1
         err = capsys.readouterr().err
         assert says in err and "--synthetic-ignore" in err, err
+
+
+def test_runs_saved_before_the_objects_dice_are_reused(folders: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    """Runs finished by a version without ``dice_objects`` are reused as they are: the
+    figure is n/a for them, nothing is recomputed and nothing fails."""
+    out = tmp_path / "out"
+    first = _small(folders, out=out, real_sizes=[2], arms=[ev.ARM_REAL, ev.ARM_MIXED])
+    for f in (out / "runs").glob("*.json"):
+        rec = json.loads(f.read_text())
+        rec["run"].pop("dice_objects")
+        for image in rec["run"].get("images", []):
+            image.pop("dice_objects")
+        f.write_text(json.dumps(rec))
+    again = _small(folders, out=out, real_sizes=[2], arms=[ev.ARM_REAL, ev.ARM_MIXED])
+    assert [r["boundary_f1"] for r in again.runs] == [r["boundary_f1"] for r in first.runs]
+    assert all(np.isnan(row["dice_objects_mean"]) for row in again.sizes)
+    ev.write_outputs(again, out)
+    assert "dice_objects" in (out / "evaluation_sizes.csv").read_text()
 
 
 def test_an_unwritable_out_fails_before_computing(folders: dict[str, Path], tmp_path: Path,

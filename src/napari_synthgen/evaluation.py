@@ -47,7 +47,7 @@ ARM_SYNTHETIC = "synthetic"
 #: The per-run figures, in table order.
 METRICS: tuple[str, ...] = (
     *(f"dice_{n}" for n in CLASS_NAMES), *(f"iou_{n}" for n in CLASS_NAMES),
-    "mean_dice", "boundary_f1")
+    "mean_dice", "boundary_f1", "dice_objects")
 #: The figures the comparison notes look at: ``dice_interior`` is the objects' own Dice (cell
 #: interiors; on organelle masks the organelles, where mean Dice is mostly the background's
 #: and boundary F1 a thin ring's), as in the ``--real-sizes`` study.
@@ -180,6 +180,17 @@ def confusion_counts(pred: np.ndarray, truth: np.ndarray, *, tolerance: float = 
     return out
 
 
+def _objects_dice(counts: np.ndarray) -> float:
+    """Dice of the objects as a user outlines them (interior and boundary together, against
+    class 0) from the per-class counts: on organelle masks the organelles whole, whose
+    interior-only Dice counts a predicted boundary ring as a miss."""
+    tp0, fp0, fn0 = (int(v) for v in counts[0:3])
+    total = sum(int(counts[3 * c]) + int(counts[3 * c + 1]) for c in range(N_CLASSES))
+    tp = total - tp0 - fp0 - fn0  # neither predicted nor true class 0
+    den = 2 * tp + fn0 + fp0  # false objects: true class 0 predicted otherwise, and back
+    return 2 * tp / den if den else math.nan
+
+
 def scores_from_counts(counts: np.ndarray, truth_classes: set[int]) -> dict[str, float]:
     """Dice and IoU per class, ``mean_dice`` over the classes in the test masks, boundary F1
     (NaN where a figure is undefined: a class in neither prediction nor truth)."""
@@ -191,6 +202,7 @@ def scores_from_counts(counts: np.ndarray, truth_classes: set[int]) -> dict[str,
         out[f"iou_{name}"] = tp / den if den else math.nan
     present = [out[f"dice_{CLASS_NAMES[c]}"] for c in sorted(truth_classes)]
     out["mean_dice"] = float(np.mean(present)) if present else math.nan
+    out["dice_objects"] = _objects_dice(counts) if 0 in truth_classes else math.nan
     hit_p, n_p, hit_t, n_t = (int(v) for v in counts[N_CLASSES * 3:])
     if n_t == 0:
         out["boundary_f1"] = math.nan
@@ -524,7 +536,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
             store.save_run(run, seg.precision_rule,
                            [round(float(w), 4) for w in seg.weights])
     labels = list(dict.fromkeys(run_label(r) for r in runs))
-    summary = {lab: {m: _mean_std([r[m] for r in runs if run_label(r) == lab])
+    summary = {lab: {m: _mean_std([r.get(m, math.nan) for r in runs if run_label(r) == lab])
                      for m in METRICS} for lab in labels}
     settings["seconds"] = round(time.perf_counter() - start, 1)
     if not study:
@@ -536,8 +548,9 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
 # --------------------------------------------------------------------------- the study
 
 #: The study's figures, headline first: boundary F1 (membranes), the interior class's Dice
-#: (organelles on background in sparse masks, cells in dense ones) and the mean Dice.
-STUDY_METRICS: tuple[str, ...] = ("boundary_f1", "dice_interior", "mean_dice")
+#: (organelles on background in sparse masks, cells in dense ones), the mean Dice, and the
+#: objects' Dice (interior and boundary together against class 0: organelles as outlined).
+STUDY_METRICS: tuple[str, ...] = ("boundary_f1", "dice_interior", "mean_dice", "dice_objects")
 #: at most this many held-out real pairs (files) and images (slices) score a validation point
 VAL_UNITS, VAL_IMAGES = 4, 8
 #: what seeds the permutation of the real pairs, beside the run's seed
@@ -618,7 +631,7 @@ def paired_differences(runs: Sequence[dict[str, Any]], arm: str, base: str, n: i
     """``arm`` minus ``base`` per seed (rows) and test image (columns) at ``n`` real pairs;
     seeds missing in either arm and images where a figure is undefined (NaN) are left out."""
     def by_seed(a: str) -> dict[int, dict[str, float]]:
-        return {r["seed"]: {im["image"]: im[metric] for im in r.get("images", [])}
+        return {r["seed"]: {im["image"]: im.get(metric, math.nan) for im in r.get("images", [])}
                 for r in runs if r["arm"] == a and r.get("n_real") == n}
 
     top, bottom = by_seed(arm), by_seed(base)
@@ -644,7 +657,8 @@ def size_rows(runs: Sequence[dict[str, Any]], sizes: Sequence[int], mixed: str
                 continue
             row: dict[str, Any] = {"n_real": n, "arm": arm, "n_seeds": len(chosen)}
             for m in STUDY_METRICS:
-                row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([r[m] for r in chosen])
+                row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([r.get(m, math.nan)
+                                                                for r in chosen])
             if arm == mixed:
                 for m in STUDY_METRICS:
                     d = paired_differences(runs, mixed, ARM_REAL, n, m)
@@ -901,7 +915,8 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         for run in result.runs:
-            r = {"n_real": 0, **run, "real_subset": ";".join(run.get("real_subset", []))}
+            r = {"n_real": 0, **{m: math.nan for m in METRICS}, **run,  # runs saved before
+                 "real_subset": ";".join(run.get("real_subset", []))}     # a figure existed
             w.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k]) for k in keys})
     with sum_csv.open("w", newline="", encoding="utf-8") as fh:
         w2 = csv.writer(fh)
@@ -920,6 +935,7 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
             w3 = csv.DictWriter(fh, fieldnames=stack_keys)
             w3.writeheader()
             for row in stack_rows:
+                row = {**{m: math.nan for m in METRICS}, **row}  # saved before a figure existed
                 w3.writerow({k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k])
                              for k in stack_keys})
     md = out / "evaluation.md"
@@ -935,7 +951,7 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
         means = [figs[m][0] for m in shown]
         ax.bar(xs, means, width, label=arm)
         for seed_run in (r for r in result.runs if r["arm"] == arm):
-            ax.plot(xs, [seed_run[m] for m in shown], "k.", ms=4)
+            ax.plot(xs, [seed_run.get(m, math.nan) for m in shown], "k.", ms=4)
     ax.set_xticks(np.arange(len(shown)) + width * (len(result.summary) - 1) / 2, shown)
     ax.set_ylim(0, 1)
     ax.set_ylabel("on real test images (dots: seeds)")
