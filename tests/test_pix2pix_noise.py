@@ -62,21 +62,26 @@ def test_a_file_records_its_noise_and_one_without_keeps_its_layout(tmp_path: Pat
         GeneratorSpec("unet_128", noise_nc=-1)
 
 
-def test_noise_draws_a_uniform_region_anew_per_seed_seamlessly(tmp_path: Path) -> None:
-    mask = np.zeros((300, 260), np.uint8)  # one class everywhere: nothing but noise to vary
-    mask[100:140, 50:90] = 1
-    synth = make_synthesizer(load_model(_model(tmp_path / "n.safetensors", 1)), device="cpu",
-                             precision="fp32")
-    assert synth.describe()["noise_nc"] == 1
+def _seeded_and_seamless(synth, mask: np.ndarray) -> None:
+    """The same seed gives the same bytes, another seed other tissue, and live preview
+    recomputes the touched tiles with the noise the full run used there; closes ``synth``."""
     a, again, b = synth(mask, seed=0), synth(mask, seed=0), synth(mask, seed=1)
     assert np.array_equal(a, again) and not np.array_equal(a, b)
-    # live preview recomputes the touched tiles with the noise the full run used there
     synth(mask, seed=4, keep=True)
     edited = mask.copy()
     edited[200:210, 200:210] = 2
     image, regions = synth.update(edited)
     assert regions and np.array_equal(image, synth(edited, seed=4))
     synth.close()
+
+
+def test_noise_draws_a_uniform_region_anew_per_seed_seamlessly(tmp_path: Path) -> None:
+    mask = np.zeros((300, 260), np.uint8)  # one class everywhere: nothing but noise to vary
+    mask[100:140, 50:90] = 1
+    synth = make_synthesizer(load_model(_model(tmp_path / "n.safetensors", 1)), device="cpu",
+                             precision="fp32")
+    assert synth.describe()["noise_nc"] == 1
+    _seeded_and_seamless(synth, mask)
     plain = make_synthesizer(load_model(_model(tmp_path / "p.safetensors", 0)), device="cpu",
                              precision="fp32")
     assert "noise_nc" not in plain.describe()
@@ -143,14 +148,7 @@ def test_a_coarse_noise_model_is_recorded_seeded_and_seamless(tmp_path: Path) ->
     mask[100:140, 50:90] = 1
     synth = make_synthesizer(model, device="cpu", precision="fp32")
     assert synth.describe()["noise_scale"] == 8
-    a, again, b = synth(mask, seed=0), synth(mask, seed=0), synth(mask, seed=1)
-    assert np.array_equal(a, again) and not np.array_equal(a, b)
-    synth(mask, seed=4, keep=True)
-    edited = mask.copy()
-    edited[200:210, 200:210] = 2
-    image, regions = synth.update(edited)
-    assert regions and np.array_equal(image, synth(edited, seed=4))
-    synth.close()
+    _seeded_and_seamless(synth, mask)
     with pytest.raises(ValueError, match="noise_scale must be a whole number >= 1"):
         GeneratorSpec("unet_128", noise_nc=1, noise_scale=0)
 
