@@ -32,7 +32,7 @@ import csv
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -419,7 +419,6 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
                          "size that puts both kinds in each batch.")
     real_pool = Pool.from_pairs(real_pairs, real_names)
     syn_pool = Pool.from_pairs(syn_pairs, syn_names)
-    syn_pool.ignore = ignore
     weights_from = [real_pool, syn_pool]
     # the runs, in order: (arm, size or None, seed); the synthetic arm needs no size
     jobs = [(arm, n, seed) for n in sizes for arm in chosen if arm != ARM_SYNTHETIC
@@ -452,7 +451,6 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     kept_syn = syn_pool
     if store is not None and min_score is not None and (kept := store.kept()) is not None:
         kept_syn = _kept_pool(syn_pairs, syn_names, kept, settings)
-        kept_syn.ignore = ignore
     for arm, n, seed in jobs:
         stage = f"{arm} seed {seed}" if n is None else f"{arm} n={n} seed {seed}"
         saved = None if store is None else store.run(arm, seed, n)
@@ -481,14 +479,15 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
                 extra["val_source"] = (
                     "held-out real pairs " + ", ".join(real_names[i] for i in left) if left
                     else "training loss only (every real pair is in the subset)")
+        syn = replace(kept_syn, ignore=ignore)  # what the synthetic pairs teach
         if arm == ARM_REAL:
             phases = [Phase(steps, pool)]
         elif arm == ARM_SYNTHETIC:
-            phases = [Phase(steps, kept_syn)]
+            phases = [Phase(steps, syn)]
         elif arm == ARM_PRETRAIN:
-            phases = [Phase(steps // 2, kept_syn), Phase(steps - steps // 2, pool)]
+            phases = [Phase(steps // 2, syn), Phase(steps - steps // 2, pool)]
         else:
-            phases = [Phase(steps, pool, kept_syn, mix)]
+            phases = [Phase(steps, pool, syn, mix)]
         phases = [p for p in phases if p.steps > 0]
         offset = done
 
@@ -529,7 +528,6 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         if arm == ARM_REAL and seed == 0 and min_score is not None:
             kept_syn = _filter_by_score(syn_pairs, syn_names, seg, real_pairs, min_score,
                                         settings, quality, syn_stacks)
-            kept_syn.ignore = ignore
             if store is not None:  # before the run: a saved run implies its filter
                 store.save_kept(kept_syn.names)
         if store is not None:

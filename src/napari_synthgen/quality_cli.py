@@ -26,12 +26,17 @@ def _fraction(low_open: bool, high_open: bool) -> Any:
     return cli_type(float, 0, 1, low_open=low_open, high_open=high_open)
 
 
+def _whole_numbers(text: str) -> list[int]:
+    """Comma-separated whole numbers (``1,2,5``); empty when one is not a number."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        return []
+
+
 def _sizes(text: str) -> list[int]:
     """argparse ``type``: comma-separated whole numbers >= 1 (``1,2,5``)."""
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        sizes = []
+    sizes = _whole_numbers(text)
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(
             f"expected numbers of real pairs >= 1 separated by commas, e.g. 1,2,5; got {text!r}")
@@ -51,10 +56,7 @@ def _arms(text: str) -> list[str]:
 def _classes(text: str) -> list[int]:
     """argparse ``type``: comma-separated mask classes (``0`` or ``0,2``); ``evaluate`` checks
     the range."""
-    try:
-        classes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        classes = []
+    classes = _whole_numbers(text)
     if not classes:
         raise argparse.ArgumentTypeError(
             f"expected mask classes (0, 1, 2) separated by commas, e.g. 0; got {text!r}")

@@ -327,7 +327,7 @@ class MaskEditor(Container):
                 metadata["spacing"] = spacing  # written back by Save
             return self._use(add_mask_layer(self.viewer, mask, path.stem, metadata=metadata))
         except Exception as exc:
-            report_error(exc, "Open mask", {"read_as": "Read as"})
+            report_error(exc, "Open mask", {"read_as": self.open_as.label})
             return None
 
     def save_mask(self, *_: object) -> Path | None:

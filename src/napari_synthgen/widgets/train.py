@@ -719,14 +719,14 @@ class TrainWidget(Container):
             self.data_status.value = text
 
         def failed(exc: BaseException, _ctx: object = None) -> None:
-            text = read_as_wording(str(exc), "Masks read as")
+            text = read_as_wording(str(exc), self.read_as.label)
             show("<span style='color:#f66'>" + text.replace("\n", "<br>") + "</span>")
 
         self._jobs.cancel_all("check")  # only the newest list of folders matters
         job = self._jobs.start(check, doing="Checking the training data", kind="check",
                                progress="Checking the training data",
                                on_result=show, on_error=failed,
-                               flags={"read_as": "Masks read as"})
+                               flags={"read_as": self.read_as.label})
         return job.worker
 
     def config(self) -> TrainConfig:
@@ -873,10 +873,10 @@ class TrainWidget(Container):
             self.eta.value = f"Finished ({event['reason']}) at step {event['step']}."
         elif kind == "failed":
             self.plot.draw()
-            message = read_as_wording(event["message"], "Masks read as")
+            message = read_as_wording(event["message"], self.read_as.label)
             self.eta.value = f"<span style='color:#f66'>{message}</span>"
             report_error(RuntimeError(event["message"]), "Training",
-                         {"read_as": "Masks read as"})
+                         {"read_as": self.read_as.label})
 
     def _on_error(self, exc: BaseException) -> None:
         if not self._closing:  # the worker helper has shown the error to the user

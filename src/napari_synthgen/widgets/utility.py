@@ -234,7 +234,7 @@ class UtilityWidget(Container):
             context=out, on_yield=self._stage, on_result=self._show,
             on_error=self._failed, on_finish=self._finished,
             flags={"real_sizes": "Real sizes", "batch_size": "Batch size", "steps": "Steps",
-                   "seeds": "Seeds", "read_as": "Masks read as"})
+                   "seeds": "Seeds", "read_as": self.read_as.label})
 
     def stop(self) -> None:
         """Stop the check after the current training step (finished runs are kept)."""
@@ -263,7 +263,7 @@ class UtilityWidget(Container):
             width, Qt.TransformationMode.SmoothTransformation))
 
     def _failed(self, exc: BaseException, _out: Path) -> None:
-        text = html.escape(read_as_wording(str(exc), "Masks read as")).replace("\n", "<br>")
+        text = html.escape(read_as_wording(str(exc), self.read_as.label)).replace("\n", "<br>")
         self.status.value = f"<span style='color:#f66'>{text}</span>"
 
     def _finished(self, _out: Path) -> None:
