@@ -36,7 +36,8 @@
 # unconditional discriminator on the unlabelled slices (docs/unlabeled.md), from random
 # weights, DIFF_STEPS steps; INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply),
 # NOISE_NC (pix2pix: noise channels beside the mask, train --noise-nc; 0, the earlier runs'),
-# NOISE_SCALE (pix2pix: pixels per noise value, train --noise-scale; 1),
+# NOISE_SCALE (pix2pix: pixels per noise value, train --noise-scale; 1), OBJECT_SHARE (share
+# of the generator's crops placed over an object, train --object-share; 0),
 # READ_AS (--read-as of every command reading the labelled and test masks: auto), DEVICE
 # (--device of every command, e.g. cuda; unset: each command's default), EVAL_ARGS (more
 # evaluate flags, e.g. "--synthetic-ignore 0" or "--base 32").
@@ -100,6 +101,7 @@ else
   GEN_ARGS+=(--lr-schedule constant)
   SAMPLE_ARGS=(--steps "$GEN_STEPS" --guidance "$GUIDANCE" --guidance-where "$WHERE" --fusion "$FUSION")
 fi
+if [ "${OBJECT_SHARE:-0}" != 0 ]; then GEN_ARGS+=(--object-share "$OBJECT_SHARE"); fi
 UNL_ARGS=()
 if [ "$UNLABELED" = 1 ]; then UNL_ARGS=(--unlabeled "$R/unlabeled" --unlabeled-share 0.5); fi
 DONE=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('step', 0))" "$R/gen/latest.json" 2>/dev/null || echo 0)

@@ -77,10 +77,10 @@ def test_train_dock_takes_unlabelled_folders(make_napari_viewer, qtbot, tmp_path
     qtbot.waitUntil(lambda: "unlabelled" in w.data_status.value, timeout=30000)
     assert w.data_status.value.startswith("6 image/mask pairs")
     assert w.data_status.value.endswith("and 3 unlabelled images")
-    w.unlabeled_share.value, w.cond_dropout.value = 0.25, 0.1
+    w.unlabeled_share.value, w.cond_dropout.value, w.object_share.value = 0.25, 0.1, 0.35
     cfg = w.config()
     assert cfg.unlabeled == [str(raw)] and cfg.unlabeled_share == 0.25
-    assert cfg.cond_dropout == 0.1
+    assert cfg.cond_dropout == 0.1 and cfg.object_share == 0.35
     # a problem with the unlabelled images shows where the data's would
     (raw / "bad.tif").write_bytes(b"not a tiff")
     w.unlabeled.value = f"{raw};{tmp_path / 'missing'}"

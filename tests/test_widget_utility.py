@@ -77,6 +77,8 @@ def test_check_shows_what_evaluate_finds(make_napari_viewer, qtbot, tmp_path: Pa
     assert rows == _rows(cli_out / "evaluation_sizes.csv")
     mixed = next(r for r in rows if r["arm"] == "real+synthetic" and r["n_real"] == "3")
     assert f"{float(mixed['diff_boundary_f1']):+.3f} [" in w.summary.value  # what the dock says
+    # ISBI masks have no class 0, so the objects as outlined have no Dice: said, not "+nan"
+    assert "objects Dice n/a" in w.summary.value and "nan" not in w.summary.value
 
 
 def test_stop_keeps_the_finished_runs_and_the_next_check_continues(

@@ -46,6 +46,9 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--cond-dropout", "cond_dropout", cli_type(float, 0, 1),
      "share of the labelled tiles trained without their mask (the null condition, for "
      "guidance without unlabelled images)"),
+    ("--object-share", "object_share", cli_type(float, 0, 1),
+     "share of the random crops placed over an object (interior or boundary), so that "
+     "sparse organelles are seen often enough to learn their texture (nnU-Net uses 0.33)"),
     ("--read-as", "read_as", str,
      f"how to read the mask files of --data and --val: {READ_AS_HELP}"),
     ("--boundary-width", "boundary_width", cli_type(int, 1),

@@ -23,6 +23,10 @@ background, image kept, so that a model learns to paint unlabelled tissue there.
 :data:`~napari_synthgen.masks.NO_LABEL`); ``cond_dropout`` drops the mask of that share of the
 labelled tiles too. Labelled masks teach the layout; every image teaches the tissue. What a
 family does with a tile without a mask is its own (diffusion: classifier-free guidance).
+
+``object_share`` places that share of the random crops over an object (a pixel of the interior
+or boundary class), as nnU-Net oversamples foreground: with sparse organelles most plain crops
+hold none, and a generator sees too few objects to learn their texture.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class TrainConfig:
     unlabeled_share: float = 0.5
     #: share of the labelled tiles whose mask is dropped (null condition) for guidance
     cond_dropout: float = 0.0
+    #: share of the random crops placed over an object (interior or boundary pixel)
+    object_share: float = 0.0
     #: how the mask files of ``data`` and ``val`` are read (:func:`masks.coerce_mask`'s
     #: ``source``: e.g. ``binary`` for 0/255 organelle masks) and the boundary it draws
     read_as: str = "auto"
@@ -197,10 +203,13 @@ class TrainConfig:
         if not 0.0 <= self.unlabel_fraction <= 1.0:
             problems.append(f"unlabel_fraction is a share of cells in [0, 1]; got "
                             f"{self.unlabel_fraction}.")
-        for name in ("unlabeled_share", "cond_dropout"):
+        for name in ("unlabeled_share", "cond_dropout", "object_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 problems.append(f"{name} is a share of tiles in [0, 1]; got {value}.")
+        if self.object_share > 0 and self.stride:
+            problems.append("object_share places random crops over objects, and a stride "
+                            "cuts a grid of tiles instead; drop --stride or --object-share.")
         if self.unlabeled and self.unlabeled_share == 0.0:
             problems.append("unlabeled folders are given but unlabeled_share is 0, so no "
                             "unlabelled tile would be drawn; raise it (e.g. 0.5) or drop them.")

@@ -39,6 +39,8 @@ from ..masks import (
 )
 
 ALIGNED_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: the classes a crop placed over an object centres on (``object_share``): interior, boundary
+OBJECT_CLASSES: tuple[int, ...] = (1, 2)
 
 
 class DataError(ValueError):
@@ -273,14 +275,18 @@ class TileSampler:
     """Deterministic tiles for step ``k``: a pure function of (seed, step, rank).
 
     Grid mode (``stride`` given) cuts every image into tiles and visits them in a new seeded
-    order each epoch; crop mode draws random crops. Each rank takes its own part of the global
-    batch, so N processes see what one process with N times the batch would.
+    order each epoch; crop mode draws random crops, ``object_share`` of them placed over a
+    random pixel of an object class (interior or boundary: nnU-Net's foreground
+    oversampling), so that sparse objects such as organelles are not a rare sight. Each rank
+    takes its own part of the global batch, so N processes see what one process with N times
+    the batch would.
     """
 
     def __init__(self, samples: list[Sample], *, tile: int, stride: int | None, batch_size: int,
                  seed: int, flips: bool = False, rot90: bool = False, rank: int = 0,
                  world: int = 1, unlabeled: Sequence[RawImage] = (),
-                 unlabeled_share: float = 0.0, cond_dropout: float = 0.0) -> None:
+                 unlabeled_share: float = 0.0, cond_dropout: float = 0.0,
+                 object_share: float = 0.0) -> None:
         small = [f"{s.name} ({s.image.shape[0]}x{s.image.shape[1]})" for s in samples
                  if s.image.shape[0] < tile or s.image.shape[1] < tile]
         if small:
@@ -291,6 +297,9 @@ class TileSampler:
             )
         if stride is not None and stride < 1:
             raise DataError(f"stride must be at least 1; got {stride}.")
+        if stride is not None and object_share > 0:
+            raise DataError("object_share places random crops over objects; a grid of tiles "
+                            "(stride) visits every tile anyway: drop one of them.")
         self.samples, self.tile, self.stride = samples, tile, stride
         self.batch_size, self.seed, self.flips, self.rot90 = batch_size, seed, flips, rot90
         self.rank, self.world = rank, world
@@ -301,6 +310,15 @@ class TileSampler:
         self.raw = [r.image for r in unlabeled]
         self.unlabeled_share = float(unlabeled_share) if self.raw else 0.0
         self.cond_dropout = float(cond_dropout)
+        self.object_share = float(object_share)
+        # per image and object class, the flat indices of its pixels (int32: a quarter of a
+        # 1024 x 1024 interior is 1 MB), only when crops are placed over objects
+        self.objects: list[dict[int, np.ndarray]] = []
+        if self.object_share > 0:
+            self.objects = [{c: idx for c in OBJECT_CLASSES
+                             if (idx := np.flatnonzero(s.mask.ravel() == c).astype(np.int32)).size}
+                            for s in samples]
+        self.with_objects = [i for i, o in enumerate(self.objects) if o]
         self.grid: list[tuple[int, int, int]] = []
         if stride is not None:
             for i, s in enumerate(samples):
@@ -330,7 +348,28 @@ class TileSampler:
         rng = np.random.default_rng([self.seed, 11, k])
         i = int(rng.integers(len(self.samples)))
         h, w = self.samples[i].image.shape
+        placed = self._object_crop(k) if self.object_share > 0 else None
+        if placed is not None:
+            return placed
         return i, int(rng.integers(h - self.tile + 1)), int(rng.integers(w - self.tile + 1))
+
+    def _object_crop(self, k: int) -> tuple[int, int, int] | None:
+        """Crop ``k`` over an object, for ``object_share`` of the crops (a draw of its own, so
+        the other crops are those a run without it draws): an image with objects, one of its
+        object classes, one of its pixels, and the tile placed so that the pixel falls at a
+        random place inside it. None: a plain crop (not drawn, or no image has objects)."""
+        rng = np.random.default_rng([self.seed, 23, k])
+        if rng.random() >= self.object_share or not self.with_objects:
+            return None
+        i = self.with_objects[int(rng.integers(len(self.with_objects)))]
+        classes = sorted(self.objects[i])
+        idx = self.objects[i][classes[int(rng.integers(len(classes)))]]
+        py, px = divmod(int(idx[int(rng.integers(idx.size))]), self.samples[i].mask.shape[1])
+        h, w = self.samples[i].mask.shape
+        t = self.tile
+        y = min(max(py - int(rng.integers(t)), 0), h - t)
+        x = min(max(px - int(rng.integers(t)), 0), w - t)
+        return i, y, x
 
     def _raw_crop(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A random crop of an unlabelled image, with a mask of ``NO_LABEL``."""

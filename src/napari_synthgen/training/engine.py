@@ -225,7 +225,8 @@ class _Run:
                                    rot90=cfg.rot90, rank=self.dist.rank, world=self.dist.world,
                                    unlabeled=self.unlabeled,
                                    unlabeled_share=cfg.unlabeled_share,
-                                   cond_dropout=cfg.cond_dropout)
+                                   cond_dropout=cfg.cond_dropout,
+                                   object_share=cfg.object_share)
         if val_s:
             TileSampler(val_s, tile=cfg.tile, stride=None, batch_size=1, seed=0)  # size check
         self.total = cfg.steps or cfg.epochs * self.sampler.steps_per_epoch()

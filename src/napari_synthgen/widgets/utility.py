@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 #: study's (``evaluation.STUDY_METRICS``; interior Dice is the organelles' own on organelle masks).
 SHOWN: tuple[tuple[str, str], ...] = (("boundary_f1", "boundary F1"),
                                       ("dice_interior", "interior Dice"),
-                                      ("mean_dice", "mean Dice"))
+                                      ("mean_dice", "mean Dice"),
+                                      ("dice_objects", "objects Dice"))
 
 
 def _sizes(text: str) -> list[int] | None:
@@ -78,6 +79,8 @@ def _value(mean: Any, std: Any) -> str:
 
 def _verdict(diff: float, low: float, high: float) -> str:
     """A paired difference and its interval in a few words, coloured when it says something."""
+    if diff != diff:  # e.g. objects Dice without class 0 in the test masks
+        return "n/a"
     if low != low:
         return f"{diff:+.3f} (no interval)"
     text = f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
