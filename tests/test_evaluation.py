@@ -17,11 +17,13 @@ from napari_synthgen import evaluation as ev
 from napari_synthgen.masks import BOUNDARY, INTERIOR
 from napari_synthgen.quality_cli import add_evaluate_parser
 from napari_synthgen.segmenter import (
+    IGNORE,
     Phase,
     Pool,
     SegmenterConfig,
     build_unet,
     class_weights,
+    soft_dice_loss,
     train_segmenter,
 )
 
@@ -104,6 +106,43 @@ def test_class_weights_favour_the_thin_class_and_are_clipped(isbi_mask) -> None:
     sparse[0, 0] = BOUNDARY
     sparse[1, :5] = INTERIOR
     assert class_weights([sparse]).max() == 10.0
+
+
+def test_soft_dice_of_the_objects_over_the_batch() -> None:
+    """0 for a confident right answer, near 1 for a confident wrong one; the background class
+    is not in it, and ignored pixels count for nothing."""
+    import torch
+
+    labels = torch.tensor([[[0, 1, 1], [2, 1, 0]], [[0, 0, 2], [1, 1, 0]]])
+
+    def confident(lab: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(lab, 3).permute(0, 3, 1, 2).float() * 30
+
+    assert float(soft_dice_loss(confident(labels), labels)) < 1e-6
+    assert float(soft_dice_loss(confident((labels + 1) % 3), labels)) > 0.99
+    background_wrong = labels.clone()
+    background_wrong[labels == 0] = 1  # only background pixels called objects
+    assert 0.1 < float(soft_dice_loss(confident(background_wrong), labels)) < 0.9
+    hidden = labels.clone()
+    hidden[background_wrong != labels] = IGNORE  # the same mistakes, ignored: no cost
+    assert float(soft_dice_loss(confident(background_wrong), hidden)) < 1e-6
+
+
+def test_the_dice_loss_trains_without_class_weights(isbi_image, isbi_mask) -> None:
+    import torch
+
+    pool = Pool.from_pairs([(isbi_image[:128, :128], isbi_mask[:128, :128])])
+    base = {"steps": 3, "batch_size": 2, "crop": 64, "base": 8, "levels": 2, "seed": 1,
+            "precision": "fp32"}
+    dice = train_segmenter([Phase(3, pool)], SegmenterConfig(**base, loss="dice_ce"))
+    again = train_segmenter([Phase(3, pool)], SegmenterConfig(**base, loss="dice_ce"))
+    weighted = train_segmenter([Phase(3, pool)], SegmenterConfig(**base))
+    assert dice.describe()["class_weights"] == [1.0, 1.0, 1.0]
+    assert weighted.describe()["class_weights"] != [1.0, 1.0, 1.0]
+    states = [s.net.state_dict()["head.weight"] for s in (dice, again, weighted)]
+    assert torch.equal(states[0], states[1]) and not torch.equal(states[0], states[2])
+    with pytest.raises(ValueError, match="unknown segmenter loss 'dice'"):
+        train_segmenter([Phase(1, pool)], SegmenterConfig(**base, loss="dice"))
 
 
 def test_figures_of_a_perfect_and_a_shifted_prediction(isbi_mask) -> None:
@@ -325,6 +364,30 @@ def test_synthetic_ignore_leaves_the_real_runs_as_they_were(
                          str(tmp_path / wrong)]) == 1
         err = capsys.readouterr().err
         assert says in err and "--synthetic-ignore" in err, err
+
+
+def test_evaluate_loss_is_recorded_and_named(folders: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`--loss dice_ce` is in the settings (absent for the first loss, so older results
+    match), the run records and the markdown; an unknown loss is refused by name."""
+    argv = ["evaluate", "--real", str(folders["real"]), "--synthetic", str(folders["synthetic"]),
+            "--test", str(folders["test"]), "--steps", "2", "--seeds", "1", "--crop", "64",
+            "--batch-size", "2", "--arms", "real"]
+    assert _run_cli([*argv, "--loss", "dice_ce", "--out", str(tmp_path / "dice")]) == 0
+    def record(out: str) -> tuple[dict, dict]:
+        return (json.loads((tmp_path / out / "evaluate_settings.json").read_text()),
+                json.loads((tmp_path / out / "runs" / "real_seed0.json").read_text()))
+
+    settings, run = record("dice")
+    assert settings["loss"] == "dice_ce" and run["class_weights"] == [1.0, 1.0, 1.0]
+    assert "loss cross-entropy + soft Dice" in (tmp_path / "dice" / "evaluation.md").read_text()
+    assert _run_cli([*argv, "--out", str(tmp_path / "plain")]) == 0
+    settings, run = record("plain")
+    assert "loss" not in settings and run["class_weights"] != [1.0, 1.0, 1.0]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _run_cli([*argv, "--loss", "focal", "--out", str(tmp_path / "x")])
+    assert "invalid choice: 'focal'" in capsys.readouterr().err
 
 
 def test_runs_saved_before_the_objects_dice_are_reused(folders: dict[str, Path],

@@ -4,6 +4,7 @@ worker with a cancelable progress, its figure and verdict shown in the dock."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,21 @@ def test_check_shows_what_evaluate_finds(make_napari_viewer, qtbot, tmp_path: Pa
     assert f"{float(mixed['diff_boundary_f1']):+.3f} [" in w.summary.value  # what the dock says
     # ISBI masks have no class 0, so the objects as outlined have no Dice: said, not "+nan"
     assert "objects Dice n/a" in w.summary.value and "nan" not in w.summary.value
+
+
+def test_the_loss_chosen_in_the_dock_trains_the_segmenters(make_napari_viewer, tmp_path: Path,
+                                                           folders: dict[str, Path]) -> None:
+    viewer = make_napari_viewer()
+    w = _dock(viewer, folders)
+    assert w.loss.value == "weighted_ce"  # the command line's default
+    w.loss.value, w.steps.value, w.out.value = "dice_ce", 2, tmp_path / "dice"
+    assert w.run() is not None
+    w.wait_idle(300)
+    assert w.status.value.startswith("Done")
+    settings = json.loads((tmp_path / "dice" / "evaluate_settings.json").read_text())
+    assert settings["loss"] == "dice_ce"
+    run = json.loads((tmp_path / "dice" / "runs" / "real_seed0.json").read_text())
+    assert run["class_weights"] == [1.0, 1.0, 1.0]
 
 
 def test_stop_keeps_the_finished_runs_and_the_next_check_continues(

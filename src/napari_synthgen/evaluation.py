@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .masks import BOUNDARY, CLASS_NAMES, N_CLASSES, MaskSource
+from .segmenter import LOSSES
 
 ARM_REAL = "real"
 ARM_MIXED = "real+synthetic"
@@ -345,7 +346,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
              progress: Progress | None = None, out: str | Path | None = None,
              real_sizes: Sequence[int] | None = None, val_every: int | None = None,
              read_as: MaskSource = "auto", boundary_width: int = 2,
-             synthetic_ignore: Sequence[int] = ()) -> EvaluationResult:
+             synthetic_ignore: Sequence[int] = (), loss: str = "weighted_ce"
+             ) -> EvaluationResult:
     """Train the small segmenter on real, real + synthetic and synthetic pairs (same budget,
     seeds 0..seeds-1) and score each on the real test pairs. Paired folders in, figures out.
 
@@ -357,6 +359,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     folder holds what ``generate`` wrote, class masks. ``synthetic_ignore`` lists classes whose
     pixels in the synthetic pairs teach nothing (e.g. ``(0,)``: a class the generator draws
     badly); the real pairs teach every class, and the class weights stay those of the masks.
+    ``loss`` is the segmenter's (:data:`segmenter.LOSSES`): ``dice_ce`` for sparse objects,
+    whose class weights make ``weighted_ce`` over-call them.
 
     ``real_sizes`` (e.g. ``(1, 2, 5)``) makes it a study: the real arms run at each size on
     subsets of the real pairs (:func:`real_subset`), the real-only arm records a validation
@@ -377,6 +381,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     _check_settings(steps=steps, seeds=seeds, mix=mix, min_score=min_score,
                     batch_size=batch_size, crop=crop, tolerance=tolerance, device=device)
     ignore = check_ignore(synthetic_ignore)
+    if loss not in LOSSES:
+        raise ValueError(f"unknown segmenter loss {loss!r}; choose from {', '.join(LOSSES)}.")
     study = real_sizes is not None
     if study:
         from .limits import check_range
@@ -442,6 +448,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         settings["read_as"] = [read_as, boundary_width]
     if ignore:  # absent when every class teaches: old results match
         settings["synthetic_ignore"] = list(ignore)
+    if loss != "weighted_ce":  # absent for the first loss: old results match
+        settings["loss"] = loss
     if study:  # absent without the study: old results match
         settings["real_sizes"] = sizes
         settings["val_every"] = val_every
@@ -463,7 +471,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
                 progress(f"{stage} (saved)", done, total)
             continue
         cfg = SegmenterConfig(steps=steps, batch_size=batch_size, crop=crop, lr=lr,
-                              base=base, seed=seed, device=device, precision=precision)
+                              base=base, seed=seed, device=device, precision=precision,
+                              loss=loss)
         pool, extra = real_pool, {}
         held: list[tuple[np.ndarray, np.ndarray]] = []
         if n is not None:
@@ -694,6 +703,10 @@ def study_notes(rows: Sequence[dict[str, Any]], n_seeds: int) -> list[str]:
     return notes
 
 
+#: How the markdown names each segmenter loss.
+LOSS_NAMES: dict[str, str] = {"weighted_ce": "class-weighted cross-entropy",
+                              "dice_ce": "cross-entropy + soft Dice of the objects"}
+
 #: Result files of an evaluate run (kept when settings differ).
 EVALUATE_OUTPUTS: tuple[str, ...] = ("evaluation_runs.csv", "evaluation.csv", "evaluation.md",
                                      "evaluation.png", "evaluation_stacks.csv", "runs",
@@ -811,6 +824,7 @@ def markdown_table(result: EvaluationResult) -> str:
         f" (of {s['n_synthetic']}), real test images {s['n_test']}. Budget: {s['steps']} steps "
         f"of batch {s['batch_size']} at {s['crop']} px per run, seeds 0..{s['seeds'] - 1}, "
         f"synthetic share {s['mix']}{how}"
+        f"; loss {LOSS_NAMES[s.get('loss', 'weighted_ce')]}"
         f"; precision {s.get('precision')} ({s.get('precision_rule')}); boundary F1 tolerance "
         f"{s['tolerance']} px; {s['seconds']} s in all.", "",
         "| arm | " + " | ".join(cols) + " |",
@@ -862,8 +876,11 @@ def study_markdown(result: EvaluationResult) -> list[str]:
         f"and test images resampled independently, bootstrap seed {BOOT_SEED}, so the same "
         "results give the same interval). Seed s trains size n on the first n real pairs of a "
         f"permutation drawn from (s, {SUBSET_STREAM}): one seed's subsets are nested; the "
-        "subsets are in evaluation_runs.csv (real_subset). All arms weight the loss with the "
-        "class frequencies of all real and synthetic masks.", ""]
+        "subsets are in evaluation_runs.csv (real_subset). "
+        + ("The loss is plain cross-entropy plus the soft Dice of the object classes (no "
+           "class weights)." if result.settings.get("loss") == "dice_ce" else
+           "All arms weight the loss with the class frequencies of all real and synthetic "
+           "masks."), ""]
     curves = [r for r in result.runs if r.get("curve")]
     if curves:
         lines += [f"Convergence of the real-only arm (evaluation_curves.png, "

@@ -14,6 +14,7 @@ from typing import Any
 
 from .cli_wording import cli_message
 from .limits import as_flags, cli_type
+from .segmenter import LOSSES
 
 
 def _positive_int(text: str) -> int:
@@ -145,6 +146,11 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help="the segmenter's channels at full resolution (doubled at each of its "
                    "3 levels); 32 is about 4x the compute, to see whether the segmenter's "
                    "size rather than the data limits a study")
+    p.add_argument("--loss", default="weighted_ce", choices=list(LOSSES),
+                   help="the segmenter's loss: weighted_ce (cross-entropy weighted by inverse "
+                   "class frequency) or dice_ce (plain cross-entropy plus the soft Dice of the "
+                   "objects, nnU-Net's; for sparse objects such as organelles, whose class "
+                   "weights make weighted_ce call every dark patch an object)")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: the project's rule for training at this batch size")
@@ -241,7 +247,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           tolerance=args.tolerance, progress=progress,
                           read_as=args.read_as, boundary_width=args.boundary_width,
                           out=args.out, real_sizes=args.real_sizes, val_every=args.val_every,
-                          arms=args.arms, synthetic_ignore=args.synthetic_ignore)
+                          arms=args.arms, synthetic_ignore=args.synthetic_ignore,
+                          loss=args.loss)
     except LeakError as exc:
         bar.close()
         print(f"napari-synthgen evaluate: error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 
+from ..segmenter import LOSSES
 from . import _settings
 from ._common import (
     READ_AS_CHOICES,
@@ -159,6 +160,12 @@ class UtilityWidget(Container):
         self.batch = SpinBox(value=4, min=2, max=1024, label="Batch size")
         self.device = ComboBox(choices=["cpu", "auto", "cuda", "mps"], value="cpu",
                                label="Device")
+        self.loss = ComboBox(choices=list(LOSSES), value="weighted_ce", label="Loss")
+        self.loss.tooltip = ("The segmenter's loss: weighted_ce (cross-entropy weighted by "
+                             "inverse class frequency) or dice_ce (cross-entropy plus the soft "
+                             "Dice of the objects, nnU-Net's): for sparse objects such as "
+                             "organelles, whose weights make weighted_ce call every dark patch "
+                             "an object.")
         self.out = FileEdit(mode="d", label="Results folder")
         self.out.tooltip = ("Where the result files go. Empty: beside the synthetic folder, "
                             "<name>_evaluation. A check with the same settings continues "
@@ -182,7 +189,8 @@ class UtilityWidget(Container):
         body = scroll_body(self)
         body.extend([
             Container(widgets=[self.real, self.synthetic, self.test, self.read_as, self.sizes,
-                               self.steps, self.seeds, self.batch, self.device, self.out]),
+                               self.steps, self.seeds, self.batch, self.device, self.loss,
+                               self.out]),
             Container(widgets=[self.run_button, self.stop_button], layout="horizontal",
                       labels=False),
             self.status,
@@ -218,7 +226,8 @@ class UtilityWidget(Container):
             test = _folder(self.test, "test pairs")
             options = {"steps": self.steps.value, "seeds": self.seeds.value,
                        "batch_size": self.batch.value, "device": self.device.value,
-                       "real_sizes": _sizes(self.sizes.value), "read_as": self.read_as.value}
+                       "real_sizes": _sizes(self.sizes.value), "read_as": self.read_as.value,
+                       "loss": self.loss.value}
         except ValueError as exc:
             report_error(exc, "Check utility")
             self.status.value = f"<span style='color:#f66'>{html.escape(str(exc))}</span>"
