@@ -37,7 +37,9 @@
 # weights, DIFF_STEPS steps; INIT, GUIDANCE, GUIDANCE_WHERE, GEN_STEPS and FUSION do not apply),
 # NOISE_NC (pix2pix: noise channels beside the mask, train --noise-nc; 0, the earlier runs'),
 # NOISE_SCALE (pix2pix: pixels per noise value, train --noise-scale; 1), OBJECT_SHARE (share
-# of the generator's crops placed over an object, train --object-share; 0),
+# of the generator's crops placed over an object, train --object-share; 0), LOSS (evaluate's
+# segmenter loss, --loss: weighted_ce, the loss of every study before 7 December 2026, or
+# dice_ce, for organelle masks),
 # READ_AS (--read-as of every command reading the labelled and test masks: auto), DEVICE
 # (--device of every command, e.g. cuda; unset: each command's default), EVAL_ARGS (more
 # evaluate flags, e.g. "--synthetic-ignore 0" or "--base 32").
@@ -158,5 +160,5 @@ PY
 [ "${EVALUATE:-1}" = 1 ] || { echo "done (no evaluate): $R/report"; exit 0; }
 [ -e "$R/eval/evaluation_sizes.csv" ] || $NS evaluate --real "$R/real" --synthetic "$R/syn" \
   --test "$R/test" --real-sizes "$SIZES" --steps "$SEG_STEPS" --batch-size 8 --seeds "$SEEDS" \
-  "${READ[@]}" "${DEV[@]}" ${EVAL_ARGS:-} --out "$R/eval"
+  --loss "${LOSS:-weighted_ce}" "${READ[@]}" "${DEV[@]}" ${EVAL_ARGS:-} --out "$R/eval"
 echo "done: $R/eval/evaluation.md"
