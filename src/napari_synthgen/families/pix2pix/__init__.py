@@ -114,6 +114,7 @@ class Pix2PixFamily(Family):
         "channels_last", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
         "n_preview", "unlabel_fraction", "unlabeled", "unlabeled_share", "cond_dropout",
         "lambda_unlabeled", "noise_nc", "read_as", "boundary_width", "noise_scale",
+        "object_share",
     )
 
     def validate(self, cfg: TrainConfig) -> list[str]:
