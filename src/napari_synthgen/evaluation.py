@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from .masks import BOUNDARY, CLASS_NAMES, N_CLASSES, MaskSource
-from .segmenter import LOSSES
+from .segmenter import check_loss
 
 ARM_REAL = "real"
 ARM_MIXED = "real+synthetic"
@@ -381,8 +381,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     _check_settings(steps=steps, seeds=seeds, mix=mix, min_score=min_score,
                     batch_size=batch_size, crop=crop, tolerance=tolerance, device=device)
     ignore = check_ignore(synthetic_ignore)
-    if loss not in LOSSES:
-        raise ValueError(f"unknown segmenter loss {loss!r}; choose from {', '.join(LOSSES)}.")
+    check_loss(loss)  # before anything is read
     study = real_sizes is not None
     if study:
         from .limits import check_range

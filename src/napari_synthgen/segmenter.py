@@ -6,7 +6,8 @@ with one of two losses (:data:`LOSSES`): class-weighted cross-entropy (the first
 default), or nnU-Net's cross-entropy plus soft Dice of the object classes, which does not move
 the decision threshold: with sparse organelles, inverse-frequency weights (0.35 : 6.4 : 10 on
 the VNC mitochondria) make the weighted loss call a pixel an object at a few percent
-probability, so it marks every dark patch (precision 0.44, recall 0.90 on those test slices).
+probability, so it marks every dark patch (precision 0.44, recall 0.90 on a test slice;
+scripts/object_calls.py).
 Deterministic given the seed: crops are a pure function of (seed, step), weights start from
 ``torch.manual_seed(seed)``.
 """
@@ -130,6 +131,12 @@ class SegmenterConfig:
 
 #: The label of a pixel that teaches nothing (``CrossEntropyLoss``'s ``ignore_index``).
 IGNORE = -100
+
+
+def check_loss(loss: str) -> None:
+    """Refuse a loss that is not one of :data:`LOSSES`, naming them."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown segmenter loss {loss!r}; choose from {', '.join(LOSSES)}.")
 
 
 def soft_dice_loss(logits: Any, labels: Any, classes: Sequence[int] = DICE_CLASSES,
@@ -315,9 +322,7 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
     pools = [p for ph in phases for p in (ph.primary, ph.secondary) if p is not None]
     if not pools or any(len(p) == 0 for p in pools):
         raise ValueError("a segmenter needs at least one image/mask pair in every pool it uses.")
-    if config.loss not in LOSSES:
-        raise ValueError(f"unknown segmenter loss {config.loss!r}; choose from "
-                         f"{', '.join(LOSSES)}.")
+    check_loss(config.loss)
     weights = (class_weights([m for p in (weights_from or pools) for m in p.masks])
                if config.loss == "weighted_ce" else np.ones(N_CLASSES))
     old_threads = torch.get_num_threads()

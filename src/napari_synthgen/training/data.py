@@ -364,8 +364,8 @@ class TileSampler:
         i = self.with_objects[int(rng.integers(len(self.with_objects)))]
         classes = sorted(self.objects[i])
         idx = self.objects[i][classes[int(rng.integers(len(classes)))]]
-        py, px = divmod(int(idx[int(rng.integers(idx.size))]), self.samples[i].mask.shape[1])
         h, w = self.samples[i].mask.shape
+        py, px = divmod(int(idx[int(rng.integers(idx.size))]), w)
         t = self.tile
         y = min(max(py - int(rng.integers(t)), 0), h - t)
         x = min(max(px - int(rng.integers(t)), 0), w - t)
