@@ -128,3 +128,19 @@ def test_an_incomplete_form_says_what_is_missing(make_napari_viewer, qtbot,
     w.wait_idle(60)
     assert w.result is None and w.run_button.enabled
     assert "the test set must hold only images no arm trains on" in w.status.value
+
+
+def test_the_dock_says_which_class_the_synthetic_pairs_draw_unlike_real(
+        make_napari_viewer, tmp_path: Path, isbi_dir: Path, folders: dict[str, Path]) -> None:
+    """Synthetic stand-in with inverted grey levels (bright membranes): the real-only
+    segmenter finds almost none of their membranes, and the dock says so and what to do."""
+    inverted = _pairs(tmp_path / "inverted", isbi_dir, range(10, 13))
+    for f in (inverted / "images").iterdir():
+        tifffile.imwrite(f, 255 - tifffile.imread(f))
+    viewer = make_napari_viewer()
+    w = _dock(viewer, {**folders, "synthetic": inverted})
+    w.sizes.value, w.steps.value, w.batch.value = "", 30, 4
+    assert w.run() is not None
+    w.wait_idle(300)
+    assert w.status.value.startswith("Done")
+    assert "boundary: found" in w.summary.value and "unlike the real images" in w.summary.value

@@ -40,6 +40,7 @@ import numpy as np
 
 from .masks import BOUNDARY, CLASS_NAMES, N_CLASSES, MaskSource
 from .segmenter import check_loss
+from .synthetic_seen import RECALLS, recalls_from_counts, seen_in, seen_markdown
 
 ARM_REAL = "real"
 ARM_MIXED = "real+synthetic"
@@ -204,6 +205,7 @@ def scores_from_counts(counts: np.ndarray, truth_classes: set[int]) -> dict[str,
     present = [out[f"dice_{CLASS_NAMES[c]}"] for c in sorted(truth_classes)]
     out["mean_dice"] = float(np.mean(present)) if present else math.nan
     out["dice_objects"] = _objects_dice(counts) if 0 in truth_classes else math.nan
+    out.update(recalls_from_counts(counts))
     hit_p, n_p, hit_t, n_t = (int(v) for v in counts[N_CLASSES * 3:])
     if n_t == 0:
         out["boundary_f1"] = math.nan
@@ -522,6 +524,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
                                                           test_stacks, tolerance=tolerance)
         run = {"arm": arm, "seed": seed, **figures,
                "seconds": round(seg.seconds, 1), "precision": seg.precision}
+        if arm == ARM_REAL:  # what it sees in the synthetic pairs (synthetic_seen)
+            run["on_synthetic"] = seen_in(seg, syn_pairs)
         if per_stack:
             run["stacks"] = per_stack
         if study:
@@ -841,6 +845,8 @@ def markdown_table(result: EvaluationResult) -> str:
     lines += [f"- {n}" for n in result.notes]
     if result.sizes:
         lines += ["", *study_markdown(result)]
+    if seen := seen_markdown(result.runs):
+        lines += ["", *seen]
     return "\n".join(lines) + "\n"
 
 
@@ -921,7 +927,8 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs_csv, sum_csv = out / "evaluation_runs.csv", out / "evaluation.csv"
-    keys = ["arm", "seed", *METRICS, "seconds", "precision"]
+    seen = [f"synthetic_{m}" for m in RECALLS]
+    keys = ["arm", "seed", *METRICS, *RECALLS, *seen, "seconds", "precision"]
     if result.sizes:
         keys[1:1] = ["n_real"]
         keys.append("real_subset")
@@ -929,8 +936,10 @@ def write_outputs(result: EvaluationResult, out: str | Path) -> list[Path]:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         for run in result.runs:
-            r = {"n_real": 0, **{m: math.nan for m in METRICS}, **run,  # runs saved before
-                 "real_subset": ";".join(run.get("real_subset", []))}     # a figure existed
+            on_syn = run.get("on_synthetic") or {}
+            r = {"n_real": 0, **{m: math.nan for m in (*METRICS, *RECALLS, *seen)},  # runs
+                 **run, **{f"synthetic_{m}": on_syn.get(m, math.nan) for m in RECALLS},
+                 "real_subset": ";".join(run.get("real_subset", []))}  # saved before a figure
             w.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k]) for k in keys})
     with sum_csv.open("w", newline="", encoding="utf-8") as fh:
         w2 = csv.writer(fh)

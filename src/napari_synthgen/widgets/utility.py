@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 
 from ..segmenter import LOSSES
+from ..synthetic_seen import seen_notes
 from . import _settings
 from ._common import (
     READ_AS_CHOICES,
@@ -95,7 +96,8 @@ def _verdict(diff: float, low: float, high: float) -> str:
 def summary_html(result: Any) -> str:
     """Each arm's figures (mean ± std over seeds), then what the comparison says: in a study,
     real + synthetic minus real only per size and figure with its 95 % interval; else the
-    notes. All of it is also in ``evaluation.md``."""
+    notes; then what the real-only segmenter flags in the synthetic pairs (synthetic_seen).
+    All of it is also in ``evaluation.md``."""
     head = "".join(f"<th align='right'>&nbsp;{label}</th>" for _, label in SHOWN)
     rows, verdicts = [], []
     for row in result.sizes or [{"arm": arm} for arm in result.summary]:
@@ -113,6 +115,7 @@ def summary_html(result: Any) -> str:
                             + "<br>".join(parts) + "</li>")
     if not result.sizes:
         verdicts = [f"<li>{html.escape(note)}</li>" for note in result.notes]
+    verdicts += [f"<li>{html.escape(note)}</li>" for note in seen_notes(result.runs)]
     return (f"<small><table cellspacing='0' cellpadding='1'><tr><th align='left'>arm</th>"
             f"{head}</tr>{''.join(rows)}</table></small><ul>{''.join(verdicts)}</ul>")
 
