@@ -106,3 +106,66 @@ def test_evaluate_records_what_its_real_only_segmenter_sees_in_the_synthetic_pai
                         out=out)  # reused from disk, the figure with it
     assert (json.dumps(again.runs[0]["on_synthetic"], sort_keys=True)
             == json.dumps(seen, sort_keys=True))  # NaN-safe
+
+
+def test_pixels_left_out_travel_with_their_crop(isbi_image, isbi_mask) -> None:
+    """A pool's ``ignore_pixels`` marks the same pixels as IGNORE, through crop, rotation and
+    flip, as naming their class would; and the crops drawn are the same as without it."""
+    from napari_synthgen.segmenter import IGNORE, Pool, _crop_batch
+
+    by_class = Pool.from_pairs([(isbi_image, isbi_mask)], ["a"])
+    by_class.ignore = (INTERIOR,)
+    by_pixel = Pool.from_pairs([(isbi_image, isbi_mask)], ["a"])
+    by_pixel.ignore_pixels = [isbi_mask == INTERIOR]
+    plain = Pool.from_pairs([(isbi_image, isbi_mask)], ["a"])
+    _, ys_c = _crop_batch(by_class, 6, 96, np.random.default_rng(3))
+    xs_p, ys_p = _crop_batch(by_pixel, 6, 96, np.random.default_rng(3))
+    xs_0, ys_0 = _crop_batch(plain, 6, 96, np.random.default_rng(3))
+    assert (ys_p == IGNORE).any()
+    np.testing.assert_array_equal(ys_p, ys_c)
+    np.testing.assert_array_equal(xs_p, xs_0)
+    np.testing.assert_array_equal(ys_p != IGNORE, ys_0 != INTERIOR)
+
+
+def _with_unlabelled_corner(root: Path, isbi_dir: Path, indices: range, *, corner: int = 0
+                            ) -> Path:
+    """ISBI crops whose masks say class 0 over the top-left quarter, where the image still
+    shows cells: a generator that painted objects where its mask has none."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in indices:
+        name = f"isbi2012_train_{i:02d}.tif"
+        sl = np.s_[:256, :256] if corner == 0 else np.s_[-256:, -256:]
+        m = tifffile.imread(isbi_dir / "masks" / name)[sl]
+        m[:128, :128] = 0
+        tifffile.imwrite(root / "images" / name, tifffile.imread(isbi_dir / "images" / name)[sl])
+        tifffile.imwrite(root / "masks" / name, m)
+    return root
+
+
+def test_off_mask_objects_are_left_out_with_the_segmenter_trained_again_when_saved(
+        isbi_dir: Path, tmp_path: Path) -> None:
+    real = _with_unlabelled_corner(tmp_path / "real", isbi_dir, range(3))
+    for f in (real / "masks").iterdir():  # the real masks are whole
+        name = f.name
+        tifffile.imwrite(f, tifffile.imread(isbi_dir / "masks" / name)[:256, :256])
+    syn = _with_unlabelled_corner(tmp_path / "syn", isbi_dir, range(10, 13))
+    test = _with_unlabelled_corner(tmp_path / "test", isbi_dir, range(27, 29), corner=1)
+    kw = {"steps": 20, "seeds": 1, "crop": 64, "batch_size": 4, "base": 8}
+    plain = ev.evaluate(real, syn, test, arms=[ev.ARM_REAL, ev.ARM_MIXED], **kw)
+    both = ev.evaluate(real, syn, test, arms=[ev.ARM_REAL, ev.ARM_MIXED],
+                       synthetic_ignore_off_mask=True, **kw)
+    assert both.settings["synthetic_ignore_off_mask"] is True
+    assert "synthetic_ignore_off_mask" not in plain.settings  # old results match
+    # the real-only run is the same; the mixed run leaves out the painted corner's cells
+    assert both.runs[0]["dice_interior"] == plain.runs[0]["dice_interior"]
+    share = both.runs[1]["synthetic_ignored_share"]
+    assert 0.05 < share < 0.25  # at most the corner's quarter, the cells found in it
+    assert both.runs[1]["dice_interior"] != plain.runs[1]["dice_interior"]
+    # without the real-only run in this call, its segmenter is trained again: the same bytes
+    alone = ev.evaluate(real, syn, test, arms=[ev.ARM_MIXED], synthetic_ignore_off_mask=True,
+                        **kw)
+    assert [r["arm"] for r in alone.runs] == [ev.ARM_MIXED]
+    assert alone.runs[0]["synthetic_ignored_share"] == share
+    assert alone.runs[0]["dice_interior"] == both.runs[1]["dice_interior"]
+    assert "real-only segmenter calls an object ignored" in ev.markdown_table(both)

@@ -40,7 +40,13 @@ import numpy as np
 
 from .masks import BOUNDARY, CLASS_NAMES, N_CLASSES, MaskSource
 from .segmenter import check_loss
-from .synthetic_seen import RECALLS, recalls_from_counts, seen_in, seen_markdown
+from .synthetic_seen import (
+    RECALLS,
+    off_mask,
+    recalls_from_counts,
+    seen_in,
+    seen_markdown,
+)
 
 ARM_REAL = "real"
 ARM_MIXED = "real+synthetic"
@@ -348,8 +354,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
              progress: Progress | None = None, out: str | Path | None = None,
              real_sizes: Sequence[int] | None = None, val_every: int | None = None,
              read_as: MaskSource = "auto", boundary_width: int = 2,
-             synthetic_ignore: Sequence[int] = (), loss: str = "weighted_ce"
-             ) -> EvaluationResult:
+             synthetic_ignore: Sequence[int] = (), loss: str = "weighted_ce",
+             synthetic_ignore_off_mask: bool = False) -> EvaluationResult:
     """Train the small segmenter on real, real + synthetic and synthetic pairs (same budget,
     seeds 0..seeds-1) and score each on the real test pairs. Paired folders in, figures out.
 
@@ -362,7 +368,11 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     pixels in the synthetic pairs teach nothing (e.g. ``(0,)``: a class the generator draws
     badly); the real pairs teach every class, and the class weights stay those of the masks.
     ``loss`` is the segmenter's (:data:`segmenter.LOSSES`): ``dice_ce`` for sparse objects,
-    whose class weights make ``weighted_ce`` over-call them.
+    whose class weights make ``weighted_ce`` over-call them. ``synthetic_ignore_off_mask``
+    leaves out of the loss the class-0 pixels of the synthetic pairs that the real-only
+    segmenter of the same seed and number of real pairs calls an object (objects the generator
+    painted where its masks have none, :mod:`synthetic_seen`); that segmenter is trained again
+    when its run was saved by an earlier call (the same bytes).
 
     ``real_sizes`` (e.g. ``(1, 2, 5)``) makes it a study: the real arms run at each size on
     subsets of the real pairs (:func:`real_subset`), the real-only arm records a validation
@@ -449,6 +459,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         settings["read_as"] = [read_as, boundary_width]
     if ignore:  # absent when every class teaches: old results match
         settings["synthetic_ignore"] = list(ignore)
+    if synthetic_ignore_off_mask:  # absent without it: old results match
+        settings["synthetic_ignore_off_mask"] = True
     if loss != "weighted_ce":  # absent for the first loss: old results match
         settings["loss"] = loss
     if study:  # absent without the study: old results match
@@ -458,6 +470,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     store = None if out is None else _RunStore(Path(out), settings, (
         (real_names, real_pairs), (syn_names, syn_pairs), (test_names, test_pairs)))
     kept_syn = syn_pool
+    real_segs: dict[tuple[int | None, int], Any] = {}  # with synthetic_ignore_off_mask
     if store is not None and min_score is not None and (kept := store.kept()) is not None:
         kept_syn = _kept_pool(syn_pairs, syn_names, kept, settings)
     for arm, n, seed in jobs:
@@ -478,10 +491,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         held: list[tuple[np.ndarray, np.ndarray]] = []
         if n is not None:
             order = subset_order(len(units), seed)
-            chosen_idx = sorted(i for u in order[:n] for i in units[u])
-            pool = Pool([real_pool.images[i] for i in chosen_idx],
-                        [real_pool.masks[i] for i in chosen_idx],
-                        [real_names[i] for i in chosen_idx])
+            pool = _subset_pool(real_pool, units, n, seed)
             extra = {"n_real": n, "real_subset": list(pool.names)}
             left = [i for u in order[n:n + VAL_UNITS] for i in units[u]][:VAL_IMAGES]
             held = [real_pairs[i] for i in left]
@@ -490,6 +500,21 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
                     "held-out real pairs " + ", ".join(real_names[i] for i in left) if left
                     else "training loss only (every real pair is in the subset)")
         syn = replace(kept_syn, ignore=ignore)  # what the synthetic pairs teach
+        off_mask_share = None
+        if synthetic_ignore_off_mask and arm != ARM_REAL:
+            # the real-only segmenter of this seed and size (synthetic only: the largest)
+            n_ref = n if n is not None or not study else max(s for s in sizes if s)
+            if (n_ref, seed) not in real_segs:  # its run was saved earlier: train it again
+                if progress is not None:
+                    progress(f"{ARM_REAL} seed {seed}, again for its calls", done, total)
+                ref = real_pool if n_ref is None else _subset_pool(real_pool, units, n_ref, seed)
+                real_segs[(n_ref, seed)] = train_segmenter([Phase(steps, ref)], cfg,
+                                                           weights_from=weights_from)
+            where = dict(zip(syn_names, off_mask(real_segs[(n_ref, seed)], syn_pairs),
+                             strict=True))
+            syn = replace(syn, ignore_pixels=[where[name] for name in syn.names])
+            off_mask_share = (sum(int(m.sum()) for m in syn.ignore_pixels)
+                              / sum(m.size for m in syn.ignore_pixels))
         if arm == ARM_REAL:
             phases = [Phase(steps, pool)]
         elif arm == ARM_SYNTHETIC:
@@ -526,6 +551,10 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
                "seconds": round(seg.seconds, 1), "precision": seg.precision}
         if arm == ARM_REAL:  # what it sees in the synthetic pairs (synthetic_seen)
             run["on_synthetic"] = seen_in(seg, syn_pairs)
+            if synthetic_ignore_off_mask:
+                real_segs[(n, seed)] = seg
+        if off_mask_share is not None:
+            run["synthetic_ignored_share"] = off_mask_share
         if per_stack:
             run["stacks"] = per_stack
         if study:
@@ -590,6 +619,15 @@ def subset_order(n_units: int, seed: int) -> np.ndarray:
     """The seeded permutation of ``n_units`` real pairs whose first n make seed ``seed``'s
     subset of size n (so one seed's subsets are nested: the 2 pairs hold the 1)."""
     return np.random.default_rng([seed, SUBSET_STREAM]).permutation(n_units)
+
+
+def _subset_pool(real_pool: Any, units: list[list[int]], n: int, seed: int) -> Any:
+    """The real pairs of seed ``seed``'s subset of ``n`` units (:func:`subset_order`)."""
+    from .segmenter import Pool
+
+    chosen = sorted(i for u in subset_order(len(units), seed)[:n] for i in units[u])
+    return Pool([real_pool.images[i] for i in chosen], [real_pool.masks[i] for i in chosen],
+                [real_pool.names[i] for i in chosen])
 
 
 def real_subset(n_units: int, n: int, seed: int) -> list[int]:
@@ -821,6 +859,11 @@ def markdown_table(result: EvaluationResult) -> str:
     if s.get("synthetic_ignore"):
         how += (", synthetic pixels of class " + ", ".join(
             f"{c} ({CLASS_NAMES[c]})" for c in s["synthetic_ignore"]) + " ignored")
+    if s.get("synthetic_ignore_off_mask"):
+        share = [r["synthetic_ignored_share"] for r in result.runs
+                 if "synthetic_ignored_share" in r]
+        how += (", the synthetic class-0 pixels the real-only segmenter calls an object "
+                "ignored" + (f" ({np.mean(share):.1%} of their pixels)" if share else ""))
     lines = [
         "# Does the synthetic set help a segmenter on real images?", "",
         f"Real pairs {s['n_real']}, synthetic pairs {s.get('n_synthetic_kept', s['n_synthetic'])}"

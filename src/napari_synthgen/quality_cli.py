@@ -177,6 +177,12 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                    "of the loss), e.g. 0 where the generator draws class 0 badly; the real "
                    "pairs teach every class and the class weights do not change, so the "
                    "real-only runs are the same with or without it")
+    p.add_argument("--synthetic-ignore-off-mask", action="store_true",
+                   help="class-0 pixels of the synthetic pairs that the real-only segmenter "
+                   "of the same seed (and number of real pairs) calls an object teach "
+                   "nothing: objects the generator painted where its masks have none "
+                   "(evaluation.md's section on what that segmenter sees in the synthetic "
+                   "pairs shows whether there are many); the real-only runs are unchanged")
     _add_read_as(p, "the masks of --real and --test (the synthetic folder holds generate's "
                  "class masks)")
     p.add_argument("--out", type=Path, default=Path("evaluation"),
@@ -248,7 +254,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           read_as=args.read_as, boundary_width=args.boundary_width,
                           out=args.out, real_sizes=args.real_sizes, val_every=args.val_every,
                           arms=args.arms, synthetic_ignore=args.synthetic_ignore,
-                          loss=args.loss)
+                          loss=args.loss,
+                          synthetic_ignore_off_mask=args.synthetic_ignore_off_mask)
     except LeakError as exc:
         bar.close()
         print(f"napari-synthgen evaluate: error: {exc}", file=sys.stderr)

@@ -160,13 +160,21 @@ class Pool:
     """Training pairs held in memory: normalised images (float16 to halve the memory) and masks.
 
     ``ignore`` lists classes whose pixels teach nothing (their loss is left out): the classes a
-    generator draws badly, so that its pairs teach only what they draw well.
+    generator draws badly, so that its pairs teach only what they draw well. ``ignore_pixels``
+    (one boolean array per image, True: teaches nothing) leaves out single pixels, e.g. the
+    objects a generator painted where its mask has none.
     """
 
     images: list[np.ndarray]
     masks: list[np.ndarray]
     names: list[str] = field(default_factory=list)
     ignore: tuple[int, ...] = ()
+    ignore_pixels: list[np.ndarray] | None = None
+
+    @property
+    def ignores(self) -> bool:
+        """Whether any pixel of this pool may teach nothing."""
+        return bool(self.ignore) or self.ignore_pixels is not None
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -195,6 +203,9 @@ def _crop_batch(pool: Pool, n: int, crop: int, rng: np.random.Generator
     for b in range(n):
         i = int(rng.integers(len(pool)))
         img, m = pool.images[i], pool.masks[i]
+        # the pixels left out travel with the mask as IGNORE (same crop, rotation and flip)
+        if pool.ignore_pixels is not None:
+            m = np.where(pool.ignore_pixels[i], IGNORE, m.astype(np.int64))
         ph, pw = max(crop - img.shape[0], 0), max(crop - img.shape[1], 0)
         if ph or pw:
             img = np.pad(img, ((0, ph), (0, pw)), mode="reflect")
@@ -334,7 +345,7 @@ def train_segmenter(phases: Sequence[Phase], config: SegmenterConfig, *,
         loss_fn = torch.nn.CrossEntropyLoss(
             weight=torch.tensor(weights, dtype=torch.float32, device=device),
             ignore_index=IGNORE)
-        ignoring = any(p.ignore for p in pools)
+        ignoring = any(p.ignores for p in pools)
         rng = np.random.default_rng([config.seed, 9])
         total = sum(ph.steps for ph in phases)
         done = 0

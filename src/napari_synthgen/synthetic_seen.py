@@ -51,6 +51,14 @@ def seen_in(segmenter: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> d
     return recalls_from_counts(counts)
 
 
+def off_mask(segmenter: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]]
+             ) -> list[np.ndarray]:
+    """Per pair, the class-0 pixels ``segmenter`` calls an object (interior or boundary): the
+    objects a generator painted where its mask has none, as a segmenter trained on real pairs
+    sees them."""
+    return [(mask == 0) & (segmenter.predict(image) > 0) for image, mask in pairs]
+
+
 def flagged(test: float, synthetic: float) -> bool:
     """Whether a class's missed share in the synthetic pairs (1 - ``synthetic``) is more than
     :data:`FLAG_RATIO` times and :data:`FLAG_MARGIN` above the test images' (1 - ``test``)."""
