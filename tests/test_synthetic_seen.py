@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,25 @@ import tifffile
 from napari_synthgen import evaluation as ev
 from napari_synthgen.masks import INTERIOR
 from napari_synthgen.synthetic_seen import flagged, recalls_from_counts, seen_markdown
+
+
+def _isbi(root: Path, isbi_dir: Path, indices: range, *, corner: int = 0,
+          edit: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+          ) -> Path:
+    """256-px ISBI crops (top-left or bottom-right ``corner``) as a paired folder, each pair
+    changed by ``edit(image, mask)`` when given."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in indices:
+        name = f"isbi2012_train_{i:02d}.tif"
+        sl = np.s_[:256, :256] if corner == 0 else np.s_[-256:, -256:]
+        img = tifffile.imread(isbi_dir / "images" / name)[sl]
+        m = tifffile.imread(isbi_dir / "masks" / name)[sl]
+        if edit is not None:
+            img, m = edit(img, m)
+        tifffile.imwrite(root / "images" / name, img)
+        tifffile.imwrite(root / "masks" / name, m)
+    return root
 
 
 def test_recalls_count_each_class_found_and_nan_for_an_absent_class() -> None:
@@ -67,22 +87,10 @@ def test_evaluate_records_what_its_real_only_segmenter_sees_in_the_synthetic_pai
     """Synthetic stand-in: real ISBI pairs with the image's grey levels inverted (a generator
     that draws the cells unlike real ones: bright membranes, dark insides). The real-only
     segmenter misses their membranes far more than the test images'."""
-    folders = {}
-    for key, idx, corner in (("real", range(4), 0), ("synthetic", range(10, 14), 0),
-                             ("test", range(27, 30), 1)):
-        root = tmp_path / key
-        (root / "images").mkdir(parents=True)
-        (root / "masks").mkdir()
-        for i in idx:
-            name = f"isbi2012_train_{i:02d}.tif"
-            sl = np.s_[:256, :256] if corner == 0 else np.s_[-256:, -256:]
-            img = tifffile.imread(isbi_dir / "images" / name)[sl]
-            m = tifffile.imread(isbi_dir / "masks" / name)[sl]
-            if key == "synthetic":
-                img = 255 - img
-            tifffile.imwrite(root / "images" / name, img)
-            tifffile.imwrite(root / "masks" / name, m)
-        folders[key] = root
+    folders = {"real": _isbi(tmp_path / "real", isbi_dir, range(4)),
+               "synthetic": _isbi(tmp_path / "syn", isbi_dir, range(10, 14),
+                                  edit=lambda img, m: (255 - img, m)),
+               "test": _isbi(tmp_path / "test", isbi_dir, range(27, 30), corner=1)}
     out = tmp_path / "out"
     result = ev.evaluate(folders["real"], folders["synthetic"], folders["test"], steps=30,
                          seeds=1, crop=64, batch_size=4, arms=[ev.ARM_REAL, ev.ARM_SYNTHETIC],
@@ -127,30 +135,19 @@ def test_pixels_left_out_travel_with_their_crop(isbi_image, isbi_mask) -> None:
     np.testing.assert_array_equal(ys_p != IGNORE, ys_0 != INTERIOR)
 
 
-def _with_unlabelled_corner(root: Path, isbi_dir: Path, indices: range, *, corner: int = 0
-                            ) -> Path:
-    """ISBI crops whose masks say class 0 over the top-left quarter, where the image still
-    shows cells: a generator that painted objects where its mask has none."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in indices:
-        name = f"isbi2012_train_{i:02d}.tif"
-        sl = np.s_[:256, :256] if corner == 0 else np.s_[-256:, -256:]
-        m = tifffile.imread(isbi_dir / "masks" / name)[sl]
-        m[:128, :128] = 0
-        tifffile.imwrite(root / "images" / name, tifffile.imread(isbi_dir / "images" / name)[sl])
-        tifffile.imwrite(root / "masks" / name, m)
-    return root
+def _unlabelled_corner(img: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mask says class 0 over the top-left quarter, where the image still shows cells: a
+    generator that painted objects where its mask has none."""
+    m = m.copy()
+    m[:128, :128] = 0
+    return img, m
 
 
 def test_off_mask_objects_are_left_out_with_the_segmenter_trained_again_when_saved(
         isbi_dir: Path, tmp_path: Path) -> None:
-    real = _with_unlabelled_corner(tmp_path / "real", isbi_dir, range(3))
-    for f in (real / "masks").iterdir():  # the real masks are whole
-        name = f.name
-        tifffile.imwrite(f, tifffile.imread(isbi_dir / "masks" / name)[:256, :256])
-    syn = _with_unlabelled_corner(tmp_path / "syn", isbi_dir, range(10, 13))
-    test = _with_unlabelled_corner(tmp_path / "test", isbi_dir, range(27, 29), corner=1)
+    real = _isbi(tmp_path / "real", isbi_dir, range(3))  # whole masks
+    syn = _isbi(tmp_path / "syn", isbi_dir, range(10, 13), edit=_unlabelled_corner)
+    test = _isbi(tmp_path / "test", isbi_dir, range(27, 29), corner=1, edit=_unlabelled_corner)
     kw = {"steps": 20, "seeds": 1, "crop": 64, "batch_size": 4, "base": 8}
     plain = ev.evaluate(real, syn, test, arms=[ev.ARM_REAL, ev.ARM_MIXED], **kw)
     both = ev.evaluate(real, syn, test, arms=[ev.ARM_REAL, ev.ARM_MIXED],
