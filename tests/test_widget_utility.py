@@ -144,3 +144,20 @@ def test_the_dock_says_which_class_the_synthetic_pairs_draw_unlike_real(
     w.wait_idle(300)
     assert w.status.value.startswith("Done")
     assert "boundary: found" in w.summary.value and "unlike the real images" in w.summary.value
+
+
+@pytest.mark.parametrize(("choice", "setting", "value"), [
+    ("class 0", "synthetic_ignore", [0]),
+    ("objects off the mask", "synthetic_ignore_off_mask", True)])
+def test_what_the_dock_leaves_out_of_the_synthetic_pairs(
+        make_napari_viewer, tmp_path: Path, folders: dict[str, Path], choice: str,
+        setting: str, value: object) -> None:
+    viewer = make_napari_viewer()
+    w = _dock(viewer, folders)
+    assert w.leave_out.value == "nothing"  # the command line's default
+    w.leave_out.value, w.steps.value, w.out.value = choice, 2, tmp_path / "out"
+    assert w.run() is not None
+    w.wait_idle(300)
+    assert w.status.value.startswith("Done")
+    settings = json.loads((tmp_path / "out" / "evaluate_settings.json").read_text())
+    assert settings[setting] == value

@@ -6,8 +6,8 @@ images draw a class unlike the real ones, a real-trained segmenter finds far les
 class in them than in the test images (the pairs teach another look of it). Where the
 generator paints objects the mask does not have (unlabelled organelles in class 0), the
 segmenter calls far more of the synthetic class 0 an object than of the test images' (those
-pixels teach "this is not an object"; ``evaluate --synthetic-ignore 0`` leaves them out).
-``evaluate`` records both for every real-only run it trains; no extra training.
+pixels teach "this is not an object"; ``evaluate --synthetic-ignore-off-mask`` leaves them
+out). ``evaluate`` records both for every real-only run it trains; no extra training.
 """
 
 from __future__ import annotations
@@ -128,8 +128,9 @@ def _meaning(name: str, n: int, test: float, synthetic: float) -> str:
                 f"called an object (interior or boundary) against {1 - test:.1%} of the "
                 "test images': the generator paints objects where its masks have none, "
                 "and those pixels teach the segmenter that such objects are background "
-                f"(`--synthetic-ignore 0` leaves the synthetic {name} out of the loss; "
-                "curating those images out is the other way).")
+                "(`--synthetic-ignore-off-mask`, the dock's 'objects off the mask', leaves "
+                f"just those pixels out of the loss, `--synthetic-ignore 0` all the {name}; "
+                "or curate those images out).")
     return (f"{name}{where}: found {synthetic:.1%} in the synthetic pairs against "
             f"{test:.1%} in the test images: the generator draws it unlike the real "
             "images, so the pairs teach a look of it that real images do not have (a "

@@ -39,6 +39,14 @@ SHOWN: tuple[tuple[str, str], ...] = (("boundary_f1", "boundary F1"),
                                       ("dice_objects", "objects Dice"))
 
 
+#: the dock's "Synthetic pixels left out" choices and the evaluate options each one sets
+LEAVE_OUT: dict[str, dict[str, Any]] = {
+    "nothing": {},
+    "class 0": {"synthetic_ignore": (0,)},
+    "objects off the mask": {"synthetic_ignore_off_mask": True},
+}
+
+
 def _sizes(text: str) -> list[int] | None:
     """The Real sizes field: empty for all real pairs, else numbers such as ``2,5``."""
     if not text.strip():
@@ -169,6 +177,14 @@ class UtilityWidget(Container):
                              "Dice of the objects, nnU-Net's): for sparse objects such as "
                              "organelles, whose weights make weighted_ce call every dark patch "
                              "an object.")
+        self.leave_out = ComboBox(choices=list(LEAVE_OUT), value="nothing",
+                                  label="Synthetic pixels left out")
+        self.leave_out.tooltip = (
+            "What of the synthetic pairs teaches nothing in the mixed arm: nothing; class 0 "
+            "(--synthetic-ignore 0: a class the generator draws badly); or objects off the "
+            "mask (--synthetic-ignore-off-mask: the class-0 pixels a segmenter trained on the "
+            "real pairs calls an object, which the generator painted where its masks have "
+            "none). The real-only runs are the same with any of them.")
         self.out = FileEdit(mode="d", label="Results folder")
         self.out.tooltip = ("Where the result files go. Empty: beside the synthetic folder, "
                             "<name>_evaluation. A check with the same settings continues "
@@ -193,7 +209,7 @@ class UtilityWidget(Container):
         body.extend([
             Container(widgets=[self.real, self.synthetic, self.test, self.read_as, self.sizes,
                                self.steps, self.seeds, self.batch, self.device, self.loss,
-                               self.out]),
+                               self.leave_out, self.out]),
             Container(widgets=[self.run_button, self.stop_button], layout="horizontal",
                       labels=False),
             self.status,
@@ -230,7 +246,7 @@ class UtilityWidget(Container):
             options = {"steps": self.steps.value, "seeds": self.seeds.value,
                        "batch_size": self.batch.value, "device": self.device.value,
                        "real_sizes": _sizes(self.sizes.value), "read_as": self.read_as.value,
-                       "loss": self.loss.value}
+                       "loss": self.loss.value, **LEAVE_OUT[self.leave_out.value]}
         except ValueError as exc:
             report_error(exc, "Check utility")
             self.status.value = f"<span style='color:#f66'>{html.escape(str(exc))}</span>"
