@@ -41,14 +41,18 @@ def recalls_from_counts(counts: np.ndarray) -> dict[str, float]:
 
 
 def seen_in(segmenter: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """:func:`recalls_from_counts` of ``segmenter``'s predictions on ``pairs`` (pixels pooled
-    over the images)."""
-    from .evaluation import confusion_counts
-
-    counts = np.zeros(N_CLASSES * 3 + 4, dtype=np.int64)
+    """Per class, the share of its pixels in ``pairs`` that ``segmenter`` calls that class
+    (pixels pooled over the images; NaN where a class is absent from the masks)."""
+    hit = np.zeros(N_CLASSES, dtype=np.int64)
+    true = np.zeros(N_CLASSES, dtype=np.int64)
     for image, mask in pairs:
-        counts += confusion_counts(segmenter.predict(image), mask)
-    return recalls_from_counts(counts)
+        pred = segmenter.predict(image)
+        for c in range(N_CLASSES):
+            where = mask == c
+            hit[c] += int((pred[where] == c).sum())
+            true[c] += int(where.sum())
+    return {f"recall_{name}": int(hit[c]) / int(true[c]) if true[c] else math.nan
+            for c, name in enumerate(CLASS_NAMES)}
 
 
 def off_mask(segmenter: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]]
