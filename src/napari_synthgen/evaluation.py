@@ -470,7 +470,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     store = None if out is None else _RunStore(Path(out), settings, (
         (real_names, real_pairs), (syn_names, syn_pairs), (test_names, test_pairs)))
     kept_syn = syn_pool
-    real_segs: dict[tuple[int | None, int], Any] = {}  # with synthetic_ignore_off_mask
+    #: with synthetic_ignore_off_mask: the off-mask pixels of each real-only (size, seed)
+    off_masks: dict[tuple[int | None, int], dict[str, np.ndarray]] = {}
     if store is not None and min_score is not None and (kept := store.kept()) is not None:
         kept_syn = _kept_pool(syn_pairs, syn_names, kept, settings)
     for arm, n, seed in jobs:
@@ -504,14 +505,14 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         if synthetic_ignore_off_mask and arm != ARM_REAL:
             # the real-only segmenter of this seed and size (synthetic only: the largest)
             n_ref = n if n is not None or not study else max(s for s in sizes if s)
-            if (n_ref, seed) not in real_segs:  # its run was saved earlier: train it again
+            if (n_ref, seed) not in off_masks:  # its run was saved earlier: train it again
                 if progress is not None:
                     progress(f"{ARM_REAL} seed {seed}, again for its calls", done, total)
                 ref = real_pool if n_ref is None else _subset_pool(real_pool, units, n_ref, seed)
-                real_segs[(n_ref, seed)] = train_segmenter([Phase(steps, ref)], cfg,
-                                                           weights_from=weights_from)
-            where = dict(zip(syn_names, off_mask(real_segs[(n_ref, seed)], syn_pairs),
-                             strict=True))
+                ref_seg = train_segmenter([Phase(steps, ref)], cfg, weights_from=weights_from)
+                off_masks[(n_ref, seed)] = dict(zip(syn_names, off_mask(
+                    [ref_seg.predict(image) for image, _ in syn_pairs], syn_pairs), strict=True))
+            where = off_masks[(n_ref, seed)]
             syn = replace(syn, ignore_pixels=[where[name] for name in syn.names])
             off_mask_share = (sum(int(m.sum()) for m in syn.ignore_pixels)
                               / sum(m.size for m in syn.ignore_pixels))
@@ -550,9 +551,11 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         run = {"arm": arm, "seed": seed, **figures,
                "seconds": round(seg.seconds, 1), "precision": seg.precision}
         if arm == ARM_REAL:  # what it sees in the synthetic pairs (synthetic_seen)
-            run["on_synthetic"] = seen_in(seg, syn_pairs)
+            predicted = [seg.predict(image) for image, _ in syn_pairs]  # once, for both
+            run["on_synthetic"] = seen_in(predicted, syn_pairs)
             if synthetic_ignore_off_mask:
-                real_segs[(n, seed)] = seg
+                off_masks[(n, seed)] = dict(zip(syn_names, off_mask(predicted, syn_pairs),
+                                                strict=True))
         if off_mask_share is not None:
             run["synthetic_ignored_share"] = off_mask_share
         if per_stack:

@@ -40,27 +40,27 @@ def recalls_from_counts(counts: np.ndarray) -> dict[str, float]:
     return out
 
 
-def seen_in(segmenter: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Per class, the share of its pixels in ``pairs`` that ``segmenter`` calls that class
-    (pixels pooled over the images; NaN where a class is absent from the masks)."""
-    hit = np.zeros(N_CLASSES, dtype=np.int64)
-    true = np.zeros(N_CLASSES, dtype=np.int64)
-    for image, mask in pairs:
-        pred = segmenter.predict(image)
+def seen_in(predicted: Sequence[np.ndarray], pairs: Sequence[tuple[np.ndarray, np.ndarray]]
+            ) -> dict[str, float]:
+    """:func:`recalls_from_counts` of the ``predicted`` class masks of ``pairs`` (pixels
+    pooled over the images)."""
+    counts = np.zeros(N_CLASSES * 3, dtype=np.int64)  # per class (tp, fp, fn); fp unused
+    for pred, (_image, mask) in zip(predicted, pairs, strict=True):
         for c in range(N_CLASSES):
             where = mask == c
-            hit[c] += int((pred[where] == c).sum())
-            true[c] += int(where.sum())
-    return {f"recall_{name}": int(hit[c]) / int(true[c]) if true[c] else math.nan
-            for c, name in enumerate(CLASS_NAMES)}
+            hit = int((pred[where] == c).sum())
+            counts[3 * c] += hit
+            counts[3 * c + 2] += int(where.sum()) - hit
+    return recalls_from_counts(counts)
 
 
-def off_mask(segmenter: Any, pairs: Sequence[tuple[np.ndarray, np.ndarray]]
+def off_mask(predicted: Sequence[np.ndarray], pairs: Sequence[tuple[np.ndarray, np.ndarray]]
              ) -> list[np.ndarray]:
-    """Per pair, the class-0 pixels ``segmenter`` calls an object (interior or boundary): the
-    objects a generator painted where its mask has none, as a segmenter trained on real pairs
-    sees them."""
-    return [(mask == 0) & (segmenter.predict(image) > 0) for image, mask in pairs]
+    """Per pair, the class-0 pixels its ``predicted`` mask calls an object (interior or
+    boundary): the objects a generator painted where its mask has none, as a segmenter trained
+    on real pairs sees them."""
+    return [(mask == 0) & (pred > 0)
+            for pred, (_image, mask) in zip(predicted, pairs, strict=True)]
 
 
 def flagged(test: float, synthetic: float) -> bool:
