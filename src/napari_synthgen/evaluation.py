@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .convergence import convergence_markdown
 from .masks import BOUNDARY, CLASS_NAMES, N_CLASSES, MaskSource
 from .segmenter import check_loss
 from .synthetic_seen import (
@@ -932,31 +933,7 @@ def study_markdown(result: EvaluationResult) -> list[str]:
            "class weights)." if result.settings.get("loss") == "dice_ce" else
            "All arms weight the loss with the class frequencies of all real and synthetic "
            "masks."), ""]
-    curves = [r for r in result.runs if r.get("curve")]
-    if curves:
-        lines += [f"Convergence of the real-only arm (evaluation_curves.png, "
-                  f"evaluation_curves.csv; a point every {s.get('val_every')} steps):", ""]
-        for n in sorted({r["n_real"] for r in curves}):
-            mine = [r for r in curves if r["n_real"] == n]
-            # held-out boundary F1 and interior Dice (the figure of sparse, organelle-style
-            # masks), else the training loss
-            keys = [k for k in ("val_boundary_f1", "val_dice_interior")
-                    if k in mine[0]["curve"][-1]] or ["train_loss"]
-            moved: dict[str, list[float]] = {k: [] for k in keys}
-            for r in mine:
-                c = r["curve"]
-                half = next((p for p in c if p["step"] >= c[-1]["step"] / 2), c[0])
-                for k in keys:
-                    moved[k].append(c[-1][k] - half[k])
-            names = {"val_boundary_f1": "held-out boundary F1",
-                     "val_dice_interior": "interior Dice",
-                     "train_loss": "training loss (every real pair is in the subset: no "
-                                   "held-out pair)"}
-            changes = ", ".join(f"{names[k]} {np.nanmean(moved[k]):+.3f}" for k in keys)
-            lines.append(f"- {n} real pair(s): changed by {changes} "
-                         "over the second half of the budget (mean over seeds); a change "
-                         "near 0 says the budget was long enough.")
-        lines.append("")
+    lines += convergence_markdown(result.runs, s.get("val_every"), s["steps"])
     return lines
 
 

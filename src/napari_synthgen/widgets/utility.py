@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 
+from ..convergence import convergence_notes
 from ..segmenter import LOSSES
 from ..synthetic_seen import seen_notes
 from . import _settings
@@ -104,7 +105,8 @@ def _verdict(diff: float, low: float, high: float) -> str:
 def summary_html(result: Any) -> str:
     """Each arm's figures (mean ± std over seeds), then what the comparison says: in a study,
     real + synthetic minus real only per size and figure with its 95 % interval; else the
-    notes; then what the real-only segmenter flags in the synthetic pairs (synthetic_seen).
+    notes; then the sizes whose real-only arm was still learning (convergence) and what the
+    real-only segmenter flags in the synthetic pairs (synthetic_seen).
     All of it is also in ``evaluation.md``."""
     head = "".join(f"<th align='right'>&nbsp;{label}</th>" for _, label in SHOWN)
     rows, verdicts = [], []
@@ -123,7 +125,9 @@ def summary_html(result: Any) -> str:
                             + "<br>".join(parts) + "</li>")
     if not result.sizes:
         verdicts = [f"<li>{html.escape(note)}</li>" for note in result.notes]
-    verdicts += [f"<li>{html.escape(note)}</li>" for note in seen_notes(result.runs)]
+    verdicts += [f"<li>{html.escape(note)}</li>" for note in
+                 [*convergence_notes(result.runs, result.settings["steps"]),
+                  *seen_notes(result.runs)]]
     return (f"<small><table cellspacing='0' cellpadding='1'><tr><th align='left'>arm</th>"
             f"{head}</tr>{''.join(rows)}</table></small><ul>{''.join(verdicts)}</ul>")
 
