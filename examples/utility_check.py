@@ -18,7 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from napari_synthgen.evaluation import evaluate, markdown_table, write_outputs
+from napari_synthgen.evaluation import evaluate
+from napari_synthgen.evaluation_report import markdown_table, write_outputs
 
 
 def main() -> None:

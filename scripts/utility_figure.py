@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tifffile
 
-from napari_synthgen.evaluation import plot_size_study
+from napari_synthgen.evaluation_report import plot_size_study
 from napari_synthgen.masks import to_palette
 
 #: the figure each setting is judged by (issue 17: boundary F1; mitochondria: their Dice)

@@ -14,6 +14,7 @@ import tifffile
 from scipy import ndimage as ndi
 
 from napari_synthgen import evaluation as ev
+from napari_synthgen import evaluation_report as report
 from napari_synthgen.masks import BOUNDARY, INTERIOR
 from napari_synthgen.quality_cli import add_evaluate_parser
 from napari_synthgen.segmenter import (
@@ -405,7 +406,7 @@ def test_runs_saved_before_the_objects_dice_are_reused(folders: dict[str, Path],
     again = _small(folders, out=out, real_sizes=[2], arms=[ev.ARM_REAL, ev.ARM_MIXED])
     assert [r["boundary_f1"] for r in again.runs] == [r["boundary_f1"] for r in first.runs]
     assert all(np.isnan(row["dice_objects_mean"]) for row in again.sizes)
-    ev.write_outputs(again, out)
+    report.write_outputs(again, out)
     assert "dice_objects" in (out / "evaluation_sizes.csv").read_text()
 
 

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from napari_synthgen import evaluation as ev
+from napari_synthgen import evaluation_report as report
 from napari_synthgen.quality_cli import add_evaluate_parser
 from napari_synthgen.segmenter import Phase, Pool, SegmenterConfig, train_segmenter
 
@@ -171,7 +172,7 @@ def test_real_sizes_write_a_table_a_figure_and_curves(folders: dict[str, Path],
     largest = [r for r in again.runs if r["arm"] == "real" and r["n_real"] == 4]
     assert all(r["val_source"].startswith("training loss only") and
                "val_boundary_f1" not in r["curve"][-1] for r in largest)
-    md = ev.markdown_table(again)  # the verdict per size; none is held out at 4
+    md = report.markdown_table(again)  # the verdict per size; none is held out at 4
     assert "Rule: still learning when a held-out figure rose" in md
     assert "- 4 real pair(s): training loss" in md and "cannot tell" in md
     assert [(r["n_real"], r["arm"]) for r in again.sizes][-3:] == [

@@ -14,6 +14,7 @@ import pytest
 import tifffile
 
 from napari_synthgen import evaluation as ev
+from napari_synthgen import evaluation_report as report
 from napari_synthgen.masks import INTERIOR
 from napari_synthgen.synthetic_seen import flagged, recalls_from_counts, seen_markdown
 
@@ -100,7 +101,7 @@ def test_evaluate_records_what_its_real_only_segmenter_sees_in_the_synthetic_pai
     seen = real["on_synthetic"]
     assert math.isnan(seen["recall_background"])  # ISBI masks have no class 0
     assert real["recall_boundary"] > 0.5 and seen["recall_boundary"] < 0.2
-    ev.write_outputs(result, out)
+    report.write_outputs(result, out)
     md = (out / "evaluation.md").read_text()
     assert "sees in the synthetic pairs" in md and "| all | boundary |" in md
     assert "boundary: found" in md and "draws it unlike the real images" in md  # flagged
@@ -165,4 +166,4 @@ def test_off_mask_objects_are_left_out_with_the_segmenter_trained_again_when_sav
     assert [r["arm"] for r in alone.runs] == [ev.ARM_MIXED]
     assert alone.runs[0]["synthetic_ignored_share"] == share
     assert alone.runs[0]["dice_interior"] == both.runs[1]["dice_interior"]
-    assert "real-only segmenter calls an object ignored" in ev.markdown_table(both)
+    assert "real-only segmenter calls an object ignored" in report.markdown_table(both)

@@ -233,7 +233,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run the utility check with a progress bar; print the table. Exit 2 on a leaked image."""
-    from .evaluation import LeakError, evaluate, markdown_table, write_outputs
+    from .evaluation import LeakError, evaluate
+    from .evaluation_report import markdown_table, write_outputs
     from .io import DamagedFileError
 
     bar = _bar("evaluate")

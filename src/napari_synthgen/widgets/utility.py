@@ -75,7 +75,8 @@ def check_utility(real: Path, synthetic: Path, test: Path, out: Path, *, progres
                   **options: Any) -> Any:
     """:func:`~napari_synthgen.evaluation.evaluate`, then its result files (what
     ``napari-synthgen evaluate`` writes); runs in the worker thread."""
-    from ..evaluation import evaluate, write_outputs
+    from ..evaluation import evaluate
+    from ..evaluation_report import write_outputs
 
     result = evaluate(real, synthetic, test, out=out, progress=progress, **options)
     result.files = write_outputs(result, out)
