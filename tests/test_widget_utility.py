@@ -68,6 +68,8 @@ def test_check_shows_what_evaluate_finds(make_napari_viewer, qtbot, tmp_path: Pa
     assert "real+synthetic (3 real)" in w.summary.value
     assert "3 real pairs, real + synthetic minus real only" in w.summary.value
     assert not w.figure.pixmap().isNull() and (out / "evaluation_sizes.png").is_file()
+    # and, under it, the real-only arm's validation curves: was the budget long enough?
+    assert not w.curves.pixmap().isNull() and (out / "evaluation_curves.png").is_file()
     # the same function as the command line: the same figures for the same settings
     cli_out = tmp_path / "cli"
     assert main(["evaluate", "--real", str(folders["real"]), "--synthetic",
@@ -144,6 +146,7 @@ def test_the_dock_says_which_class_the_synthetic_pairs_draw_unlike_real(
     w.wait_idle(300)
     assert w.status.value.startswith("Done")
     assert "boundary: found" in w.summary.value and "unlike the real images" in w.summary.value
+    assert w.curves.pixmap().isNull()  # no study, no validation curves
 
 
 @pytest.mark.parametrize(("choice", "setting", "value"), [

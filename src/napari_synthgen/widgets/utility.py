@@ -171,7 +171,9 @@ class UtilityWidget(Container):
                               "differences and 95 % intervals.")
         self.steps = SpinBox(value=150, min=1, max=1_000_000, label="Steps")
         self.steps.tooltip = ("Training steps per segmenter. 150 is a first look; 1000 with 3 "
-                              "seeds a result to quote (about an hour on 2 CPU cores).")
+                              "seeds a result to quote (about an hour on 2 CPU cores), if the "
+                              "study says real only had stopped learning (else it says how "
+                              "many steps to try).")
         self.seeds = SpinBox(value=2, min=1, max=100, label="Seeds")
         self.batch = SpinBox(value=4, min=2, max=1024, label="Batch size")
         self.device = ComboBox(choices=["cpu", "auto", "cuda", "mps"], value="cpu",
@@ -204,12 +206,18 @@ class UtilityWidget(Container):
 
         self.figure = QLabel()
         self.figure.setMinimumHeight(0)
+        self.curves = QLabel()  # a study's real-only validation curves, under its figure
+        self.curves.setMinimumHeight(0)
+        self.curves.setToolTip("The real-only arm's training loss and held-out figure per "
+                               "seed: a curve still rising at the end says the budget was "
+                               "too short for the comparison (evaluation_curves.png).")
 
     def _lay_out(self) -> None:
         for field in (self.real, self.synthetic, self.test, self.out):
             widen_path(field)
         figure_box = Container(labels=False)
         figure_box.native.layout().addWidget(self.figure)
+        figure_box.native.layout().addWidget(self.curves)
         body = scroll_body(self)
         body.extend([
             Container(widgets=[self.real, self.synthetic, self.test, self.read_as, self.sizes,
@@ -262,6 +270,7 @@ class UtilityWidget(Container):
         self.result = None
         self.summary.value = ""
         self.figure.clear()
+        self.curves.clear()
         self.status.value = "Starting ..."
         self._set_running(True)
         return self._jobs.start(
@@ -287,15 +296,18 @@ class UtilityWidget(Container):
         self.summary.value = summary_html(result)
         name = "evaluation_sizes.png" if result.sizes else "evaluation.png"
         self.show_figure(out / name)
+        if result.sizes and (out / "evaluation_curves.png").is_file():
+            self.show_figure(out / "evaluation_curves.png", self.curves)
 
-    def show_figure(self, path: Path) -> None:
-        """The result figure, scaled to the dock's width."""
+    def show_figure(self, path: Path, where: Any = None) -> None:
+        """A result figure, scaled to the dock's width, in ``where`` (the main figure's
+        place by default)."""
         from qtpy.QtCore import Qt
         from qtpy.QtGui import QPixmap
 
         pixmap = QPixmap(str(path))
         width = max(self._scroll.viewport().width() - 30, 300)
-        self.figure.setPixmap(pixmap.scaledToWidth(
+        (where or self.figure).setPixmap(pixmap.scaledToWidth(
             width, Qt.TransformationMode.SmoothTransformation))
 
     def _failed(self, exc: BaseException, _out: Path) -> None:
