@@ -24,6 +24,8 @@ synthetic-only arm runs once per seed. The real-only arm records a validation cu
 real pairs not in its subset, else its training loss only), and each size gets the paired
 difference real + synthetic minus real-only per seed and test image with a bootstrap 95%
 confidence interval (:func:`paired_ci`).
+
+What it writes (``evaluation.md``, the CSV files, the figures) is :mod:`.evaluation_report`'s.
 """
 
 from __future__ import annotations
