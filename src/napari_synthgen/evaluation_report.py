@@ -13,6 +13,7 @@ import numpy as np
 
 from .convergence import convergence_markdown
 from .evaluation import (
+    ARM_REAL,
     BOOT_SEED,
     LOSS_NAMES,
     METRICS,
@@ -20,8 +21,10 @@ from .evaluation import (
     STUDY_METRICS,
     SUBSET_STREAM,
     EvaluationResult,
+    paired_differences,
 )
 from .masks import CLASS_NAMES
+from .study_power import power_notes
 from .synthetic_seen import RECALLS, seen_markdown
 
 
@@ -110,6 +113,11 @@ def study_markdown(result: EvaluationResult) -> list[str]:
            "class weights)." if result.settings.get("loss") == "dice_ce" else
            "All arms weight the loss with the class frequencies of all real and synthetic "
            "masks."), ""]
+    if power := power_notes(rows, lambda row, m: paired_differences(
+            result.runs, row["arm"], ARM_REAL, row["n_real"], m)):
+        lines += ["What more seeds would buy, where an interval holds 0 (the same bootstrap "
+                  "with more seeds drawn from these; the test images' part is what no number "
+                  "of seeds narrows):", "", *[f"- {x}" for x in power], ""]
     lines += convergence_markdown(result.runs, s.get("val_every"), s["steps"])
     return lines
 
