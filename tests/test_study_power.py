@@ -79,3 +79,20 @@ def test_evaluation_md_carries_the_notes() -> None:
     result = ev.EvaluationResult(runs, {}, [], {"steps": 10, "loss": "dice_ce"}, sizes=rows)
     md = "\n".join(report.study_markdown(result))
     assert "What more seeds would buy" in md and "2 real pair(s), dice_interior" in md
+
+
+def test_the_dock_says_what_more_seeds_would_buy() -> None:
+    from types import SimpleNamespace
+
+    from napari_synthgen.widgets.utility import summary_html
+
+    runs = []
+    for seed, diffs in enumerate(IMAGES_SPREAD):
+        images = [{"image": f"t{i}", "dice_interior": 0.5 + float(v), "boundary_f1": 0.5}
+                  for i, v in enumerate(diffs)]
+        runs += [{"arm": "real", "n_real": 5, "seed": seed,
+                  "images": [{**im, "dice_interior": 0.5} for im in images]},
+                 {"arm": "real+synthetic", "n_real": 5, "seed": seed, "images": images}]
+    result = SimpleNamespace(sizes=ev.size_rows(runs, [5], "real+synthetic"), summary={},
+                             notes=[], settings={"steps": 10}, runs=runs)
+    assert "no number of seeds would" in summary_html(result)

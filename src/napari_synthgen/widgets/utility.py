@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 
 from ..convergence import convergence_notes
+from ..evaluation import ARM_REAL, evaluate, paired_differences
+from ..evaluation_report import write_outputs
 from ..segmenter import LOSSES
+from ..study_power import power_notes
 from ..synthetic_seen import seen_notes
 from . import _settings
 from ._common import (
@@ -75,9 +78,6 @@ def check_utility(real: Path, synthetic: Path, test: Path, out: Path, *, progres
                   **options: Any) -> Any:
     """:func:`~napari_synthgen.evaluation.evaluate`, then its result files (what
     ``napari-synthgen evaluate`` writes); runs in the worker thread."""
-    from ..evaluation import evaluate
-    from ..evaluation_report import write_outputs
-
     result = evaluate(real, synthetic, test, out=out, progress=progress, **options)
     result.files = write_outputs(result, out)
     return result
@@ -106,8 +106,9 @@ def _verdict(diff: float, low: float, high: float) -> str:
 def summary_html(result: Any) -> str:
     """Each arm's figures (mean ± std over seeds), then what the comparison says: in a study,
     real + synthetic minus real only per size and figure with its 95 % interval; else the
-    notes; then the sizes whose real-only arm was still learning (convergence) and what the
-    real-only segmenter flags in the synthetic pairs (synthetic_seen).
+    notes; then what more seeds would buy where an interval holds 0 (study_power), the sizes
+    whose real-only arm was still learning (convergence) and what the real-only segmenter
+    flags in the synthetic pairs (synthetic_seen).
     All of it is also in ``evaluation.md``."""
     head = "".join(f"<th align='right'>&nbsp;{label}</th>" for _, label in SHOWN)
     rows, verdicts = [], []
@@ -127,7 +128,9 @@ def summary_html(result: Any) -> str:
     if not result.sizes:
         verdicts = [f"<li>{html.escape(note)}</li>" for note in result.notes]
     verdicts += [f"<li>{html.escape(note)}</li>" for note in
-                 [*convergence_notes(result.runs, result.settings["steps"]),
+                 [*power_notes(result.sizes, lambda row, m: paired_differences(
+                     result.runs, row["arm"], ARM_REAL, row["n_real"], m)),
+                  *convergence_notes(result.runs, result.settings["steps"]),
                   *seen_notes(result.runs)]]
     return (f"<small><table cellspacing='0' cellpadding='1'><tr><th align='left'>arm</th>"
             f"{head}</tr>{''.join(rows)}</table></small><ul>{''.join(verdicts)}</ul>")
