@@ -76,14 +76,16 @@ def power_notes(rows: Sequence[dict[str, Any]],
             mean = float(d.mean())
             head = (f"{row['n_real']} real pair(s), {m} {mean:+.3f} "
                     f"[{low:+.3f}, {high:+.3f}]: ")
+            part = f"the test images' part: ±{floor:.3f}; "
             if k is not None:
                 what = (f"about {k} seeds spread like these {d.shape[0]} would give an interval "
                         f"that excludes 0, if the mean stayed at {mean:+.3f}")
             elif floor >= abs(mean):
                 what = (f"no number of seeds would: the {d.shape[1]} test images alone leave "
                         f"±{floor:.3f}, wider than the mean; more test images would narrow it")
+                part = ""
             else:
                 what = f"more than {MAX_SEEDS} seeds spread like these would be needed"
-            notes.append(head + what + f" (the test images' part: ±{floor:.3f}; projected "
-                         f"from {d.shape[0]} seeds, a rough guide).")
+            notes.append(head + what + f" ({part}projected from {d.shape[0]} seeds, a rough "
+                         "guide).")
     return notes
