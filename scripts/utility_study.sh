@@ -7,6 +7,8 @@
 #         (contiguous blocks of serial sections, so test slices are not neighbours of the
 #         labelled ones)
 #   mito  the same VNC split with masks_mito (class 0 = tissue that is not a mitochondrion)
+#         (TEST10=1, vnc and mito: unlabelled 05-09, test 10-19; 5 test slices leave about
+#         ±0.04 mitochondria Dice of a study's interval, docs/utility.md)
 #   folders  your own organelle data: LABELLED=DIR (paired: images/, masks/) RAW=DIR (raw
 #         images, generator only) TEST=DIR (paired, never seen by the generator), READ_AS
 #         (how the masks are read: auto, or binary for 0/255 masks); FAMILY defaults to
@@ -75,6 +77,10 @@ case "$SETTING" in
   folders) GEN_ARGS=(--encoding onehot) ;;
   *) echo "unknown setting $SETTING: isbi, vnc, mito or folders" >&2; exit 2 ;;
 esac
+if [ "${TEST10:-0}" = 1 ]; then  # vnc, mito: twice the test slices, half the unlabelled ones
+  case "$SETTING" in vnc|mito) UNL=$(seq -f %02g 5 9); TEST=$(seq -f %02g 10 19) ;;
+    *) echo "TEST10=1 is for vnc and mito" >&2; exit 2 ;; esac
+fi
 
 mkdir -p "$R"/{real,test}/{images,masks} "$R/unlabeled"
 if [ "$SETTING" = folders ]; then
