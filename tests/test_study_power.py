@@ -46,10 +46,18 @@ def test_the_seeds_that_would_exclude_zero() -> None:
     assert seeds_to_exclude_zero(np.zeros((3, 5))) is None
 
 
-def _row(n: int, m: str, d: np.ndarray) -> dict:
-    mean, low, high = ev.paired_ci(d)
-    return {"n_real": n, "arm": "real+synthetic", f"diff_{m}": mean, f"diff_{m}_low": low,
-            f"diff_{m}_high": high}
+def _runs(n: int, m: str, d: np.ndarray) -> list[dict]:
+    """Real-only and mixed runs at ``n`` real pairs whose paired ``m`` differences are ``d``
+    (seeds x test images); the other figure is the same in both arms."""
+    other = "boundary_f1" if m == "dice_interior" else "dice_interior"
+    runs = []
+    for seed, diffs in enumerate(d):
+        base = [{"image": f"t{i}", m: 0.5, other: 0.5} for i in range(len(diffs))]
+        runs += [{"arm": "real", "n_real": n, "seed": seed, "images": base},
+                 {"arm": "real+synthetic", "n_real": n, "seed": seed,
+                  "images": [{**im, m: 0.5 + float(v)} for im, v in zip(base, diffs,
+                                                                          strict=True)]}]
+    return runs
 
 
 def test_notes_only_where_an_interval_holds_zero_and_say_what_would_narrow_it() -> None:
@@ -57,8 +65,9 @@ def test_notes_only_where_an_interval_holds_zero_and_say_what_would_narrow_it() 
               (8, "dice_interior"): SEEDS_SPREAD + 1.0,  # excludes 0: no note
               (9, "dice_interior"): SEEDS_SPREAD[:1],    # one seed: nothing to project
               (10, "boundary_f1"): np.zeros((3, 5))}     # a figure 0 in both arms
-    rows = [_row(n, m, d) for (n, m), d in arrays.items()]
-    notes = power_notes(rows, lambda row, m: arrays[(row["n_real"], m)])
+    runs = [r for (n, m), d in arrays.items() for r in _runs(n, m, d)]
+    rows = ev.size_rows(runs, [n for n, _ in arrays], "real+synthetic")
+    notes = power_notes(rows, runs)
     assert [x.split(",")[0] for x in notes] == ["2 real pair(s)", "5 real pair(s)"]
     assert "seeds spread like these 3 would give an interval that excludes 0" in notes[0]
     assert "no number of seeds would" in notes[1] and "more test images" in notes[1]

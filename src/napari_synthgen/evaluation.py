@@ -652,6 +652,21 @@ def check_sizes(real_sizes: Sequence[int], n_units: int, folder: str | Path) -> 
     return sizes
 
 
+def bootstrap_means(d: np.ndarray, n_seeds: int | None, *, n_boot: int = N_BOOT,
+                    seed: int = BOOT_SEED) -> np.ndarray:
+    """``n_boot`` bootstrap means of a (seeds, test images) array: ``n_seeds`` seeds drawn from
+    its rows (None: the rows averaged, only the test images resampled) and as many test images
+    as it has, drawn independently, from a generator seeded by ``seed``."""
+    n_s, n_i = d.shape
+    rng = np.random.default_rng(seed)
+    if n_seeds is None:
+        wi = rng.multinomial(n_i, np.full(n_i, 1.0 / n_i), size=n_boot).astype(np.float64)
+        return wi @ d.mean(axis=0) / n_i
+    ws = rng.multinomial(n_seeds, np.full(n_s, 1.0 / n_s), size=n_boot).astype(np.float64)
+    wi = rng.multinomial(n_i, np.full(n_i, 1.0 / n_i), size=n_boot).astype(np.float64)
+    return np.einsum("bs,si,bi->b", ws, d, wi) / (n_seeds * n_i)
+
+
 def paired_ci(diffs: np.ndarray, *, level: float = 0.95, n_boot: int = N_BOOT,
               seed: int = BOOT_SEED) -> tuple[float, float, float]:
     """Mean of a (seeds, test images) array of paired differences and its percentile
@@ -665,11 +680,7 @@ def paired_ci(diffs: np.ndarray, *, level: float = 0.95, n_boot: int = N_BOOT,
         return math.nan, math.nan, math.nan
     if d.size == 1:
         return float(d[0, 0]), math.nan, math.nan
-    n_s, n_i = d.shape
-    rng = np.random.default_rng(seed)
-    ws = rng.multinomial(n_s, np.full(n_s, 1.0 / n_s), size=n_boot).astype(np.float64)
-    wi = rng.multinomial(n_i, np.full(n_i, 1.0 / n_i), size=n_boot).astype(np.float64)
-    means = np.einsum("bs,si,bi->b", ws, d, wi) / (n_s * n_i)
+    means = bootstrap_means(d, d.shape[0], n_boot=n_boot, seed=seed)
     alpha = (1.0 - level) / 2
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     lo_d, hi_d = float(d.min()), float(d.max())  # a mean cannot leave the data's range

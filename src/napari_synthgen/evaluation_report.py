@@ -13,7 +13,6 @@ import numpy as np
 
 from .convergence import convergence_markdown
 from .evaluation import (
-    ARM_REAL,
     BOOT_SEED,
     LOSS_NAMES,
     METRICS,
@@ -21,7 +20,6 @@ from .evaluation import (
     STUDY_METRICS,
     SUBSET_STREAM,
     EvaluationResult,
-    paired_differences,
 )
 from .masks import CLASS_NAMES
 from .study_power import power_notes
@@ -113,8 +111,7 @@ def study_markdown(result: EvaluationResult) -> list[str]:
            "class weights)." if result.settings.get("loss") == "dice_ce" else
            "All arms weight the loss with the class frequencies of all real and synthetic "
            "masks."), ""]
-    if power := power_notes(rows, lambda row, m: paired_differences(
-            result.runs, row["arm"], ARM_REAL, row["n_real"], m)):
+    if power := power_notes(rows, result.runs):
         lines += ["What more seeds would buy, where an interval holds 0 (the same bootstrap "
                   "with more seeds drawn from these; the test images' part is what no number "
                   "of seeds narrows):", "", *[f"- {x}" for x in power], ""]

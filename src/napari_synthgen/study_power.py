@@ -2,7 +2,8 @@
 with more seeds like these, and the part of it that only more test images narrow.
 
 The paired interval (:func:`evaluation.paired_ci`) resamples seeds and test images
-independently. Drawing more seeds than were run from the same seeds projects the interval a
+independently (:func:`evaluation.bootstrap_means`). Drawing more seeds than were run from
+the same seeds projects the interval a
 longer study would give if its seeds spread like these; drawing none (the seeds averaged)
 leaves the test images' part, which no number of seeds narrows. Both use the same seeded
 bootstrap, so the same runs give the same projection. Projected from a few seeds, it is a
@@ -12,10 +13,12 @@ rough guide, and the study says so.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from .evaluation import ARM_REAL, bootstrap_means, paired_differences
 
 #: the most seeds a projection considers
 MAX_SEEDS = 50
@@ -23,24 +26,17 @@ MAX_SEEDS = 50
 PROJECTED = ("boundary_f1", "dice_interior")
 
 
-def projected_halfwidth(diffs: np.ndarray, n_seeds: int | None, *, level: float = 0.95,
-                        n_boot: int = 2000, seed: int = 0) -> float:
-    """Half the width of the percentile bootstrap interval of the mean of a (seeds, test
-    images) array of paired differences, with ``n_seeds`` seeds drawn from its rows (None:
-    the rows averaged, the test images' part alone); NaN without data."""
+def projected_halfwidth(diffs: np.ndarray, n_seeds: int | None, *, level: float = 0.95
+                        ) -> float:
+    """Half the width of the paired interval (:func:`evaluation.bootstrap_means`, the
+    bootstrap of :func:`evaluation.paired_ci`) of a (seeds, test images) array of paired
+    differences, with ``n_seeds`` seeds drawn from its rows (None: the rows averaged, the test
+    images' part alone); NaN without data."""
     d = np.asarray(diffs, dtype=np.float64)
     if d.ndim != 2 or d.size == 0:
         return math.nan
-    n_s, n_i = d.shape
-    rng = np.random.default_rng(seed)
-    wi = rng.multinomial(n_i, np.full(n_i, 1.0 / n_i), size=n_boot) / n_i
-    if n_seeds is None:
-        means = wi @ d.mean(axis=0)
-    else:
-        ws = rng.multinomial(n_seeds, np.full(n_s, 1.0 / n_s), size=n_boot) / n_seeds
-        means = np.einsum("bs,si,bi->b", ws, d, wi)
     alpha = (1.0 - level) / 2
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    low, high = np.quantile(bootstrap_means(d, n_seeds), [alpha, 1.0 - alpha])
     return float(high - low) / 2
 
 
@@ -56,19 +52,17 @@ def seeds_to_exclude_zero(diffs: np.ndarray, *, limit: int = MAX_SEEDS) -> int |
     return None
 
 
-def power_notes(rows: Sequence[dict[str, Any]],
-                differences: Callable[[dict[str, Any], str], np.ndarray]) -> list[str]:
+def power_notes(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> list[str]:
     """For each size and headline figure whose interval holds 0 (``rows`` as
-    :func:`evaluation.size_rows` gives them; ``differences(row, figure)`` its paired array): how
-    many seeds like these would exclude 0 at the mean seen, and the test images' part of the
-    interval."""
+    :func:`evaluation.size_rows` gives them from ``runs``): how many seeds like these would
+    exclude 0 at the mean seen, and the test images' part of the interval."""
     notes = []
     for row in rows:
         for m in PROJECTED:
             low, high = row.get(f"diff_{m}_low", math.nan), row.get(f"diff_{m}_high", math.nan)
             if math.isnan(low) or low > 0 or high < 0:
                 continue
-            d = differences(row, m)
+            d = paired_differences(runs, row["arm"], ARM_REAL, row["n_real"], m)
             if d.shape[0] < 2 or not d.any():  # one seed, or a figure 0 in both arms
                 continue
             floor = projected_halfwidth(d, None)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 
 from ..convergence import convergence_notes
-from ..evaluation import ARM_REAL, evaluate, paired_differences
+from ..evaluation import evaluate
 from ..evaluation_report import write_outputs
 from ..segmenter import LOSSES
 from ..study_power import power_notes
@@ -128,8 +128,7 @@ def summary_html(result: Any) -> str:
     if not result.sizes:
         verdicts = [f"<li>{html.escape(note)}</li>" for note in result.notes]
     verdicts += [f"<li>{html.escape(note)}</li>" for note in
-                 [*power_notes(result.sizes, lambda row, m: paired_differences(
-                     result.runs, row["arm"], ARM_REAL, row["n_real"], m)),
+                 [*power_notes(result.sizes, result.runs),
                   *convergence_notes(result.runs, result.settings["steps"]),
                   *seen_notes(result.runs)]]
     return (f"<small><table cellspacing='0' cellpadding='1'><tr><th align='left'>arm</th>"
