@@ -75,12 +75,13 @@ def _folder(field: FileEdit, what: str) -> Path:
 
 
 def check_utility(real: Path, synthetic: Path, test: Path, out: Path, *, progress: Any,
-                  **options: Any) -> Any:
+                  **options: Any) -> tuple[Any, str]:
     """:func:`~napari_synthgen.evaluation.evaluate`, then its result files (what
-    ``napari-synthgen evaluate`` writes); runs in the worker thread."""
+    ``napari-synthgen evaluate`` writes) and the dock's summary; runs in the worker thread
+    (the summary's bootstrap projections take up to a second on a large study)."""
     result = evaluate(real, synthetic, test, out=out, progress=progress, **options)
     result.files = write_outputs(result, out)
-    return result
+    return result, summary_html(result)
 
 
 def _value(mean: Any, std: Any) -> str:
@@ -292,10 +293,11 @@ class UtilityWidget(Container):
     def _stage(self, stage: str, _out: Path) -> None:
         self.status.value = html.escape(stage)
 
-    def _show(self, result: Any, out: Path) -> None:
-        self.result = result
+    def _show(self, done: tuple[Any, str], out: Path) -> None:
+        self.result, summary = done
+        result = self.result
         self.status.value = f"Done: {html.escape(str(out))}"
-        self.summary.value = summary_html(result)
+        self.summary.value = summary
         name = "evaluation_sizes.png" if result.sizes else "evaluation.png"
         self.show_figure(out / name)
         if result.sizes and (out / "evaluation_curves.png").is_file():
