@@ -248,6 +248,37 @@ def test_evaluate_with_pretraining_and_a_quality_threshold(folders: dict[str, Pa
                     crop=64, batch_size=2, base=8, min_score=1.0, arms=[ev.ARM_SYNTHETIC])
 
 
+def test_pretraining_with_its_own_steps_keeps_the_real_budget(folders: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    import napari_synthgen.evaluation_report as report
+
+    steps: list[tuple[str, int, int]] = []
+    kw = dict(steps=4, seeds=1, crop=64, batch_size=2, base=8, pretrain_synthetic=True)
+    result = ev.evaluate(folders["real"], folders["synthetic"], folders["test"],
+                         pretrain_steps=3, arms=[ev.ARM_REAL, ev.ARM_PRETRAIN],
+                         progress=lambda s, d, t: steps.append((s, d, t)), **kw)
+    # real only 4 steps; the pre-trained arm 3 on synthetic pairs, then the same 4 on real ones
+    assert steps[-1][1:] == (11, 11)
+    assert max(d for s, d, _ in steps if s.startswith(ev.ARM_REAL)) == 4
+    assert result.settings["pretrain_steps"] == 3
+    assert "pre-train 3 steps on the synthetic pairs, then the whole budget" in (
+        report.markdown_table(result))
+    half_steps: list[int] = []
+    half = ev.evaluate(folders["real"], folders["synthetic"], folders["test"],
+                       arms=[ev.ARM_PRETRAIN], progress=lambda s, d, t: half_steps.append(t),
+                       **kw)
+    assert set(half_steps) == {4}  # without it, half and half: 2 + 2
+    assert "pretrain_steps" not in half.settings  # old results keep matching
+    with pytest.raises(ValueError, match="use both, or neither"):
+        ev.evaluate(folders["real"], folders["synthetic"], folders["test"], steps=2, seeds=1,
+                    pretrain_steps=2)
+    with pytest.raises(SystemExit):  # argparse: "must be >= 1; got 0"
+        _run_cli(["evaluate", "--real", str(folders["real"]), "--synthetic",
+                  str(folders["synthetic"]), "--test", str(folders["test"]),
+                  "--pretrain-steps", "0", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
 def test_evaluate_refuses_a_leaked_test_image(folders: dict[str, Path], tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     import imageio.v3 as iio

@@ -3,11 +3,12 @@
 The same small segmenter (:mod:`.segmenter`), the same budget and the same seeds are trained
 in three arms: real pairs only, real plus synthetic (``mix`` of every batch synthetic; or, with
 ``pretrain_synthetic``, the first half of the steps on synthetic pairs only and the second half
-on real pairs only, with a fresh optimiser), and synthetic only. All arms weight the loss
-with the class frequencies of the real and synthetic masks together, and seed s starts every
-arm from the same initial weights. Each is scored on real test
-images: Dice and IoU per class (pixels pooled over the test set) and the boundary class's F1
-with a distance tolerance (as boundary benchmarks allow). Test images that also appear, by
+on real pairs only, with a fresh optimiser; with ``pretrain_steps``, that many steps on the
+synthetic pairs and then the whole budget on the real ones), and synthetic only. All arms
+weight the loss with the class frequencies of the real and synthetic masks together, and seed
+s starts every arm from the same initial weights. Each is scored on real test images: Dice
+and IoU per class (pixels pooled over the test set) and the boundary class's F1 with a
+distance tolerance (as boundary benchmarks allow). Test images that also appear, by
 content hash, among the training images are refused: synthetic data never enters the test set.
 
 (Z, Y, X) pairs, synthetic or real, are split into 2-D slices named ``<stem>_zNNN`` for the
@@ -354,7 +355,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
              real_sizes: Sequence[int] | None = None, val_every: int | None = None,
              read_as: MaskSource = "auto", boundary_width: int = 2,
              synthetic_ignore: Sequence[int] = (), loss: str = "weighted_ce",
-             synthetic_ignore_off_mask: bool = False) -> EvaluationResult:
+             synthetic_ignore_off_mask: bool = False,
+             pretrain_steps: int | None = None) -> EvaluationResult:
     """Train the small segmenter on real, real + synthetic and synthetic pairs (same budget,
     seeds 0..seeds-1) and score each on the real test pairs. Paired folders in, figures out.
 
@@ -372,6 +374,10 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     segmenter of the same seed and number of real pairs calls an object (objects the generator
     painted where its masks have none, :mod:`synthetic_seen`); that segmenter is trained again
     when its run was saved by an earlier call (the same bytes).
+
+    ``pretrain_steps`` (with ``pretrain_synthetic``) gives the pre-training its own steps on
+    the synthetic pairs, then the whole ``steps`` on the real ones, so the arm sees as many
+    real crops as real only does; without it the two phases share ``steps`` half and half.
 
     ``real_sizes`` (e.g. ``(1, 2, 5)``) makes it a study: the real arms run at each size on
     subsets of the real pairs (:func:`real_subset`), the real-only arm records a validation
@@ -393,6 +399,14 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
                     batch_size=batch_size, crop=crop, tolerance=tolerance, device=device)
     ignore = check_ignore(synthetic_ignore)
     check_loss(loss)  # before anything is read
+    if pretrain_steps is not None:
+        from .limits import check_range
+
+        if not pretrain_synthetic:
+            raise ValueError("pretrain_steps sets the synthetic pre-training of "
+                             "pretrain_synthetic; use both, or neither.")
+        check_range("pretrain_steps", pretrain_steps, 1,
+                    what="steps on the synthetic pairs before the real ones")
     study = real_sizes is not None
     if study:
         from .limits import check_range
@@ -443,7 +457,11 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         jobs += [(ARM_SYNTHETIC, None, seed) for seed in range(seeds)]
     if not study:  # arm by arm, as before the study existed
         jobs.sort(key=lambda j: chosen.index(j[0]))
-    total = steps * len(jobs)
+
+    def job_steps(arm: str) -> int:
+        return steps + (pretrain_steps or 0) * (arm == ARM_PRETRAIN)
+
+    total = sum(job_steps(arm) for arm, _, _ in jobs)
     done = 0
     runs: list[dict[str, Any]] = []
     settings: dict[str, Any] = {
@@ -462,6 +480,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         settings["synthetic_ignore_off_mask"] = True
     if loss != "weighted_ce":  # absent for the first loss: old results match
         settings["loss"] = loss
+    if pretrain_steps is not None:  # absent for the half-and-half split: old results match
+        settings["pretrain_steps"] = pretrain_steps
     if study:  # absent without the study: old results match
         settings["real_sizes"] = sizes
         settings["val_every"] = val_every
@@ -480,7 +500,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
             runs.append(saved["run"])
             for key in ("precision", "precision_rule", "class_weights"):
                 settings.setdefault(key, saved[key])
-            done += steps
+            done += job_steps(arm)
             if progress is not None:
                 progress(f"{stage} (saved)", done, total)
             continue
@@ -519,6 +539,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
             phases = [Phase(steps, pool)]
         elif arm == ARM_SYNTHETIC:
             phases = [Phase(steps, syn)]
+        elif arm == ARM_PRETRAIN and pretrain_steps:
+            phases = [Phase(pretrain_steps, syn), Phase(steps, pool)]
         elif arm == ARM_PRETRAIN:
             phases = [Phase(steps // 2, syn), Phase(steps - steps // 2, pool)]
         else:
@@ -544,7 +566,7 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         seg = train_segmenter(phases, cfg, progress=step_cb, weights_from=weights_from,
                               watch=watch if watching else None,
                               watch_every=val_every or 0)
-        done += steps
+        done += job_steps(arm)
         figures, per_stack, per_image = score_test_images(seg, test_pairs, test_names,
                                                           test_stacks, tolerance=tolerance)
         run = {"arm": arm, "seed": seed, **figures,

@@ -38,6 +38,9 @@ def markdown_table(result: EvaluationResult) -> str:
     cols = [m for m in METRICS if any(not math.isnan(result.summary[a][m][0])
                                       for a in result.summary)]
     how = ", pre-train then fine-tune" if s["pretrain_synthetic"] else ""
+    if s.get("pretrain_steps"):
+        how = (f", pre-train {s['pretrain_steps']} steps on the synthetic pairs, then the "
+               "whole budget on the real ones")
     if s.get("synthetic_ignore"):
         how += (", synthetic pixels of class " + ", ".join(
             f"{c} ({CLASS_NAMES[c]})" for c in s["synthetic_ignore"]) + " ignored")

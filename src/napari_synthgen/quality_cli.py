@@ -135,6 +135,10 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--pretrain-synthetic", action="store_true",
                    help="instead of mixing: the first half of the steps on synthetic pairs, "
                    "the second half on real pairs (fresh optimiser)")
+    p.add_argument("--pretrain-steps", type=_positive_int, default=None, metavar="STEPS",
+                   help="with --pretrain-synthetic: STEPS steps on the synthetic pairs, then "
+                   "all of --steps on the real pairs, so the arm sees as many real crops as "
+                   "real only (instead of half the steps each)")
     p.add_argument("--min-score", type=_fraction(False, False), default=None,
                    help="use only synthetic pairs whose quality score is at least this "
                    "(reference: --real)")
@@ -256,7 +260,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           out=args.out, real_sizes=args.real_sizes, val_every=args.val_every,
                           arms=args.arms, synthetic_ignore=args.synthetic_ignore,
                           loss=args.loss,
-                          synthetic_ignore_off_mask=args.synthetic_ignore_off_mask)
+                          synthetic_ignore_off_mask=args.synthetic_ignore_off_mask,
+                          pretrain_steps=args.pretrain_steps)
     except LeakError as exc:
         bar.close()
         print(f"napari-synthgen evaluate: error: {exc}", file=sys.stderr)
