@@ -422,7 +422,7 @@ def shot_check_utility(out: Path, paths: dict[str, Path]) -> None:
     _settle(1.0)
     check.show_figure(Path(str(check.out.value)) / "evaluation_sizes.png")  # at its docked width
     _settle(0.5)
-    _shot(viewer, "check_utility.png", out, size=(1500, 950), max_bytes=205_000)
+    _shot(viewer, "check_utility.png", out, size=(1500, 950), max_bytes=240_000)
 
 
 SHOTS: dict[str, Callable[[Path, dict[str, Path]], None]] = {
