@@ -250,8 +250,6 @@ def test_evaluate_with_pretraining_and_a_quality_threshold(folders: dict[str, Pa
 
 def test_pretraining_with_its_own_steps_keeps_the_real_budget(folders: dict[str, Path],
                                                               tmp_path: Path) -> None:
-    import napari_synthgen.evaluation_report as report
-
     steps: list[tuple[str, int, int]] = []
     kw = dict(steps=4, seeds=1, crop=64, batch_size=2, base=8, pretrain_synthetic=True)
     result = ev.evaluate(folders["real"], folders["synthetic"], folders["test"],
@@ -277,6 +275,36 @@ def test_pretraining_with_its_own_steps_keeps_the_real_budget(folders: dict[str,
                   str(folders["synthetic"]), "--test", str(folders["test"]),
                   "--pretrain-steps", "0", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_an_ablation_copies_the_real_only_runs(folders: dict[str, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from napari_synthgen.results import SettingsMismatchError
+
+    kw = dict(steps=3, seeds=1, crop=64, batch_size=2, base=8, arms=[ev.ARM_REAL, ev.ARM_MIXED])
+    paths = (folders["real"], folders["synthetic"], folders["test"])
+    first = ev.evaluate(*paths, out=tmp_path / "a", **kw)
+    stages: list[str] = []
+    # leaving synthetic class 0 out changes the mixed arm only: the real-only run is copied
+    second = ev.evaluate(*paths, out=tmp_path / "b", synthetic_ignore=(0,),
+                         real_runs_from=tmp_path / "a",
+                         progress=lambda s, d, t: stages.append(s), **kw)
+    assert f"{ev.ARM_REAL} seed 0 (saved)" in stages
+    assert not any(s == f"{ev.ARM_REAL} seed 0" for s in stages)  # not trained again
+    assert second.runs[0]["mean_dice"] == first.runs[0]["mean_dice"]
+    assert (tmp_path / "b" / "runs" / "real_seed0.json").is_file()
+    assert second.settings["synthetic_ignore"] == [0]
+    with pytest.raises(SettingsMismatchError, match="steps 3 there, 4 now"):
+        ev.evaluate(*paths, out=tmp_path / "c", real_runs_from=tmp_path / "a",
+                    **{**kw, "steps": 4})
+    with pytest.raises(ValueError, match="give out too"):
+        ev.evaluate(*paths, real_runs_from=tmp_path / "a", **kw)
+    from napari_synthgen.cli import main
+
+    code = main(["evaluate", "--real", str(paths[0]), "--synthetic", str(paths[1]),
+                 "--test", str(paths[2]), "--steps", "1", "--seeds", "1",
+                 "--real-runs-from", str(tmp_path / "nothing"), "--out", str(tmp_path / "d")])
+    assert code == 1 and "holds no evaluate results" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_leaked_test_image(folders: dict[str, Path], tmp_path: Path,

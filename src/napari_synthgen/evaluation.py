@@ -31,6 +31,7 @@ What it writes (``evaluation.md``, the CSV files, the figures) is :mod:`.evaluat
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -356,7 +357,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
              read_as: MaskSource = "auto", boundary_width: int = 2,
              synthetic_ignore: Sequence[int] = (), loss: str = "weighted_ce",
              synthetic_ignore_off_mask: bool = False,
-             pretrain_steps: int | None = None) -> EvaluationResult:
+             pretrain_steps: int | None = None,
+             real_runs_from: str | Path | None = None) -> EvaluationResult:
     """Train the small segmenter on real, real + synthetic and synthetic pairs (same budget,
     seeds 0..seeds-1) and score each on the real test pairs. Paired folders in, figures out.
 
@@ -387,7 +389,10 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
     With ``out``, each arm x seed's figures are saved in ``out/runs/`` as it finishes and
     reused by a rerun with the same settings (a killed run resumes; more ``seeds`` add runs);
     other settings are refused (:class:`results.SettingsMismatchError`). ``out`` is checked for
-    writing before anything is computed.
+    writing before anything is computed. ``real_runs_from`` (with ``out``) copies in the
+    real-only runs of an earlier ``out`` whose settings agree on all a real-only run depends
+    on (:data:`NOT_REAL_ONLY` may differ): an ablation of what the other arms do with the
+    synthetic pairs then trains only those arms.
     """
     from . import quality
     from .results import check_writable
@@ -395,6 +400,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
 
     if out is not None:
         check_writable(out)
+    elif real_runs_from is not None:
+        raise ValueError("real_runs_from copies runs into out; give out too.")
     _check_settings(steps=steps, seeds=seeds, mix=mix, min_score=min_score,
                     batch_size=batch_size, crop=crop, tolerance=tolerance, device=device)
     ignore = check_ignore(synthetic_ignore)
@@ -488,6 +495,8 @@ def evaluate(real: str | Path, synthetic: str | Path, test: str | Path, *, steps
         settings["n_real_units"] = len(units)
     store = None if out is None else _RunStore(Path(out), settings, (
         (real_names, real_pairs), (syn_names, syn_pairs), (test_names, test_pairs)))
+    if store is not None and real_runs_from is not None:
+        store.copy_real_runs(Path(real_runs_from))
     kept_syn = syn_pool
     #: with synthetic_ignore_off_mask: the off-mask pixels of each real-only (size, seed)
     off_masks: dict[tuple[int | None, int], dict[str, np.ndarray]] = {}
@@ -790,6 +799,12 @@ EVALUATE_OUTPUTS: tuple[str, ...] = ("evaluation_runs.csv", "evaluation.csv", "e
                                      "evaluation_curves.csv", "evaluation_curves.png")
 
 
+#: settings that change what the other arms do with the synthetic pairs, not a real-only run
+#: (the class weights come from every synthetic pair, kept by ``min_score`` or not)
+NOT_REAL_ONLY: tuple[str, ...] = ("mix", "pretrain_synthetic", "pretrain_steps", "min_score",
+                                  "synthetic_ignore", "synthetic_ignore_off_mask")
+
+
 class _RunStore:
     """Each finished arm x seed (x size, in a study) in ``out/runs/``, under the settings
     recorded in ``out/evaluate_settings.json`` (those that change a run's figures: not
@@ -806,6 +821,35 @@ class _RunStore:
         fixed["data"] = [fingerprint((n, im, m) for n, (im, m) in zip(names, pairs, strict=True))
                          for names, pairs in data]
         open_results(out, "evaluate", fixed, EVALUATE_OUTPUTS)
+        self.fixed = json.loads(json.dumps(fixed))  # as the file holds it
+
+    def copy_real_runs(self, source: Path) -> int:
+        """Copy the real-only runs of the earlier output folder ``source`` that ``out`` lacks,
+        when its settings differ from these only in :data:`NOT_REAL_ONLY`; returns how many."""
+        import shutil
+
+        from .results import SettingsMismatchError, load_json
+
+        theirs = load_json(source / "evaluate_settings.json")
+        if not isinstance(theirs, dict):
+            raise FileNotFoundError(f"{source} holds no evaluate results (no readable "
+                                    "evaluate_settings.json); give the --out of an earlier "
+                                    "evaluate.")
+        keys = sorted((set(theirs) | set(self.fixed)) - set(NOT_REAL_ONLY))
+        diff = [f"{k} {theirs.get(k)!r} there, {self.fixed.get(k)!r} now" for k in keys
+                if theirs.get(k) != self.fixed.get(k)]
+        if diff:
+            raise SettingsMismatchError(
+                f"the real-only runs of {source} were made with other settings "
+                f"({'; '.join(diff)}), so they are not this evaluation's; run without "
+                "real_runs_from, or with the same folders and settings.")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        copied = 0
+        for run in sorted((source / "runs").glob(f"{ARM_REAL}_*.json")):
+            if not (self.folder / run.name).exists():
+                shutil.copyfile(run, self.folder / run.name)
+                copied += 1
+        return copied
 
     def _path(self, arm: str, seed: int, n: int | None = None) -> Path:
         return self.folder / (f"{arm}_seed{seed}.json" if n is None

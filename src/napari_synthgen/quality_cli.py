@@ -135,6 +135,11 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--pretrain-synthetic", action="store_true",
                    help="instead of mixing: the first half of the steps on synthetic pairs, "
                    "the second half on real pairs (fresh optimiser)")
+    p.add_argument("--real-runs-from", type=Path, default=None, metavar="DIR",
+                   help="copy in the real-only runs of an earlier evaluate --out DIR made with "
+                   "the same folders and settings (it may differ in --mix, --pretrain-*, "
+                   "--min-score, --synthetic-ignore*), so an ablation of the other arms "
+                   "trains only those; needs --out")
     p.add_argument("--pretrain-steps", type=_positive_int, default=None, metavar="STEPS",
                    help="with --pretrain-synthetic: STEPS steps on the synthetic pairs, then "
                    "all of --steps on the real pairs, so the arm sees as many real crops as "
@@ -261,7 +266,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           arms=args.arms, synthetic_ignore=args.synthetic_ignore,
                           loss=args.loss,
                           synthetic_ignore_off_mask=args.synthetic_ignore_off_mask,
-                          pretrain_steps=args.pretrain_steps)
+                          pretrain_steps=args.pretrain_steps,
+                          real_runs_from=args.real_runs_from)
     except LeakError as exc:
         bar.close()
         print(f"napari-synthgen evaluate: error: {exc}", file=sys.stderr)
