@@ -299,6 +299,15 @@ def test_an_ablation_copies_the_real_only_runs(folders: dict[str, Path], tmp_pat
                     **{**kw, "steps": 4})
     with pytest.raises(ValueError, match="give out too"):
         ev.evaluate(*paths, real_runs_from=tmp_path / "a", **kw)
+    # a quality filter is made with the real-only run of seed 0: it comes with the run
+    ev.evaluate(*paths, out=tmp_path / "e", min_score=0.0, **kw)
+    filtered = ev.evaluate(*paths, out=tmp_path / "f", min_score=0.0, synthetic_ignore=(0,),
+                           real_runs_from=tmp_path / "e", **kw)
+    assert (tmp_path / "f" / "runs" / "kept_synthetic.json").is_file()
+    assert filtered.settings["n_synthetic_kept"] == 4
+    with pytest.raises(SettingsMismatchError, match=r"min_score None there, 0\.0 now"):
+        ev.evaluate(*paths, out=tmp_path / "g", min_score=0.0, real_runs_from=tmp_path / "a",
+                    **kw)
     from napari_synthgen.cli import main
 
     code = main(["evaluate", "--real", str(paths[0]), "--synthetic", str(paths[1]),

@@ -800,8 +800,8 @@ EVALUATE_OUTPUTS: tuple[str, ...] = ("evaluation_runs.csv", "evaluation.csv", "e
 
 
 #: settings that change what the other arms do with the synthetic pairs, not a real-only run
-#: (the class weights come from every synthetic pair, kept by ``min_score`` or not)
-NOT_REAL_ONLY: tuple[str, ...] = ("mix", "pretrain_synthetic", "pretrain_steps", "min_score",
+#: (not ``min_score``: its filter is made with the real-only run of seed 0 and saved beside it)
+NOT_REAL_ONLY: tuple[str, ...] = ("mix", "pretrain_synthetic", "pretrain_steps",
                                   "synthetic_ignore", "synthetic_ignore_off_mask")
 
 
@@ -825,7 +825,8 @@ class _RunStore:
 
     def copy_real_runs(self, source: Path) -> int:
         """Copy the real-only runs of the earlier output folder ``source`` that ``out`` lacks,
-        when its settings differ from these only in :data:`NOT_REAL_ONLY`; returns how many."""
+        when its settings differ from these only in :data:`NOT_REAL_ONLY`; returns how many
+        files (with a quality filter, its list of kept pairs too)."""
         import shutil
 
         from .results import SettingsMismatchError, load_json
@@ -845,7 +846,9 @@ class _RunStore:
                 "real_runs_from, or with the same folders and settings.")
         self.folder.mkdir(parents=True, exist_ok=True)
         copied = 0
-        for run in sorted((source / "runs").glob(f"{ARM_REAL}_*.json")):
+        kept = "kept_synthetic.json"  # the quality filter those runs made (same min_score)
+        for run in [*sorted((source / "runs").glob(f"{ARM_REAL}_*.json")),
+                    *(source / "runs").glob(kept)]:
             if not (self.folder / run.name).exists():
                 shutil.copyfile(run, self.folder / run.name)
                 copied += 1
