@@ -31,7 +31,6 @@ What it writes (``evaluation.md``, the CSV files, the figures) is :mod:`.evaluat
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -821,7 +820,7 @@ class _RunStore:
         fixed["data"] = [fingerprint((n, im, m) for n, (im, m) in zip(names, pairs, strict=True))
                          for names, pairs in data]
         open_results(out, "evaluate", fixed, EVALUATE_OUTPUTS)
-        self.fixed = json.loads(json.dumps(fixed))  # as the file holds it
+        self.fixed = fixed
 
     def copy_real_runs(self, source: Path) -> int:
         """Copy the real-only runs of the earlier output folder ``source`` that ``out`` lacks,
@@ -829,16 +828,14 @@ class _RunStore:
         files (with a quality filter, its list of kept pairs too)."""
         import shutil
 
-        from .results import SettingsMismatchError, load_json
+        from .results import SettingsMismatchError, load_json, settings_diff
 
         theirs = load_json(source / "evaluate_settings.json")
         if not isinstance(theirs, dict):
             raise FileNotFoundError(f"{source} holds no evaluate results (no readable "
                                     "evaluate_settings.json); give the --out of an earlier "
                                     "evaluate.")
-        keys = sorted((set(theirs) | set(self.fixed)) - set(NOT_REAL_ONLY))
-        diff = [f"{k} {theirs.get(k)!r} there, {self.fixed.get(k)!r} now" for k in keys
-                if theirs.get(k) != self.fixed.get(k)]
+        diff = settings_diff(theirs, self.fixed, skip=NOT_REAL_ONLY)
         if diff:
             raise SettingsMismatchError(
                 f"the real-only runs of {source} were made with other settings "

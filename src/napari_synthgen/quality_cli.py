@@ -135,15 +135,15 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--pretrain-synthetic", action="store_true",
                    help="instead of mixing: the first half of the steps on synthetic pairs, "
                    "the second half on real pairs (fresh optimiser)")
+    p.add_argument("--pretrain-steps", type=_positive_int, default=None, metavar="STEPS",
+                   help="with --pretrain-synthetic: STEPS steps on the synthetic pairs, then "
+                   "all of --steps on the real pairs, so the arm sees as many real crops as "
+                   "real only (instead of half the steps each)")
     p.add_argument("--real-runs-from", type=Path, default=None, metavar="DIR",
                    help="copy in the real-only runs of an earlier evaluate --out DIR made with "
                    "the same folders and settings (it may differ in --mix, --pretrain-*, "
                    "--synthetic-ignore*), so an ablation of the other arms trains only "
                    "those; needs --out")
-    p.add_argument("--pretrain-steps", type=_positive_int, default=None, metavar="STEPS",
-                   help="with --pretrain-synthetic: STEPS steps on the synthetic pairs, then "
-                   "all of --steps on the real pairs, so the arm sees as many real crops as "
-                   "real only (instead of half the steps each)")
     p.add_argument("--min-score", type=_fraction(False, False), default=None,
                    help="use only synthetic pairs whose quality score is at least this "
                    "(reference: --real)")

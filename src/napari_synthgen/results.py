@@ -84,6 +84,17 @@ def load_json(path: Path) -> Any:
         return None
 
 
+def settings_diff(recorded: dict[str, Any], settings: dict[str, Any],
+                  skip: Iterable[str] = ()) -> list[str]:
+    """The settings that differ between ``recorded`` (read from a settings file) and
+    ``settings`` (compared as the file would hold them: JSON turns tuples into lists), each as
+    "key <there> there, <now> now"; keys in ``skip`` are not compared."""
+    now = json.loads(json.dumps(settings))
+    keys = sorted((set(recorded) | set(now)) - set(skip))
+    return [f"{key} {recorded.get(key)!r} there, {now.get(key)!r} now" for key in keys
+            if recorded.get(key) != now.get(key)]
+
+
 def open_results(out: Path, kind: str, settings: dict[str, Any],
                  earlier_outputs: Iterable[str] = ()) -> bool:
     """Record ``settings`` in ``out``, or check them against the recorded ones.
@@ -104,10 +115,7 @@ def open_results(out: Path, kind: str, settings: dict[str, Any],
         out.mkdir(parents=True, exist_ok=True)
         save_json(path, settings)
         return False
-    # JSON turns tuples into lists: compare what the file would hold
-    now = json.loads(json.dumps(settings))
-    diff = [f"{key} {recorded.get(key)!r} there, {now.get(key)!r} now"
-            for key in sorted(set(recorded) | set(now)) if recorded.get(key) != now.get(key)]
+    diff = settings_diff(recorded, settings)
     if diff:
         raise SettingsMismatchError(
             f"{out} holds {kind} results made with other settings ({'; '.join(diff)}); they "

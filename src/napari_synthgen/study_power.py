@@ -3,9 +3,9 @@ with more seeds like these, and the part of it that only more test images narrow
 
 The paired interval (:func:`evaluation.paired_ci`) resamples seeds and test images
 independently (:func:`evaluation.bootstrap_means`). Drawing more seeds than were run from
-the same seeds projects the interval a
-longer study would give if its seeds spread like these; drawing none (the seeds averaged)
-leaves the test images' part, which no number of seeds narrows. Both use the same seeded
+the same seeds projects the interval a longer study would give if its seeds spread like
+these; drawing none (the seeds averaged) leaves the test images' part, which no number of
+seeds narrows. Both use the same seeded
 bootstrap, so the same runs give the same projection. Projected from a few seeds, it is a
 rough guide, and the study says so.
 """
